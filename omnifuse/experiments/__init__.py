@@ -1,0 +1,1 @@
+"""Experiments (compare, unimodal, ablation, sweep, imputation) run from one cache."""

@@ -1,0 +1,1 @@
+"""Stage one: dataset adapters, frozen encoders and the extraction pipeline."""

@@ -1,0 +1,1 @@
+"""Stage two: fusion networks (OmniFuse and baselines) trained on the cached features."""
