@@ -1,0 +1,68 @@
+"""Layout of the Zarr v3 store: array names, chunking and the per-block done markers.
+
+Chunking rule (so that no two writers ever touch the same chunk): every modality ``m`` has a block size
+``B_m`` (rows). ``m/x`` is chunked by ``r_m`` rows, a power of two that divides ``B_m`` and keeps one chunk
+near :data:`TARGET_CHUNK_BYTES`; ``m/mask``, ``m/tokens_mask`` and ``m/provenance`` are chunked by exactly
+``B_m`` rows. Writers write whole blocks ``[k B_m, (k+1) B_m)``, so every chunk of a modality's arrays lies
+inside one block, and each block belongs to one writer (a rank, or the single process). Arrays shared by all
+modalities (``stay_id``, ``subject_id``, labels, references, splits) are written once, by the creator,
+before any block. ``m/done`` [n_blocks] uint8, one uncompressed chunk per block, is set after the block's
+data: a block whose marker is 0 is "not written", whatever its data chunks hold.
+"""
+
+from __future__ import annotations
+
+import math
+
+TARGET_CHUNK_BYTES = 2 * 1024 * 1024
+MIN_BLOCK_ROWS = 256
+MAX_BLOCK_ROWS = 4096
+ZSTD_LEVEL = 3
+
+ATTR_KEY = "omnifuse"
+
+
+def _pow2_floor(v: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(v, 1.0)))))
+
+
+def _pow2_ceil(v: int) -> int:
+    return 1 << max(0, int(math.ceil(math.log2(max(v, 1)))))
+
+
+def row_bytes(shape: tuple[int, ...], dtype: str) -> int:
+    itemsize = 2 if dtype == "float16" else 4
+    return max(1, math.prod(shape) * itemsize)
+
+
+def x_chunk_rows(shape: tuple[int, ...], dtype: str) -> int:
+    """Rows per chunk of ``m/x``: a power of two giving chunks of about 2 MB (uncompressed)."""
+    return min(MAX_BLOCK_ROWS, _pow2_floor(TARGET_CHUNK_BYTES / row_bytes(shape, dtype)))
+
+
+def block_rows(shape: tuple[int, ...], dtype: str, n_rows: int, override: int | None = None) -> int:
+    """Rows per write block of a modality: a power-of-two multiple of the x chunk rows."""
+    if override is not None:
+        if override < 1 or override & (override - 1):
+            raise ValueError(f"rows per block must be a power of two, got {override}")
+        return override
+    b = max(x_chunk_rows(shape, dtype), MIN_BLOCK_ROWS)
+    return max(1, min(b, _pow2_ceil(n_rows)))
+
+
+def n_blocks(n_rows: int, block: int) -> int:
+    return max(1, -(-n_rows // block))
+
+
+def block_bounds(k: int, block: int, n_rows: int) -> tuple[int, int]:
+    return k * block, min((k + 1) * block, n_rows)
+
+
+def as_str_array(values) -> "np.ndarray":
+    """Strings read from a Zarr vlen-utf8 array (numpy ``StringDType``) as a plain unicode array."""
+    import numpy as np
+
+    v = np.asarray(values)
+    if v.dtype.kind == "U":
+        return v
+    return np.array(v.tolist(), dtype=str) if v.size else np.array([], dtype=str)
