@@ -113,9 +113,18 @@ def format_info(info: dict[str, Any]) -> str:
                   + ", ".join(f"{k} on {v:,} rows" for k, v in info["references"].items())]
     if info["splits"]:
         lines.append("splits: " + ", ".join(info["splits"]))
-    cohort = info.get("summary", {}).get("cohort") or info.get("extra", {}).get("cohort")
+    extra = info.get("extra", {})
+    cohort = extra.get("cohort_rules") or extra.get("cohort") or info.get("summary", {}).get("cohort")
     if cohort:
-        lines += ["", "cohort rules (rows excluded)"] + [f"  {k}: {v}" for k, v in cohort.items()]
+        lines += ["", "cohort rules (stays excluded by each rule, in order)"]
+        if isinstance(cohort, dict):
+            lines += [f"  {k}: {v}" for k, v in cohort.items()]
+        else:
+            for r in cohort:
+                if isinstance(r, dict) and "rule" in r:
+                    lines.append(f"  {r['rule']}: -{r.get('excluded', '?')} -> {r.get('remaining', '?')}")
+                else:
+                    lines.append(f"  {r}")
     if info["license"]:
         lines += ["", f"licence: {info['license']}"]
     return "\n".join(lines)

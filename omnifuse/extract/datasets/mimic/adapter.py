@@ -1,0 +1,269 @@
+"""The MIMIC adapter: ICU stays with the 17-variable EHR, MIMIC-CXR image and report; mortality, phenotyping.
+
+See docs/mimic.md for every rule and each place where it follows or departs from mimic3-benchmarks / MedFuse.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from omnifuse.cache.schema import TaskSpec
+from omnifuse.extract.datasets.base import Cohort, Item, RawModality, Skip
+from omnifuse.extract.datasets.mimic import cohort as C
+from omnifuse.extract.datasets.mimic import cxr as X
+from omnifuse.extract.datasets.mimic.ccs import PHENOTYPES
+from omnifuse.extract.datasets.mimic.discretize import discretize, n_bins
+from omnifuse.extract.datasets.mimic.events import MORTALITY_HOURS, collect_events
+from omnifuse.extract.datasets.mimic.readers import MimicLayout
+from omnifuse.extract.datasets.mimic.variables import N_FEATURES, continuous_indices, feature_names
+from omnifuse.extract.datasets.registry import register_adapter
+
+log = logging.getLogger(__name__)
+
+DATA_USE = (
+    "Derived from MIMIC (PhysioNet credentialed access). Every array in this cache, embeddings included, stays "
+    "under the PhysioNet Credentialed Health Data Use Agreement of its source: do not share it with anyone "
+    "who has not signed that agreement."
+)
+Task = Literal["both", "mortality", "phenotyping"]
+
+
+@register_adapter("mimic")
+class MimicAdapter:
+    """MIMIC-III / MIMIC-IV ICU stays as rows (one row per stay).
+
+    ``root``: MIMIC-III (UPPERCASE CSVs) or MIMIC-IV (hosp/ or core/, icu/). ``cxr_root``: MIMIC-CXR-JPG
+    (MIMIC-IV only). ``reports_root``: MIMIC-CXR reports (folder or zip; default ``cxr_root``).
+    ``task``: "both" (all stays; mortality masked for stays < 48 h), "mortality" (stays >= 48 h only) or
+    "phenotyping" (all stays; CXR window = the whole stay). ``timestep`` hours per bin; ``hours`` the EHR
+    window from ICU admission; ``include_pa`` lets PA views be chosen as well as AP; ``outlier_ranges``
+    removes/clips values by the benchmark's ranges; ``workdir`` holds the intermediate parquet.
+    """
+
+    name = "mimic"
+    version = "1"
+    license = DATA_USE
+
+    def __init__(self, root: str | Path, cxr_root: str | Path | None = None, reports_root: str | Path | None = None,
+                 *, task: Task = "both", timestep: float = 2.0, hours: float = 48.0, include_pa: bool = False,
+                 outlier_ranges: bool = True, workdir: str | Path | None = None,
+                 batch_rows: int = 2_000_000) -> None:
+        self.layout = MimicLayout.detect(root)
+        if task not in ("both", "mortality", "phenotyping"):
+            raise ValueError(f"task must be 'both', 'mortality' or 'phenotyping', got {task!r}")
+        if timestep <= 0 or hours <= 0 or hours < timestep:
+            raise ValueError(f"need 0 < timestep <= hours, got timestep={timestep}, hours={hours}")
+        if self.layout.version == "mimic-iii" and (cxr_root is not None or reports_root is not None):
+            raise ValueError(
+                "MIMIC-CXR links to MIMIC-IV subject_ids only; a MIMIC-III root cannot be matched to chest X-rays "
+                "or reports. Drop the CXR/report sources to extract the EHR of MIMIC-III, or use a MIMIC-IV root."
+            )
+        self.cxr_root = Path(cxr_root) if cxr_root is not None else None
+        rr = reports_root if reports_root is not None else cxr_root
+        self.reports_root = Path(rr) if rr is not None else None
+        self.task: Task = task
+        self.timestep = float(timestep)
+        self.hours = float(hours)
+        self.include_pa = include_pa
+        self.outlier_ranges = outlier_ranges
+        self.batch_rows = batch_rows
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="omnifuse-mimic-")
+            workdir = self._tmp.name
+        self.workdir = Path(workdir)
+        self._cohort: Cohort | None = None
+        self._stays: pl.DataFrame | None = None
+        self._ehr: np.ndarray | None = None
+        self._chosen: dict[int, tuple[int, int, str]] | None = None  # row -> (subject, study, dicom)
+        self._reports: X.ReportStore | None = None
+        self._said: set[str] = set()
+
+    # ------------------------------------------------------------------ protocol
+    def options(self) -> dict:
+        return {
+            "root": str(self.layout.root), "source": self.layout.version,
+            "cxr_root": str(self.cxr_root) if self.cxr_root else None,
+            "reports_root": str(self.reports_root) if self.reports_root else None,
+            "task": self.task, "timestep_h": self.timestep, "hours": self.hours, "include_pa": self.include_pa,
+            "outlier_ranges": self.outlier_ranges,
+        }
+
+    def modalities(self) -> list[RawModality]:
+        T = n_bins(self.hours, self.timestep)
+        return [
+            RawModality(
+                name="ehr", input="array", kind="timeseries", shape=(T, N_FEATURES), feature_names=feature_names(),
+                dtype="float32",
+                preprocessing={"continuous": continuous_indices(), "timestep_h": self.timestep, "hours": self.hours,
+                               "imputation": "previous, normal value before the first observation",
+                               "layout": "mimic3-benchmarks discretiser: 59 value columns then 17 masks"},
+            ),
+            RawModality(name="cxr", input="image",
+                        preprocessing={"views": ["AP", "PA"] if self.include_pa else ["AP"],
+                                       "choice": "latest study in the window"}),
+            RawModality(name="report", input="text", provenance_codes=list(X.REPORT_PROVENANCE),
+                        preprocessing={"section": "FINDINGS, else IMPRESSION", "max_words": X.MAX_WORDS}),
+        ]
+
+    def cohort(self) -> Cohort:
+        if self._cohort is None:
+            self._build()
+        assert self._cohort is not None
+        return self._cohort
+
+    def inputs(self, modality: str, rows: np.ndarray) -> list[Item | Skip | None]:
+        self.cohort()
+        rows = np.asarray(rows, dtype=np.int64)
+        if modality == "ehr":
+            ehr = self.ehr_arrays()
+            return [Item(ehr[r]) for r in rows]
+        if modality in ("cxr", "report"):
+            if self.cxr_root is None:
+                self._say_once("no-cxr", "no MIMIC-CXR source given: cxr and report are missing for every stay")
+                return [None] * len(rows)
+            chosen = self._chosen or {}
+            out: list[Item | Skip | None] = []
+            for r in rows.tolist():
+                c = chosen.get(r)
+                if c is None:
+                    out.append(None)
+                elif modality == "cxr":
+                    p = X.image_path(self.cxr_root, *c)
+                    out.append(Item(str(p)) if p.is_file() else Skip("image file missing"))
+                else:
+                    out.append(self._report(c[0], c[1]))
+            return out
+        raise KeyError(f"mimic adapter has no modality {modality!r}")
+
+    # ------------------------------------------------------------------ building
+    def _say_once(self, key: str, msg: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning(msg)
+
+    def _report(self, subject: int, study: int) -> Item | Skip | None:
+        if self.reports_root is None:
+            return None
+        if self._reports is None:
+            try:
+                self._reports = X.ReportStore(self.reports_root)
+            except X.CxrLayoutError as e:
+                self._say_once("no-reports", f"reports missing for every stay: {e}")
+                self.reports_root = None
+                return None
+        text = self._reports.read(subject, study)
+        if text is None:
+            return Skip("report file missing")
+        got = X.findings_text(text)
+        if got is None:
+            return Skip("report has neither FINDINGS nor IMPRESSION")
+        return Item(got[0], provenance=got[1])
+
+    def _build(self) -> None:
+        stays, rules = C.base_stays(self.layout)
+        ev_path = self.workdir / f"events_{self.layout.version}.parquet"
+        ev = collect_events(self.layout, stays, ev_path, hours=self.hours, outlier_ranges=self.outlier_ranges,
+                            batch_rows=self.batch_rows)
+        keep = ev["any_in_stay"]
+        n = stays.height
+        rules.append({"rule": "no usable event of the 17 variables during the ICU stay",
+                      "excluded": int((~keep).sum()), "remaining": int(keep.sum())})
+        los_ok = stays["los_h"].to_numpy() >= MORTALITY_HOURS - 1e-6
+        mort_ok = los_ok & ev["any_in_48h"]
+        if self.task == "mortality":
+            rules.append({"rule": "mortality cohort: stay shorter than 48 h or no event in the first 48 h",
+                          "excluded": int((keep & ~mort_ok).sum()), "remaining": int((keep & mort_ok).sum())})
+            keep = keep & mort_ok
+        idx = np.flatnonzero(keep)
+        self._old_rows = idx  # rows of the event parquet for each cohort row
+        stays = stays[idx]
+        self._stays = stays
+        N = stays.height
+        sid = stays["stay_id"].to_numpy().astype(np.int64)
+        subj = stays["subject_id"].to_numpy()
+        mort_y = stays["mortality"].to_numpy().astype(np.float32)[:, None]
+        mort_mask = mort_ok[idx]
+        pheno_y, pheno_stats = C.phenotype_labels(self.layout, stays["hadm_id"].to_numpy())
+        split, split_stats = C.benchmark_split(self.layout.version, subj)
+        splits = {"benchmark": split}
+        extra: dict = {
+            "source": self.layout.version, "cohort_rules": rules, "events_read": ev["rows_read"],
+            "event_values": ev["counts"], "phenotype_codes": pheno_stats, "benchmark_split": split_stats,
+            "data_use": DATA_USE, "stays": int(N), "subjects": int(len(np.unique(subj))),
+            "mortality": {"labelled": int(mort_mask.sum()), "positive": int(mort_y[mort_mask].sum())},
+            "phenotyping": {"labelled": int(N), "positives": {g: int(pheno_y[:, j].sum()) for j, g in
+                                                               enumerate(PHENOTYPES)}},
+            "ehr_window": ("first min(hours, length of stay) hours of the stay; masks 0 after ICU discharge"),
+        }
+        if self.cxr_root is not None:
+            self._match_cxr(stays, extra, splits)
+        else:
+            extra["cxr"] = "no MIMIC-CXR source given: cxr and report missing for every stay"
+        references = {
+            "los_hours": (stays["los_h"].to_numpy().astype(np.float32), np.ones(N, dtype=bool)),
+            "age": (stays["age"].to_numpy().astype(np.float32), np.ones(N, dtype=bool)),
+        }
+        tasks = [TaskSpec("mortality", "binary", ["in_hospital_death"])]
+        labels = {"mortality": (mort_y, mort_mask)}
+        if self.task != "mortality":
+            tasks.append(TaskSpec("phenotyping", "multilabel", list(PHENOTYPES)))
+            labels["phenotyping"] = (pheno_y, np.ones(N, dtype=bool))
+        self._cohort = Cohort(stay_id=sid, subject_id=subj.astype(str), tasks=tasks, labels=labels,
+                              references=references, splits=splits, extra=extra)
+        for r in rules:
+            log.info("cohort rule %-70s excluded %6d remaining %6d", r["rule"], r["excluded"], r["remaining"])
+
+    def _window_end(self) -> pl.Expr:
+        by_hours = pl.col("intime") + pl.duration(microseconds=int(self.hours * 3.6e9))
+        if self.task == "phenotyping":
+            return pl.col("outtime")
+        if self.task == "mortality":
+            return by_hours
+        return pl.min_horizontal(by_hours, pl.col("outtime"))
+
+    def _match_cxr(self, stays: pl.DataFrame, extra: dict, splits: dict) -> None:
+        assert self.cxr_root is not None
+        meta = X.read_metadata(self.cxr_root)
+        st = stays.select(pl.arange(0, stays.height, dtype=pl.Int64).alias("row"), "subject_id", "intime",
+                          self._window_end().alias("window_end"))
+        chosen = X.match_studies(meta, st, include_pa=self.include_pa)
+        self._chosen = {r: (s, t, d) for r, s, t, d in chosen.select("row", "subject_id", "study_id",
+                                                                      "dicom_id").iter_rows()}
+        subj_with_cxr = int(stays.filter(pl.col("subject_id").is_in(meta["subject_id"].unique().implode())).height)
+        extra["cxr"] = {
+            "stays_with_chosen_image": len(self._chosen), "stays_whose_subject_has_any_cxr": subj_with_cxr,
+            "views": ["AP", "PA"] if self.include_pa else ["AP"],
+            "window": {"both": "intime .. min(intime + hours, outtime)", "mortality": "intime .. intime + hours",
+                       "phenotyping": "intime .. outtime"}[self.task],
+        }
+        sp = X.read_split(self.cxr_root)
+        if sp is not None:
+            j = stays.select("subject_id").with_row_index("i").join(sp, on="subject_id", how="left").sort("i")
+            splits["mimic_cxr"] = j["split"].fill_null("none").to_numpy().astype(str)
+
+    def stays(self) -> pl.DataFrame:
+        """The cohort's stays, in row order: ids, times, los_h, age, mortality."""
+        self.cohort()
+        assert self._stays is not None
+        return self._stays
+
+    def ehr_arrays(self) -> np.ndarray:
+        """float32 [N, T, 76] for every cohort row (computed once, then kept)."""
+        self.cohort()
+        if self._ehr is None:
+            assert self._stays is not None
+            ev = pl.read_parquet(self.workdir / f"events_{self.layout.version}.parquet")
+            remap = np.full(int(self._old_rows.max()) + 1 if len(self._old_rows) else 1, -1, dtype=np.int64)
+            remap[self._old_rows] = np.arange(len(self._old_rows))
+            new_row = remap[np.clip(ev["row"].to_numpy().astype(np.int64), 0, len(remap) - 1)]
+            ev = ev.with_columns(pl.Series("row", new_row)).filter(pl.col("row") >= 0)
+            self._ehr = discretize(ev, self._stays.height, self.timestep, self.hours,
+                                   end_hours=self._stays["los_h"].to_numpy())
+        return self._ehr
