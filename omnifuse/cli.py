@@ -36,6 +36,78 @@ def main(
     """omnifuse: OmniFuse (CRA + DWFuse + TLA) and baselines on a frozen-encoder feature cache."""
 
 
+def _fail(e: Exception, code: int = 2) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(code) from e
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def extract(
+    dataset: str = typer.Option("eicu-demo", "--dataset", "-d",
+                                help="eicu-demo (bundled), eicu, mimic or manifest."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache to write (default cache/<dataset>.zarr)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset folder (eicu, mimic; manifest: base "
+                                        "folder for relative paths)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="manifest: CSV or Parquet, one row per stay."),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="manifest: TOML or YAML column spec."),
+    cxr_root: Optional[Path] = typer.Option(None, "--cxr-root", help="mimic: MIMIC-CXR-JPG folder (MIMIC-IV only)."),
+    reports_root: Optional[Path] = typer.Option(None, "--reports-root",
+                                                help="mimic: MIMIC-CXR reports folder or zip (default --cxr-root)."),
+    task: Optional[str] = typer.Option(None, "--task", help="mimic: both (default), mortality or phenotyping."),
+    timestep: Optional[float] = typer.Option(None, "--timestep", help="mimic: EHR bin width in hours (default 2)."),
+    include_pa: bool = typer.Option(False, "--include-pa", help="mimic: accept PA views besides AP."),
+    image_encoder: str = typer.Option("microsoft/resnet-34", "--image-encoder",
+                                      help="Hub id or folder transformers loads, random:resnet34, torchvision:resnet34."),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Hub id or folder (default: minilm, the "
+                                               "bundled offline MiniLM, for eICU; bert-base-uncased otherwise)."),
+    text_pooling: Optional[str] = typer.Option(None, "--text-pooling", help="tokens (the paper; [L, H] per report), "
+                                               "mean or cls (one vector). Default mean for eICU, tokens otherwise."),
+    max_words: int = typer.Option(150, "--max-words", help="Words of each text kept (the paper: 150)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Token cap of the text encoder."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when present), cpu, cuda, cuda:1 ..."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast), bf16 or fp32."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N stays (a quick look)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding workers (default: by device)."),
+    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Encode only this modality (repeat)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache of another spec."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Stage one: run the frozen encoders once and write the feature cache.
+
+    Resumable: run the same command again after an interruption and it continues where it stopped.
+    Under `torchrun --nproc-per-node N omnifuse extract ...` each rank encodes its own blocks of one store.
+    """
+    from omnifuse.cache import CacheError
+    from omnifuse.extract.run import extract_dataset
+
+    _setup_logging(verbose)
+    try:
+        summary = extract_dataset(
+            dataset, out, root=root, manifest=manifest, spec=spec, cxr_root=cxr_root, reports_root=reports_root,
+            task=task, timestep=timestep, include_pa=include_pa, image_encoder=image_encoder,
+            text_encoder=text_encoder, text_pooling=text_pooling, max_words=max_words, max_tokens=max_tokens,
+            device=device, precision=precision, batch_size=batch_size, limit=limit, num_workers=workers,
+            modalities=modality, overwrite=overwrite,
+        )
+    except (CacheError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    from rich.console import Console
+
+    Console().print(summary.render())
+
+
 @app.command()
 def info(
     cache: Path = typer.Argument(..., help="Path of a cache written by `omnifuse extract` (a .zarr folder)."),

@@ -28,6 +28,8 @@ class RawModality:
     preprocessing: dict = field(default_factory=dict)
     provenance_codes: list[str] | None = None
     dtype: str | None = None  # "float32" for raw arrays by default, "float16" for embeddings
+    available: bool = True  # False when the dataset's source for this modality is absent altogether
+    absent_reason: str = ""  # why, said once by the pipeline and kept in the cache attributes
 
 
 @dataclass

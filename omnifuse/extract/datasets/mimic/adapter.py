@@ -105,10 +105,13 @@ class MimicAdapter:
                                "imputation": "previous, normal value before the first observation",
                                "layout": "mimic3-benchmarks discretiser: 59 value columns then 17 masks"},
             ),
-            RawModality(name="cxr", input="image",
+            RawModality(name="cxr", input="image", available=self.cxr_root is not None,
+                        absent_reason="no MIMIC-CXR-JPG source given (--cxr-root)",
                         preprocessing={"views": ["AP", "PA"] if self.include_pa else ["AP"],
                                        "choice": "latest study in the window"}),
             RawModality(name="report", input="text", provenance_codes=list(X.REPORT_PROVENANCE),
+                        available=self.cxr_root is not None and self.reports_root is not None,
+                        absent_reason="no MIMIC-CXR report source given (--reports-root, with --cxr-root)",
                         preprocessing={"section": "FINDINGS, else IMPRESSION", "max_words": X.MAX_WORDS}),
         ]
 

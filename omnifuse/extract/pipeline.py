@@ -1,0 +1,611 @@
+"""Stage one: adapter rows -> frozen encoders -> the Zarr feature cache (docs/internals.md, section 2).
+
+``extract`` builds the ``CacheSpec`` from the adapter (cohort, modalities) and the encoders (ids, weights
+hashes, preprocessing), creates the store or resumes it, and for every modality encodes the blocks this rank
+has not written yet. A block is written (then marked done) as soon as all its rows are resolved, so a killed
+run loses at most the blocks in flight. Inputs that exist but cannot be used (unreadable image, empty report,
+mixed DICOM series...) are masked, logged by stay_id and reason (never report text) and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from omnifuse.cache import CacheError, CacheSpec, CacheWriter, ModalitySpec
+from omnifuse.extract.datasets.base import Adapter, Cohort, Item, RawModality, Skip
+from omnifuse.extract.distributed import DistContext, init_distributed
+from omnifuse.extract.encoders import (
+    DEFAULT_IMAGE_ENCODER,
+    DEFAULT_TEXT_ENCODER,
+    ImageEncoder,
+    TextEncoder,
+    VolumeEncoder,
+    build_image_encoder,
+    build_text_encoder,
+    resolve_device,
+)
+from omnifuse.extract.images import ImagePreprocess, InputError, load_image
+
+log = logging.getLogger(__name__)
+
+MAX_SKIP_LOGS = 20  # per modality and reason; the rest go to DEBUG (the counts are in the summary)
+
+
+# ------------------------------------------------------------------------------------------- summary
+
+
+@dataclass
+class ModalityReport:
+    """One modality after extraction. ``present``/``missing`` count the whole store; the rest this run."""
+
+    name: str
+    input: str
+    kind: str
+    shape: tuple[int, ...]
+    present: int = 0
+    missing: int = 0
+    blocks_written: int = 0
+    blocks_already_done: int = 0
+    items_encoded: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items_encoded / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class ExtractSummary:
+    """What ``extract`` did: rows, per-modality coverage and skipped inputs counted by reason."""
+
+    out: Path
+    rows: int
+    modalities: dict[str, ModalityReport]
+    resumed: bool
+    finalized: bool
+    world_size: int = 1
+    seconds: float = 0.0
+
+    @property
+    def skipped(self) -> dict[str, dict[str, int]]:
+        return {m: dict(r.skipped) for m, r in self.modalities.items() if r.skipped}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "resumed": self.resumed,
+            "world_size": self.world_size,
+            "seconds": round(self.seconds, 3),
+            "modalities": {
+                m: {**asdict(r), "shape": list(r.shape), "items_per_s": round(r.items_per_s, 3)}
+                for m, r in self.modalities.items()
+            },
+        }
+
+    def render(self) -> "Any":
+        """A rich table: modality, coverage, items encoded this run, items/s and skips by reason."""
+        from rich.table import Table
+
+        t = Table(title=f"extracted {self.rows} rows into {self.out}" + (" (resumed)" if self.resumed else ""))
+        for col in ("modality", "input", "shape", "present", "coverage", "encoded now", "items/s", "skipped"):
+            t.add_column(col, justify="left" if col in ("modality", "input", "skipped") else "right")
+        for r in self.modalities.values():
+            cov = f"{100.0 * r.present / self.rows:.1f}%" if self.rows else "-"
+            skips = ", ".join(f"{k}: {v}" for k, v in sorted(r.skipped.items())) or "-"
+            t.add_row(
+                r.name, r.input, "x".join(map(str, r.shape)), str(r.present), cov, str(r.items_encoded),
+                f"{r.items_per_s:.1f}", skips,
+            )
+        return t
+
+
+# ------------------------------------------------------------------------------------- data loading
+
+
+class _FileDataset(Dataset):
+    """Decodes image files (``[3, S, S]``) or volumes (``[s, 3, S, S]``) in DataLoader workers.
+
+    Returns ``(index, tensor)`` or ``(index, reason)`` for an unusable input.
+    """
+
+    def __init__(self, paths: list[Any], prep: ImagePreprocess, volume: VolumeEncoder | None) -> None:
+        self.paths = paths
+        self.prep = prep
+        self.max_slices = volume.max_slices if volume is not None else 0
+        self.window = volume.window if volume is not None else None
+        self.is_volume = volume is not None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            if self.is_volume:
+                from omnifuse.extract.volumes import volume_slices
+
+                return i, volume_slices(self.paths[i], self.prep, self.max_slices, self.window)
+            return i, load_image(self.paths[i], self.prep)
+        except InputError as e:
+            return i, str(e)
+
+
+def _collate_images(batch: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], torch.Tensor | None, list]:
+    ok = [(i, t) for i, t in batch if isinstance(t, torch.Tensor)]
+    bad = [(i, t) for i, t in batch if not isinstance(t, torch.Tensor)]
+    x = torch.stack([t for _, t in ok], 0) if ok else None
+    return [i for i, _ in ok], x, bad
+
+
+def _collate_volumes(batch: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], list[torch.Tensor], list]:
+    ok = [(i, t) for i, t in batch if isinstance(t, torch.Tensor)]
+    bad = [(i, t) for i, t in batch if not isinstance(t, torch.Tensor)]
+    return [i for i, _ in ok], [t for _, t in ok], bad
+
+
+def default_num_workers(device: torch.device) -> int:
+    """DataLoader workers: up to 8 on a GPU machine; on the CPU the encoder needs the cores, so at most
+    half of them beyond the first two."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return max(1, min(8, cpus - 1))
+    return max(0, min(4, (cpus - 2) // 2))
+
+
+# ---------------------------------------------------------------------------------------- the blocks
+
+
+class _Block:
+    """Rows [start, stop) of one modality being filled."""
+
+    def __init__(self, start: int, stop: int, spec: ModalitySpec) -> None:
+        n = stop - start
+        self.start, self.stop = start, stop
+        fill = np.nan if spec.kind in ("tabular", "timeseries") else 0.0
+        self.x = np.full((n, *spec.shape), fill, dtype=np.float32)
+        self.mask = np.zeros(n, dtype=bool)
+        self.tokens_mask = np.zeros((n, spec.shape[0]), dtype=bool) if spec.has_tokens_mask else None
+        self.provenance = np.full(n, -1, dtype=np.int8) if spec.provenance_codes else None
+        self.remaining = n
+
+    def resolve(self, offset: int) -> None:
+        self.remaining -= 1
+
+
+class _Run:
+    """State shared by the modality passes of one extraction."""
+
+    def __init__(self, writer: CacheWriter, stay_id: np.ndarray, progress: Any, show: bool) -> None:
+        self.writer = writer
+        self.stay_id = stay_id
+        self.progress = progress
+        self.show = show
+        self.logged: Counter = Counter()
+
+    def skip(self, report: ModalityReport, row: int, reason: str) -> None:
+        report.skipped[reason] = report.skipped.get(reason, 0) + 1
+        key = (report.name, reason)
+        self.logged[key] += 1
+        level = logging.WARNING if self.logged[key] <= MAX_SKIP_LOGS else logging.DEBUG
+        log.log(level, "%s: stay_id %d masked: %s", report.name, int(self.stay_id[row]), reason)
+        if self.logged[key] == MAX_SKIP_LOGS + 1:
+            log.warning("%s: further %r skips are logged at DEBUG level only", report.name, reason)
+
+    def add_total(self, task: Any, n: int) -> None:
+        if self.show and n:
+            t = self.progress.tasks[task]
+            self.progress.update(task, total=(t.total or 0) + n)
+
+    def flush(self, name: str, blocks: dict[int, _Block], report: ModalityReport) -> None:
+        """Write every block whose rows are all resolved."""
+        for k in [k for k, b in blocks.items() if b.remaining == 0]:
+            b = blocks.pop(k)
+            self.writer.write_block(
+                name, b.start, b.stop, x=b.x, mask=b.mask, tokens_mask=b.tokens_mask, provenance=b.provenance
+            )
+            report.blocks_written += 1
+
+
+def _inputs(adapter: Adapter, name: str, start: int, stop: int) -> list[Item | Skip | None]:
+    rows = np.arange(start, stop, dtype=np.int64)
+    got = adapter.inputs(name, rows)
+    if len(got) != len(rows):
+        raise RuntimeError(f"adapter {adapter.name!r} returned {len(got)} inputs of {name!r} for {len(rows)} rows")
+    return got
+
+
+def _prepare_blocks(
+    run: _Run, adapter: Adapter, name: str, spec: ModalitySpec, pending: list[tuple[int, int]],
+    report: ModalityReport,
+) -> tuple[dict[int, _Block], list[tuple[int, int, Item]]]:
+    """Blocks to fill and the present items ``(block, offset, item)``; missing and skipped rows resolved."""
+    blocks: dict[int, _Block] = {}
+    work: list[tuple[int, int, Item]] = []
+    for start, stop in pending:
+        b = _Block(start, stop, spec)
+        blocks[start] = b
+        for off, it in enumerate(_inputs(adapter, name, start, stop)):
+            if it is None:
+                b.resolve(off)
+            elif isinstance(it, Skip):
+                run.skip(report, start + off, it.reason)
+                b.resolve(off)
+            elif isinstance(it, Item):
+                work.append((start, off, it))
+            else:
+                raise TypeError(f"adapter returned {type(it).__name__} for {name!r}; expected Item, Skip or None")
+    return blocks, work
+
+
+def _prepare(run: _Run, adapter: Adapter, spec: ModalitySpec, pending, report: ModalityReport, task):
+    blocks, work = _prepare_blocks(run, adapter, spec.name, spec, pending, report)
+    run.add_total(task, len(work))
+    return blocks, work
+
+
+def _set_provenance(b: _Block, off: int, it: Item, spec: ModalitySpec) -> None:
+    if b.provenance is not None and it.provenance is not None:
+        if not 0 <= it.provenance < len(spec.provenance_codes or []):
+            raise ValueError(f"provenance code {it.provenance} out of range for {spec.name!r}")
+        b.provenance[off] = it.provenance
+
+
+def _run_arrays(run: _Run, adapter: Adapter, spec: ModalitySpec, pending, report: ModalityReport, task) -> None:
+    for start, stop in pending:
+        blocks, work = _prepare(run, adapter, spec, [(start, stop)], report, task)
+        b = blocks[start]
+        for _, off, it in work:
+            try:
+                arr = np.asarray(it.value, dtype=np.float32)
+            except (TypeError, ValueError):
+                run.skip(report, start + off, "array is not numeric")
+                b.resolve(off)
+                continue
+            if arr.shape != spec.shape:
+                run.skip(report, start + off, f"array shape {arr.shape} != {spec.shape}")
+            elif spec.kind == "vector" and not np.isfinite(arr).all():
+                run.skip(report, start + off, "non-finite values in a vector input")
+            else:
+                b.x[off] = arr
+                b.mask[off] = True
+                _set_provenance(b, off, it, spec)
+                report.items_encoded += 1
+            b.resolve(off)
+        run.flush(spec.name, blocks, report)
+        if run.show:
+            run.progress.advance(task, len(work))
+
+
+def _run_text(
+    run: _Run, adapter: Adapter, spec: ModalitySpec, pending, report: ModalityReport, task,
+    enc: TextEncoder, batch_size: int,
+) -> None:
+    for start, stop in pending:
+        blocks, work = _prepare(run, adapter, spec, [(start, stop)], report, task)
+        b = blocks[start]
+        ready: list[tuple[int, str, Item]] = []
+        for _, off, it in work:
+            try:
+                ready.append((off, enc.prepare(it.value), it))
+            except InputError as e:
+                run.skip(report, start + off, str(e))
+                b.resolve(off)
+        ready.sort(key=lambda r: len(r[1]))  # similar lengths share a batch: less padding
+        for i in range(0, len(ready), batch_size):
+            chunk = ready[i : i + batch_size]
+            x, tm = enc.encode([t for _, t, _ in chunk])
+            for j, (off, _, it) in enumerate(chunk):
+                b.x[off] = x[j].numpy()
+                if tm is not None:
+                    b.tokens_mask[off] = tm[j].numpy()
+                b.mask[off] = True
+                _set_provenance(b, off, it, spec)
+                b.resolve(off)
+            report.items_encoded += len(chunk)
+            if run.show:
+                run.progress.advance(task, len(chunk))
+        if run.show and len(work) > len(ready):
+            run.progress.advance(task, len(work) - len(ready))
+        run.flush(spec.name, blocks, report)
+
+
+def _run_files(
+    run: _Run, adapter: Adapter, spec: ModalitySpec, pending, report: ModalityReport, task,
+    image: ImageEncoder, volume: VolumeEncoder | None, batch_size: int, num_workers: int,
+) -> None:
+    """Images or volumes: decoded in DataLoader workers, encoded in batches, blocks written in order."""
+    blocks, work = _prepare(run, adapter, spec, pending, report, task)
+    run.flush(spec.name, blocks, report)  # blocks with nothing to encode
+    if not work:
+        return
+    ds = _FileDataset([it.value for _, _, it in work], image.prep, volume)
+    loader = DataLoader(
+        ds,
+        batch_size=1 if volume is not None else batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_volumes if volume is not None else _collate_images,
+        pin_memory=image.device.type == "cuda",
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
+    )
+    for idx, x, bad in loader:
+        for i, reason in bad:
+            start, off, _ = work[i]
+            run.skip(report, start + off, reason)
+            blocks[start].resolve(off)
+        if volume is not None:
+            outs = [volume.encode_volume(v, batch_size) for v in x]
+        elif x is not None:
+            y = image.encode(x)
+            outs = [(y[j], None) for j in range(len(idx))]
+        else:
+            outs = []
+        for i, (emb, smask) in zip(idx, outs):
+            start, off, it = work[i]
+            b = blocks[start]
+            b.x[off] = emb.numpy()
+            if smask is not None:
+                b.tokens_mask[off] = smask.numpy()
+            b.mask[off] = True
+            _set_provenance(b, off, it, spec)
+            b.resolve(off)
+        report.items_encoded += len(idx)
+        if run.show:
+            run.progress.advance(task, len(idx) + len(bad))
+        run.flush(spec.name, blocks, report)
+    if blocks:
+        raise RuntimeError(f"{spec.name}: blocks left unresolved: {sorted(blocks)}")
+
+
+# ------------------------------------------------------------------------------------------- extract
+
+
+def _limit_cohort(c: Cohort, n: int) -> Cohort:
+    if n >= len(c):
+        return c
+    cut = lambda pair: (pair[0][:n], pair[1][:n])  # noqa: E731
+    return Cohort(
+        stay_id=c.stay_id[:n], subject_id=c.subject_id[:n], tasks=c.tasks,
+        labels={k: cut(v) for k, v in c.labels.items()},
+        references={k: cut(v) for k, v in c.references.items()},
+        splits={k: v[:n] for k, v in c.splits.items()},
+        extra={**c.extra, "limit": n},
+    )
+
+
+def build_spec(
+    adapter: Adapter, cohort: Cohort, raws: list[RawModality], encoders: dict[str, Any]
+) -> CacheSpec:
+    """The ``CacheSpec``: adapter identity and options, tasks, and per modality the encoder id, its weights
+    hash, output shape and preprocessing (``encoders`` maps modality name -> encoder, absent for arrays)."""
+    mods = []
+    for r in raws:
+        enc = encoders.get(r.name)
+        if r.input == "array":
+            if r.shape is None or r.kind is None:
+                raise ValueError(f"array modality {r.name!r} needs shape and kind from the adapter")
+            mods.append(ModalitySpec(
+                name=r.name, kind=r.kind, shape=tuple(r.shape), dtype=r.dtype or "float32",
+                encoder="passthrough", preprocessing=dict(r.preprocessing), feature_names=r.feature_names,
+                provenance_codes=r.provenance_codes,
+            ))
+            continue
+        shape = tuple(enc.shape)
+        mods.append(ModalitySpec(
+            name=r.name, kind="sequence" if len(shape) == 2 else "vector", shape=shape,
+            dtype=r.dtype or "float16", encoder=enc.name, encoder_hash=enc.weights_hash,
+            preprocessing={**enc.preprocessing(), **dict(r.preprocessing)}, provenance_codes=r.provenance_codes,
+        ))
+    return CacheSpec(
+        dataset=adapter.name, dataset_version=str(adapter.version), modalities=mods, tasks=list(cohort.tasks),
+        references=sorted(cohort.references), splits=sorted(cohort.splits), adapter_options=adapter.options(),
+        license=str(getattr(adapter, "license", "") or ""), extra=dict(cohort.extra),
+    )
+
+
+def _open_or_create(
+    dist: DistContext, out: Path, spec: CacheSpec, cohort: Cohort, overwrite: bool, rows_per_block
+) -> tuple[CacheWriter, bool]:
+    """Rank 0 creates (or resumes) the store and writes labels, references and splits; the others wait,
+    then open it. Returns the writer and whether the store existed before."""
+    existed = out.exists() and not overwrite
+    err = None
+    writer = None
+    if dist.is_main:
+        try:
+            writer = CacheWriter.create(
+                out, spec, cohort.stay_id, cohort.subject_id, overwrite=overwrite, rows_per_block=rows_per_block
+            )
+            for t in cohort.tasks:
+                y, m = cohort.labels[t.name]
+                writer.write_labels(t.name, y, m)
+            for r, (v, m) in cohort.references.items():
+                writer.write_reference(r, v, m)
+            for s, v in cohort.splits.items():
+                writer.write_split(s, v)
+        except Exception as e:  # tell the other ranks before raising here
+            err = f"{type(e).__name__}: {e}"
+            dist.broadcast(err)
+            raise
+    err = dist.broadcast(err)
+    if err is not None:
+        raise CacheError(f"rank 0 could not create {out}: {err}")
+    if writer is None:
+        writer = CacheWriter.open(out)
+        mine = json.dumps(spec.to_json(), sort_keys=True, default=str)
+        if json.dumps(writer.spec.to_json(), sort_keys=True, default=str) != mine:
+            raise CacheError(f"rank {dist.rank}: the store at {out} has another specification than this rank's")
+    return writer, existed
+
+
+def extract(
+    adapter: Adapter,
+    out: str | Path,
+    *,
+    image_encoder: str | ImageEncoder = DEFAULT_IMAGE_ENCODER,
+    text_encoder: str | TextEncoder = DEFAULT_TEXT_ENCODER,
+    text_pooling: str = "tokens",
+    max_words: int = 150,
+    max_tokens: int = 256,
+    volume_pooling: str = "slices",
+    max_slices: int = 64,
+    volume_window: tuple[float, float] | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 32,
+    limit: int | None = None,
+    num_workers: int | None = None,
+    modalities: list[str] | None = None,
+    overwrite: bool = False,
+    rows_per_block: int | dict[str, int] | None = None,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Encode every modality of ``adapter`` into the cache at ``out``; resumes a store with the same spec.
+
+    ``image_encoder``/``text_encoder``: a name (see ``encoders``) or a built encoder (then ``device``,
+    ``precision``, ``text_pooling``, ``max_words`` and ``max_tokens`` are the encoder's own).
+    ``limit``: only the first ``limit`` rows. ``modalities``: encode only these (the store still has all; a
+    later run without the option completes it). Under torchrun each rank encodes its own blocks.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    dev = resolve_device(device)
+    dist = init_distributed(dev)
+    try:
+        cohort = adapter.cohort()
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"limit must be at least 1, got {limit}")
+            cohort = _limit_cohort(cohort, limit)
+        raws_all = adapter.modalities()
+        absent = {r.name: r.absent_reason or "source not available" for r in raws_all if not r.available}
+        raws = [r for r in raws_all if r.available]
+        if not raws:
+            raise ValueError(f"{adapter.name}: no modality has a source ({absent})")
+        for name, why in absent.items():
+            if dist.is_main:
+                log.warning("%s: %s; missing for every stay, not stored in the cache", name, why)
+        kinds = {r.input for r in raws}
+        img = txt = None
+        if kinds & {"image", "volume"}:
+            img = image_encoder if isinstance(image_encoder, ImageEncoder) else build_image_encoder(
+                image_encoder, device=dev, precision=precision)
+        if "text" in kinds:
+            txt = text_encoder if isinstance(text_encoder, TextEncoder) else build_text_encoder(
+                text_encoder, pooling=text_pooling, max_words=max_words, max_tokens=max_tokens, device=dev,
+                precision=precision)
+        vol = VolumeEncoder(img, max_slices=max_slices, pooling=volume_pooling, window=volume_window) if (
+            "volume" in kinds) else None
+        encs: dict[str, Any] = {}
+        for r in raws:
+            encs[r.name] = {"image": img, "text": txt, "volume": vol, "array": None}[r.input]
+        spec = build_spec(adapter, cohort, raws, encs)
+        if absent:
+            spec.extra["absent_modalities"] = absent
+        writer, existed = _open_or_create(dist, out, spec, cohort, overwrite, rows_per_block)
+        workers = default_num_workers(dev) if num_workers is None else int(num_workers)
+        selected = [r for r in raws if modalities is None or r.name in modalities]
+        if modalities is not None:
+            unknown = set(modalities) - {r.name for r in raws_all}
+            if unknown:
+                raise ValueError(f"unknown modalities {sorted(unknown)}; the adapter has {[r.name for r in raws]}")
+        reports: dict[str, ModalityReport] = {}
+        show = progress and dist.is_main
+        prog = _make_progress() if show else None
+        run = _Run(writer, cohort.stay_id, prog, show)
+        with prog if prog is not None else _nullcontext():
+            for r in selected:
+                mspec = spec.modality(r.name)
+                rep = ModalityReport(name=r.name, input=r.input, kind=mspec.kind, shape=mspec.shape)
+                reports[r.name] = rep
+                nblocks = len(writer.done_blocks(r.name))
+                rep.blocks_already_done = int(writer.done_blocks(r.name).sum())
+                pending = writer.pending_blocks(r.name, dist.rank, dist.world_size)
+                task = prog.add_task(f"{r.name} ({r.input})", total=None) if show else None
+                t1 = time.perf_counter()
+                if pending:
+                    if r.input == "array":
+                        _run_arrays(run, adapter, mspec, pending, rep, task)
+                    elif r.input == "text":
+                        _run_text(run, adapter, mspec, pending, rep, task, txt, batch_size)
+                    else:
+                        _run_files(run, adapter, mspec, pending, rep, task, img, vol if r.input == "volume"
+                                   else None, batch_size, workers)
+                rep.seconds = time.perf_counter() - t1
+                if show:
+                    prog.update(task, total=prog.tasks[task].completed or 0)
+                log.info("%s: %d of %d blocks written by rank %d", r.name, rep.blocks_written, nblocks, dist.rank)
+        summary = _finish(dist, writer, reports, existed, modalities is None)
+        summary.seconds = time.perf_counter() - t0
+        return summary
+    finally:
+        dist.close()
+
+
+def _finish(
+    dist: DistContext, writer: CacheWriter, reports: dict[str, ModalityReport], existed: bool, complete: bool
+) -> ExtractSummary:
+    """Gather the ranks' reports, count coverage from the store, and finalise it (rank 0)."""
+    dist.barrier()
+    gathered = dist.gather(reports)
+    merged: dict[str, ModalityReport] = {}
+    for name, rep in reports.items():
+        m = ModalityReport(name=rep.name, input=rep.input, kind=rep.kind, shape=rep.shape,
+                           blocks_already_done=rep.blocks_already_done)
+        for g in gathered:
+            o = g[name]
+            m.blocks_written += o.blocks_written
+            m.items_encoded += o.items_encoded
+            m.seconds = max(m.seconds, o.seconds)
+            for k, v in o.skipped.items():
+                m.skipped[k] = m.skipped.get(k, 0) + v
+        mask = np.asarray(writer.group[name]["mask"][:])
+        done = writer.done_blocks(name)
+        done_rows = np.zeros(writer.n, dtype=bool)
+        for k, (a, b) in enumerate(writer.iter_blocks(name)):
+            done_rows[a:b] = bool(done[k])
+        m.present = int((mask & done_rows).sum())
+        m.missing = int((~mask & done_rows).sum())
+        merged[name] = m
+    finalized = False
+    all_done = all(writer.done_blocks(ms.name).all() for ms in writer.spec.modalities)
+    if dist.is_main and complete and all_done:
+        summ = ExtractSummary(writer.path, writer.n, merged, existed, True, dist.world_size)
+        writer.finalize(extra={"extract": summ.to_json()})
+        finalized = True
+    dist.barrier()
+    return ExtractSummary(writer.path, writer.n, merged, existed, finalized, dist.world_size)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def _make_progress() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class _Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:.1f} items/s" if task.speed else "- items/s")
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(),
+        transient=False,
+    )

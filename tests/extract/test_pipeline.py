@@ -1,0 +1,214 @@
+"""The extraction pipeline end to end: shapes, masks, known embeddings, skips, --limit, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from omnifuse.cache import CacheError, load_cache, open_cache
+from omnifuse.extract.datasets.manifest import ManifestAdapter
+from omnifuse.extract.pipeline import extract
+
+from .conftest import IMAGE_SIZE, MAX_SLICES, MAX_TOKENS, minilm_dir
+
+RUN = dict(max_slices=MAX_SLICES, batch_size=4, rows_per_block=2, progress=False)
+
+
+def _extract(toy, out, ie, te, **kw):
+    return extract(ManifestAdapter(toy["manifest"], toy["spec"]), out, image_encoder=ie, text_encoder=te,
+                   **{**RUN, **kw})
+
+
+@pytest.fixture(scope="module")
+def extracted(toy, image_encoder, text_encoder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "toy.zarr"
+    logger = logging.getLogger("omnifuse")
+    records: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    h = _Keep(level=logging.DEBUG)
+    old = logger.level
+    logger.addHandler(h)
+    logger.setLevel(logging.DEBUG)
+    try:
+        summary = _extract(toy, out, image_encoder, text_encoder, num_workers=1)
+    finally:
+        logger.removeHandler(h)
+        logger.setLevel(old)
+    return summary, load_cache(out), "\n".join(records)
+
+
+def test_shapes_masks_and_labels(extracted):
+    summary, c, _ = extracted
+    assert summary.finalized and summary.rows == 8
+    assert c.stay_id.tolist() == list(range(101, 109))
+    mods = c.modalities
+    assert mods["cxr"].x.shape == (8, 512) and mods["cxr"].kind == "vector"
+    assert mods["cxr"].mask.tolist() == [1, 1, 1, 0, 0, 0, 1, 1]
+    assert mods["report"].x.shape == (8, MAX_TOKENS, 384) and mods["report"].kind == "sequence"
+    assert mods["report"].mask.tolist() == [1, 1, 0, 1, 0, 1, 1, 1]
+    assert mods["report"].tokens_mask[3].sum() == MAX_TOKENS  # the long report fills the cap
+    assert mods["ct"].x.shape == (8, MAX_SLICES, 512)
+    assert mods["ct"].mask.tolist() == [1, 0, 0, 1, 0, 0, 0, 0]
+    assert mods["ct"].tokens_mask.sum(1).tolist() == [3, 0, 0, 4, 0, 0, 0, 0]  # 3 slices; 6 sampled to 4
+    assert mods["labs"].x.shape == (8, 2) and mods["labs"].x.dtype == np.float32
+    assert mods["labs"].feature_names == ["age", "lactate"]
+    assert mods["vitals"].x.shape == (8, 4, 2) and mods["vitals"].mask.tolist() == [1, 1, 0, 1, 0, 0, 0, 0]
+    # masked rows hold zeros; present embedding rows are never all-zero
+    for m in ("cxr", "report", "ct"):
+        x, mk = mods[m].x.astype(np.float32), mods[m].mask
+        assert np.all(x[~mk] == 0) and np.all(np.abs(x[mk]).reshape(mk.sum(), -1).max(1) > 0)
+    assert c.labels["died"].y[:, 0].tolist() == [1, 0, 0, 1, 0, 1, 0, 1]
+    assert c.labels["severity"].mask.tolist() == [1, 1, 1, 0, 1, 1, 1, 1]
+    assert c.splits["official"].tolist()[2] == "test"
+    spec = c.spec.modality("cxr")
+    assert spec.encoder == "random:resnet34" and len(spec.encoder_hash) == 64
+    assert spec.preprocessing["image_size"] == IMAGE_SIZE
+
+
+def test_summary_counts_skips_by_reason(extracted):
+    summary, _, _ = extracted
+    sk = summary.skipped
+    assert sk["cxr"]["file not found"] == 1
+    assert sum(v for k, v in sk["cxr"].items() if k.startswith("unreadable image")) == 1
+    assert sk["report"] == {"empty report": 1}
+    assert sk["ct"] == {"mixed DICOM series in folder": 1}
+    assert sk["vitals"] == {"file not found": 1}
+    assert "labs" not in sk
+    r = summary.modalities
+    assert (r["cxr"].present, r["cxr"].missing) == (5, 3)
+    assert (r["labs"].present, r["labs"].items_encoded) == (7, 7)
+    assert open_cache(summary.out).attrs["summary"]["extract"]["modalities"]["cxr"]["skipped"]["file not found"] == 1
+
+
+def test_logs_name_stays_but_never_report_text(extracted, toy):
+    _, _, logs = extracted
+    assert "stay_id 103 masked: empty report" in logs
+    assert "stay_id 104" in logs and "unreadable image" in logs
+    for text in toy["reports"]:
+        if text and text.strip():
+            assert text.strip()[:20] not in logs
+
+
+def test_cached_embeddings_equal_direct_encoder_calls(extracted, toy, image_encoder, text_encoder):
+    _, c, _ = extracted
+    root = toy["root"]
+    for row, name in [(0, "img/a.png"), (1, "img/b.jpg"), (2, "img/c16.png"), (7, "img/h.png")]:
+        ref = image_encoder.encode(image_encoder.load(root / name)[None])[0].numpy()
+        np.testing.assert_allclose(c.modalities["cxr"].x[row].astype(np.float32), ref, rtol=2e-3, atol=2e-3)
+    for row in (0, 3, 5):
+        x, tm = text_encoder.encode([text_encoder.prepare(toy["reports"][row])])
+        n = int(tm[0].sum())
+        assert c.modalities["report"].tokens_mask[row].sum() == n
+        np.testing.assert_allclose(c.modalities["report"].x[row, :n].astype(np.float32), x[0, :n].numpy(),
+                                   rtol=2e-3, atol=2e-3)
+    from omnifuse.extract.encoders import VolumeEncoder
+
+    v = VolumeEncoder(image_encoder, max_slices=MAX_SLICES)
+    ref, smask = v.encode_volume(v.load(root / "ct" / "s4"))
+    np.testing.assert_allclose(c.modalities["ct"].x[3].astype(np.float32), ref.numpy(), rtol=2e-3, atol=2e-3)
+    assert c.modalities["ct"].tokens_mask[3].tolist() == smask.tolist()
+    np.testing.assert_array_equal(c.modalities["labs"].x[0], [61.0, 1.5])
+    assert np.isnan(c.modalities["labs"].x[1, 1])  # raw tabular keeps NaN as "not observed"
+
+
+def test_limit_and_pooled_text(toy, image_encoder, minilm_path, tmp_path):
+    s = _extract(toy, tmp_path / "l.zarr", image_encoder, minilm_path, limit=3, text_pooling="mean",
+                 max_words=20, max_tokens=MAX_TOKENS, device="cpu", precision="fp32", num_workers=0)
+    c = load_cache(tmp_path / "l.zarr")
+    assert s.rows == 3 and c.stay_id.tolist() == [101, 102, 103]
+    assert c.modalities["report"].x.shape == (3, 384) and c.modalities["report"].kind == "vector"
+    assert c.modalities["report"].tokens_mask is None
+
+
+def test_rerun_with_other_settings_is_refused(extracted, toy, image_encoder, text_encoder):
+    summary, _, _ = extracted
+    with pytest.raises(CacheError, match="different specification"):
+        _extract(toy, summary.out, image_encoder, text_encoder, max_slices=MAX_SLICES + 1)
+    again = _extract(toy, summary.out, image_encoder, text_encoder)  # same settings: nothing left to do
+    assert again.resumed and all(r.blocks_written == 0 for r in again.modalities.values())
+
+
+CHILD = """
+import sys, time
+from omnifuse.cache.writer import CacheWriter
+from omnifuse.extract import encoders as E
+from omnifuse.extract.datasets.manifest import ManifestAdapter
+from omnifuse.extract.pipeline import extract
+
+manifest, spec, out, minilm = sys.argv[1:5]
+written = [0]
+orig_write = CacheWriter.write_block
+def write_block(self, *a, **k):
+    orig_write(self, *a, **k)
+    written[0] += 1
+    print("BLOCK", a[0], a[1], flush=True)
+CacheWriter.write_block = write_block
+orig_encode = E.ImageEncoder.encode
+def encode(self, x):
+    if written[0] >= 3:  # killed while the 4th block is in flight
+        print("STUCK", flush=True)
+        time.sleep(600)
+    return orig_encode(self, x)
+E.ImageEncoder.encode = encode
+ie = E.build_image_encoder("random:resnet34", device="cpu", precision="fp32", size=%(size)d)
+te = E.build_text_encoder(minilm, max_words=20, max_tokens=%(tokens)d, device="cpu", precision="fp32")
+extract(ManifestAdapter(manifest, spec), out, image_encoder=ie, text_encoder=te, max_slices=%(slices)d,
+        batch_size=%(batch)d, rows_per_block=2, progress=False, num_workers=0)
+"""
+
+
+def test_resume_after_sigkill_recomputes_nothing(toy, image_encoder, text_encoder, tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(CHILD % dict(size=IMAGE_SIZE, tokens=MAX_TOKENS, slices=MAX_SLICES,
+                                                   batch=2)))
+    out = tmp_path / "k.zarr"
+    proc = subprocess.Popen([sys.executable, str(script), str(toy["manifest"]), str(toy["spec"]), str(out),
+                             minilm_dir()], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = []
+    try:
+        deadline = time.time() + 240
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if line.startswith("STUCK") or time.time() > deadline:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "STUCK" in lines, lines
+    # rows 4-5 (no image, missing file) need no encoding and are written first; rows 6-7 are in flight
+    assert sorted(x for x in lines if x.startswith("BLOCK")) == ["BLOCK cxr 0", "BLOCK cxr 2", "BLOCK cxr 4"]
+
+    with pytest.raises(CacheError):  # incomplete: the reader refuses by default
+        load_cache(out)
+    chunk = out / "cxr" / "x" / "c" / "0" / "0"
+    before_mtime = chunk.stat().st_mtime_ns
+
+    items0, calls_t0 = image_encoder.items, text_encoder.items
+    s = _extract(toy, out, image_encoder, text_encoder, batch_size=2, num_workers=0)
+    assert s.resumed and s.finalized
+    assert s.modalities["cxr"].blocks_already_done == 3 and s.modalities["cxr"].blocks_written == 1
+    # only rows 107 and 108 (two images) of the last cxr block, plus 3 + 4 CT slices
+    assert s.modalities["cxr"].items_encoded == 2
+    assert image_encoder.items - items0 == 2 + 7
+    assert text_encoder.items - calls_t0 == 6
+    assert chunk.stat().st_mtime_ns == before_mtime  # nothing done was rewritten
+
+    fresh = tmp_path / "fresh.zarr"
+    _extract(toy, fresh, image_encoder, text_encoder, batch_size=2, num_workers=0)
+    a, b = load_cache(out), load_cache(fresh)
+    for m in a.modalities:
+        np.testing.assert_array_equal(a.modalities[m].mask, b.modalities[m].mask)
+        np.testing.assert_allclose(a.modalities[m].x.astype(np.float32), b.modalities[m].x.astype(np.float32),
+                                   rtol=2e-3, atol=2e-3, equal_nan=True)
