@@ -108,6 +108,112 @@ def extract(
     Console().print(summary.render())
 
 
+def _parse_params(items: list[str] | None) -> dict:
+    """``--param key=value`` pairs; values are read as JSON when they parse (numbers, true/false, lists)."""
+    out: dict = {}
+    for it in items or []:
+        if "=" not in it:
+            raise typer.BadParameter(f"--param expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+@app.command()
+def train(
+    cache: Path = typer.Option(..., "--cache", "-c", help="Cache written by `omnifuse extract`."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task in the cache (e.g. mortality)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Fusion method (see `omnifuse methods`); "
+                                         "default omnifuse."),
+    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Use only this modality (repeat)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="Patient-grouped cross-validation folds (default 5)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Use an official split stored in the cache instead "
+                                        "of folds (e.g. benchmark)."),
+    missing_rate: Optional[float] = typer.Option(None, "--missing-rate", help="Simulated missingness rate r."),
+    missing_mode: Optional[str] = typer.Option(None, "--missing-mode", help="random, or a modality name."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (cuda when present), cpu, cuda."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeat), "
+                                              "e.g. -p beta=0.5 -p tla=false (OmniFuse ablation switches: "
+                                              "dwfuse, tla, imp_fw, imp_bw)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file; flags override it."),
+    grid_search: bool = typer.Option(False, "--grid", help="Cross-validated grid over beta, alpha and the "
+                                     "lambdas (or the [grid] table of --config), chosen on inner validation."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder."),
+) -> None:
+    """Stage two: train and evaluate a fusion method with patient-grouped cross-validation.
+
+    Writes OUT/config.json (resolved), metrics.json (per fold and mean, per modality combination),
+    predictions.csv, lazy_combinations.json (OmniFuse's TLA trace) and a checkpoint per fold.
+    """
+    from omnifuse.cache import CacheError
+    from omnifuse.fuse.train import grid, print_results
+    from omnifuse.fuse.train import train as run_train
+
+    _setup_logging(False)
+    kw = dict(task=task, method=method, modalities=modality, folds=folds, missing_rate=missing_rate, seed=seed,
+              out=out, config=config, split=split, missing_mode=missing_mode, epochs=epochs,
+              batch_size=batch_size, lr=lr, device=device, method_params=_parse_params(param) or None)
+    try:
+        if grid_search:
+            kw.pop("modalities"), kw.pop("folds"), kw.pop("missing_rate"), kw.pop("seed")
+            res = grid(cache, modalities=modality, folds=folds, missing_rate=missing_rate, seed=seed, **kw)
+            typer.echo(f"best parameters (mean inner-validation AUROC): {res['best']}; written to {out}/grid.json")
+            return
+        result = run_train(cache, **kw)
+    except (CacheError, ValueError, KeyError, FileNotFoundError) as e:
+        _fail(e)
+    print_results(result)
+    typer.echo(f"run written to {out}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Option(..., "--run", "-r", help="Run folder written by `omnifuse train`."),
+    cache: Path = typer.Option(..., "--cache", "-c", help="Cache with the stays to score."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV to write."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Use this fold's model (default: the mean of all)."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Score stays with a trained run, whatever modalities they have.
+
+    Columns: stay_id, the fused probability, and per modality its own probability and the label-free weight
+    (eq. 10 computed with the predicted class, since the true label is unknown at inference).
+    """
+    from omnifuse.cache import CacheError
+    from omnifuse.fuse.predict import predict as run_predict
+
+    try:
+        res = run_predict(run, cache, out, fold=fold, device=device)
+    except (CacheError, ValueError, KeyError, FileNotFoundError) as e:
+        _fail(e)
+    typer.echo(f"scored {len(res['stay_id']):,} stays into {out}")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered fusion methods with their source paper."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from omnifuse.fuse.base import METHODS, get_method
+
+    get_method("omnifuse")  # populates the registry
+    t = Table(title="fusion methods (omnifuse train --method NAME)")
+    for col in ("name", "description", "paper"):
+        t.add_column(col)
+    for name in sorted(METHODS):
+        e = METHODS[name]
+        t.add_row(name, e.description, e.paper)
+    Console().print(t)
+
+
 @app.command()
 def info(
     cache: Path = typer.Argument(..., help="Path of a cache written by `omnifuse extract` (a .zarr folder)."),

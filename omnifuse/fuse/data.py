@@ -1,0 +1,444 @@
+"""Cached features to in-memory tensors for stage two: task and modality selection, patient-grouped splits,
+normalisation fitted on training rows, simulated missingness and batches.
+
+The whole selection lives on one device (the GPU when there is one): the fusion networks are tiny, so there is
+no DataLoader; a batch is an index tensor gathered from the resident arrays. Embeddings keep their stored
+dtype (float16) until :meth:`FuseData.batch` casts the gathered rows to float32 and normalises them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnifuse.fuse.base import Batch, ModalityInfo, ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The cache cannot be used as asked (unknown task or modality, too few patients for the folds...)."""
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class FuseData:
+    """One task and its chosen modalities as tensors on ``device``.
+
+    ``x[name]`` [N, *shape] stored dtype (NaN = not observed for tabular/time series); ``mask`` [N, M] bool
+    presence (after simulated missingness); ``natural_mask`` [N, M] presence in the cache;
+    ``tokens_mask[name]`` [N, L] bool for sequences; ``y`` [N, C] float32 (binary, multilabel) or [N] int64;
+    ``y_mask`` [N] bool; ``stay_id`` int64 [N] and ``subject_id`` str [N] (numpy).
+    """
+
+    modalities: list[str]
+    kinds: dict[str, str]
+    x: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    natural_mask: torch.Tensor
+    tokens_mask: dict[str, torch.Tensor]
+    y: torch.Tensor
+    y_mask: torch.Tensor
+    stay_id: np.ndarray
+    subject_id: np.ndarray
+    task: str
+    task_kind: str
+    classes: list[str]
+    continuous: dict[str, list[int] | None] = field(default_factory=dict)
+    splits: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.stay_id.size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mask.device
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.classes)
+
+    def raw_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.x[name].shape[1:])
+
+    def labels_numpy(self, rows: np.ndarray | None = None) -> np.ndarray:
+        y = self.y.cpu().numpy()
+        return y if rows is None else y[rows]
+
+    def strat_labels(self) -> np.ndarray:
+        """One integer per row for stratified splits: the binary label, the class, or for multilabel the
+        row's rarest positive label (-1 when none)."""
+        y = self.y.cpu().numpy()
+        if self.task_kind == "multiclass":
+            return y.astype(np.int64)
+        if self.task_kind == "binary":
+            return y[:, 0].astype(np.int64)
+        prev = y.mean(axis=0)
+        score = np.where(y > 0.5, prev[None, :], np.inf)
+        out = np.argmin(score, axis=1)
+        return np.where(np.isfinite(score.min(axis=1)), out, -1).astype(np.int64)
+
+    def model_info(self, normalizer: "Normalizer") -> ModelInfo:
+        """The :class:`ModelInfo` a method is built from (shapes after normalisation)."""
+        mods = [ModalityInfo(n, self.kinds[n], normalizer.out_shape(n, self.raw_shape(n))) for n in self.modalities]
+        return ModelInfo(modalities=mods, task_kind=self.task_kind, num_outputs=self.num_outputs)
+
+    def batch(self, rows: torch.Tensor | np.ndarray, normalizer: "Normalizer", mask: torch.Tensor | None = None) -> Batch:
+        """Rows ``rows`` [B] as a float32 :class:`Batch` on the data's device, normalised, missing inputs zero.
+
+        ``mask`` [B, M] overrides the presence mask (it may only remove modalities)."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        m = self.mask[idx] if mask is None else (mask.to(self.device) & self.mask[idx])
+        x, tm = {}, {}
+        for j, name in enumerate(self.modalities):
+            keep = m[:, j]
+            t = normalizer.apply(name, self.x[name][idx])
+            x[name] = t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
+            if name in self.tokens_mask:
+                tm[name] = self.tokens_mask[name][idx] & keep[:, None]
+        return Batch(x=x, mask=m, y=self.y[idx], y_mask=self.y_mask[idx], index=idx, tokens_mask=tm,
+                     natural_mask=self.natural_mask[idx])
+
+    def iter_batches(self, rows: np.ndarray, batch_size: int, normalizer: "Normalizer",
+                     shuffle: bool = False, generator: torch.Generator | None = None):
+        """Batches over ``rows`` (numpy positions), shuffled with ``generator`` when asked."""
+        rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long)
+        if shuffle:
+            rows_t = rows_t[torch.randperm(rows_t.numel(), generator=generator)]
+        for s in range(0, rows_t.numel(), batch_size):
+            yield self.batch(rows_t[s:s + batch_size], normalizer)
+
+    def with_mask(self, mask: torch.Tensor) -> "FuseData":
+        """The same data with another presence mask [N, M] (a subset of the natural one)."""
+        if tuple(mask.shape) != tuple(self.mask.shape):
+            raise DataError(f"mask shape {tuple(mask.shape)} != {tuple(self.mask.shape)}")
+        out = FuseData(**{**self.__dict__})
+        out.mask = mask.to(self.device) & self.natural_mask
+        return out
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_fuse_data(
+    cache: Any,
+    task: str,
+    modalities: list[str] | None = None,
+    device: str | torch.device | None = "auto",
+    allow_incomplete: bool = False,
+) -> FuseData:
+    """Load ``cache`` (a path, an opened cache or a loaded ``CacheData``) for ``task`` and ``modalities``.
+
+    Rows without a label stay (``y_mask`` False): they can be scored but never train or evaluate.
+    """
+    from omnifuse.cache.reader import Cache, open_cache
+
+    if isinstance(cache, FuseData):
+        return cache
+    if isinstance(cache, (str, Path)):
+        cache = open_cache(cache)
+    if isinstance(cache, Cache):
+        names = [m.name for m in cache.spec.modalities] if modalities is None else list(modalities)
+        for n in names:
+            if n not in [m.name for m in cache.spec.modalities]:
+                raise DataError(f"no modality {n!r} in cache; it has {[m.name for m in cache.spec.modalities]}")
+        cache = cache.load(modalities=names, allow_incomplete=allow_incomplete)
+    cd = cache
+    if task not in cd.labels:
+        raise DataError(f"no task {task!r} in cache; it has {sorted(cd.labels)}")
+    names = list(cd.modalities) if modalities is None else list(modalities)
+    if not names:
+        raise DataError("no modality chosen")
+    for n in names:
+        if n not in cd.modalities:
+            raise DataError(f"no modality {n!r} in the loaded data; it has {sorted(cd.modalities)}")
+    dev = _device(device)
+    lab = cd.labels[task]
+    x, tm, kinds, cont = {}, {}, {}, {}
+    masks = []
+    for n in names:
+        md = cd.modalities[n]
+        if md.kind not in ("vector", "sequence", "timeseries", "tabular"):
+            raise DataError(f"modality {n!r}: unknown kind {md.kind!r}")
+        arr = np.ascontiguousarray(md.x)
+        if arr.dtype not in (np.float16, np.float32):
+            arr = arr.astype(np.float32)
+        mk = np.asarray(md.mask, dtype=bool)
+        if md.kind in ("vector", "sequence"):
+            bad = mk & ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+            if bad.any():
+                log.warning("modality %s: %d present rows hold non-finite embeddings; masked as missing",
+                            n, int(bad.sum()))
+                mk = mk & ~bad
+                arr = arr.copy()
+                arr[bad] = 0
+        x[n] = torch.from_numpy(arr).to(dev)
+        masks.append(torch.from_numpy(mk))
+        kinds[n] = md.kind
+        if md.kind == "sequence":
+            if md.tokens_mask is None:
+                raise DataError(f"sequence modality {n!r} has no tokens_mask")
+            t = torch.from_numpy(np.asarray(md.tokens_mask, dtype=bool)) & torch.from_numpy(mk)[:, None]
+            tm[n] = t.to(dev)
+        c = (md.preprocessing or {}).get("continuous")
+        cont[n] = None if c is None else [int(i) for i in c]
+    mask = torch.stack(masks, dim=1).to(dev)
+    y = torch.from_numpy(np.asarray(lab.y)).to(dev)
+    if lab.kind != "multiclass" and y.dim() == 1:
+        y = y[:, None]
+    y = y.long() if lab.kind == "multiclass" else y.float()
+    return FuseData(
+        modalities=names, kinds=kinds, x=x, mask=mask, natural_mask=mask.clone(), tokens_mask=tm, y=y,
+        y_mask=torch.from_numpy(np.asarray(lab.mask, dtype=bool)).to(dev),
+        stay_id=np.asarray(cd.stay_id, dtype=np.int64), subject_id=np.asarray(cd.subject_id).astype(str),
+        task=task, task_kind=lab.kind, classes=list(lab.classes), continuous=cont, splits=dict(cd.splits),
+    )
+
+
+# --------------------------------------------------------------------------------------- normalizer
+class Normalizer:
+    """Per-modality normalisation fitted on training rows only, saved with the checkpoint as JSON.
+
+    - tabular [F] / time series [T, F]: the ``continuous`` columns (all when not given) are standardised
+      with the mean and standard deviation of their observed (non-NaN) training values; then NaN becomes 0,
+      and one observed-indicator column (1 observed, 0 not) is appended for every column that had a NaN in
+      the training rows. The encoder's input is [F + k] or [T, F + k].
+    - vector [D] / sequence [L, D] embeddings: optional standardisation per dimension (``embeddings=True``),
+      over present rows (sequences: over valid tokens).
+    Rows of a missing modality are zeroed after normalisation by :meth:`FuseData.batch`.
+    """
+
+    def __init__(self, stats: dict[str, dict[str, Any]] | None = None) -> None:
+        self.stats: dict[str, dict[str, Any]] = stats or {}
+        self._t: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+    @classmethod
+    def fit(cls, data: FuseData, rows: np.ndarray, embeddings: bool = True, chunk: int = 4096) -> "Normalizer":
+        """Fit on ``rows`` (training positions); only rows where the modality is present count."""
+        stats: dict[str, dict[str, Any]] = {}
+        rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=data.device)
+        for j, name in enumerate(data.modalities):
+            kind = data.kinds[name]
+            r = rows_t[data.mask[rows_t, j]]
+            feat = data.x[name].shape[-1]
+            s = torch.zeros(feat, dtype=torch.float64, device=data.device)
+            ss = torch.zeros_like(s)
+            cnt = torch.zeros_like(s)
+            has_nan = torch.zeros(feat, dtype=torch.bool, device=data.device)
+            for a in range(0, r.numel(), chunk):
+                xb = data.x[name][r[a:a + chunk]].double().reshape(-1, feat)
+                if kind == "sequence":
+                    xb = xb[data.tokens_mask[name][r[a:a + chunk]].reshape(-1)]
+                obs = torch.isfinite(xb)
+                has_nan |= (~obs).any(dim=0)
+                xz = torch.where(obs, xb, torch.zeros_like(xb))
+                s += xz.sum(0)
+                ss += (xz * xz).sum(0)
+                cnt += obs.sum(0)
+            mean = s / cnt.clamp(min=1)
+            var = (ss / cnt.clamp(min=1) - mean * mean).clamp(min=0)
+            std = var.sqrt()
+            std = torch.where(std > 1e-6, std, torch.ones_like(std))
+            if kind in ("tabular", "timeseries"):
+                cols = data.continuous.get(name)
+                sel = torch.zeros(feat, dtype=torch.bool, device=data.device)
+                sel[list(range(feat)) if cols is None else cols] = True
+                if cols is not None and any(c < 0 or c >= feat for c in cols):
+                    raise DataError(f"modality {name!r}: continuous column index outside 0..{feat - 1}")
+                mean = torch.where(sel, mean, torch.zeros_like(mean))
+                std = torch.where(sel, std, torch.ones_like(std))
+                indicators = torch.nonzero(has_nan).flatten().tolist()
+            else:
+                if not embeddings:
+                    mean, std = torch.zeros_like(mean), torch.ones_like(std)
+                indicators = []
+            stats[name] = {"kind": kind, "mean": mean.float().cpu().tolist(), "std": std.float().cpu().tolist(),
+                           "indicators": indicators, "n_rows": int(r.numel())}
+        return cls(stats)
+
+    def out_shape(self, name: str, raw_shape: tuple[int, ...]) -> tuple[int, ...]:
+        k = len(self.stats[name]["indicators"])
+        return (*raw_shape[:-1], raw_shape[-1] + k)
+
+    def _tensors(self, name: str, device: torch.device):
+        t = self._t.get(name)
+        if t is None or t[0].device != device:
+            st = self.stats[name]
+            ind = torch.tensor(st["indicators"], dtype=torch.long, device=device) if st["indicators"] else None
+            t = (torch.tensor(st["mean"], device=device), torch.tensor(st["std"], device=device), ind)
+            self._t[name] = t
+        return t
+
+    def apply(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """[B, *raw_shape] stored dtype -> [B, *out_shape] float32, finite."""
+        if name not in self.stats:
+            raise DataError(f"normalizer has no statistics for modality {name!r}")
+        mean, std, ind = self._tensors(name, x.device)
+        x = x.float()
+        if x.shape[-1] != mean.numel():
+            raise DataError(f"modality {name!r}: {x.shape[-1]} features, normalizer fitted on {mean.numel()}")
+        obs = torch.isfinite(x)
+        z = torch.where(obs, (x - mean) / std, torch.zeros_like(x))
+        if ind is not None:
+            z = torch.cat([z, obs.index_select(-1, ind).float()], dim=-1)
+        return z
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "modalities": self.stats}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Normalizer":
+        return cls({k: dict(v) for k, v in d["modalities"].items()})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Normalizer":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+# ------------------------------------------------------------------------------------------- splits
+def _group_split(strat: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, stratify: bool):
+    """Patient-grouped (and, where possible, stratified) k-fold splits over the given rows."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    n_groups = np.unique(groups).size
+    if n_groups < n_splits:
+        raise DataError(f"{n_groups} patients cannot be split into {n_splits} patient-grouped folds")
+    if stratify:
+        counts = np.unique(strat, return_counts=True)[1]
+        if counts.min() >= n_splits:
+            cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+            return list(cv.split(np.zeros(strat.size), strat, groups))
+        log.info("a stratum has fewer rows than folds; falling back to grouped (unstratified) folds")
+    # GroupKFold without shuffling is deterministic by group size; shuffle group identities by the seed
+    uniq, inv = np.unique(groups, return_inverse=True)
+    perm = np.random.default_rng(seed).permutation(uniq.size)
+    return list(GroupKFold(n_splits=n_splits).split(np.zeros(strat.size), strat, perm[inv]))
+
+
+def make_folds(data: FuseData, folds: int = 5, seed: int = 0, stratify: bool = True,
+               test_fraction: float = 0.2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, test rows) per fold over the labelled rows, grouped by ``subject_id``.
+
+    ``folds >= 2``: k-fold cross-validation; ``folds == 1``: one grouped hold-out of ``test_fraction``."""
+    labelled = np.flatnonzero(data.y_mask.cpu().numpy())
+    if labelled.size == 0:
+        raise DataError(f"task {data.task!r} has no labelled rows")
+    strat = data.strat_labels()[labelled]
+    groups = data.subject_id[labelled]
+    if folds >= 2:
+        sp = _group_split(strat, groups, folds, seed, stratify)
+    elif folds == 1:
+        k = max(2, int(round(1.0 / test_fraction)))
+        sp = _group_split(strat, groups, k, seed, stratify)[:1]
+    else:
+        raise DataError(f"folds must be >= 1, got {folds}")
+    return [(labelled[a], labelled[b]) for a, b in sp]
+
+
+def split_from_cache(data: FuseData, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) labelled rows from a split stored in the cache (values train/val/test; other
+    values are left out). Raises when the split mixes a patient across parts."""
+    if name not in data.splits:
+        raise DataError(f"no split {name!r} in cache; it has {sorted(data.splits)}")
+    v = np.asarray(data.splits[name]).astype(str)
+    lab = data.y_mask.cpu().numpy()
+    parts = []
+    for key in (("train",), ("val", "valid", "validation"), ("test",)):
+        parts.append(np.flatnonzero(np.isin(v, key) & lab))
+    for a in range(3):
+        for b in range(a + 1, 3):
+            shared = np.intersect1d(data.subject_id[parts[a]], data.subject_id[parts[b]])
+            if shared.size:
+                raise DataError(f"split {name!r} puts patient {shared[0]!r} in two parts")
+    return parts[0], parts[1], parts[2]
+
+
+def inner_split(data: FuseData, train_rows: np.ndarray, val_fraction: float = 0.1,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An inner validation split of training rows (patient-grouped, stratified where possible) for early
+    stopping; the test fold never enters it."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    k = max(2, int(round(1.0 / val_fraction)))
+    strat = data.strat_labels()[train_rows]
+    tr, va = _group_split(strat, data.subject_id[train_rows], k, seed, True)[0]
+    return train_rows[tr], train_rows[va]
+
+
+# ----------------------------------------------------------------------------------- missingness
+def simulate_missing(mask: torch.Tensor, rate: float, mode: str = "random", modalities: list[str] | None = None,
+                     seed: int = 0) -> torch.Tensor:
+    """Simulated missingness on a presence mask [N, M] -> [N, M] (a subset, never all modalities of a row).
+
+    ``mode="random"``: every present modality of every row is dropped with probability ``rate``; a row
+    that would lose all is given back one of its present modalities at random.
+    ``mode=<modality name>``: only that modality is dropped, with probability ``rate``, where the row has
+    another present modality. Seeded by ``seed`` (use the same seed for every method to pair them)."""
+    if not 0.0 <= rate <= 1.0:
+        raise DataError(f"missing rate must be in [0, 1], got {rate}")
+    if rate == 0.0:
+        return mask.clone()
+    g = np.random.default_rng(seed)
+    m = mask.cpu().numpy().copy()
+    n, M = m.shape
+    if mode == "random":
+        drop = g.random((n, M)) < rate
+        new = m & ~drop
+        empty = ~new.any(axis=1) & m.any(axis=1)
+        if empty.any():
+            # give back one present modality, uniformly among those present
+            keys = np.where(m[empty], g.random((int(empty.sum()), M)), -1.0)
+            new[np.flatnonzero(empty), keys.argmax(axis=1)] = True
+        return torch.from_numpy(new).to(mask.device)
+    names = modalities or []
+    if mode not in names:
+        raise DataError(f"missing mode must be 'random' or one of the modalities {names}, got {mode!r}")
+    j = names.index(mode)
+    others = np.delete(m, j, axis=1).any(axis=1)
+    drop = (g.random(n) < rate) & others
+    m[:, j] &= ~drop
+    return torch.from_numpy(m).to(mask.device)
+
+
+def random_train_drop(mask: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time modality dropout [B, M] -> [B, M]: with probability ``prob`` a row keeps a uniformly
+    chosen non-empty proper subset of its present modalities (at least one kept, at least one dropped);
+    rows with a single present modality are unchanged. For M = 3 with all present this draws the six
+    patterns of the paper's table 1."""
+    B, M = mask.shape
+    dev = mask.device
+    if M == 1 or prob <= 0:
+        return mask.clone()
+    u = torch.rand(B, generator=generator).to(dev)
+    n_present = mask.sum(1)
+    eligible = (u < prob) & (n_present >= 2)
+    # draw a random subset of the present modalities by rejection: keep each with prob 1/2, accept when
+    # it is non-empty and a proper subset; 8 rounds leave about (1/2)^8 of draws, which keep a single one
+    keep = mask.clone()
+    todo = eligible.clone()
+    for _ in range(8):
+        if not bool(todo.any()):
+            break
+        r = (torch.rand(B, M, generator=generator).to(dev) < 0.5) & mask
+        ok = todo & r.any(1) & (r.sum(1) < n_present)
+        keep[ok] = r[ok]
+        todo &= ~ok
+    if bool(todo.any()):
+        pick = torch.where(mask, torch.rand(B, M, generator=generator).to(dev), torch.full((B, M), -1.0, device=dev))
+        one = torch.zeros_like(mask)
+        one[torch.arange(B, device=dev), pick.argmax(1)] = True
+        keep[todo] = one[todo]
+    return keep

@@ -1,0 +1,100 @@
+"""DWFuse, the down-weighting fusion of OmniFuse (paper eq. 9-14).
+
+- eq. 9: ``p_m = g_m(u_m)``, one classifier head per modality on its (imputed where missing) representation;
+- eq. 10: ``w_m = [prod_{n != m} (1 - p_n)]^(beta / (M - 1))`` with ``p_n`` the probability head ``n`` gives the
+  true class, computed without gradient; for multilabel tasks per label; ``M = 1`` gives ``w = 1``;
+- eq. 11: ``o = g_rp(concat(s_1..s_K))``, the joint head on the forward CRA's latents;
+- eq. 12: the paper writes ``L_ens = -sum_m H(w_m p_m, y)``; read literally with ``w`` detached,
+  ``-log(w p_y) = -log w - log p_y`` has the gradient of the unweighted loss, so we take
+  ``L_ens = sum_m w_m * CE(p_m, y)`` (the weight scales each row's loss);
+- eq. 13: ``L_rp = CE(o, y)``; eq. 14: ``L_DWFuse = L_ens + alpha * L_rp``.
+
+Task kinds: ``binary`` and ``multilabel`` logits [B, C] with per-label sigmoid and binary cross-entropy;
+``multiclass`` logits [B, C] with softmax and cross-entropy, labels [B] class indices.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Head(nn.Module):
+    """A classifier head: [B, in] -> logits [B, C] (two fully connected layers)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def probabilities(logits: torch.Tensor, task_kind: str) -> torch.Tensor:
+    """Logits [B, C] -> probabilities [B, C] (sigmoid per label, or softmax for multiclass)."""
+    return torch.softmax(logits, dim=-1) if task_kind == "multiclass" else torch.sigmoid(logits)
+
+
+def true_class_probability(logits: torch.Tensor, y: torch.Tensor, task_kind: str) -> torch.Tensor:
+    """Probability given to the true class: [B] for multiclass (y [B] indices), [B, C] per label for binary
+    and multilabel (y [B, C] 0/1: ``p`` where y = 1, ``1 - p`` where y = 0)."""
+    if task_kind == "multiclass":
+        return torch.softmax(logits, dim=-1).gather(1, y.long().view(-1, 1)).squeeze(1)
+    p = torch.sigmoid(logits)
+    return torch.where(y > 0.5, p, 1.0 - p)
+
+
+def predicted_class_probability(logits: torch.Tensor, joint_logits: torch.Tensor, task_kind: str) -> torch.Tensor:
+    """As :func:`true_class_probability` with the class predicted by the joint output ``o`` in place of the
+    label (label-free, for inference)."""
+    if task_kind == "multiclass":
+        yhat = joint_logits.argmax(dim=-1)
+    else:
+        yhat = (joint_logits > 0).float()
+    return true_class_probability(logits, yhat, task_kind)
+
+
+def down_weights(p_true: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. 10 without gradient. ``p_true`` [M, B] or [M, B, C] (the true-class probability of each head)
+    -> ``w`` of the same shape: ``w_m = prod_{n != m} (1 - p_n) ** (beta / (M - 1))``; all ones when M = 1."""
+    with torch.no_grad():
+        M = p_true.shape[0]
+        if M == 1:
+            return torch.ones_like(p_true)
+        log1m = torch.log1p(-p_true.clamp(max=1 - 1e-7))  # log(1 - p_n), finite
+        others = log1m.sum(0, keepdim=True) - log1m  # sum over n != m
+        return torch.exp(others * (beta / (M - 1)))
+
+
+def supervised_loss(logits: torch.Tensor, y: torch.Tensor, task_kind: str, y_mask: torch.Tensor | None = None,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy (eq. 13 style), mean over labelled rows (and labels). ``weight`` [B] or [B, C] scales
+    each row's (label's) loss. Zero, with a graph, when no row is labelled."""
+    if task_kind == "multiclass":
+        per = F.cross_entropy(logits, y.long(), reduction="none")  # [B]
+    else:
+        per = F.binary_cross_entropy_with_logits(logits, y.float(), reduction="none")  # [B, C]
+    if weight is not None:
+        per = per * weight
+    if per.dim() == 2:
+        per = per.mean(1)
+    if y_mask is None:
+        return per.mean()
+    w = y_mask.to(per.dtype)
+    return (per * w).sum() / w.sum().clamp(min=1.0)
+
+
+def dwfuse_loss(
+    per_modality_logits: list[torch.Tensor], joint_logits: torch.Tensor, y: torch.Tensor, task_kind: str,
+    beta: float = 0.5, alpha: float = 0.1, y_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 12-14: ``L_DWFuse = sum_m mean(w_m * CE(p_m, y)) + alpha * CE(o, y)``.
+
+    ``per_modality_logits``: M tensors [B, C]; ``joint_logits`` [B, C]. Returns the loss and its terms
+    (``ens``, ``rp``, and the mean weight per modality ``w`` [M])."""
+    p_true = torch.stack([true_class_probability(l.detach(), y, task_kind) for l in per_modality_logits])
+    w = down_weights(p_true, beta)
+    ens = sum(supervised_loss(l, y, task_kind, y_mask, weight=w[m]) for m, l in enumerate(per_modality_logits))
+    rp = supervised_loss(joint_logits, y, task_kind, y_mask)
+    return ens + alpha * rp, {"ens": ens, "rp": rp, "w": w.reshape(w.shape[0], -1).mean(1)}

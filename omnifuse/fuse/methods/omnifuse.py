@@ -1,0 +1,216 @@
+"""OmniFuse (Wu et al., Information Fusion 2025): CRA imputation, DWFuse and TLA, the full objective (eq. 18).
+
+``L = L_forward + lambda_1 L_backward + lambda_2 L_DWFuse + lambda_3 L_TLA`` with the paper's defaults
+K = 5, alpha = 0.1, beta = 0.5, lambda = (1, 10, 0.5). Switches for the ablation of table 4:
+
+- ``dwfuse=False``: no per-modality heads; ``L_DWFuse`` becomes the plain cross-entropy of the joint head o;
+- ``tla=False``: no mining, ``L_TLA = 0``;
+- ``imp_fw=False``: no CRA; missing modalities stay ``v^miss`` and ``o = g_rp(concat(v))``; this also turns
+  the backward CRA off (IMP-bw needs IMP-fw), so ``L_forward = L_backward = 0``;
+- ``imp_bw=False``: no backward CRA, ``L_backward = 0``.
+The paper's row (e) of table 4 cannot be read from its text; see docs/omnifuse.md for our choice.
+
+Training drops present modalities at random (``train_drop_prob``, at least one kept, see
+:func:`omnifuse.fuse.data.random_train_drop`); only those drops enter ``L_forward``; natural gaps enter no
+imputation loss. Inference: forward imputation only, then ``o`` (the paper's figure 3b).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from omnifuse.fuse import cra as cra_mod
+from omnifuse.fuse import dwfuse as dw
+from omnifuse.fuse import tla as tla_mod
+from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, register_method
+from omnifuse.fuse.data import random_train_drop
+from omnifuse.fuse.encoders import build_encoder
+
+PAPER_DEFAULTS: dict[str, Any] = {
+    "K": 5, "alpha": 0.1, "beta": 0.5, "lambda_backward": 1.0, "lambda_dwfuse": 10.0, "lambda_tla": 0.5,
+}
+
+
+@dataclass
+class DroppedBatch(Batch):
+    """A training batch after the random modality drop; ``source`` is the batch before it (the truth of the
+    dropped modalities) and ``dropped`` [B, M] marks the modalities removed on purpose."""
+
+    source: Batch | None = None
+    dropped: torch.Tensor | None = None
+
+
+class OmniFuse(FusionMethod):
+    """Encoders (eq. 1), forward/backward CRA (4-8), DWFuse (9-14), TLA (15-17); objective (18).
+
+    ``forward(batch)`` -> ``MethodOutput(logits=o [B, C], per_modality_logits={name: p_m logits [B, C]},
+    extra)``; extra holds ``v``, ``v_prime``, ``v_second`` [B, M, d] and the masks the losses need."""
+
+    def __init__(
+        self, info: ModelInfo, *, d: int = 128, K: int = 5, cra_hidden: int = 256, latent: int = 64,
+        head_hidden: int = 128, dropout: float = 0.1, alpha: float = 0.1, beta: float = 0.5,
+        lambda_backward: float = 1.0, lambda_dwfuse: float = 10.0, lambda_tla: float = 0.5,
+        dwfuse: bool = True, tla: bool = True, imp_fw: bool = True, imp_bw: bool = True,
+        train_drop_prob: float = 0.5, tla_mask_down: bool = False, pool: str = "attention", rnn: str = "gru",
+    ) -> None:
+        super().__init__(info)
+        M, C = info.num_modalities, info.num_outputs
+        if M < 1:
+            raise ValueError("OmniFuse needs at least one modality")
+        self.d, self.M = d, M
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.lambdas = (float(lambda_backward), float(lambda_dwfuse), float(lambda_tla))
+        self.use_dwfuse, self.use_imp_fw = bool(dwfuse), bool(imp_fw)
+        self.use_imp_bw = bool(imp_bw) and bool(imp_fw)
+        self.use_tla = bool(tla) and M > 1
+        self.train_drop_prob = float(train_drop_prob)
+        self.tla_mask_down = bool(tla_mask_down)
+        self.encoders = nn.ModuleDict({
+            m.name: build_encoder(m, d, dropout=dropout, **({"pool": pool} if m.kind == "sequence" else {}),
+                                  **({"rnn": rnn} if m.kind == "timeseries" else {}))
+            for m in info.modalities
+        })
+        self.cra_fw = cra_mod.CRA(M * d, K, cra_hidden, latent) if self.use_imp_fw else None
+        self.cra_bw = cra_mod.CRA(M * d, K, cra_hidden, latent) if self.use_imp_bw else None
+        joint_in = K * latent if self.use_imp_fw else M * d
+        self.joint_head = dw.Head(joint_in, C, head_hidden, dropout)  # g_rp, eq. 11
+        self.heads = nn.ModuleDict({m.name: dw.Head(d, C, head_hidden, dropout) for m in info.modalities}) \
+            if self.use_dwfuse else None  # g_m, eq. 9
+        self.lazy: tuple[bool, ...] | None = None
+        self.lazy_history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------ building blocks
+    def missing_embeddings(self, device: torch.device) -> torch.Tensor:
+        """``v^miss`` [M, d]: each encoder's output for an explicit zero input (all-false token mask)."""
+        out = []
+        for m in self.info.modalities:
+            x = torch.zeros(1, *m.shape, device=device)
+            tm = torch.zeros(1, m.shape[0], dtype=torch.bool, device=device) if m.kind == "sequence" else None
+            out.append(self.encoders[m.name](x, tm))
+        return torch.cat(out, 0)
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """Eq. 1: [B, M, d]; rows of a missing modality hold zeros, so they encode to ``v^miss``."""
+        return torch.stack([self.encoders[n](batch.x[n], batch.tokens_mask.get(n)) for n in self.info.names], 1)
+
+    def train_drop(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        """Random drops of present modalities (at least one kept); the pre-drop batch travels along."""
+        keep = random_train_drop(batch.mask, self.train_drop_prob, generator)
+        nb = batch.with_mask(keep)
+        return DroppedBatch(x=nb.x, mask=keep, y=nb.y, y_mask=nb.y_mask, index=nb.index, tokens_mask=nb.tokens_mask,
+                            natural_mask=batch.natural_mask, source=batch, dropped=batch.mask & ~keep)
+
+    # ------------------------------------------------------------------------------------- forward
+    def forward(self, batch: Batch) -> MethodOutput:
+        B = batch.mask.shape[0]
+        mask = batch.mask
+        source = getattr(batch, "source", None)
+        if source is not None:
+            v_true = self.encode(source)  # the truth of dropped modalities
+            v_miss = self.missing_embeddings(mask.device).unsqueeze(0).expand(B, -1, -1)
+            v = torch.where(mask.unsqueeze(-1), v_true, v_miss)  # eq. 2-3
+        else:
+            v_true = None
+            v = self.encode(batch)
+        extra: dict[str, Any] = {"v": v, "v_true": v_true, "mask": mask, "dropped": getattr(batch, "dropped", None)}
+        if self.cra_fw is not None:
+            vp_flat, latents = self.cra_fw(v.reshape(B, -1))  # eq. 4-5
+            v_prime = vp_flat.view(B, self.M, self.d)
+            u = torch.where(mask.unsqueeze(-1), v, v_prime)  # available kept, missing imputed
+            o = self.joint_head(latents)  # eq. 11
+            extra["v_prime"] = v_prime
+            if self.cra_bw is not None and self.training:
+                extra["v_second"] = self.cra_bw(vp_flat)[0].view(B, self.M, self.d)  # eq. 6
+        else:
+            u = v
+            o = self.joint_head(v.reshape(B, -1))
+        per = None
+        if self.heads is not None:
+            per = {n: self.heads[n](u[:, j]) for j, n in enumerate(self.info.names)}  # eq. 9
+        return MethodOutput(logits=o, per_modality_logits=per, extra=extra)
+
+    def joint_logits(self, batch: Batch) -> torch.Tensor:
+        return self.forward(batch).logits
+
+    # ---------------------------------------------------------------------------------------- loss
+    def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eq. 18 with its terms (floats, unweighted): forward, backward, dwfuse (ens, rp), tla, total."""
+        kind = self.info.task_kind
+        zero = out.logits.sum() * 0.0
+        ex = out.extra
+        l_fw = l_bw = zero
+        if "v_prime" in ex and ex.get("dropped") is not None and ex.get("v_true") is not None:
+            l_fw = cra_mod.forward_loss(ex["v_prime"], ex["v_true"], ex["dropped"])  # eq. 7
+        if "v_second" in ex:
+            l_bw = cra_mod.backward_loss(ex["v_second"], ex["v"], ex["mask"])  # eq. 8
+        terms: dict[str, float] = {}
+        if out.per_modality_logits is not None:
+            l_dw, t = dw.dwfuse_loss(list(out.per_modality_logits.values()), out.logits, batch.y, kind,
+                                     self.beta, self.alpha, batch.y_mask)  # eq. 12-14
+            terms["ens"], terms["rp"] = float(t["ens"].detach()), float(t["rp"].detach())
+        else:
+            l_dw = dw.supervised_loss(out.logits, batch.y, kind, batch.y_mask)
+            terms["rp"] = float(l_dw.detach())
+        l_tla = zero
+        if self.use_tla and self.lazy is not None:
+            sel = tla_mod.lazy_mask(batch.mask, self.lazy)  # eq. 16
+            l_tla = tla_mod.tla_loss(out.logits, batch.y, sel, kind, batch.y_mask)  # eq. 17
+            if self.tla_mask_down:
+                c = torch.as_tensor(self.lazy, dtype=torch.bool, device=batch.mask.device)
+                sup = (batch.mask | ~c).all(1) & ~sel & batch.y_mask
+                if bool(sup.any()):
+                    sub = tla_mod._rows(batch, sup)
+                    sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
+                    n1, n2 = int(sel.sum()), int(sup.sum())
+                    l2 = tla_mod.tla_loss(self.forward(sub).logits, sub.y, torch.ones_like(sub.y_mask), kind)
+                    l_tla = (l_tla * n1 + l2 * n2) / max(n1 + n2, 1)
+        l1, l2, l3 = self.lambdas
+        total = l_fw + l1 * l_bw + l2 * l_dw + l3 * l_tla  # eq. 18
+        terms.update({k: float(v.detach()) for k, v in (("forward", l_fw), ("backward", l_bw), ("dwfuse", l_dw),
+                                                      ("tla", l_tla), ("total", total))})
+        return total, terms
+
+    # --------------------------------------------------------------------------------------- hooks
+    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
+        """Eq. 15: mine the lazy combination on the trainer's fixed mining rows; log it."""
+        if not self.use_tla:
+            return
+        was = self.training
+        self.eval()
+        try:
+            lazy, table = tla_mod.mine_lazy(self.joint_logits, trainer.mining_batches(), self.info.names,
+                                            self.info.task_kind)
+        finally:
+            self.train(was)
+        self.lazy = lazy
+        rec = {"epoch": epoch, "lazy": None if lazy is None else tla_mod.combination_name(lazy, self.info.names),
+               "distances": table}
+        self.lazy_history.append(rec)
+        if hasattr(trainer, "record"):
+            trainer.record("lazy_combination", rec)
+
+    @torch.no_grad()
+    def label_free_weights(self, out: MethodOutput) -> dict[str, torch.Tensor]:
+        """Eq. 10 with the class predicted by ``o`` in place of the true label (inference has no label):
+        per modality [B] (binary/multiclass) or [B, C] (multilabel). Named ``weight_predicted_class``."""
+        if out.per_modality_logits is None:
+            return {}
+        kind = self.info.task_kind
+        p = torch.stack([dw.predicted_class_probability(l, out.logits, kind) for l in out.per_modality_logits.values()])
+        w = dw.down_weights(p, self.beta)
+        return {n: w[j] for j, n in enumerate(out.per_modality_logits)}
+
+
+@register_method(
+    "omnifuse",
+    description="OmniFuse: CRA forward/backward imputation, down-weighting fusion (DWFuse), traceable laziness "
+                "activation (TLA)",
+    paper="Wu et al., OmniFuse, Information Fusion 117 (2025) 102890",
+    defaults=dict(PAPER_DEFAULTS),
+)
+def omnifuse(info: ModelInfo, **cfg: Any) -> FusionMethod:
+    return OmniFuse(info, **cfg)

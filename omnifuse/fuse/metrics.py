@@ -1,0 +1,176 @@
+"""Evaluation metrics: AUROC, AUPRC (= average precision, the step-wise area of scikit-learn's
+``average_precision_score``, not the trapezoidal area), macro and micro averages for multilabel, Brier
+score, bootstrap confidence intervals and reliability-curve data.
+
+Inputs are numpy arrays: binary ``y`` [N] or [N, 1] in {0, 1} with scores [N] or [N, 1]; multilabel
+``y`` [N, C] with per-label probabilities [N, C]; multiclass ``y`` [N] class indices with probabilities
+[N, C] (macro one-vs-rest). A label column with a single class has no AUROC: it is left out of the macro
+mean (and reported as NaN per label); a metric with no defined label at all is NaN, never a made-up value.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def _binary_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC of scores ``s`` [N] for labels ``y`` [N] by the Mann-Whitney U statistic with tied ranks."""
+    y = np.asarray(y).astype(bool).ravel()
+    s = np.asarray(s, dtype=np.float64).ravel()
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _binary_ap(y: np.ndarray, s: np.ndarray) -> float:
+    """Average precision: sum over distinct thresholds of (R_i - R_{i-1}) * P_i (scikit-learn's definition)."""
+    y = np.asarray(y).astype(bool).ravel()
+    s = np.asarray(s, dtype=np.float64).ravel()
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last index of each distinct score
+    tps = np.cumsum(y)[last].astype(np.float64)
+    fps = (last + 1) - tps
+    precision = tps / (tps + fps)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _as_2d(y: np.ndarray, p: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores as [N, C] indicator / score matrices (multiclass: one-hot of the class index)."""
+    p = np.asarray(p, dtype=np.float64)
+    if kind == "multiclass":
+        y = np.asarray(y).astype(np.int64).ravel()
+        if p.ndim != 2:
+            raise ValueError(f"multiclass scores must be [N, C], got shape {p.shape}")
+        return np.eye(p.shape[1], dtype=np.float64)[y], p
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    if p.ndim == 1:
+        p = p[:, None]
+    if y.shape != p.shape:
+        raise ValueError(f"labels {y.shape} and scores {p.shape} differ in shape")
+    return y, p
+
+
+def _per_label(fn: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return np.array([fn(y[:, c], p[:, c]) for c in range(y.shape[1])], dtype=np.float64)
+
+
+def _macro(v: np.ndarray) -> float:
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def auroc(y: np.ndarray, p: np.ndarray, kind: str = "binary", average: str = "macro") -> float:
+    """Area under the ROC curve. ``average``: "macro" (mean over labels with both classes) or "micro"
+    (all label cells pooled); binary tasks have one label, so both give the same number."""
+    y2, p2 = _as_2d(y, p, kind)
+    if average == "micro":
+        return _binary_auroc(y2.ravel(), p2.ravel())
+    if average != "macro":
+        raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
+    return _macro(_per_label(_binary_auroc, y2, p2))
+
+
+def auprc(y: np.ndarray, p: np.ndarray, kind: str = "binary", average: str = "macro") -> float:
+    """Area under the precision-recall curve, computed as average precision (step-wise, no interpolation)."""
+    y2, p2 = _as_2d(y, p, kind)
+    if average == "micro":
+        return _binary_ap(y2.ravel(), p2.ravel())
+    if average != "macro":
+        raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
+    return _macro(_per_label(_binary_ap, y2, p2))
+
+
+average_precision = auprc
+
+
+def brier(y: np.ndarray, p: np.ndarray, kind: str = "binary") -> float:
+    """Brier score: mean squared difference between probability and outcome, averaged over labels
+    (multiclass: over the one-hot classes, i.e. the multiclass Brier score divided by C)."""
+    y2, p2 = _as_2d(y, p, kind)
+    return float(np.mean((p2 - y2) ** 2))
+
+
+def per_label_auroc(y: np.ndarray, p: np.ndarray, kind: str = "binary") -> list[float]:
+    y2, p2 = _as_2d(y, p, kind)
+    return _per_label(_binary_auroc, y2, p2).tolist()
+
+
+def bootstrap_ci(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    y: np.ndarray,
+    p: np.ndarray,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap (rows resampled with replacement) ``(lo, hi)`` of ``metric(y, p)`` at level
+    1 - alpha. Resamples where the metric is undefined (NaN, e.g. one class only) are dropped; with none
+    left the interval is (NaN, NaN)."""
+    y = np.asarray(y)
+    p = np.asarray(p)
+    n = y.shape[0]
+    if n == 0 or n_boot <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    vals = np.empty(n_boot, dtype=np.float64)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        vals[b] = metric(y[idx], p[idx])
+    vals = vals[~np.isnan(vals)]
+    if vals.size == 0:
+        return float("nan"), float("nan")
+    return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
+
+
+def reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10, kind: str = "binary") -> dict[str, list]:
+    """Reliability-diagram data over equal-width probability bins (all label cells pooled): per non-empty
+    bin the mean predicted probability, the observed fraction of positives and the count (the same
+    bins as scikit-learn's ``calibration_curve(strategy="uniform")``)."""
+    y2, p2 = _as_2d(y, p, kind)
+    yy, pp = y2.ravel(), p2.ravel()
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.searchsorted(edges[1:-1], pp)  # a value on an inner edge goes to the lower bin
+    out: dict[str, list] = {"mean_predicted": [], "fraction_positive": [], "count": [], "bin_lower": []}
+    for b in range(n_bins):
+        sel = ids == b
+        if sel.any():
+            out["mean_predicted"].append(float(pp[sel].mean()))
+            out["fraction_positive"].append(float(yy[sel].mean()))
+            out["count"].append(int(sel.sum()))
+            out["bin_lower"].append(float(edges[b]))
+    return out
+
+
+def evaluate(
+    y: np.ndarray, p: np.ndarray, kind: str, n_boot: int = 1000, seed: int = 0, reliability_bins: int = 10
+) -> dict:
+    """All metrics of one set of predictions (probabilities ``p``), with bootstrap CIs for AUROC and AUPRC.
+
+    Keys: n, auroc, auroc_ci, auprc (average precision), auprc_ci, brier, and for multilabel also
+    auroc_micro, auprc_micro and auroc_per_label; reliability (curve data)."""
+    res: dict = {"n": int(np.asarray(y).shape[0])}
+    res["auroc"] = auroc(y, p, kind)
+    res["auroc_ci"] = list(bootstrap_ci(lambda a, b: auroc(a, b, kind), y, p, n_boot, seed=seed))
+    res["auprc"] = auprc(y, p, kind)
+    res["auprc_ci"] = list(bootstrap_ci(lambda a, b: auprc(a, b, kind), y, p, n_boot, seed=seed + 1))
+    res["brier"] = brier(y, p, kind)
+    if kind == "multilabel":
+        res["auroc_micro"] = auroc(y, p, kind, average="micro")
+        res["auprc_micro"] = auprc(y, p, kind, average="micro")
+        res["auroc_per_label"] = per_label_auroc(y, p, kind)
+    if reliability_bins:
+        res["reliability"] = reliability_curve(y, p, reliability_bins, kind)
+    return res

@@ -1,0 +1,110 @@
+"""Scoring stays with a trained run: whatever modalities each stay has, missing ones imputed (forward CRA
+only, then the joint output o: the inference the paper's figure 3b shows).
+
+Besides the fused score, a method with per-modality heads (OmniFuse's DWFuse) reports each modality's own
+probability ``p_<modality>`` and its **label-free** down-weighting factor ``weight_predicted_class_<modality>``:
+eq. 10 needs the true label, so at inference the true class is replaced by the class the joint output
+predicts. With several folds the probabilities are the mean over the fold models (each with its own
+normaliser); ``fold=k`` uses one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnifuse.fuse.base import ModalityInfo, ModelInfo, build_method
+from omnifuse.fuse.data import DataError, FuseData, Normalizer, load_fuse_data
+from omnifuse.fuse.dwfuse import probabilities
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, normaliser, model.json dict) from a fold folder of a run."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = json.loads((folder / "model.json").read_text())
+    info = ModelInfo([ModalityInfo(m["name"], m["kind"], tuple(m["shape"])) for m in meta["modalities"]],
+                     meta["task_kind"], int(meta["num_outputs"]))
+    model = build_method(meta["method"], info, **{k: v for k, v in meta["method_params"].items()})
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.to(device).eval()
+    return model, Normalizer.load(folder / "normalizer.json"), meta
+
+
+def predict(run_dir: str | Path, cache: Any, out: str | Path | None = None, *, fold: int | None = None,
+            batch_size: int = 1024, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Score every stay of ``cache`` (path, Cache, CacheData) with the run in ``run_dir``.
+
+    Returns columns: ``stay_id`` [N], ``score`` [N, C] (fused probabilities), ``p_<m>`` [N, C] and
+    ``weight_predicted_class_<m>`` ([N] or [N, C] multilabel) per modality when the method has per-modality
+    heads, ``present_<m>`` [N]. Writes a CSV to ``out`` when given."""
+    run_dir = Path(run_dir)
+    folders = sorted(run_dir.glob("fold*/model.json"))
+    if not folders:
+        raise FileNotFoundError(f"no checkpoint (fold*/model.json) in {run_dir}; was the run saved?")
+    if fold is not None:
+        folders = [f for f in folders if f.parent.name == f"fold{fold}"]
+        if not folders:
+            raise FileNotFoundError(f"no fold{fold} checkpoint in {run_dir}")
+    meta0 = json.loads(folders[0].read_text())
+    names = [m["name"] for m in meta0["modalities"]]
+    data = cache if isinstance(cache, FuseData) else load_fuse_data(cache, meta0["task"], names, device=device)
+    for n in names:
+        want, got = meta0["raw_shapes"][n], list(data.raw_shape(n))
+        if want != got:
+            raise DataError(f"modality {n!r}: the run was trained on shape {want}, the cache has {got}")
+    rows = np.arange(data.n)
+    acc: dict[str, np.ndarray] = {}
+    for f in folders:
+        model, norm, meta = load_model(f.parent, data.device)
+        cols: dict[str, list[np.ndarray]] = {}
+        with torch.no_grad():
+            for s in range(0, data.n, batch_size):
+                b = data.batch(rows[s:s + batch_size], norm)
+                o = model(b)
+                cols.setdefault("score", []).append(probabilities(o.logits, meta["task_kind"]).cpu().numpy())
+                if o.per_modality_logits is not None:
+                    for n, l in o.per_modality_logits.items():
+                        cols.setdefault(f"p_{n}", []).append(probabilities(l, meta["task_kind"]).cpu().numpy())
+                    if hasattr(model, "label_free_weights"):
+                        for n, w in model.label_free_weights(o).items():
+                            cols.setdefault(f"weight_predicted_class_{n}", []).append(w.cpu().numpy())
+        for k, v in cols.items():
+            acc[k] = acc.get(k, 0) + np.concatenate(v) / len(folders)
+    res: dict[str, np.ndarray] = {"stay_id": data.stay_id}
+    res.update(acc)
+    present = data.mask.cpu().numpy()
+    for j, n in enumerate(names):
+        res[f"present_{n}"] = present[:, j]
+    if out is not None:
+        write_scores(out, res, meta0.get("classes", []))
+    return res
+
+
+def write_scores(path: str | Path, res: dict[str, np.ndarray], classes: list[str]) -> None:
+    """CSV of :func:`predict`'s columns; [N, C] columns expand to ``<name>_<class>`` (binary: ``<name>``)."""
+    header, blocks = [], []
+    for k, v in res.items():
+        v = np.asarray(v)
+        if v.ndim == 2 and v.shape[1] > 1:
+            header += [f"{k}_{c}" for c in (classes if len(classes) == v.shape[1] else range(v.shape[1]))]
+            blocks.append(v)
+        else:
+            header.append(k)
+            blocks.append(v.reshape(-1, 1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i in range(blocks[0].shape[0]):
+            row = []
+            for b in blocks:
+                for x in b[i]:
+                    row.append(int(x) if isinstance(x, (np.integer, np.bool_)) else f"{float(x):.6g}")
+            w.writerow(row)

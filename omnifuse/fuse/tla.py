@@ -1,0 +1,101 @@
+"""Traceable laziness activation (TLA) of OmniFuse (paper eq. 15-17).
+
+- eq. 15, mining: after each epoch, the training rows (a fixed, bounded subset) are predicted with every
+  one of the ``2^M - 1`` modality combinations (the other modalities masked, then imputed by the CRA); the
+  prediction is the joint output ``o``; per combination the sample-wise cross-entropies are averaged, and the
+  combination with the largest mean distance is the lazy one. Only rows that hold every modality of a
+  combination are used for it (a row lacking one cannot show that combination); a combination with no such
+  row is not a candidate.
+- eq. 16: in the next epoch the mask selects the rows whose modalities, after that epoch's random drops,
+  equal the lazy combination;
+- eq. 17: ``L_TLA = CE(o[mask], y[mask])``.
+The mined combination of each epoch is returned for logging (the "traceable" part).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from omnifuse.fuse.base import Batch
+
+
+def all_combinations(M: int) -> list[tuple[bool, ...]]:
+    """The ``2^M - 1`` non-empty modality combinations, as presence tuples, by increasing bit pattern."""
+    return [tuple(bool((c >> m) & 1) for m in range(M)) for c in range(1, 2 ** M)]
+
+
+def combination_name(combo: tuple[bool, ...] | list[bool], names: list[str]) -> str:
+    return "+".join(n for n, keep in zip(names, combo) if keep)
+
+
+def sample_distance(logits: torch.Tensor, y: torch.Tensor, task_kind: str) -> torch.Tensor:
+    """Sample-wise cross-entropy ``D(y_hat, y)`` [B] (multilabel: mean over labels)."""
+    if task_kind == "multiclass":
+        return F.cross_entropy(logits, y.long(), reduction="none")
+    return F.binary_cross_entropy_with_logits(logits, y.float(), reduction="none").mean(1)
+
+
+@torch.no_grad()
+def mine_lazy(
+    joint_logits: Callable[[Batch], torch.Tensor],
+    batches: Iterable[Batch],
+    names: list[str],
+    task_kind: str,
+) -> tuple[tuple[bool, ...] | None, dict[str, dict[str, float]]]:
+    """Eq. 15: the lazy combination ``argmax_i mean_rows D(o_i, y)`` over all combinations.
+
+    ``joint_logits(batch) -> o`` [B, C] (the model in eval mode); ``batches`` the mining rows (their
+    ``mask`` is what they hold). Returns the lazy combination (None when no combination had a row) and per
+    combination name ``{"distance": mean CE, "n": rows}``."""
+    M = len(names)
+    combos = all_combinations(M)
+    sums = torch.zeros(len(combos), dtype=torch.float64)
+    counts = torch.zeros(len(combos), dtype=torch.long)
+    for batch in batches:
+        labelled = batch.y_mask
+        for i, combo in enumerate(combos):
+            c = torch.tensor(combo, dtype=torch.bool, device=batch.mask.device)
+            eligible = (batch.mask | ~c).all(1) & labelled  # rows holding every modality of the combination
+            if not bool(eligible.any()):
+                continue
+            sub = _rows(batch, eligible)
+            sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
+            d = sample_distance(joint_logits(sub), sub.y, task_kind)
+            sums[i] += float(d.double().sum())
+            counts[i] += int(d.numel())
+    table = {}
+    best, best_d = None, -float("inf")
+    for i, combo in enumerate(combos):
+        if counts[i] == 0:
+            continue
+        dist = float(sums[i] / counts[i])
+        table[combination_name(combo, names)] = {"distance": dist, "n": int(counts[i])}
+        if dist > best_d:
+            best, best_d = combo, dist
+    return best, table
+
+
+def _rows(batch: Batch, sel: torch.Tensor) -> Batch:
+    return Batch(
+        x={k: v[sel] for k, v in batch.x.items()}, mask=batch.mask[sel], y=batch.y[sel], y_mask=batch.y_mask[sel],
+        index=batch.index[sel], tokens_mask={k: v[sel] for k, v in batch.tokens_mask.items()},
+        natural_mask=None if batch.natural_mask is None else batch.natural_mask[sel],
+    )
+
+
+def lazy_mask(mask: torch.Tensor, lazy: tuple[bool, ...] | torch.Tensor) -> torch.Tensor:
+    """Eq. 16: [B, M] presence -> [B] bool, True where the row's modalities equal the lazy combination."""
+    c = torch.as_tensor(lazy, dtype=torch.bool, device=mask.device)
+    return (mask == c.unsqueeze(0)).all(1)
+
+
+def tla_loss(joint_logits: torch.Tensor, y: torch.Tensor, sel: torch.Tensor, task_kind: str,
+             y_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 17: ``CE(o[mask], y[mask])``, mean over the selected labelled rows; zero (with a graph) when none."""
+    keep = sel if y_mask is None else sel & y_mask
+    d = sample_distance(joint_logits, y, task_kind)
+    w = keep.to(d.dtype)
+    return (d * w).sum() / w.sum().clamp(min=1.0)

@@ -1,0 +1,110 @@
+import itertools
+
+import pytest
+import torch
+
+from omnifuse.fuse.base import Batch, ModalityInfo, ModelInfo, build_method
+from omnifuse.fuse.methods.omnifuse import OmniFuse
+from omnifuse.fuse.tla import all_combinations
+
+SMALL = dict(d=8, K=2, cra_hidden=16, latent=4, head_hidden=8, dropout=0.0)
+MODS = [ModalityInfo("img", "vector", (6,)), ModalityInfo("rep", "sequence", (4, 5)),
+        ModalityInfo("ehr", "timeseries", (3, 4))]
+
+
+def make_batch(info: ModelInfo, n=10, seed=0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    x = {m.name: torch.randn(n, *m.shape, generator=g) for m in info.modalities}
+    tm = {m.name: torch.ones(n, m.shape[0], dtype=torch.bool) for m in info.modalities if m.kind == "sequence"}
+    if info.task_kind == "multiclass":
+        y = torch.randint(0, info.num_outputs, (n,), generator=g)
+    else:
+        y = (torch.rand(n, info.num_outputs, generator=g) > 0.5).float()
+    mask = torch.ones(n, info.num_modalities, dtype=torch.bool)
+    return Batch(x=x, mask=mask, y=y, y_mask=torch.ones(n, dtype=torch.bool), index=torch.arange(n),
+                 tokens_mask=tm, natural_mask=mask.clone())
+
+
+@pytest.mark.parametrize("kind,C", [("binary", 1), ("multilabel", 3), ("multiclass", 3)])
+def test_shapes_for_every_missingness_pattern(kind, C):
+    torch.manual_seed(0)
+    info = ModelInfo(MODS, kind, C)
+    model = build_method("omnifuse", info, **SMALL).eval()
+    b = make_batch(info)
+    for combo in all_combinations(3):
+        mb = b.with_mask(torch.tensor(combo).expand(10, 3).clone())
+        out = model(mb)
+        assert out.logits.shape == (10, C) and torch.isfinite(out.logits).all()
+        assert set(out.per_modality_logits) == {"img", "rep", "ehr"}
+        assert all(v.shape == (10, C) for v in out.per_modality_logits.values())
+        w = model.label_free_weights(out)
+        assert all(torch.isfinite(v).all() and (v >= 0).all() and (v <= 1).all() for v in w.values())
+
+
+def test_missing_rows_use_vmiss_and_present_rows_keep_their_embedding():
+    torch.manual_seed(0)
+    info = ModelInfo(MODS, "binary", 1)
+    model = OmniFuse(info, **SMALL).eval()
+    b = make_batch(info).with_mask(torch.tensor([[True, False, True]] * 10))
+    out = model(b)
+    v = out.extra["v"]
+    vmiss = model.missing_embeddings(torch.device("cpu"))
+    assert torch.allclose(v[:, 1], vmiss[1].expand(10, -1), atol=1e-6)
+    assert not torch.allclose(v[0, 0], vmiss[0])
+
+
+def _terms(model, b, lazy=None):
+    model.train()
+    model.lazy = lazy
+    torch.manual_seed(1)
+    db = model.train_drop(b, torch.Generator().manual_seed(0))
+    return model.loss(db, model(db))[1]
+
+
+def test_training_drops_enter_forward_loss_only():
+    torch.manual_seed(0)
+    info = ModelInfo(MODS, "binary", 1)
+    model = OmniFuse(info, train_drop_prob=1.0, **SMALL)
+    b = make_batch(info, n=32)
+    db = model.train_drop(b, torch.Generator().manual_seed(0))
+    assert db.mask.any(1).all() and (db.mask.sum(1) < 3).all()  # at least one kept, one dropped
+    assert torch.equal(db.dropped, b.mask & ~db.mask)
+    assert _terms(model, b)["forward"] > 0
+    model0 = OmniFuse(info, train_drop_prob=0.0, **SMALL)
+    assert _terms(model0, b)["forward"] == 0.0  # no drop on purpose: natural gaps never enter L_forward
+
+
+def test_each_ablation_switch_changes_the_loss_terms():
+    info = ModelInfo(MODS, "binary", 1)
+    b = make_batch(info, n=32)
+    lazy = (True, False, False)
+
+    def build(**sw):
+        torch.manual_seed(0)
+        return OmniFuse(info, train_drop_prob=1.0, **SMALL, **sw)
+
+    full = _terms(build(), b, lazy)
+    assert full["forward"] > 0 and full["backward"] > 0 and "ens" in full and full["tla"] > 0
+    l1, l2, l3 = 1.0, 10.0, 0.5
+    assert full["total"] == pytest.approx(full["forward"] + l1 * full["backward"] + l2 * full["dwfuse"] + l3 * full["tla"],
+                                          rel=1e-5)
+    assert full["dwfuse"] == pytest.approx(full["ens"] + 0.1 * full["rp"], rel=1e-5)
+    no_dw = _terms(build(dwfuse=False), b, lazy)
+    assert "ens" not in no_dw and no_dw["dwfuse"] == pytest.approx(no_dw["rp"])
+    assert build(dwfuse=False).heads is None
+    no_tla = _terms(build(tla=False), b, lazy)
+    assert no_tla["tla"] == 0.0 and no_tla["forward"] > 0
+    no_bw = _terms(build(imp_bw=False), b, lazy)
+    assert no_bw["backward"] == 0.0 and no_bw["forward"] > 0
+    assert build(imp_bw=False).cra_bw is None
+    no_fw = _terms(build(imp_fw=False), b, lazy)
+    assert no_fw["forward"] == 0.0 and no_fw["backward"] == 0.0 and build(imp_fw=False).cra_fw is None
+
+
+def test_single_modality():
+    torch.manual_seed(0)
+    info = ModelInfo(MODS[:1], "binary", 1)
+    model = OmniFuse(info, **SMALL)
+    assert not model.use_tla
+    t = _terms(model, make_batch(info))
+    assert t["forward"] == 0.0 and t["tla"] == 0.0 and t["total"] > 0

@@ -1,0 +1,83 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from omnifuse.fuse.config import resolve_config
+from omnifuse.fuse.train import grid, print_results, train
+
+
+
+def test_run_folder_contents_and_loss_goes_down(tiny_cache, tmp_path, fast):
+    out = tmp_path / "run"
+    r = train(tiny_cache, "mortality", "omnifuse", folds=2, out=out, **{**fast, "epochs": 6, "patience": 10})
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method_params_resolved"]["beta"] == 0.5 and cfg["method_params_resolved"]["lambda_dwfuse"] == 10.0
+    m = json.loads((out / "metrics.json").read_text())
+    assert len(m["folds"]) == 2 and 0 <= m["mean"]["auroc"] <= 1 and "auroc_ci" in m["folds"][0]
+    assert "img+rep+ehr" in m["folds"][0]["by_combination"] and m["folds"][0]["by_pattern"]
+    for h in r.folds[0].history, r.folds[1].history:
+        assert h[-1]["loss"] < h[0]["loss"]
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == sum(f["n_test"] for f in m["folds"])
+    assert {"stay_id", "fold", "label", "score"} <= set(rows[0])
+    lazy = json.loads((out / "lazy_combinations.json").read_text())
+    assert len(lazy["fold0"]) == len(r.folds[0].history) and lazy["fold0"][0]["lazy"]
+    assert (out / "fold0" / "model.safetensors").exists() and (out / "fold0" / "normalizer.json").exists()
+    print_results(r)
+
+
+def test_same_seed_same_metrics(tiny_data, fast):
+    fast.update(epochs=2, n_boot=5)
+    a = train(tiny_data, "mortality", "omnifuse", folds=2, seed=3, **fast)
+    b = train(tiny_data, "mortality", "omnifuse", folds=2, seed=3, **fast)
+    c = train(tiny_data, "mortality", "omnifuse", folds=2, seed=4, **fast)
+    assert a.metrics["folds"] == b.metrics["folds"]
+    assert a.metrics["mean"]["auroc"] != c.metrics["mean"]["auroc"]
+
+
+@pytest.mark.parametrize("task", ["pheno", "subtype"])
+def test_multilabel_and_multiclass_and_missing_rate(tiny_data, task, fast):
+    r = train(tiny_data, task, "omnifuse", folds=2, missing_rate=0.5, **fast)
+    assert 0 <= r.metrics["mean"]["auroc"] <= 1
+    assert r.folds[0].probs.shape[1] == 3
+    if task == "subtype":
+        np.testing.assert_allclose(r.folds[0].probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_config_file_and_flags(tmp_path, tiny_data):
+    p = tmp_path / "c.toml"
+    p.write_text('task = "mortality"\nepochs = 7\n[method_params]\nbeta = 0.25\nd = 16\n[grid]\nbeta = [0.5]\n')
+    cfg = resolve_config(p, epochs=2, method_params={"alpha": 0.3})
+    assert cfg.epochs == 2 and cfg.method_params == {"beta": 0.25, "d": 16, "alpha": 0.3}
+    with pytest.raises(ValueError, match="unknown configuration"):
+        resolve_config({"epochs": 1, "learning_rate": 3})
+
+
+def test_grid_selects_on_validation(tiny_data, tmp_path, fast):
+    s = grid(tiny_data, "mortality", "omnifuse", grid={"beta": [0.25, 1.0]}, folds=2, out=tmp_path / "g",
+             **{**fast, "epochs": 2})
+    assert len(s["points"]) == 2 and s["best"]["beta"] in (0.25, 1.0)
+    best = max(s["points"], key=lambda p: p["val_auroc"])
+    assert s["best"] == best["params"]
+    assert (tmp_path / "g" / "grid.csv").exists()
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("OMNIFUSE_TEST_CACHE"),
+                    reason="set OMNIFUSE_TEST_CACHE to a real (eICU or MIMIC demo) cache to run")
+def test_real_demo_cache(tmp_path, fast):
+    import os
+
+    from omnifuse.cache.reader import open_cache
+    from omnifuse.fuse.predict import predict
+
+    path = os.environ["OMNIFUSE_TEST_CACHE"]
+    c = open_cache(path)
+    task = c.spec.tasks[0].name
+    r = train(path, task, "omnifuse", folds=2, out=tmp_path / "run", **fast)
+    M = len(c.spec.modalities)
+    assert len(r.metrics["folds"][0]["by_combination"]) <= 2 ** M - 1
+    assert 0.5 < r.metrics["mean"]["auroc"] <= 1.0
+    res = predict(tmp_path / "run", path, fold=0)
+    assert res["score"].shape[0] == c.n and np.isfinite(res["score"]).all()
