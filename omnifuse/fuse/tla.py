@@ -40,30 +40,47 @@ def sample_distance(logits: torch.Tensor, y: torch.Tensor, task_kind: str) -> to
 
 @torch.no_grad()
 def mine_lazy(
-    joint_logits: Callable[[Batch], torch.Tensor],
+    joint_logits: Callable[[Batch], torch.Tensor] | None,
     batches: Iterable[Batch],
     names: list[str],
     task_kind: str,
+    *,
+    encode: Callable[[Batch], torch.Tensor] | None = None,
+    fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[tuple[bool, ...] | None, dict[str, dict[str, float]]]:
     """Eq. 15: the lazy combination ``argmax_i mean_rows D(o_i, y)`` over all combinations.
 
     ``joint_logits(batch) -> o`` [B, C] (the model in eval mode); ``batches`` the mining rows (their
     ``mask`` is what they hold). Returns the lazy combination (None when no combination had a row) and per
-    combination name ``{"distance": mean CE, "n": rows}``."""
+    combination name ``{"distance": mean CE, "n": rows}``.
+
+    Fast path (same result): with ``encode(batch) -> v`` [B, M, d] (eq. 1, the true embeddings) and
+    ``fuse(v, mask) -> o`` (eq. 2-5 and 11 from embeddings and a presence mask), each batch is encoded once
+    and only the fusion runs per combination: the cost of the modality encoders no longer grows with
+    ``2^M - 1``."""
+    if joint_logits is None and (encode is None or fuse is None):
+        raise ValueError("mine_lazy needs joint_logits, or both encode and fuse")
     M = len(names)
     combos = all_combinations(M)
     sums = torch.zeros(len(combos), dtype=torch.float64)
     counts = torch.zeros(len(combos), dtype=torch.long)
     for batch in batches:
         labelled = batch.y_mask
+        v = encode(batch) if encode is not None and fuse is not None else None
         for i, combo in enumerate(combos):
             c = torch.tensor(combo, dtype=torch.bool, device=batch.mask.device)
             eligible = (batch.mask | ~c).all(1) & labelled  # rows holding every modality of the combination
             if not bool(eligible.any()):
                 continue
-            sub = _rows(batch, eligible)
-            sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
-            d = sample_distance(joint_logits(sub), sub.y, task_kind)
+            if v is not None:
+                sub_mask = c.unsqueeze(0).expand(int(eligible.sum()), -1)
+                o = fuse(v[eligible], sub_mask)
+                y = batch.y[eligible]
+            else:
+                sub = _rows(batch, eligible)
+                sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
+                o, y = joint_logits(sub), sub.y
+            d = sample_distance(o, y, task_kind)
             sums[i] += float(d.double().sum())
             counts[i] += int(d.numel())
     table = {}

@@ -134,6 +134,8 @@ class Trainer:
                                 weight_decay=cfg.weight_decay)
         model.on_train_start(self)
         best_score, best_auroc, best_epoch, best_state, bad = -math.inf, math.nan, -1, None, 0
+        # a method may declare that model selection (and patience) starts later (two-stage training)
+        start = min(int(getattr(model, "selection_start_epoch", 0) or 0), max(cfg.epochs - 1, 0))
         task = None
         if self.progress is not None:
             task = self.progress.add_task(f"fold {self.fold}", total=cfg.epochs, info="")
@@ -171,6 +173,8 @@ class Trainer:
             self.history.append(rec)
             if task is not None:
                 self.progress.update(task, advance=1, info=f"loss {rec['loss']:.4f}  val AUROC {val_auroc:.4f}")
+            if epoch < start:
+                continue  # e.g. mdrop's contrastive stage: the classifier is not trained yet, nothing to select
             if score > best_score + 1e-6:
                 best_score, best_auroc, best_epoch, bad = score, val_auroc, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())

@@ -108,3 +108,24 @@ def test_single_modality():
     assert not model.use_tla
     t = _terms(model, make_batch(info))
     assert t["forward"] == 0.0 and t["tla"] == 0.0 and t["total"] > 0
+
+
+@pytest.mark.parametrize("kind,C", [("binary", 1), ("multiclass", 3)])
+def test_fast_tla_mining_equals_masking_every_combination(kind, C):
+    """Encoding once and fusing per combination gives the distances of masking and re-encoding each time."""
+    from omnifuse.fuse import tla
+
+    torch.manual_seed(0)
+    info = ModelInfo(MODS, kind, C)
+    model = OmniFuse(info, **SMALL).eval()
+    b = make_batch(info, n=24, seed=3)
+    b = Batch(x=b.x, mask=torch.rand(24, 3, generator=torch.Generator().manual_seed(5)) > 0.3, y=b.y,
+              y_mask=b.y_mask, index=b.index, tokens_mask=b.tokens_mask)
+    b = b.with_mask(b.mask)  # inputs of absent modalities are zeros, as in the data
+    slow = tla.mine_lazy(model.joint_logits, [b], info.names, kind)
+    fast = tla.mine_lazy(None, [b], info.names, kind, encode=model.encode, fuse=model.fuse_embeddings)
+    assert slow[0] == fast[0]
+    assert slow[1].keys() == fast[1].keys()
+    for k in slow[1]:
+        assert slow[1][k]["n"] == fast[1][k]["n"]
+        assert fast[1][k]["distance"] == pytest.approx(slow[1][k]["distance"], rel=1e-5, abs=1e-6)

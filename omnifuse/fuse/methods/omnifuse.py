@@ -136,6 +136,17 @@ class OmniFuse(FusionMethod):
     def joint_logits(self, batch: Batch) -> torch.Tensor:
         return self.forward(batch).logits
 
+    def fuse_embeddings(self, v_true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The joint output ``o`` [B, C] from true embeddings ``v_true`` [B, M, d] and a presence mask [B, M]:
+        eq. 2-3 (``v^miss`` where masked), the forward CRA (eq. 4-5) and the joint head (eq. 11). Equal to
+        :meth:`joint_logits` of the batch masked the same way (in eval mode)."""
+        B = v_true.shape[0]
+        v_miss = self.missing_embeddings(v_true.device).unsqueeze(0).expand(B, -1, -1)
+        v = torch.where(mask.unsqueeze(-1), v_true, v_miss)
+        if self.cra_fw is not None:
+            return self.joint_head(self.cra_fw(v.reshape(B, -1))[1])
+        return self.joint_head(v.reshape(B, -1))
+
     # ---------------------------------------------------------------------------------------- loss
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 18 with its terms (floats, unweighted): forward, backward, dwfuse (ens, rp), tla, total."""
@@ -182,8 +193,8 @@ class OmniFuse(FusionMethod):
         was = self.training
         self.eval()
         try:
-            lazy, table = tla_mod.mine_lazy(self.joint_logits, trainer.mining_batches(), self.info.names,
-                                            self.info.task_kind)
+            lazy, table = tla_mod.mine_lazy(None, trainer.mining_batches(), self.info.names, self.info.task_kind,
+                                            encode=self.encode, fuse=self.fuse_embeddings)
         finally:
             self.train(was)
         self.lazy = lazy

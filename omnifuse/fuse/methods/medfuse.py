@@ -1,0 +1,71 @@
+"""MedFuse's LSTM fusion (Hayat, Geras, Shamout, "MedFuse: multi-modal fusion with clinical time-series data
+and chest X-ray images", MLHC 2022).
+
+The modality embeddings, each projected to a common size (``build_encoder`` gives d), form a sequence in
+the fixed modality order (MedFuse: EHR first, then the image); an LSTM reads it and a classifier acts on
+its last hidden state. Missing modalities:
+- ``missing="token"`` (default, as the issue asks): a learned vector per modality takes the slot, the
+  sequence always has M steps;
+- ``missing="skip"`` (MedFuse's own handling of unpaired stays): only the present embeddings, in order, form
+  a variable-length packed sequence; a row with nothing present reads one learned "empty" token.
+- ``missing="zero"``: the slot holds zeros.
+Generalisation to M: the sequence has M steps instead of two.
+
+Defaults: d=64, lstm hidden=64 (one layer), missing="token", head linear, dropout=0.1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from omnifuse.fuse.base import ModelInfo, register_method
+from omnifuse.fuse.methods.common import SupervisedFusion
+
+DEFAULTS: dict[str, Any] = {"d": 64, "lstm_hidden": 64, "layers": 1, "missing": "token", "hidden": None,
+                            "dropout": 0.1, "encoder": {}}
+
+
+class MedFuseLSTM(SupervisedFusion):
+    """LSTM over the sequence of modality embeddings [B, M, d]; the head reads the last hidden state."""
+
+    def __init__(self, info: ModelInfo, d: int = 64, lstm_hidden: int = 64, layers: int = 1,
+                 missing: str = "token", hidden: int | None = None, dropout: float = 0.1,
+                 encoder: dict[str, Any] | None = None) -> None:
+        if missing not in ("token", "skip", "zero"):
+            raise ValueError(f"medfuse missing must be 'token', 'skip' or 'zero', got {missing!r}")
+        super().__init__(info, d, "zero" if missing in ("skip", "zero") else "token", dropout, encoder)
+        self.skip = missing == "skip"
+        self.lstm = nn.LSTM(self.d, lstm_hidden, num_layers=layers, batch_first=True,
+                            dropout=dropout if layers > 1 else 0.0)
+        self.empty = nn.Parameter(torch.randn(self.d) * 0.02) if self.skip else None
+        self._build_head(lstm_hidden, hidden, dropout)
+
+    def fuse(self, E: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, M, d] -> last hidden state [B, lstm_hidden]."""
+        if not self.skip:
+            _, (h, _) = self.lstm(E)
+            return h[-1]
+        b, m, d = E.shape
+        # stable sort puts the present modalities first, in their order
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+        seq = E.gather(1, order.unsqueeze(-1).expand(b, m, d))
+        lengths = mask.sum(dim=1)
+        none = lengths == 0
+        if bool(none.any()):
+            first = torch.where(none.view(b, 1), self.empty.to(E.dtype).view(1, d).expand(b, d), seq[:, 0])
+            seq = torch.cat([first.unsqueeze(1), seq[:, 1:]], dim=1)
+            lengths = lengths.clamp(min=1)
+        packed = pack_padded_sequence(seq, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return h[-1]
+
+
+@register_method("medfuse", description="LSTM over the sequence of modality embeddings (learned token if missing)",
+                 paper="Hayat, Geras, Shamout. MedFuse: multi-modal fusion with clinical time-series data and "
+                       "chest X-ray images. MLHC 2022", defaults=DEFAULTS)
+def medfuse(info: ModelInfo, **cfg: Any) -> MedFuseLSTM:
+    return MedFuseLSTM(info, **cfg)
