@@ -161,7 +161,7 @@ class Trainer:
                 tot += float(loss.detach())
                 nb += 1
                 for k, v in terms.items():
-                    term_sums[k] = term_sums.get(k, 0.0) + float(v)
+                    term_sums[k] = term_sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
             model.on_epoch_end(self, epoch)
             vp = predict_probs(model, self.data, self.val_rows, self.normalizer, cfg.eval_batch_size)
             val_auroc = _score(self.data, self.val_rows, vp)

@@ -1,0 +1,181 @@
+"""PNG figures of the studies, drawn with matplotlib's object API on the Agg canvas (no pyplot, no display).
+
+- :func:`reliability_figure`: reliability diagram (mean predicted probability against observed frequency,
+  equal-width bins, pooled out-of-fold predictions) with the Brier score per curve;
+- :func:`group_bars`: mean ± sd of a metric per group (modality combination, modality) and method;
+- :func:`sweep_figure`: a metric against the simulated missing rate, mean ± sd band over folds (figures 4-6);
+- :func:`imputation_curve`: cosine similarity of imputed to true embeddings and validation AUROC across
+  epochs (figure 7);
+- :func:`tsne_figure`: t-SNE map of real and imputed embeddings per modality (figure 8).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from omnifuse.fuse import metrics as M
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")  # keeps an outside legend and a long title in the image
+    return path
+
+
+def reliability_figure(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], kind: str = "binary",
+                       n_bins: int = 10, title: str = "Reliability") -> Path:
+    """``curves``: label -> (labels, probabilities) pooled over folds. Up to four curves share one panel;
+    more get one small panel each (same axes), so every curve stays readable. Marker area follows the bin's
+    row count; the legend gives each curve's Brier score."""
+    items = [(k, v) for k, v in curves.items() if len(v[0])]
+    k = len(items)
+    if k <= 4:
+        panels = [items]
+        cols, rows = 1, 1
+        fig = _figure(5.2, 5.0)
+    else:
+        panels = [[it] for it in items]
+        cols = min(4, k)
+        rows = math.ceil(k / cols)
+        fig = _figure(3.2 * cols, 3.1 * rows)
+    for i, group in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+        for j, (label, (y, p)) in enumerate(group):
+            rc = M.reliability_curve(y, p, n_bins=n_bins, kind=kind)
+            b = M.brier(y, p, kind)
+            cnt = np.asarray(rc["count"], dtype=float)
+            color = f"C{j if len(panels) == 1 else i % 10}"
+            ax.plot(rc["mean_predicted"], rc["fraction_positive"], marker="o", ms=3, lw=1.2, color=color,
+                    label=f"{label} (Brier {b:.3f}, n={len(y)})")
+            ax.scatter(rc["mean_predicted"], rc["fraction_positive"], s=8 + 80 * cnt / max(cnt.max(), 1), alpha=0.35,
+                       color=color)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        if len(panels) == 1:
+            ax.set_xlabel("mean predicted probability")
+            ax.set_ylabel("observed fraction of positives")
+            ax.set_title(title)
+            ax.legend(fontsize=7, loc="upper left")
+        else:
+            ax.set_title(group[0][0], fontsize=8)
+            ax.text(0.03, 0.9, f"Brier {M.brier(group[0][1][0], group[0][1][1], kind):.3f}", fontsize=7,
+                    transform=ax.transAxes)
+            ax.tick_params(labelsize=7)
+    if len(panels) > 1:
+        fig.suptitle(f"{title}: mean predicted probability (x) vs observed fraction of positives (y)", fontsize=9)
+    return _save(fig, path)
+
+
+def group_bars(path: Path, rows: Sequence[dict[str, Any]], methods: Sequence[str], groups: Sequence[str],
+               metric: str = "auroc", title: str = "", ylabel: str | None = None,
+               hlines: dict[str, float] | None = None) -> Path:
+    """Grouped bars: for each group (x) one bar per method, height ``<metric>_mean``, error bar ``_sd``.
+    ``rows`` need ``method``, ``group``, ``<metric>_mean`` and ``<metric>_sd``. ``hlines``: label -> y."""
+    fig = _figure(min(14.0, max(7.5, 0.22 * len(groups) * max(1, len(methods)) + 2)), 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(groups))
+    lo = 1.0
+    for i, m in enumerate(methods):
+        h, e = [], []
+        for g in groups:
+            r = next((r for r in rows if r["method"] == m and r["group"] == g), None)
+            v = math.nan if r is None else r.get(f"{metric}_mean", math.nan)
+            h.append(v)
+            e.append(0.0 if r is None or r.get(f"{metric}_sd") is None or math.isnan(r[f"{metric}_sd"]) else r[f"{metric}_sd"])
+            if not math.isnan(v):
+                lo = min(lo, v - e[-1])
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, h, width, yerr=e, capsize=2, label=m)
+    for j, (lab, yv) in enumerate((hlines or {}).items()):
+        ax.axhline(yv, ls="--", lw=1, color=f"C{len(methods) + j}", label=lab)
+        lo = min(lo, yv)
+    ax.set_xticks(x)
+    ax.set_xticklabels([g if len(g) <= 28 else g[:26] + "…" for g in groups], rotation=20, ha="right", fontsize=8)
+    if metric in ("auroc", "auprc"):
+        ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.set_ylabel(ylabel or metric.upper())
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2 if len(methods) + len(hlines or {}) > 5 else 1, loc="lower left",
+              bbox_to_anchor=(1.01, 0.0))
+    return _save(fig, path)
+
+
+def sweep_figure(path: Path, rows: Sequence[dict[str, Any]], methods: Sequence[str], metric: str = "auroc",
+                 group: str = "overall", subset: str = "as_is", title: str = "") -> Path:
+    """``metric`` against the missing rate, one line per method with a ± sd band."""
+    fig = _figure(6.0, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for m in methods:
+        pts = sorted((r["rate"], r[f"{metric}_mean"], r[f"{metric}_sd"]) for r in rows
+                     if r["method"] == m and r["group"] == group and r["subset"] == subset)
+        if not pts:
+            continue
+        xs, mu, sd = (np.array(v, dtype=float) for v in zip(*pts))
+        sd = np.nan_to_num(sd)
+        ax.plot(xs, mu, marker="o", label=m)
+        ax.fill_between(xs, mu - sd, mu + sd, alpha=0.2)
+    ax.set_xlabel("simulated missing rate")
+    ax.set_ylabel(metric.upper())
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def imputation_curve(path: Path, records: Sequence[dict[str, Any]], modalities: Sequence[str],
+                     val_auroc: Sequence[float] | None = None, title: str = "") -> Path:
+    """``records``: per epoch ``{"epoch", "cos": {m: mean cosine}, "cos_miss": {m: ...}}``; solid lines the
+    CRA imputation, dotted the no-imputation placeholder v^miss; validation AUROC on the right axis."""
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    ep = [r["epoch"] for r in records]
+    for i, m in enumerate(modalities):
+        ax.plot(ep, [r["cos"].get(m, math.nan) for r in records], color=f"C{i}", marker="o", ms=3, label=f"{m}: imputed")
+        ax.plot(ep, [r["cos_miss"].get(m, math.nan) for r in records], color=f"C{i}", ls=":", lw=1,
+                label=f"{m}: v^miss")
+    ax.set_xlabel("epoch (-1: before training)")
+    ax.set_ylabel("cosine similarity to the true embedding")
+    ax.grid(alpha=0.3)
+    if val_auroc is not None and len(val_auroc):
+        ax2 = ax.twinx()
+        ax2.plot(range(len(val_auroc)), val_auroc, color="black", lw=1.5, ls="--", label="validation AUROC")
+        ax2.set_ylabel("validation AUROC")
+        ax2.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6, loc="upper left", ncol=2)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def tsne_figure(path: Path, maps: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> Path:
+    """``maps``: modality -> (2-D points of the real embeddings [n, 2], of the imputed ones [n, 2])."""
+    k = max(1, len(maps))
+    cols = min(3, k)
+    rows = math.ceil(k / cols)
+    fig = _figure(4.0 * cols, 3.7 * rows)
+    for i, (m, (real, imp)) in enumerate(maps.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.scatter(real[:, 0], real[:, 1], s=6, alpha=0.6, label="real", color="C0")
+        ax.scatter(imp[:, 0], imp[:, 1], s=6, alpha=0.6, label="imputed", color="C3")
+        ax.set_title(f"{m} (n={len(real)})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i == 0:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

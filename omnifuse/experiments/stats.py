@@ -1,0 +1,238 @@
+"""Statistics of a study from its stored predictions: fold-level metrics, mean ± sd, paired t-tests between
+methods on the same folds, and bootstrap confidence intervals of the mean over folds.
+
+- Paired t-test (``scipy.stats.ttest_rel``, two-sided): the pairs are the (repeat, fold) cells both methods
+  have a defined metric for; ``t = mean(d) / (sd(d) / sqrt(n))`` with ``d`` the per-fold differences
+  (method minus the other), ``n - 1`` degrees of freedom. Fewer than two pairs, or all differences equal
+  (sd 0 up to rounding), give NaN: never a made-up p value.
+- Bootstrap CI of the mean over folds: each replicate resamples the test rows of every fold with replacement
+  (within the fold), recomputes each fold's metric and averages; the percentile interval of those means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+from omnifuse.fuse import metrics as M
+
+METRICS = ("auroc", "auprc", "brier")
+
+
+@dataclass
+class PairedTest:
+    """Result of a paired t-test: ``t``, two-sided ``p``, mean difference (a - b) and the number of pairs."""
+
+    t: float
+    p: float
+    mean_diff: float
+    n: int
+
+
+def paired_ttest(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """Paired t-test of ``a`` against ``b`` (same length, same folds in the same order); NaN pairs dropped."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.shape} vs {b.shape}")
+    ok = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[ok], b[ok]
+    n = int(a.size)
+    if n == 0:
+        return PairedTest(math.nan, math.nan, math.nan, 0)
+    d = a - b
+    md = float(d.mean())
+    if n < 2 or float(np.std(d, ddof=1)) <= 1e-12 * max(1.0, abs(md)):  # constant differences: no t
+        return PairedTest(math.nan, math.nan, md, n)
+    r = sps.ttest_rel(a, b)
+    return PairedTest(float(r.statistic), float(r.pvalue), md, n)
+
+
+def mean_sd(v: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample sd with ddof=1, count) of the defined values; sd 0 for one value, NaN for none."""
+    x = np.asarray([u for u in v if u is not None and not math.isnan(u)], dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan, 0
+    return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else 0.0, int(x.size)
+
+
+def metric_fn(name: str, kind: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    if name == "auroc":
+        return lambda y, p: M.auroc(y, p, kind)
+    if name == "auprc":
+        return lambda y, p: M.auprc(y, p, kind)
+    if name == "brier":
+        return lambda y, p: M.brier(y, p, kind)
+    raise ValueError(f"unknown metric {name!r}; known: {METRICS}")
+
+
+def _draws(folds: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int) -> list[np.ndarray | None]:
+    """Per fold the bootstrap row indices [n_boot, n_fold] (None for an empty fold), one seeded generator."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, y.shape[0], size=(n_boot, y.shape[0])) if y.shape[0] else None for y, _ in folds]
+
+
+def _interval(per_fold: list[np.ndarray], alpha: float) -> tuple[float, float]:
+    """Percentile interval of the replicate means over folds (NaN folds left out of a replicate's mean)."""
+    if not per_fold:
+        return math.nan, math.nan
+    v = np.stack(per_fold, axis=1)  # [n_boot, folds]
+    ok = ~np.isnan(v)
+    cnt = ok.sum(1)
+    means = np.where(ok, v, 0.0).sum(1)[cnt > 0] / cnt[cnt > 0]
+    if means.size == 0:
+        return math.nan, math.nan
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def fold_bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float],
+                      folds: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 200, alpha: float = 0.05,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over folds of ``metric(y, p)``; ``folds`` = [(y, p)] per fold.
+    Replicates where a fold's metric is undefined average the folds that are defined; replicates with none
+    are dropped; with none left the interval is (NaN, NaN)."""
+    if n_boot <= 0 or not folds:
+        return math.nan, math.nan
+    per = []
+    for (y, p), idx in zip(folds, _draws(folds, n_boot, seed)):
+        if idx is not None:
+            per.append(np.array([metric(y[i], p[i]) for i in idx], dtype=np.float64))
+    return _interval(per, alpha)
+
+
+def _auroc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Binary AUROC of every row of ``y``, ``s`` [B, n] (Mann-Whitney with tied ranks); NaN for one class."""
+    from scipy.stats import rankdata
+
+    r = rankdata(s, axis=1)
+    n_pos = y.sum(1)
+    n_neg = y.shape[1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ((r * y).sum(1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
+
+
+def _ap_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Average precision of every row of ``y``, ``s`` [B, n] (scikit-learn's step-wise definition: each
+    positive contributes the precision at the last row of its group of tied scores); NaN without positives."""
+    B, n = s.shape
+    order = np.argsort(-s, axis=1, kind="stable")
+    ss = np.take_along_axis(s, order, 1)
+    ys = np.take_along_axis(y, order, 1)
+    tp = np.cumsum(ys, axis=1)
+    is_last = np.ones((B, n), dtype=bool)
+    is_last[:, :-1] = ss[:, :-1] != ss[:, 1:]
+    last = np.where(is_last, np.arange(n)[None, :], n)
+    last = np.minimum.accumulate(last[:, ::-1], axis=1)[:, ::-1]  # index of the last row of each row's group
+    prec = np.take_along_axis(tp, last, 1) / (last + 1.0)
+    n_pos = ys.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (ys * prec).sum(1) / n_pos
+    return np.where(n_pos > 0, out, np.nan)
+
+
+def fast_fold_bootstrap_ci(name: str, kind: str, folds: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 200,
+                           alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """:func:`fold_bootstrap_ci` of ``auroc`` or ``auprc`` computed for all replicates at once (the same draws,
+    the same interval up to rounding); binary tasks only, other kinds use the per-replicate loop."""
+    if kind != "binary" or name not in ("auroc", "auprc"):
+        return fold_bootstrap_ci(metric_fn(name, kind), folds, n_boot, alpha, seed)
+    if n_boot <= 0 or not folds:
+        return math.nan, math.nan
+    fn = _auroc_rows if name == "auroc" else _ap_rows
+    per = []
+    for (y, p), idx in zip(folds, _draws(folds, n_boot, seed)):
+        if idx is not None:
+            yy = np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, 0]
+            pp = np.asarray(p, dtype=np.float64).reshape(len(p), -1)[:, 0]
+            per.append(fn(yy[idx], pp[idx]))
+    return _interval(per, alpha)
+
+
+# ---------------------------------------------------------------------------------- fold records
+@dataclass
+class FoldPred:
+    """The predictions of one (method, repeat, fold, group, subset) cell: labels ``y`` and probabilities ``p``."""
+
+    method: str
+    repeat: int
+    fold: int
+    group: str
+    subset: str
+    y: np.ndarray
+    p: np.ndarray
+    rate: float = 0.0
+
+
+def fold_records(preds: Iterable[FoldPred], kind: str) -> list[dict[str, Any]]:
+    """One record per cell: method, rate, repeat, fold, group, subset, n, auroc, auprc, brier (NaN where the
+    subset has no row or one class only)."""
+    out = []
+    for fp in preds:
+        rec: dict[str, Any] = {"method": fp.method, "rate": fp.rate, "repeat": fp.repeat, "fold": fp.fold,
+                               "group": fp.group, "subset": fp.subset, "n": int(fp.y.shape[0])}
+        for m in METRICS:
+            rec[m] = metric_fn(m, kind)(fp.y, fp.p) if fp.y.shape[0] else math.nan
+        out.append(rec)
+    return out
+
+
+def summarize(preds: Sequence[FoldPred], kind: str, *, against: Sequence[str] = (), n_boot: int = 200, seed: int = 0,
+              ci_subsets: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(summary rows, fold records) of a study's predictions.
+
+    A summary row per (method, rate, group, subset): ``n_folds``, ``n_rows`` (summed over folds),
+    ``<metric>_mean``/``_sd``, ``auroc_ci``/``auprc_ci`` (fold bootstrap, for subsets in ``ci_subsets``, all when
+    None), and for each method ``r`` in ``against`` present in the cell: ``t_auroc_vs_<r>``, ``p_auroc_vs_<r>``,
+    ``diff_auroc_vs_<r>``, ``p_auprc_vs_<r>``, ``n_pairs_vs_<r>`` (paired over (repeat, fold))."""
+    recs = fold_records(preds, kind)
+    cells: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(recs):
+        cells[(r["method"], r["rate"], r["group"], r["subset"])].append(i)
+    by_fold: dict[tuple, dict[tuple[int, int], dict[str, Any]]] = defaultdict(dict)
+    for r in recs:
+        by_fold[(r["method"], r["rate"], r["group"], r["subset"])][(r["repeat"], r["fold"])] = r
+    rows = []
+    for key, idx in cells.items():
+        method, rate, group, subset = key
+        cell = [recs[i] for i in idx]
+        row: dict[str, Any] = {"method": method, "rate": rate, "group": group, "subset": subset,
+                               "n_folds": len(cell), "n_rows": int(sum(r["n"] for r in cell))}
+        for m in METRICS:
+            mu, sd, k = mean_sd([r[m] for r in cell])
+            row[f"{m}_mean"], row[f"{m}_sd"] = mu, sd
+            if m == "auroc":
+                row["n_folds_defined"] = k
+        if ci_subsets is None or subset in ci_subsets:
+            fp = [(preds[i].y, preds[i].p) for i in idx]
+            row["auroc_ci"] = list(fast_fold_bootstrap_ci("auroc", kind, fp, n_boot, seed=seed))
+            row["auprc_ci"] = list(fast_fold_bootstrap_ci("auprc", kind, fp, n_boot, seed=seed + 1))
+        else:
+            row["auroc_ci"] = row["auprc_ci"] = [math.nan, math.nan]
+        mine = by_fold[key]
+        for other in against:
+            if other == method:
+                continue
+            theirs = by_fold.get((other, rate, group, subset))
+            if not theirs:
+                continue
+            common = sorted(set(mine) & set(theirs))
+            ta = paired_ttest([mine[c]["auroc"] for c in common], [theirs[c]["auroc"] for c in common])
+            tp = paired_ttest([mine[c]["auprc"] for c in common], [theirs[c]["auprc"] for c in common])
+            row[f"t_auroc_vs_{other}"] = ta.t
+            row[f"p_auroc_vs_{other}"] = ta.p
+            row[f"diff_auroc_vs_{other}"] = ta.mean_diff
+            row[f"p_auprc_vs_{other}"] = tp.p
+            row[f"n_pairs_vs_{other}"] = ta.n
+        rows.append(row)
+    return rows, recs
+
+
+def pick(rows: Sequence[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
+    """The rows whose fields equal ``where``."""
+    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]

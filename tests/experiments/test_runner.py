@@ -1,0 +1,151 @@
+"""The runner's bookkeeping: combinations, method resolution, patient-grouped folds shared by every method,
+seeded missingness masks shared by every method, and resuming an interrupted study."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from omnifuse.experiments.runner import (DONE, StudyError, build_context, combinations_for, fold_specs, load_run,
+                                         mask_seed, resolve_method, run_all)
+from tests.experiments.conftest import TINY_OPTIONS, TINY_OVERRIDES
+
+
+def test_combinations_for():
+    names = ["a", "b", "c"]
+    assert combinations_for(names, "full+single") == [(True, True, True), (True, False, False), (False, True, False),
+                                                      (False, False, True)]
+    allc = combinations_for(names, "all")
+    assert len(allc) == 7 and len(set(allc)) == 7 and allc[0] == (True, True, True)
+    assert combinations_for(names, "loo")[1:] == [(False, True, True), (True, False, True), (True, True, False)]
+    assert combinations_for(names, ["a+c", "b"]) == [(True, False, True), (False, True, False)]
+    assert combinations_for(["a"], "full+single") == [(True,)]
+    with pytest.raises(StudyError, match="unknown modality"):
+        combinations_for(names, ["a+x"])
+
+
+def test_resolve_method_variants_and_overrides():
+    assert resolve_method("dwfuse_only") == ("omnifuse", {"dwfuse": True, "tla": False, "imp_fw": False, "imp_bw": False})
+    base, p = resolve_method("dwfuse_only", {"omnifuse": {"d": 8, "tla": True}, "dwfuse_only": {"K": 2}})
+    assert base == "omnifuse" and p["d"] == 8 and p["K"] == 2 and p["tla"] is True  # overrides win, label last
+    assert resolve_method("concat", {"concat": {"d": 4}}) == ("concat", {"d": 4})
+    with pytest.raises(StudyError, match="unknown method"):
+        resolve_method("nonesuch")
+
+
+def test_mask_seed_depends_on_fold_rate_and_mode():
+    s = mask_seed(0, 0, 1, 0.3, "random")
+    assert s == mask_seed(0, 0, 1, 0.3, "random")
+    others = {mask_seed(0, 0, 2, 0.3, "random"), mask_seed(0, 0, 1, 0.4, "random"), mask_seed(0, 1, 1, 0.3, "random"),
+              mask_seed(1, 0, 1, 0.3, "random"), mask_seed(0, 0, 1, 0.3, "img")}
+    assert s not in others and len(others) == 5
+
+
+def test_folds_are_patient_grouped_partitions_and_checked_on_resume(ref_cache, tmp_path):
+    ctx = build_context(ref_cache, "mortality", folds=3, repeats=2, seed=5, out=tmp_path / "s",
+                        train_options=TINY_OPTIONS)
+    data = ctx.data()
+    labelled = np.flatnonzero(data.y_mask.numpy())
+    for rep in ctx.folds:
+        tests = np.concatenate([te for _, te in rep])
+        assert np.array_equal(np.sort(tests), labelled)  # every labelled row tested exactly once per repeat
+        for tr, te in rep:
+            assert not set(data.subject_id[tr]) & set(data.subject_id[te])
+            assert np.array_equal(np.sort(np.concatenate([tr, te])), labelled)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(ctx.folds[0], ctx.folds[1]))  # repeats differ
+    saved = json.loads((tmp_path / "s" / "folds.json").read_text())
+    assert saved["repeats"][1][2] == data.stay_id[ctx.folds[1][2][1]].tolist()
+    build_context(ref_cache, "mortality", folds=3, repeats=2, seed=5, out=tmp_path / "s", train_options=TINY_OPTIONS)
+    with pytest.raises(StudyError, match="other folds"):
+        build_context(ref_cache, "mortality", folds=3, repeats=2, seed=6, out=tmp_path / "s", train_options=TINY_OPTIONS)
+
+
+def test_same_folds_and_same_masks_for_every_method(ref_cache, tmp_path):
+    ctx = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full",
+                        train_options={**TINY_OPTIONS, "epochs": 1})
+    methods = ["omnifuse", "concat", "dwfuse_only"]
+    specs = fold_specs(ctx, methods, TINY_OVERRIDES, rate=0.4)
+    st = run_all(ctx, specs, tmp_path / "s", progress=False)
+    assert st.trained == 6
+    by_fold: dict[int, list] = {}
+    for s in specs:
+        arrays, run = load_run(st.folders[s])
+        by_fold.setdefault(s.fold, []).append((arrays["test_rows"], arrays["present"], run["mask_digest"]))
+    natural = ctx.data().natural_mask.numpy()
+    digests = set()
+    for k, got in by_fold.items():
+        rows0, present0, digest0 = got[0]
+        assert np.array_equal(rows0, ctx.folds[0][k][1])
+        for rows, present, digest in got[1:]:
+            assert np.array_equal(rows, rows0) and np.array_equal(present, present0) and digest == digest0
+        # the simulated mask only removes modalities, never all of a row's, and it removed some
+        nat = natural[rows0]
+        assert (present0 <= nat).all() and present0.any(1).all() and present0.sum() < nat.sum()
+        digests.add(digest0)
+    assert len(digests) == 2  # seeded by fold: the two folds' masks differ
+
+
+def test_resume_after_interruption(ref_cache, tmp_path):
+    ctx = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full",
+                        train_options={**TINY_OPTIONS, "epochs": 1})
+    specs = fold_specs(ctx, ["concat", "sum"], TINY_OVERRIDES)
+    out = tmp_path / "s"
+    done = []
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(spec):
+        done.append(spec)
+        if len(done) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_all(ctx, specs, out, progress=False, on_done=kill_after_two)
+    finished = [s for s in specs if (out / "runs" / s.key / DONE).exists()]
+    assert finished == specs[:2]
+    # a run killed while writing: its folder exists without the DONE marker
+    half = out / "runs" / specs[2].key
+    half.mkdir(parents=True)
+    (half / "predictions.npz").write_text("truncated")
+    before = {s: (out / "runs" / s.key / "predictions.npz").read_bytes() for s in finished}
+    st = run_all(ctx, specs, out, progress=False)
+    assert (st.trained, st.reused) == (2, 2)
+    assert all((out / "runs" / s.key / DONE).exists() for s in specs)
+    assert all((out / "runs" / s.key / "predictions.npz").read_bytes() == b for s, b in before.items())
+    st = run_all(ctx, specs, out, progress=False)
+    assert (st.trained, st.reused) == (0, 4)
+    # other training options: the old runs are not reused
+    ctx2 = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full",
+                         train_options={**TINY_OPTIONS, "epochs": 2})
+    st = run_all(ctx2, fold_specs(ctx2, ["concat"], TINY_OVERRIDES), out, progress=False)
+    assert (st.trained, st.reused) == (2, 0)
+
+
+def test_parallel_runs_match_sequential(ref_cache, tmp_path):
+    ctx = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full",
+                        train_options={**TINY_OPTIONS, "epochs": 1})
+    specs = fold_specs(ctx, ["concat"], TINY_OVERRIDES)
+    a = run_all(ctx, specs, tmp_path / "seq", progress=False)
+    b = run_all(ctx, specs, tmp_path / "par", n_jobs=2, threads=1, progress=False)
+    assert b.trained == 2
+    for s in specs:
+        pa, pb = load_run(a.folders[s])[0], load_run(b.folders[s])[0]
+        np.testing.assert_allclose(pa["overall"], pb["overall"], rtol=1e-5, atol=1e-6)
+
+
+def test_unimodal_run_trains_only_on_rows_holding_the_modality(ref_cache, tmp_path):
+    from omnifuse.experiments.runner import RunSpec, freeze_params
+
+    ctx = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full+single",
+                        train_options={**TINY_OPTIONS, "epochs": 1})
+    spec = RunSpec("unimodal:rep", "concat", freeze_params(TINY_OVERRIDES["concat"]), fold=1, modalities=("rep",),
+                   train_modality="rep")
+    st = run_all(ctx, [spec], tmp_path / "u", progress=False)
+    arrays, run = load_run(st.folders[spec])
+    tr = ctx.folds[0][1][0]
+    j = ctx.modalities.index("rep")
+    assert run["n_train"] + run["n_val"] == int(ctx.data().mask[torch.as_tensor(tr), j].sum())
+    keys = {k for k in arrays if k.startswith("combo")}
+    assert keys == {f"combo{1 + j}"}  # only the combination the model can see: "rep" alone
