@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.fuse.conftest import synthetic_cache_data
+from tests.fuse.conftest import write_synthetic_cache
 
 TINY_OVERRIDES = {
     "omnifuse": {"d": 8, "K": 2, "cra_hidden": 16, "latent": 4, "head_hidden": 8},
@@ -25,24 +25,13 @@ TINY_OPTIONS = {"batch_size": 32, "device": "cpu", "mining_rows": 64, "patience"
 
 
 def write_cache_with_reference(path: Path, n: int = 150, seed: int = 0) -> Path:
-    from omnifuse.cache.writer import CacheWriter
+    def score(cd):
+        rng = np.random.default_rng(seed + 1)
+        y = cd.labels["mortality"].y[:, 0]
+        s = 1 / (1 + np.exp(-(2.0 * (y - 0.5) + rng.normal(size=n))))
+        return {"score": (s.astype(np.float32), rng.random(n) < 0.7)}
 
-    cd = synthetic_cache_data(n=n, seed=seed)
-    cd.spec.references = ["score"]
-    w = CacheWriter.create(path, cd.spec, cd.stay_id, cd.subject_id, overwrite=True)
-    for name, lab in cd.labels.items():
-        w.write_labels(name, lab.y, lab.mask)
-    rng = np.random.default_rng(seed + 1)
-    y = cd.labels["mortality"].y[:, 0]
-    score = 1 / (1 + np.exp(-(2.0 * (y - 0.5) + rng.normal(size=n))))
-    w.write_reference("score", score.astype(np.float32), rng.random(n) < 0.7)
-    for name, md in cd.modalities.items():
-        for a, b in w.pending_blocks(name):
-            x = np.nan_to_num(md.x[a:b]) if md.kind in ("vector", "sequence") else md.x[a:b]
-            w.write_block(name, a, b, x=x, mask=md.mask[a:b],
-                          tokens_mask=None if md.tokens_mask is None else md.tokens_mask[a:b])
-    w.finalize()
-    return Path(path)
+    return write_synthetic_cache(path, references=score, n=n, seed=seed)
 
 
 @pytest.fixture(scope="session")

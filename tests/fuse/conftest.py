@@ -92,14 +92,20 @@ def synthetic_cache_data(
                      labels=labels, references={}, splits={}, spec=spec, attrs={})
 
 
-def write_synthetic_cache(path: str | Path, **kw) -> Path:
-    """Write :func:`synthetic_cache_data` rows to ``path`` with the real writer; returns the path."""
+def write_synthetic_cache(path: str | Path, references=None, **kw) -> Path:
+    """Write :func:`synthetic_cache_data` rows to ``path`` with the real writer; returns the path.
+
+    ``references``: optional ``fn(cache_data) -> {name: (values [N], mask [N])}`` of reference scores."""
     from omnifuse.cache.writer import CacheWriter
 
     cd = synthetic_cache_data(**kw)
+    refs = references(cd) if references is not None else {}
+    cd.spec.references = sorted(refs)
     w = CacheWriter.create(path, cd.spec, cd.stay_id, cd.subject_id, overwrite=True)
     for name, lab in cd.labels.items():
         w.write_labels(name, lab.y, lab.mask)
+    for name, (values, mask) in refs.items():
+        w.write_reference(name, values, mask)
     for name, md in cd.modalities.items():
         for a, b in w.pending_blocks(name):
             x = np.nan_to_num(md.x[a:b]) if md.kind in ("vector", "sequence") else md.x[a:b]
