@@ -285,14 +285,16 @@ class CacheWriter:
         if x.shape != (rows, *m.shape) or mask.shape != (rows,):
             raise CacheError(f"{modality}: block [{start}, {stop}) expects x {(rows, *m.shape)} and mask "
                              f"({rows},), got {x.shape} and {mask.shape}")
-        xk = x.astype(m.dtype, copy=True)
-        bshape = (-1, *([1] * len(m.shape)))
+        # one cast into a fresh array (the caller's buffer is never modified), then zeroing in place: the
+        # block write stays a small fraction of the encoder's time even for per-token [rows, L, D] blocks
+        xk = np.array(x, dtype=m.dtype)
         if m.kind in ("vector", "sequence"):
-            bad = mask & ~np.isfinite(xk.reshape(rows, -1)).all(axis=1)
+            bad = mask & ~np.isfinite(xk).reshape(rows, -1).all(axis=1)
             if bad.any():
-                raise CacheError(f"{modality}: non-finite embedding in present row {start + int(np.flatnonzero(bad)[0])}"
-                                 f" (stay_id {int(self.group['stay_id'][start + int(np.flatnonzero(bad)[0])])})")
-        xk = np.where(mask.reshape(bshape), xk, 0).astype(m.dtype)
+                row = start + int(np.flatnonzero(bad)[0])
+                raise CacheError(f"{modality}: non-finite embedding in present row {row}"
+                                 f" (stay_id {int(self.group['stay_id'][row])})")
+        xk[~mask] = 0
         mg = self.group[modality]
         if m.has_tokens_mask:
             if tokens_mask is None:
@@ -300,8 +302,7 @@ class CacheWriter:
             tm = np.asarray(tokens_mask, dtype=bool) & mask[:, None]
             if tm.shape != (rows, m.shape[0]):
                 raise CacheError(f"{modality}: tokens_mask shape {tm.shape} != {(rows, m.shape[0])}")
-            # zero the padding so it compresses and never leaks into a pooled mean
-            xk = np.where(tm[..., None], xk, 0).astype(m.dtype)
+            xk[~tm] = 0  # zero the padding so it compresses and never leaks into a pooled mean
             mg["tokens_mask"][start:stop] = tm
         if m.provenance_codes:
             p = np.full(rows, -1, dtype=np.int8) if provenance is None else np.asarray(provenance, np.int8)
