@@ -6,6 +6,7 @@ with :func:`register_method`; one test sweeps the whole registry (timm style).
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -93,7 +94,7 @@ class MethodOutput:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class FusionMethod(nn.Module):
+class FusionMethod(nn.Module, metaclass=abc.ABCMeta):
     """Base class of every fusion method.
 
     Subclasses implement :meth:`forward` and :meth:`loss`; the hooks are optional and called by the trainer.
@@ -105,11 +106,13 @@ class FusionMethod(nn.Module):
         super().__init__()
         self.info = info
 
-    def forward(self, batch: Batch) -> MethodOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, batch: Batch) -> MethodOutput:
+        """The fused prediction (and per-modality logits where the method has them) for a batch."""
 
+    @abc.abstractmethod
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The training loss and its named terms (floats) for a batch and its output."""
 
     # --- optional hooks -------------------------------------------------------------------------
     def train_drop(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:

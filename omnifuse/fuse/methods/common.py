@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -208,8 +210,9 @@ class SupervisedFusion(FusionMethod):
     def _build_head(self, fused_dim: int, hidden: int | None, dropout: float) -> None:
         self.head = mlp_head(fused_dim, self.info.num_outputs, hidden, dropout)
 
-    def fuse(self, E: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def fuse(self, E: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Fuse the filled modality embeddings ``E`` [B, M, d] (presence ``mask`` [B, M]) into [B, fused_dim]."""
 
     def forward(self, batch: Batch) -> MethodOutput:
         check_batch(self.info, batch)
