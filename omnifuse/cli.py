@@ -76,7 +76,8 @@ def extract(
     max_words: int = typer.Option(150, "--max-words", help="Words of each text kept (the paper: 150)."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Token cap of the text encoder."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when present), cpu, cuda, cuda:1 ..."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast), bf16 or fp32."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on GPUs and on CPUs with "
+                                  "native bf16, else fp32), bf16 or fp32."),
     batch_size: int = typer.Option(32, "--batch-size"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N stays (a quick look)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding workers (default: by device)."),

@@ -3,6 +3,12 @@
 Every image becomes a float32 tensor [3, size, size]: decoded, scaled to [0, 1], grey copied to three
 channels, the shorter side resized to ``size`` (bilinear, antialiased) and centre-cropped, then normalised
 with the encoder's per-channel mean and std (ImageNet by default).
+
+8-bit images (grey or colour: chest X-ray JPEGs and PNGs) are resized as 8-bit PIL images, as torchvision's
+``Resize`` on a PIL image does for the ImageNet weights, and scaled and normalised in one pass afterwards;
+this is faster than resizing float planes and differs from it only by the 8-bit rounding of the resized
+pixels (at most one grey level, 1/255 before normalisation). 16-bit and float images, and volume slices, are
+resized as float32 planes.
 """
 
 from __future__ import annotations
@@ -38,9 +44,46 @@ class ImagePreprocess:
             "mean": list(self.mean),
             "std": list(self.std),
             "resize": self.resize,
+            "interpolation": "bilinear, antialiased (PIL); 8-bit images resized in 8 bit",
             "grey_to_rgb": "copy",
             **self.extra,
         }
+
+    def _target(self, h: int, w: int) -> tuple[int, int]:
+        """(height, width) after the resize, before the centre crop."""
+        s = self.size
+        if self.resize == "squash":
+            return s, s
+        scale = s / min(h, w)
+        return max(s, round(h * scale)), max(s, round(w * scale))
+
+    def from_pil8(self, img: Image.Image) -> torch.Tensor:
+        """A decoded 8-bit PIL image (mode ``L`` or ``RGB``) -> normalised tensor [3, size, size].
+
+        Resized in 8 bit, then ``(v / 255 - mean) / std`` per channel in one multiply-add.
+        """
+        if img.mode not in ("L", "RGB"):
+            raise ValueError(f"from_pil8 takes mode L or RGB, got {img.mode!r}")
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise InputError(f"unsupported image shape {(h, w)}")
+        s = self.size
+        nh, nw = self._target(h, w)
+        if (nh, nw) != (h, w):
+            img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        top, left = (nh - s) // 2, (nw - s) // 2
+        if (nh, nw) != (s, s):
+            img = img.crop((left, top, left + s, top + s))
+        pix = torch.from_numpy(np.array(img, dtype=np.uint8))  # [S, S] or [S, S, 3]
+        pix = pix.unsqueeze(0) if pix.ndim == 2 else pix.permute(2, 0, 1)
+        scale, bias = self._affine()
+        return torch.addcmul(bias, pix.to(torch.float32), scale).contiguous()  # broadcasts grey to 3 channels
+
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (scale, bias) [3, 1, 1] with ``scale * v + bias == (v / 255 - mean) / std``."""
+        std = torch.tensor(self.std, dtype=torch.float64).view(3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float64).view(3, 1, 1)
+        return (1.0 / (255.0 * std)).float(), (-mean / std).float()
 
     def from_float(self, arr: np.ndarray) -> torch.Tensor:
         """[H, W] or [H, W, 3] float values in [0, 1] -> normalised tensor [3, size, size]."""
@@ -62,11 +105,7 @@ class ImagePreprocess:
         """Resize one float plane [H, W] so that the shorter side is ``size``, then centre-crop."""
         h, w = plane.shape
         s = self.size
-        if self.resize == "squash":
-            nh, nw = s, s
-        else:
-            scale = s / min(h, w)
-            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+        nh, nw = self._target(h, w)
         img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # mode "F"
         if (nh, nw) != (h, w):
             img = img.resize((nw, nh), Image.Resampling.BILINEAR)
@@ -75,11 +114,16 @@ class ImagePreprocess:
         return out[top : top + s, left : left + s]
 
 
-def read_image(path: str | Path, size_hint: int = 224) -> np.ndarray:
-    """Decode an image file to float32 [H, W] (grey) or [H, W, 3] (colour) with values in [0, 1].
+_8BIT_GREY = ("L", "1", "LA", "La")
+_FLOAT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
-    8-bit images are divided by 255, 16-bit grey by 65535; 32-bit integer and float images are scaled by
-    their own minimum and maximum. Raises ``InputError`` for a missing, unreadable or truncated file.
+
+def open_image(path: str | Path, size_hint: int = 224) -> Image.Image:
+    """Decode an image file into a loaded PIL image: 8-bit grey as ``L``, other 8-bit modes as ``RGB``,
+    16-bit, 32-bit integer and float images in their own mode.
+
+    JPEGs much larger than ``2 * size_hint`` are decoded at a reduced DCT scale (exact, and several times
+    faster for chest X-ray sized files). Raises ``InputError`` for a missing, unreadable or truncated file.
     """
     path = Path(path)
     if not path.is_file():
@@ -87,31 +131,51 @@ def read_image(path: str | Path, size_hint: int = 224) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.format == "JPEG":
-                # decode at a reduced scale when the file is much larger than needed (exact for DCT scaling)
                 img.draft(img.mode, (size_hint * 2, size_hint * 2))
             img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L"):
-                arr = np.asarray(img, dtype=np.float32) / 65535.0
-            elif mode in ("I", "F"):
-                arr = np.asarray(img, dtype=np.float32)
-                lo, hi = float(arr.min()), float(arr.max())
-                arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-            elif mode == "L":
-                arr = np.asarray(img, dtype=np.float32) / 255.0
-            elif mode == "1":
-                arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-            elif mode in ("LA", "La"):
-                arr = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+            if img.mode in _FLOAT_MODES or img.mode in ("L", "RGB"):
+                out = img  # loaded: its pixels stay usable once the file is closed
+            elif img.mode in _8BIT_GREY:
+                out = img.convert("L")
             else:
-                arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+                out = img.convert("RGB")
+            if out.width < 1 or out.height < 1:
+                raise InputError("empty image")
+            return out
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"unreadable image ({type(e).__name__})") from None
+
+
+def _as_float(img: Image.Image) -> np.ndarray:
+    """A decoded image -> float32 [H, W] or [H, W, 3] in [0, 1] (see ``read_image``)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L"):
+        return np.asarray(img, dtype=np.float32) / 65535.0
+    if mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise InputError("image has non-finite pixel values")
+        lo, hi = float(arr.min()), float(arr.max())
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def read_image(path: str | Path, size_hint: int = 224) -> np.ndarray:
+    """Decode an image file to float32 [H, W] (grey) or [H, W, 3] (colour) with values in [0, 1].
+
+    8-bit images are divided by 255, 16-bit grey by 65535; 32-bit integer and float images are scaled by
+    their own minimum and maximum. Raises ``InputError`` for a missing, unreadable or truncated file.
+    """
+    arr = _as_float(open_image(path, size_hint))
     if arr.size == 0:
         raise InputError("empty image")
     return arr
 
 
 def load_image(path: str | Path, prep: ImagePreprocess) -> torch.Tensor:
-    """A file path -> the encoder input [3, size, size] (float32, normalised)."""
-    return prep.from_float(read_image(path, prep.size))
+    """A file path -> the encoder input [3, size, size] (float32, normalised); 8-bit images take the 8-bit
+    resize (``ImagePreprocess.from_pil8``), the others the float one."""
+    img = open_image(path, prep.size)
+    if img.mode in ("L", "RGB"):
+        return prep.from_pil8(img)
+    return prep.from_float(_as_float(img))

@@ -10,11 +10,21 @@ from PIL import Image
 from omnifuse.extract.encoders import (
     VolumeEncoder,
     build_image_encoder,
+    cpu_has_native_bf16,
     first_words,
     random_resnet34,
+    resolve_precision,
     weights_hash,
 )
-from omnifuse.extract.images import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, InputError, load_image, read_image
+from omnifuse.extract.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePreprocess,
+    InputError,
+    load_image,
+    open_image,
+    read_image,
+)
 from omnifuse.extract.volumes import read_dicom_series, read_volume, select_slices
 
 from .conftest import IMAGE_SIZE, MAX_TOKENS, write_dicom_series
@@ -51,6 +61,61 @@ def test_bf16_autocast_is_close_to_fp32():
     a, b = enc32.encode(x), enc16.encode(x)
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
     assert (cos > 0.98).all(), cos
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    cpu = torch.device("cpu")
+    for caps, want in (({"avx512_bf16": False, "amx_bf16": False}, "fp32"), ({"avx512_bf16": True}, "bf16"),
+                       ({"amx_bf16": True, "avx512_bf16": False}, "bf16"), ({}, "fp32")):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: dict(caps))
+        assert cpu_has_native_bf16() is (want == "bf16")
+        assert resolve_precision("auto", cpu) == want
+        assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    enc = build_image_encoder("random:resnet34", device="cpu", precision="auto", size=IMAGE_SIZE)
+    assert enc.precision == "fp32" and enc.preprocessing()["precision"] == "fp32"
+    with pytest.raises(ValueError, match="precision must be"):
+        resolve_precision("fp16", cpu)
+
+
+def test_8bit_resize_matches_the_float_path_to_rounding(tmp_path, image_encoder):
+    """8-bit files are resized in 8 bit: within half a grey level of the float resize, same embedding."""
+    rng = np.random.default_rng(0)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 255, (12, 9), dtype=np.uint8)).resize((90, 120)))
+    grey = np.clip(smooth.astype(int) + rng.integers(-20, 20, smooth.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(grey, mode="L").save(tmp_path / "g.png")
+    rgb = np.stack([grey, grey[::-1], 255 - grey], -1)
+    Image.fromarray(rgb, mode="RGB").save(tmp_path / "c.png")
+    prep = ImagePreprocess(size=IMAGE_SIZE)
+    for name in ("g.png", "c.png"):
+        fast = load_image(tmp_path / name, prep)
+        ref = prep.from_float(read_image(tmp_path / name))
+        assert fast.shape == ref.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and fast.dtype == torch.float32
+        # 8-bit rounding of the resized pixel: at most one grey level before normalisation (std >= 0.224)
+        assert float((fast - ref).abs().max()) <= 1 / 255 / 0.224 + 1e-5
+        assert float((fast - ref).abs().max()) > 0  # the 8-bit path is the one taken
+        a, b = image_encoder.encode(torch.stack([fast, ref]))
+        assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.9999
+    # grey files give three identical channels before normalisation
+    t = load_image(tmp_path / "g.png", prep)
+    raw = [t[c] * s + m for c, (m, s) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD))]
+    torch.testing.assert_close(raw[0], raw[1])
+    torch.testing.assert_close(raw[1], raw[2])
+    # palette and grey+alpha images are read as RGB and L
+    Image.fromarray(grey, mode="L").convert("P").save(tmp_path / "p.png")
+    Image.fromarray(grey, mode="L").convert("LA").save(tmp_path / "la.png")
+    assert open_image(tmp_path / "p.png").mode == "RGB" and open_image(tmp_path / "la.png").mode == "L"
+    torch.testing.assert_close(load_image(tmp_path / "la.png", prep), load_image(tmp_path / "g.png", prep))
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
+    arr = np.tile(np.linspace(0, 255, 2000, dtype=np.float32), (1800, 1)).astype(np.uint8)
+    Image.fromarray(arr, mode="L").save(tmp_path / "big.jpg", quality=90)
+    img = open_image(tmp_path / "big.jpg", 224)
+    assert img.mode == "L" and 448 <= min(img.size) < 900  # DCT-scaled: 1/2 of 1800x2000 is 900x1000
+    t = load_image(tmp_path / "big.jpg", ImagePreprocess(size=224))
+    assert t.shape == (3, 224, 224)
+    ramp = t[0, 112]  # a horizontal ramp stays a ramp
+    assert (ramp[1:] >= ramp[:-1] - 1e-3).all() and float(ramp[-1] - ramp[0]) > 3
 
 
 def test_image_preprocessing_grey_to_rgb_and_normalisation(tmp_path):
