@@ -60,7 +60,9 @@ class ImagePreprocess:
     def from_pil8(self, img: Image.Image) -> torch.Tensor:
         """A decoded 8-bit PIL image (mode ``L`` or ``RGB``) -> normalised tensor [3, size, size].
 
-        Resized in 8 bit, then ``(v / 255 - mean) / std`` per channel in one multiply-add.
+        Resized in 8 bit, then ``(v / 255 - mean) / std`` per channel in one multiply-add. NumPy, not torch:
+        this runs in decoding threads beside the encoder, and a torch op there would start a second
+        OpenMP team competing with the encoder's.
         """
         if img.mode not in ("L", "RGB"):
             raise ValueError(f"from_pil8 takes mode L or RGB, got {img.mode!r}")
@@ -74,16 +76,19 @@ class ImagePreprocess:
         top, left = (nh - s) // 2, (nw - s) // 2
         if (nh, nw) != (s, s):
             img = img.crop((left, top, left + s, top + s))
-        pix = torch.from_numpy(np.array(img, dtype=np.uint8))  # [S, S] or [S, S, 3]
-        pix = pix.unsqueeze(0) if pix.ndim == 2 else pix.permute(2, 0, 1)
+        pix = np.asarray(img, dtype=np.uint8)  # [S, S] or [S, S, 3]
+        pix = pix[None] if pix.ndim == 2 else pix.transpose(2, 0, 1)
         scale, bias = self._affine()
-        return torch.addcmul(bias, pix.to(torch.float32), scale).contiguous()  # broadcasts grey to 3 channels
+        out = np.empty((3, s, s), dtype=np.float32)
+        np.multiply(pix, scale, out=out)  # broadcasts grey to three channels
+        out += bias
+        return torch.from_numpy(out)
 
-    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (scale, bias) [3, 1, 1] with ``scale * v + bias == (v / 255 - mean) / std``."""
-        std = torch.tensor(self.std, dtype=torch.float64).view(3, 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float64).view(3, 1, 1)
-        return (1.0 / (255.0 * std)).float(), (-mean / std).float()
+        std = np.asarray(self.std, dtype=np.float64).reshape(3, 1, 1)
+        mean = np.asarray(self.mean, dtype=np.float64).reshape(3, 1, 1)
+        return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
     def from_float(self, arr: np.ndarray) -> torch.Tensor:
         """[H, W] or [H, W, 3] float values in [0, 1] -> normalised tensor [3, size, size]."""
@@ -93,13 +98,11 @@ class ImagePreprocess:
             raise InputError(f"unsupported image shape {tuple(arr.shape)}")
         if not np.isfinite(arr).all():
             raise InputError("image has non-finite pixel values")
-        chans = [self._resize_plane(arr[:, :, c].astype(np.float32, copy=False)) for c in range(arr.shape[2])]
-        out = torch.from_numpy(np.stack(chans, 0))
-        if out.shape[0] == 1:
-            out = out.expand(3, -1, -1)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return ((out - mean) / std).contiguous()
+        chans = np.stack([self._resize_plane(arr[:, :, c].astype(np.float32, copy=False))
+                          for c in range(arr.shape[2])], 0)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        return torch.from_numpy(np.ascontiguousarray((chans - mean) / std, dtype=np.float32))
 
     def _resize_plane(self, plane: np.ndarray) -> np.ndarray:
         """Resize one float plane [H, W] so that the shorter side is ``size``, then centre-crop."""

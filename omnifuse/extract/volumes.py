@@ -156,4 +156,4 @@ def volume_slices(
         vol = (np.clip(vol, lo, hi) - lo) / (hi - lo)
     else:
         vol = np.zeros_like(vol)
-    return torch.stack([prep.from_float(s) for s in vol], 0)
+    return torch.from_numpy(np.stack([prep.from_float(s).numpy() for s in vol], 0))  # NumPy: see from_pil8

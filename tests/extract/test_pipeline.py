@@ -212,3 +212,65 @@ def test_resume_after_sigkill_recomputes_nothing(toy, image_encoder, text_encode
         np.testing.assert_array_equal(a.modalities[m].mask, b.modalities[m].mask)
         np.testing.assert_allclose(a.modalities[m].x.astype(np.float32), b.modalities[m].x.astype(np.float32),
                                    rtol=2e-3, atol=2e-3, equal_nan=True)
+
+
+@pytest.mark.parametrize("cpus, local, cuda, cpu", [(2, None, 1, 0), (16, None, 15, 4), (16, "2", 7, 3),
+                                                     (64, None, 16, 4), (128, "8", 15, 4), (4, "8", 1, 0)])
+def test_default_workers_share_the_node_between_local_ranks(monkeypatch, cpus, local, cuda, cpu):
+    import torch
+
+    from omnifuse.extract.pipeline import default_num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    if local is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    assert default_num_workers(torch.device("cuda")) == cuda
+    assert default_num_workers(torch.device("cpu")) == cpu
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_decoding_in_threads_or_inline_gives_the_worker_store(extracted, toy, image_encoder, text_encoder, tmp_path,
+                                                              threads):
+    summary, ref, _ = extracted  # decoded in a DataLoader worker process
+    s = _extract(toy, tmp_path / "t.zarr", image_encoder, text_encoder, num_workers=0, decode_threads=threads,
+                 modalities=["cxr", "ct"])
+    c = load_cache(tmp_path / "t.zarr", allow_incomplete=True)
+    for m in ("cxr", "ct"):
+        np.testing.assert_array_equal(c.modalities[m].mask, ref.modalities[m].mask)
+        np.testing.assert_array_equal(c.modalities[m].x, ref.modalities[m].x)
+        assert s.skipped[m] == summary.skipped[m]
+    np.testing.assert_array_equal(c.modalities["ct"].tokens_mask, ref.modalities["ct"].tokens_mask)
+
+
+def test_thread_batches_keep_order_run_at_lowest_priority_and_surface_errors():
+    import threading
+
+    from omnifuse.extract.pipeline import _thread_batches
+
+    seen: dict[int, tuple[str, int]] = {}
+
+    class DS:
+        def __init__(self, n: int, bad: int | None = None) -> None:
+            self.n, self.bad = n, bad
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int):
+            if i == self.bad:
+                raise RuntimeError(f"decoder crashed on {i}")
+            time.sleep(0.001 * (i % 3))  # finish out of order
+            seen[i] = (threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return i
+
+    batches = list(_thread_batches(DS(23), 5, list, threads=2))
+    assert batches == [list(range(a, min(a + 5, 23))) for a in range(0, 23, 5)]
+    assert {name.split("_")[0] for name, _ in seen.values()} == {"omnifuse-decode"}
+    assert {nice for _, nice in seen.values()} == {19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 19  # the caller keeps its priority
+    with pytest.raises(RuntimeError, match="decoder crashed on 7"):
+        list(_thread_batches(DS(40, bad=7), 4, list, threads=2))
+    time.sleep(0.05)
+    assert not [t for t in threading.enumerate() if t.name.startswith("omnifuse-decode")]
