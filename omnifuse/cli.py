@@ -80,7 +80,9 @@ def extract(
                                   "native bf16, else fp32), bf16 or fp32."),
     batch_size: int = typer.Option(32, "--batch-size"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N stays (a quick look)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding workers (default: by device)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding worker processes (default: "
+                                          "all cores of this rank but one on a GPU; none on a small CPU, where "
+                                          "two low-priority threads decode beside the encoder)."),
     modality: Optional[list[str]] = typer.Option(None, "--modality", help="Encode only this modality (repeat)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache of another spec."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -230,7 +232,7 @@ def demo(
 
     Patient-grouped 5-fold cross-validation on in-hospital mortality; prints AUROC and AUPRC with CIs and
     APACHE IVa's predicted mortality on the same folds and stays, and writes them to --out. Measured on
-    2 CPU cores: about 4 minutes from scratch (extraction about 2, training about 2); rerunning reuses the
+    2 CPU cores: 2.5 to 5 minutes from scratch (extraction 1 to 3, by CPU; training 2); rerunning reuses the
     cache and finished runs.
     """
     from omnifuse.cache import CacheError
