@@ -117,7 +117,7 @@ class ImagePreprocess:
         return out[top : top + s, left : left + s]
 
 
-_8BIT_GREY = ("L", "1", "LA", "La")
+_8BIT_GREY = ("1", "LA", "La")  # read as L
 _FLOAT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
 
@@ -169,10 +169,7 @@ def read_image(path: str | Path, size_hint: int = 224) -> np.ndarray:
     8-bit images are divided by 255, 16-bit grey by 65535; 32-bit integer and float images are scaled by
     their own minimum and maximum. Raises ``InputError`` for a missing, unreadable or truncated file.
     """
-    arr = _as_float(open_image(path, size_hint))
-    if arr.size == 0:
-        raise InputError("empty image")
-    return arr
+    return _as_float(open_image(path, size_hint))
 
 
 def load_image(path: str | Path, prep: ImagePreprocess) -> torch.Tensor:

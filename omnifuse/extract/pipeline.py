@@ -162,9 +162,9 @@ def default_num_workers(device: torch.device) -> int:
     The cores are shared by the ranks torchrun starts on the node (``LOCAL_WORLD_SIZE``). On a GPU, decoding
     limits the rate (a 1.6 MB chest X-ray JPEG takes about 25 ms on one core, a ResNet34 forward a small
     fraction of that on the GPU), so all of this rank's cores but one decode, at most 16. On the CPU the
-    encoder needs the cores: on 2 cores, decoding in the main process between forwards was faster than in a
-    worker or a thread beside the forward (which slowed the 2-thread forward from 15.2 to 8.5 images/s), so
-    no worker; with more cores, at most half of those beyond the first two, at most 4.
+    encoder needs the cores: on 2 cores a worker process decoding beside the forward was no faster than
+    decoding inline, so none (``_thread_batches`` decodes there instead); with more cores, at most half of
+    those beyond the first two, at most 4.
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
@@ -175,6 +175,11 @@ def default_num_workers(device: torch.device) -> int:
     if device.type == "cuda":
         return max(1, min(16, cpus - 1))
     return max(0, min(4, (cpus - 2) // 2))
+
+
+# background decoding threads when there are no worker processes: on 2 cores, 4 threads decoded no faster
+# than 2, and 1 slower than decoding inline
+DECODE_THREADS = 2
 
 
 def _lowest_priority() -> None:
@@ -214,12 +219,6 @@ def _thread_batches(ds: Dataset, batch_size: int, collate: Any, threads: int, ah
             yield collate([f.result() for f in futures])
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
-
-
-def default_decode_threads(device: torch.device) -> int:
-    """Background decoding threads when there are no worker processes: two (on 2 cores, 4 threads decoded
-    no faster than 2, and 1 slower than decoding inline)."""
-    return 2
 
 
 # ---------------------------------------------------------------------------------------- the blocks
@@ -405,7 +404,8 @@ def _run_files(
     elif decode_threads > 0:
         loader = _thread_batches(ds, per_batch, collate, decode_threads)
     else:
-        loader = (collate([ds[i] for i in range(a, min(a + per_batch, len(ds)))]) for a in range(0, len(ds), per_batch))
+        n = len(ds)
+        loader = (collate([ds[i] for i in range(a, min(a + per_batch, n))]) for a in range(0, n, per_batch))
     for idx, x, bad in loader:
         for i, reason in bad:
             start, off, _ = work[i]
@@ -547,7 +547,7 @@ def extract(
     later run without the option completes it). Under torchrun each rank encodes its own blocks.
     ``num_workers``: image/volume decoding processes (default ``default_num_workers``: several on a GPU,
     none on a small CPU); with none, ``decode_threads`` background threads at the lowest priority decode
-    ahead of the encoder (default ``default_decode_threads``; 0 decodes inline, between forwards).
+    ahead of the encoder (default ``DECODE_THREADS``; 0 decodes inline, between forwards).
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -586,7 +586,7 @@ def extract(
             spec.extra["absent_modalities"] = absent
         writer, existed = _open_or_create(dist, out, spec, cohort, overwrite, rows_per_block)
         workers = default_num_workers(dev) if num_workers is None else int(num_workers)
-        threads = default_decode_threads(dev) if decode_threads is None else int(decode_threads)
+        threads = DECODE_THREADS if decode_threads is None else int(decode_threads)
         selected = [r for r in raws if modalities is None or r.name in modalities]
         if modalities is not None:
             unknown = set(modalities) - {r.name for r in raws_all}
