@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from omnifuse import __version__
+from omnifuse.experiments.config import AblationConfig, CompareConfig, ImputationConfig, SweepConfig, UnimodalConfig
+from omnifuse.options import cli_options
 
 app = typer.Typer(
     name="omnifuse",
@@ -205,15 +207,14 @@ def methods() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from omnifuse.fuse.base import METHODS, get_method
+    from omnifuse.fuse.methods import METHODS
 
-    get_method("omnifuse")  # populates the registry
-    t = Table(title="fusion methods (omnifuse train --method NAME)")
-    for col in ("name", "description", "paper"):
+    t = Table(title="fusion methods and their variants (omnifuse train --method NAME)")
+    for col in ("name", "variant of", "description", "paper"):
         t.add_column(col)
     for name in sorted(METHODS):
         e = METHODS[name]
-        t.add_row(name, e.description, e.paper)
+        t.add_row(name, e.base if e.kind == "variant" else "", e.description, e.paper)
     Console().print(t)
 
 
@@ -256,143 +257,122 @@ experiment_app = typer.Typer(
 app.add_typer(experiment_app, name="experiment")
 
 
-def _csv(v: Optional[str]) -> Optional[list[str]]:
-    return [x.strip() for x in v.split(",") if x.strip()] if v else None
-
-
-def _study_opts(threads: Optional[int], device: Optional[str], options: Optional[list[str]]) -> dict:
-    o = _parse_params(options)
-    if device:
-        o["device"] = device
-    return o
-
-
 _CACHE = typer.Option(..., "--cache", "-c", help="Cache written by `omnifuse extract`.")
-_TASK = typer.Option("mortality", "--task", "-t")
-_FOLDS = typer.Option(5, "--folds")
-_REPEATS = typer.Option(1, "--repeats", help="Repeated k-fold: repeat r uses seed + r.")
-_SEED = typer.Option(0, "--seed")
-_EPOCHS = typer.Option(None, "--epochs", help="Maximum epochs per run (default 30, early stopping).")
-_JOBS = typer.Option(1, "--jobs", help="Runs trained at once (processes); on 2 CPU cores use 2 with --threads 1.")
-_THREADS = typer.Option(None, "--threads", help="Torch threads per run.")
-_DEVICE = typer.Option(None, "--device")
-_OPTION = typer.Option(None, "--option", help="Training option key=value (TrainConfig field), repeatable.")
-_MODS = typer.Option(None, "--modalities", help="Comma-separated modalities (default all).")
+_OPTION = typer.Option(None, "--option", help="Training option key=value (a TrainConfig field, e.g. lr=3e-4), "
+                       "repeatable.")
+_PARAM = typer.Option(None, "--param", "-p", help="Method parameter method.key=value (e.g. omnifuse.beta=0.25), "
+                      "repeatable.")
 
 
-def _run_study(fn, **kw) -> None:
+def _method_overrides(items: list[str] | None) -> dict[str, dict]:
+    """``--param method.key=value`` pairs as ``{method: {key: value}}``."""
+    out: dict[str, dict] = {}
+    for k, v in _parse_params(items).items():
+        method, dot, key = k.partition(".")
+        if not dot or not method or not key:
+            raise typer.BadParameter(f"--param expects method.key=value, got {k!r}")
+        out.setdefault(method, {})[key] = v
+    return out
+
+
+def _run_study(fn, cache: Path, option: Optional[list[str]], param: Optional[list[str]], flags: dict) -> None:
+    """Call a study function with the cache, its ``--config`` file and the given flags; a clear error
+    (exit 2) for what the study refuses."""
     from omnifuse.cache import CacheError
     from omnifuse.experiments.runner import StudyError
 
     _setup_logging(False)
+    config = flags.pop("config", None)
     try:
-        res = fn(**kw)
+        res = fn(cache, config=config, options=_parse_params(option) or None,
+                 method_overrides=_method_overrides(param) or None, **flags)
     except (CacheError, StudyError, ValueError, KeyError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(f"written to {res.out}")
 
 
 @experiment_app.command("compare")
-def experiment_compare(
-    cache: Path = _CACHE, task: str = _TASK,
-    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated (default: every registered "
-                                          "method and dwfuse_only)."),
-    folds: int = _FOLDS, repeats: int = _REPEATS, seed: int = _SEED, epochs: Optional[int] = _EPOCHS,
-    combinations: str = typer.Option("full+single", "--combinations", help="full+single, loo, all (2^M - 1), or "
-                                     "comma-separated combinations such as vitals+apache."),
-    missing_rate: float = typer.Option(0.0, "--missing-rate"),
-    missing_mode: str = typer.Option("random", "--missing-mode", help="random or a modality name."),
-    jobs: int = _JOBS, threads: Optional[int] = _THREADS, device: Optional[str] = _DEVICE,
-    option: Optional[list[str]] = _OPTION, modalities: Optional[str] = _MODS,
-    out: Path = typer.Option(Path("experiments/compare"), "--out", "-o"),
-) -> None:
+@cli_options(CompareConfig)
+def experiment_compare(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
+                       param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
     """Table 3: every method on the same folds and missingness masks, per modality combination; mean ± sd,
     paired t-tests against OmniFuse and its DWFuse-only row, bootstrap CIs, Brier, reliability figure, and the
     cache's reference score (APACHE IVa on eICU) on the same rows. All 10 methods x 5 folds on the eICU demo:
     16.7 min measured on 2 shared CPU cores with --jobs 2 --threads 1 (about a quarter of that unshared)."""
     from omnifuse.experiments.compare import compare
 
-    combos = combinations if combinations in ("full+single", "loo", "all", "full") else _csv(combinations)
-    _run_study(compare, cache=cache, task=task, methods=_csv(methods), folds=folds, repeats=repeats, seed=seed,
-               out=out, epochs=epochs, n_jobs=jobs, threads=threads, combinations=combos,
-               missing_rate=missing_rate, missing_mode=missing_mode, modalities=_csv(modalities),
-               options=_study_opts(threads, device, option))
+    _run_study(compare, cache, option, param, flags)
 
 
 @experiment_app.command("unimodal")
-def experiment_unimodal(
-    cache: Path = _CACHE, task: str = _TASK,
-    fused: str = typer.Option("concat,omnifuse", "--fused", help="Fused methods to set against the unimodal ones."),
-    folds: int = _FOLDS, repeats: int = _REPEATS, seed: int = _SEED, epochs: Optional[int] = _EPOCHS,
-    jobs: int = _JOBS, threads: Optional[int] = _THREADS, device: Optional[str] = _DEVICE,
-    option: Optional[list[str]] = _OPTION, modalities: Optional[str] = _MODS,
-    out: Path = typer.Option(Path("experiments/unimodal"), "--out", "-o"),
-) -> None:
+@cli_options(UnimodalConfig)
+def experiment_unimodal(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
+                        param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
     """Table 2 / figure 2: each modality alone against the fused models given only that modality (modality
     laziness). eICU demo, 5 folds: 12 min measured on 2 shared CPU cores."""
     from omnifuse.experiments.unimodal import unimodal
 
-    _run_study(unimodal, cache=cache, task=task, fused=tuple(_csv(fused) or ()), folds=folds, repeats=repeats,
-               seed=seed, out=out, epochs=epochs, n_jobs=jobs, threads=threads, modalities=_csv(modalities),
-               options=_study_opts(threads, device, option))
+    _run_study(unimodal, cache, option, param, flags)
 
 
 @experiment_app.command("ablation")
-def experiment_ablation(
-    cache: Path = _CACHE, task: str = _TASK,
-    rows: str = typer.Option("a,b,c,d,e,f", "--rows", help="Rows of table 4: a none, b +DWFuse, c +TLA, d +IMP-fw, "
-                             "e DWFuse+IMP-fw+IMP-bw (our reading), f all."),
-    folds: int = _FOLDS, repeats: int = _REPEATS, seed: int = _SEED, epochs: Optional[int] = _EPOCHS,
-    combinations: str = typer.Option("full+single", "--combinations"),
-    missing_rate: float = typer.Option(0.0, "--missing-rate"),
-    jobs: int = _JOBS, threads: Optional[int] = _THREADS, device: Optional[str] = _DEVICE,
-    option: Optional[list[str]] = _OPTION, modalities: Optional[str] = _MODS,
-    out: Path = typer.Option(Path("experiments/ablation"), "--out", "-o"),
-) -> None:
-    """Table 4: the OmniFuse network with its components switched on one by one, per modality combination.
-    eICU demo, 6 rows x 5 folds: 20 min measured on 2 shared CPU cores."""
+@cli_options(AblationConfig)
+def experiment_ablation(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
+                        param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
+    """Table 4: the OmniFuse network with its components switched on one by one (the registry entries
+    ablation_a to ablation_f), per modality combination. eICU demo, 6 rows x 5 folds: 20 min measured on 2
+    shared CPU cores."""
     from omnifuse.experiments.ablation import ablation
 
-    combos = combinations if combinations in ("full+single", "loo", "all", "full") else _csv(combinations)
-    _run_study(ablation, cache=cache, task=task, rows=tuple(_csv(rows) or ()), folds=folds, repeats=repeats,
-               seed=seed, out=out, epochs=epochs, n_jobs=jobs, threads=threads, combinations=combos,
-               missing_rate=missing_rate, modalities=_csv(modalities), options=_study_opts(threads, device, option))
+    _run_study(ablation, cache, option, param, flags)
 
 
 @experiment_app.command("sweep")
-def experiment_sweep(
-    cache: Path = _CACHE, task: str = _TASK,
-    rates: str = typer.Option("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--rates"),
-    modality: str = typer.Option("random", "--modality", help="random, or the modality to drop."),
-    methods: str = typer.Option("omnifuse,omnifuse_no_imp", "--methods"),
-    folds: int = _FOLDS, repeats: int = _REPEATS, seed: int = _SEED, epochs: Optional[int] = _EPOCHS,
-    jobs: int = _JOBS, threads: Optional[int] = _THREADS, device: Optional[str] = _DEVICE,
-    option: Optional[list[str]] = _OPTION, modalities: Optional[str] = _MODS,
-    out: Path = typer.Option(Path("experiments/sweep"), "--out", "-o"),
-) -> None:
+@cli_options(SweepConfig)
+def experiment_sweep(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
+                     param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
     """Figures 4-6: AUROC against the simulated missing rate, with and without imputation. eICU demo, 4 rates x
     3 folds: 24.5 min measured on 2 shared CPU cores (the default 10 rates x 5 folds take about 4 times that)."""
     from omnifuse.experiments.sweep import sweep
 
-    _run_study(sweep, cache=cache, task=task, rates=tuple(float(r) for r in _csv(rates) or ()), modality=modality,
-               methods=tuple(_csv(methods) or ()), folds=folds, repeats=repeats, seed=seed, out=out, epochs=epochs,
-               n_jobs=jobs, threads=threads, modalities=_csv(modalities), options=_study_opts(threads, device, option))
+    _run_study(sweep, cache, option, param, flags)
 
 
 @experiment_app.command("imputation")
-def experiment_imputation(
-    cache: Path = _CACHE, task: str = _TASK, folds: int = _FOLDS,
-    fold: int = typer.Option(0, "--fold", help="Which fold's model to follow."), seed: int = _SEED,
-    epochs: Optional[int] = _EPOCHS, threads: Optional[int] = _THREADS, device: Optional[str] = _DEVICE,
-    option: Optional[list[str]] = _OPTION, modalities: Optional[str] = _MODS,
-    out: Path = typer.Option(Path("experiments/imputation"), "--out", "-o"),
-) -> None:
+@cli_options(ImputationConfig)
+def experiment_imputation(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
+                          param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
     """Figures 7-8: cosine similarity of imputed to true embeddings across epochs, and t-SNE maps of real and
     imputed embeddings per modality. eICU demo: 9.7 min measured on 2 shared CPU cores."""
     from omnifuse.experiments.imputation import imputation
 
-    _run_study(imputation, cache=cache, task=task, folds=folds, fold=fold, seed=seed, out=out, epochs=epochs,
-               threads=threads, modalities=_csv(modalities), options=_study_opts(threads, device, option))
+    _run_study(imputation, cache, option, param, flags)
+
+
+@app.command()
+def encoders(
+    family: Optional[str] = typer.Option(None, "--family", help="Only this family: image, text or volume."),
+) -> None:
+    """List the registered stage-one encoders: name, aliases, family, source, output shape and licence.
+
+    Any other transformers hub id or local folder also works with --image-encoder / --text-encoder.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from omnifuse.extract.encoders import list_encoders
+
+    try:
+        entries = list_encoders(family)
+    except ValueError as e:
+        _fail(e)
+    t = Table(title="stage-one encoders (omnifuse extract --image-encoder / --text-encoder NAME)")
+    t.add_column("name", no_wrap=True)
+    for col in ("aliases", "family", "source", "output shape", "licence"):
+        t.add_column(col, overflow="fold")
+    for e in entries:
+        t.add_row(e.name, ", ".join(e.aliases) or "-", e.family, e.source, e.shape_text(), e.licence)
+    Console().print(t)
 
 
 @app.command()

@@ -67,7 +67,7 @@ def test_extract_refuses_options_the_dataset_does_not_use(tmp_path):
 def test_train_then_predict_from_the_cli(tmp_path):
     import csv
 
-    from tests.fuse.conftest import write_synthetic_cache
+    from tests.helpers import write_synthetic_cache
 
     cache = write_synthetic_cache(tmp_path / "s.zarr", n=120)
     run = tmp_path / "run"
@@ -95,7 +95,7 @@ def test_train_then_predict_from_the_cli(tmp_path):
 
 
 def test_train_unknown_method_is_a_clear_error(tmp_path):
-    from tests.fuse.conftest import write_synthetic_cache
+    from tests.helpers import write_synthetic_cache
 
     cache = write_synthetic_cache(tmp_path / "s.zarr", n=40)
     r = runner.invoke(app, ["train", "--cache", str(cache), "--task", "mortality", "--method", "nope",

@@ -14,7 +14,21 @@ from omnifuse.cache.schema import (
 from omnifuse.cache.writer import CacheWriter
 
 __all__ = [
-    "SCHEMA_VERSION", "Cache", "CacheData", "CacheError", "CacheSpec", "CacheWriter", "IncompleteCacheError",
-    "LabelData", "ModalityData", "ModalitySpec", "SchemaMismatchError", "TaskSpec", "cache_info",
-    "format_info", "load_cache", "open_cache", "to_torch",
+    "SCHEMA_VERSION",
+    "Cache",
+    "CacheData",
+    "CacheError",
+    "CacheSpec",
+    "CacheWriter",
+    "IncompleteCacheError",
+    "LabelData",
+    "ModalityData",
+    "ModalitySpec",
+    "SchemaMismatchError",
+    "TaskSpec",
+    "cache_info",
+    "format_info",
+    "load_cache",
+    "open_cache",
+    "to_torch",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from omnifuse.cache import store
 from omnifuse.cache.reader import open_cache
 
 
@@ -16,10 +18,8 @@ def _dir_size(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):  # a file removed while we walk
                 total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
     return total
 
 
@@ -36,32 +36,40 @@ def cache_info(path: str | Path) -> dict[str, Any]:
     masks = []
     for m in c.spec.modalities:
         incomplete = c.incomplete_rows(m.name)
-        mask = np.asarray(g[m.name]["mask"][:]).astype(bool) & ~incomplete
+        mask = np.asarray(store.array(g, f"{m.name}/mask")[:]).astype(bool) & ~incomplete
         masks.append(mask)
-        mods.append({
-            "name": m.name, "kind": m.kind, "shape": list(m.shape), "dtype": m.dtype,
-            "encoder": m.encoder, "encoder_hash": m.encoder_hash, "present": int(mask.sum()),
-            "coverage": float(mask.mean()), "incomplete_rows": int(incomplete.sum()),
-            "preprocessing": m.preprocessing,
-        })
+        mods.append(
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "shape": list(m.shape),
+                "dtype": m.dtype,
+                "encoder": m.encoder,
+                "encoder_hash": m.encoder_hash,
+                "present": int(mask.sum()),
+                "coverage": float(mask.mean()),
+                "incomplete_rows": int(incomplete.sum()),
+                "preprocessing": m.preprocessing,
+            }
+        )
     names = [m.name for m in c.spec.modalities]
     patterns: Counter[str] = Counter()
     if masks:
         stacked = np.stack(masks, axis=1)
         for row in map(tuple, stacked):
-            patterns["+".join(n for n, p in zip(names, row) if p) or "(none)"] += 1
+            patterns["+".join(n for n, p in zip(names, row, strict=True) if p) or "(none)"] += 1
     tasks = []
     for t in c.spec.tasks:
-        y = np.asarray(g["labels"][t.name][:])
-        lm = np.asarray(g["labels"][f"{t.name}_mask"][:]).astype(bool)
+        y = np.asarray(store.array(g, f"labels/{t.name}")[:])
+        lm = np.asarray(store.array(g, f"labels/{t.name}_mask")[:]).astype(bool)
         if t.kind == "multiclass":
             counts = np.bincount(y[lm], minlength=len(t.classes))
-            prev = {cl: float(c_ / max(lm.sum(), 1)) for cl, c_ in zip(t.classes, counts)}
+            prev = {cl: float(c_ / max(lm.sum(), 1)) for cl, c_ in zip(t.classes, counts, strict=True)}
         else:
             pos = y[lm].sum(axis=0)
-            prev = {cl: float(p / max(lm.sum(), 1)) for cl, p in zip(t.classes, pos)}
+            prev = {cl: float(p / max(lm.sum(), 1)) for cl, p in zip(t.classes, pos, strict=True)}
         tasks.append({"name": t.name, "kind": t.kind, "labelled": int(lm.sum()), "prevalence": prev})
-    refs = {r: int(np.asarray(g["reference"][f"{r}_mask"][:]).sum()) for r in c.spec.references}
+    refs = {r: int(np.asarray(store.array(g, f"reference/{r}_mask")[:]).sum()) for r in c.spec.references}
     return {
         "path": str(c.path),
         "schema_version": c.meta["schema_version"],
@@ -96,9 +104,11 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     for m in info["modalities"]:
         shape = "x".join(map(str, m["shape"]))
-        lines.append(f"{m['name']:<14}{m['kind']:<11}{shape:<14}{m['dtype']:<9}{m['present']:>9,}"
-                     f"{m['coverage']:>10.1%}  {m['encoder'] or '-'}"
-                     + (f"  ({m['incomplete_rows']} rows not written)" if m["incomplete_rows"] else ""))
+        lines.append(
+            f"{m['name']:<14}{m['kind']:<11}{shape:<14}{m['dtype']:<9}{m['present']:>9,}"
+            f"{m['coverage']:>10.1%}  {m['encoder'] or '-'}"
+            + (f"  ({m['incomplete_rows']} rows not written)" if m["incomplete_rows"] else "")
+        )
     lines += ["", "missing-modality patterns (present modalities: rows)"]
     for p, c in info["patterns"].items():
         lines.append(f"  {p:<60}{c:>8,}")
@@ -109,8 +119,10 @@ def format_info(info: dict[str, Any]) -> str:
             more = " ..." if len(t["prevalence"]) > 6 else ""
             lines.append(f"  {t['name']} ({t['kind']}): {t['labelled']:,} labelled; {prev}{more}")
     if info["references"]:
-        lines += ["", "reference scores (not inputs): "
-                  + ", ".join(f"{k} on {v:,} rows" for k, v in info["references"].items())]
+        lines += [
+            "",
+            "reference scores (not inputs): " + ", ".join(f"{k} on {v:,} rows" for k, v in info["references"].items()),
+        ]
     if info["splits"]:
         lines.append("splits: " + ", ".join(info["splits"]))
     extra = info.get("extra", {})

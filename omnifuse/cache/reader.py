@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,13 +9,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from omnifuse.cache import store as S
-from omnifuse.cache.schema import (
-    CacheError,
-    CacheSpec,
-    IncompleteCacheError,
-    SchemaMismatchError,
-)
+from omnifuse.cache import store
+from omnifuse.cache.meta import read_meta
+from omnifuse.cache.schema import CacheError, CacheSpec, IncompleteCacheError
 
 
 @dataclass
@@ -62,27 +57,6 @@ class CacheData:
         return int(self.stay_id.size)
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The store's ``omnifuse`` attributes, after checking it is an omnifuse cache of this schema version."""
-    from omnifuse.cache.writer import check_schema
-
-    path = Path(path)
-    if not path.exists():
-        raise CacheError(f"no cache at {path}")
-    meta_file = path / "zarr.json"
-    if not meta_file.exists():
-        raise SchemaMismatchError(f"{path} is not a Zarr v3 store (no zarr.json); is it an omnifuse cache?")
-    try:
-        doc = json.loads(meta_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SchemaMismatchError(f"{path}/zarr.json cannot be read: {e}") from e
-    meta = doc.get("attributes", {}).get(S.ATTR_KEY)
-    if doc.get("zarr_format") != 3 or meta is None:
-        raise SchemaMismatchError(f"{path} is not an omnifuse cache (no '{S.ATTR_KEY}' attributes)")
-    check_schema(meta, path)
-    return meta
-
-
 class Cache:
     """An opened cache. Use :meth:`load` to bring arrays into memory."""
 
@@ -99,18 +73,18 @@ class Cache:
 
     @property
     def stay_id(self) -> np.ndarray:
-        return np.asarray(self.group["stay_id"][:])
+        return np.asarray(store.array(self.group, "stay_id")[:])
 
     @property
     def subject_id(self) -> np.ndarray:
-        return S.as_str_array(self.group["subject_id"][:])
+        return store.as_str_array(store.array(self.group, "subject_id")[:])
 
     def block_rows(self, modality: str) -> int:
-        return int(self.group[modality].attrs["block_rows"])
+        return store.modality_block_rows(self.group, modality)
 
     def incomplete_rows(self, modality: str) -> np.ndarray:
         """bool [N]: rows of ``modality`` whose block is not marked done."""
-        done = np.asarray(self.group[modality]["done"][:]).astype(bool)
+        done = np.asarray(store.array(self.group, f"{modality}/done")[:]).astype(bool)
         b = self.block_rows(modality)
         return ~np.repeat(done, b)[: self.n]
 
@@ -141,7 +115,7 @@ class Cache:
         mods: dict[str, ModalityData] = {}
         for name in names:
             ms = self.spec.modality(name)
-            g = self.group[name]
+            g = store.subgroup(self.group, name)
             incomplete = self.incomplete_rows(name)[sel]
             if incomplete.any() and not allow_incomplete:
                 raise IncompleteCacheError(
@@ -149,37 +123,52 @@ class Cache:
                     "extraction still running or stopped); re-run `omnifuse extract` with the same options to "
                     "finish it, or pass allow_incomplete=True to treat them as missing"
                 )
-            mask = take(g["mask"]).astype(bool) & ~incomplete
-            x = take(g["x"])
-            tm = take(g["tokens_mask"]).astype(bool) & mask[:, None] if ms.has_tokens_mask else None
-            prov = take(g["provenance"]) if ms.provenance_codes else None
+            mask = take(store.array(g, "mask")).astype(bool) & ~incomplete
+            x = take(store.array(g, "x"))
+            tm = take(store.array(g, "tokens_mask")).astype(bool) & mask[:, None] if ms.has_tokens_mask else None
+            prov = take(store.array(g, "provenance")) if ms.provenance_codes else None
             if incomplete.any():
                 x[incomplete] = 0
             mods[name] = ModalityData(
-                name=name, kind=ms.kind, x=x, mask=mask, tokens_mask=tm, feature_names=ms.feature_names,
-                preprocessing=ms.preprocessing, provenance=prov, provenance_codes=ms.provenance_codes,
+                name=name,
+                kind=ms.kind,
+                x=x,
+                mask=mask,
+                tokens_mask=tm,
+                feature_names=ms.feature_names,
+                preprocessing=ms.preprocessing,
+                provenance=prov,
+                provenance_codes=ms.provenance_codes,
                 encoder=ms.encoder,
             )
         labels = {}
         for t in self.spec.tasks:
-            y = take(self.group["labels"][t.name])
+            y = take(store.array(self.group, f"labels/{t.name}"))
             y = y.astype(np.int64) if t.kind == "multiclass" else y.astype(np.float32)
-            labels[t.name] = LabelData(t.name, t.kind, list(t.classes), y,
-                                       take(self.group["labels"][f"{t.name}_mask"]).astype(bool))
+            labels[t.name] = LabelData(
+                t.name, t.kind, list(t.classes), y, take(store.array(self.group, f"labels/{t.name}_mask")).astype(bool)
+            )
         refs = {
-            r: (take(self.group["reference"][r]).astype(np.float32),
-                take(self.group["reference"][f"{r}_mask"]).astype(bool))
+            r: (
+                take(store.array(self.group, f"reference/{r}")).astype(np.float32),
+                take(store.array(self.group, f"reference/{r}_mask")).astype(bool),
+            )
             for r in self.spec.references
         }
         splits = {}
         for s in self.spec.splits:
-            if s in self.group["splits"]:
-                v = take(self.group["splits"][s])
-                splits[s] = v if np.issubdtype(v.dtype, np.integer) else S.as_str_array(v)
+            if s in store.subgroup(self.group, "splits"):
+                v = take(store.array(self.group, f"splits/{s}"))
+                splits[s] = v if np.issubdtype(v.dtype, np.integer) else store.as_str_array(v)
         return CacheData(
-            stay_id=take(self.group["stay_id"]).astype(np.int64),
-            subject_id=S.as_str_array(take(self.group["subject_id"])),
-            modalities=mods, labels=labels, references=refs, splits=splits, spec=self.spec, attrs=self.meta,
+            stay_id=take(store.array(self.group, "stay_id")).astype(np.int64),
+            subject_id=store.as_str_array(take(store.array(self.group, "subject_id"))),
+            modalities=mods,
+            labels=labels,
+            references=refs,
+            splits=splits,
+            spec=self.spec,
+            attrs=self.meta,
         )
 
 

@@ -121,7 +121,7 @@ class CacheSpec:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "CacheSpec":
+    def from_json(cls, d: dict[str, Any]) -> CacheSpec:
         d = dict(d)
         d["modalities"] = [ModalitySpec(**{**m, "shape": tuple(m["shape"])}) for m in d["modalities"]]
         d["tasks"] = [TaskSpec(**t) for t in d.get("tasks", [])]

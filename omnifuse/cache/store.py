@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import zarr
+
+from omnifuse.cache.schema import CacheError
+
 TARGET_CHUNK_BYTES = 2 * 1024 * 1024
 MIN_BLOCK_ROWS = 256
 MAX_BLOCK_ROWS = 4096
@@ -58,11 +63,33 @@ def block_bounds(k: int, block: int, n_rows: int) -> tuple[int, int]:
     return k * block, min((k + 1) * block, n_rows)
 
 
-def as_str_array(values) -> "np.ndarray":
-    """Strings read from a Zarr vlen-utf8 array (numpy ``StringDType``) as a plain unicode array."""
-    import numpy as np
-
+def as_str_array(values: object) -> np.ndarray:
+    """Strings read from a Zarr vlen-utf8 array (numpy ``StringDType``) as a plain unicode array [N]."""
     v = np.asarray(values)
     if v.dtype.kind == "U":
         return v
     return np.array(v.tolist(), dtype=str) if v.size else np.array([], dtype=str)
+
+
+def array(group: zarr.Group, path: str) -> zarr.Array:
+    """The array at ``path`` under ``group`` (``"stay_id"``, ``"img/x"``, ``"labels/mort"``)."""
+    node = group[path]
+    if not isinstance(node, zarr.Array):
+        raise CacheError(f"{group.store_path}: {path!r} is a group where the cache layout has an array")
+    return node
+
+
+def subgroup(group: zarr.Group, path: str) -> zarr.Group:
+    """The group at ``path`` under ``group`` (a modality, ``"labels"``, ``"reference"``, ``"splits"``)."""
+    node = group[path]
+    if not isinstance(node, zarr.Group):
+        raise CacheError(f"{group.store_path}: {path!r} is an array where the cache layout has a group")
+    return node
+
+
+def modality_block_rows(group: zarr.Group, modality: str) -> int:
+    """The block size (rows) recorded on the group of ``modality``."""
+    value = subgroup(group, modality).attrs["block_rows"]
+    if not isinstance(value, int):
+        raise CacheError(f"{group.store_path}: {modality}/block_rows is {value!r}, not an integer")
+    return value

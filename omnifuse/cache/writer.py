@@ -8,12 +8,9 @@ blocks without a done marker, so nothing finished is recomputed or rewritten.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import platform
 import shutil
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +18,9 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from omnifuse.cache import store as S
-from omnifuse.cache.schema import (
-    SCHEMA_VERSION,
-    CacheError,
-    CacheSpec,
-    ModalitySpec,
-    SchemaMismatchError,
-)
-
-
-def software_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("omnifuse", "torch", "transformers", "zarr", "numpy", "polars"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+from omnifuse.cache import store
+from omnifuse.cache.meta import group_meta, new_meta, read_meta, utc_now
+from omnifuse.cache.schema import CacheError, CacheSpec, ModalitySpec
 
 
 def _check_ids(stay_ids: np.ndarray, subject_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,9 +33,7 @@ def _check_ids(stay_ids: np.ndarray, subject_ids: np.ndarray) -> tuple[np.ndarra
     uniq, counts = np.unique(stay_ids, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1]
-        raise CacheError(
-            f"duplicate stay_id values ({dup.size} ids, e.g. {dup[:5].tolist()}): stay_id must be unique"
-        )
+        raise CacheError(f"duplicate stay_id values ({dup.size} ids, e.g. {dup[:5].tolist()}): stay_id must be unique")
     subject_ids = np.asarray(subject_ids).astype(str)
     if subject_ids.shape != stay_ids.shape:
         raise CacheError(f"subject_ids has shape {subject_ids.shape}, stay_ids {stay_ids.shape}")
@@ -70,9 +50,7 @@ class CacheWriter:
         self.group = group
         self.spec = spec
         self.n = n
-        self._blocks = {
-            m.name: int(group[m.name].attrs["block_rows"]) for m in spec.modalities
-        }
+        self._blocks = {m.name: store.modality_block_rows(group, m.name) for m in spec.modalities}
 
     # ------------------------------------------------------------------ creation / resume
     @classmethod
@@ -85,7 +63,7 @@ class CacheWriter:
         *,
         overwrite: bool = False,
         rows_per_block: int | dict[str, int] | None = None,
-    ) -> "CacheWriter":
+    ) -> CacheWriter:
         """Create the store with every array (empty), or resume it when it holds the same spec and ids.
 
         ``rows_per_block`` overrides the block size (a power of two), for all modalities or per modality.
@@ -107,14 +85,14 @@ class CacheWriter:
         if tmp.exists():
             shutil.rmtree(tmp)
         g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        zstd = [ZstdCodec(level=S.ZSTD_LEVEL)]
+        zstd = [ZstdCodec(level=store.ZSTD_LEVEL)]
         big = max(1, min(n, 1 << 17))
         g.create_array("stay_id", shape=(n,), dtype="int64", chunks=(big,), compressors=zstd)[:] = stay_ids
         g.create_array("subject_id", shape=(n,), dtype=str, chunks=(big,), compressors=zstd)[:] = subject_ids
         for m in spec.modalities:
             over = rows_per_block.get(m.name) if isinstance(rows_per_block, dict) else rows_per_block
-            b = S.block_rows(m.shape, m.dtype, n, over)
-            xr = min(S.x_chunk_rows(m.shape, m.dtype), b)
+            b = store.block_rows(m.shape, m.dtype, n, over)
+            xr = min(store.x_chunk_rows(m.shape, m.dtype), b)
             mg = g.create_group(m.name)
             mg.attrs["block_rows"] = b
             mg.create_array(
@@ -123,46 +101,42 @@ class CacheWriter:
             mg.create_array("mask", shape=(n,), dtype="bool", chunks=(b,), compressors=zstd, fill_value=False)
             if m.has_tokens_mask:
                 mg.create_array(
-                    "tokens_mask", shape=(n, m.shape[0]), dtype="bool", chunks=(b, m.shape[0]),
-                    compressors=zstd, fill_value=False,
+                    "tokens_mask",
+                    shape=(n, m.shape[0]),
+                    dtype="bool",
+                    chunks=(b, m.shape[0]),
+                    compressors=zstd,
+                    fill_value=False,
                 )
             if m.provenance_codes:
-                mg.create_array("provenance", shape=(n,), dtype="int8", chunks=(b,), compressors=zstd,
-                                fill_value=-1)
-            mg.create_array("done", shape=(S.n_blocks(n, b),), dtype="uint8", chunks=(1,), compressors=None,
-                            fill_value=0)
+                mg.create_array("provenance", shape=(n,), dtype="int8", chunks=(b,), compressors=zstd, fill_value=-1)
+            mg.create_array(
+                "done", shape=(store.n_blocks(n, b),), dtype="uint8", chunks=(1,), compressors=None, fill_value=0
+            )
         lg = g.create_group("labels")
         for t in spec.tasks:
             shape = (n,) if t.kind == "multiclass" else (n, len(t.classes))
             dtype = "int64" if t.kind == "multiclass" else "int8"
-            a = lg.create_array(t.name, shape=shape, dtype=dtype, chunks=(big, *shape[1:]), compressors=zstd,
-                                fill_value=0)
+            a = lg.create_array(
+                t.name, shape=shape, dtype=dtype, chunks=(big, *shape[1:]), compressors=zstd, fill_value=0
+            )
             a.attrs.update({"kind": t.kind, "classes": list(t.classes)})
-            lg.create_array(f"{t.name}_mask", shape=(n,), dtype="bool", chunks=(big,), compressors=zstd,
-                            fill_value=False)
+            lg.create_array(
+                f"{t.name}_mask", shape=(n,), dtype="bool", chunks=(big,), compressors=zstd, fill_value=False
+            )
         rg = g.create_group("reference")
         for r in spec.references:
             rg.create_array(r, shape=(n,), dtype="float32", chunks=(big,), compressors=zstd, fill_value=0)
-            rg.create_array(f"{r}_mask", shape=(n,), dtype="bool", chunks=(big,), compressors=zstd,
-                            fill_value=False)
+            rg.create_array(f"{r}_mask", shape=(n,), dtype="bool", chunks=(big,), compressors=zstd, fill_value=False)
         g.create_group("splits")
-        g.attrs[S.ATTR_KEY] = {
-            "schema_version": SCHEMA_VERSION,
-            "spec": spec.to_json(),
-            "n_rows": n,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "software": software_versions(),
-            "finalized": False,
-        }
+        g.attrs[store.ATTR_KEY] = new_meta(spec, n)
         # The store appears under its final name only once all metadata exists: readable at every moment.
         tmp.rename(path)
         return cls(path, zarr.open_group(str(path), mode="r+", zarr_format=3), spec, n)
 
     @classmethod
-    def open(cls, path: str | Path) -> "CacheWriter":
+    def open(cls, path: str | Path) -> CacheWriter:
         """Reopen an existing store to resume writing (or to write more blocks from another rank)."""
-        from omnifuse.cache.reader import read_meta
-
         path = Path(path)
         meta = read_meta(path)
         g = zarr.open_group(str(path), mode="r+", zarr_format=3)
@@ -178,10 +152,14 @@ class CacheWriter:
                 f"{self.path} exists with a different specification (differs in: {', '.join(diff)}); "
                 "pass overwrite=True (--overwrite) to replace it, or choose another --out"
             )
-        if self.n != stay_ids.size or not np.array_equal(self.group["stay_id"][:], stay_ids):
+        if self.n != stay_ids.size or not np.array_equal(np.asarray(store.array(self.group, "stay_id")[:]), stay_ids):
             raise CacheError(f"{self.path} exists with other stay ids; use --overwrite or another --out")
-        if not np.array_equal(S.as_str_array(self.group["subject_id"][:]), subject_ids):
+        if not np.array_equal(store.as_str_array(store.array(self.group, "subject_id")[:]), subject_ids):
             raise CacheError(f"{self.path} exists with other subject ids; use --overwrite or another --out")
+
+    def _stay_id(self, row: int) -> int:
+        """The stay id of ``row``, for error messages."""
+        return int(np.asarray(store.array(self.group, "stay_id")[row]))
 
     # ------------------------------------------------------------------ shared arrays
     def write_labels(self, task: str, values: np.ndarray, mask: np.ndarray) -> None:
@@ -193,8 +171,9 @@ class CacheWriter:
             values = values[:, None]
         expect = (self.n,) if t.kind == "multiclass" else (self.n, len(t.classes))
         if values.shape != expect or mask.shape != (self.n,):
-            raise CacheError(f"labels {task!r}: expected {expect} and mask ({self.n},), "
-                             f"got {values.shape} and {mask.shape}")
+            raise CacheError(
+                f"labels {task!r}: expected {expect} and mask ({self.n},), got {values.shape} and {mask.shape}"
+            )
         v = values[mask]
         if np.issubdtype(values.dtype, np.floating) and np.isnan(v).any():
             raise CacheError(f"labels {task!r}: NaN in rows marked labelled")
@@ -202,13 +181,16 @@ class CacheWriter:
             bad = (v < 0) | (v >= len(t.classes))
             if bad.any():
                 row = int(np.flatnonzero(mask)[np.flatnonzero(bad)[0]])
-                raise CacheError(f"labels {task!r}: row {row} (stay_id {int(self.group['stay_id'][row])}) has "
-                                 f"class index {int(v[bad][0])} outside 0..{len(t.classes) - 1}")
+                raise CacheError(
+                    f"labels {task!r}: row {row} (stay_id {self._stay_id(row)}) has "
+                    f"class index {int(v[bad][0])} outside 0..{len(t.classes) - 1}"
+                )
         elif not np.isin(v, (0, 1)).all():
             raise CacheError(f"labels {task!r}: {t.kind} labels must be 0/1")
         values = np.where(mask.reshape(-1, *([1] * (values.ndim - 1))), np.nan_to_num(values), 0)
-        self.group["labels"][task][:] = values.astype(self.group["labels"][task].dtype)
-        self.group["labels"][f"{task}_mask"][:] = mask
+        labels = store.array(self.group, f"labels/{task}")
+        labels[:] = values.astype(labels.dtype)
+        store.array(self.group, f"labels/{task}_mask")[:] = mask
 
     def write_reference(self, name: str, values: np.ndarray, mask: np.ndarray) -> None:
         """A score that is not an input (e.g. APACHE IVa predicted mortality) with its validity mask."""
@@ -216,8 +198,8 @@ class CacheWriter:
             raise CacheError(f"reference {name!r} is not in the spec ({self.spec.references})")
         values = np.asarray(values, dtype=np.float32)
         mask = np.asarray(mask, dtype=bool) & np.isfinite(values)
-        self.group["reference"][name][:] = np.where(mask, values, 0)
-        self.group["reference"][f"{name}_mask"][:] = mask
+        store.array(self.group, f"reference/{name}")[:] = np.where(mask, values, 0)
+        store.array(self.group, f"reference/{name}_mask")[:] = mask
 
     def write_split(self, name: str, values: np.ndarray) -> None:
         """An official split, [N] strings (``train``/``test``...) or integers."""
@@ -226,7 +208,7 @@ class CacheWriter:
         values = np.asarray(values)
         if values.shape != (self.n,):
             raise CacheError(f"split {name!r}: expected shape ({self.n},), got {values.shape}")
-        sg = self.group["splits"]
+        sg = store.subgroup(self.group, "splits")
         big = max(1, min(self.n, 1 << 17))
         if np.issubdtype(values.dtype, np.integer):
             a = sg.create_array(name, shape=(self.n,), dtype="int64", chunks=(big,), overwrite=True)
@@ -241,23 +223,19 @@ class CacheWriter:
 
     def done_blocks(self, modality: str) -> np.ndarray:
         """uint8 [n_blocks]: 1 where the block has been written completely."""
-        return np.asarray(self.group[modality]["done"][:])
+        return np.asarray(store.array(self.group, f"{modality}/done")[:])
 
     def pending_blocks(self, modality: str, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
         """(start, stop) of the blocks of ``modality`` not yet done that belong to ``rank`` (round robin)."""
         self.spec.modality(modality)
         b = self._blocks[modality]
         done = self.done_blocks(modality)
-        return [
-            S.block_bounds(k, b, self.n)
-            for k in range(len(done))
-            if not done[k] and k % world_size == rank
-        ]
+        return [store.block_bounds(k, b, self.n) for k in range(len(done)) if not done[k] and k % world_size == rank]
 
     def iter_blocks(self, modality: str) -> Iterator[tuple[int, int]]:
         b = self._blocks[modality]
-        for k in range(S.n_blocks(self.n, b)):
-            yield S.block_bounds(k, b, self.n)
+        for k in range(store.n_blocks(self.n, b)):
+            yield store.block_bounds(k, b, self.n)
 
     def write_block(
         self,
@@ -283,8 +261,10 @@ class CacheWriter:
         x = np.asarray(x)
         mask = np.asarray(mask, dtype=bool)
         if x.shape != (rows, *m.shape) or mask.shape != (rows,):
-            raise CacheError(f"{modality}: block [{start}, {stop}) expects x {(rows, *m.shape)} and mask "
-                             f"({rows},), got {x.shape} and {mask.shape}")
+            raise CacheError(
+                f"{modality}: block [{start}, {stop}) expects x {(rows, *m.shape)} and mask "
+                f"({rows},), got {x.shape} and {mask.shape}"
+            )
         # one cast into a fresh array (the caller's buffer is never modified), then zeroing in place: the
         # block write stays a small fraction of the encoder's time even for per-token [rows, L, D] blocks
         xk = np.array(x, dtype=m.dtype)
@@ -292,10 +272,11 @@ class CacheWriter:
             bad = mask & ~np.isfinite(xk).reshape(rows, -1).all(axis=1)
             if bad.any():
                 row = start + int(np.flatnonzero(bad)[0])
-                raise CacheError(f"{modality}: non-finite embedding in present row {row}"
-                                 f" (stay_id {int(self.group['stay_id'][row])})")
+                raise CacheError(
+                    f"{modality}: non-finite embedding in present row {row} (stay_id {self._stay_id(row)})"
+                )
         xk[~mask] = 0
-        mg = self.group[modality]
+        mg = store.subgroup(self.group, modality)
         if m.has_tokens_mask:
             if tokens_mask is None:
                 raise CacheError(f"{modality}: sequence modality needs tokens_mask")
@@ -303,13 +284,13 @@ class CacheWriter:
             if tm.shape != (rows, m.shape[0]):
                 raise CacheError(f"{modality}: tokens_mask shape {tm.shape} != {(rows, m.shape[0])}")
             xk[~tm] = 0  # zero the padding so it compresses and never leaks into a pooled mean
-            mg["tokens_mask"][start:stop] = tm
+            store.array(mg, "tokens_mask")[start:stop] = tm
         if m.provenance_codes:
             p = np.full(rows, -1, dtype=np.int8) if provenance is None else np.asarray(provenance, np.int8)
-            mg["provenance"][start:stop] = np.where(mask, p, -1)
-        mg["x"][start:stop] = xk
-        mg["mask"][start:stop] = mask
-        mg["done"][start // b] = 1
+            store.array(mg, "provenance")[start:stop] = np.where(mask, p, -1)
+        store.array(mg, "x")[start:stop] = xk
+        store.array(mg, "mask")[start:stop] = mask
+        store.array(mg, "done")[start // b] = 1
 
     def finalize(self, extra: dict[str, Any] | None = None) -> None:
         """Check every block of every modality is done and record the completion (and ``extra``)."""
@@ -317,18 +298,9 @@ class CacheWriter:
         missing = {k: v for k, v in missing.items() if v}
         if missing:
             raise CacheError(f"cannot finalize {self.path}: blocks not written: {missing}")
-        meta = dict(self.group.attrs[S.ATTR_KEY])
+        meta = group_meta(self.group)
         meta["finalized"] = True
-        meta["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        meta["finished"] = utc_now()
         if extra:  # run summary (coverage, skips, cohort counts): kept apart from the spec, which resuming compares
             meta["summary"] = {**meta.get("summary", {}), **extra}
-        self.group.attrs[S.ATTR_KEY] = meta
-
-
-def check_schema(meta: dict[str, Any], path: Path) -> None:
-    v = meta.get("schema_version")
-    if v != SCHEMA_VERSION:
-        raise SchemaMismatchError(
-            f"{path} was written with cache schema version {v}, this omnifuse reads version {SCHEMA_VERSION}; "
-            "re-run `omnifuse extract` with this version to rebuild it"
-        )
+        self.group.attrs[store.ATTR_KEY] = meta

@@ -26,91 +26,59 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from omnifuse.experiments import collect as C
-from omnifuse.experiments import figures as F
-from omnifuse.experiments.compare import study_config, train_options
+from omnifuse.experiments import collect, figures
+from omnifuse.experiments.config import AblationConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config, write_study
-from omnifuse.experiments.runner import build_context, fold_specs, run_all
+from omnifuse.experiments.runner import StudyError, fold_specs, run_all, study_context, study_record
 from omnifuse.experiments.stats import pick, summarize
+from omnifuse.fuse.methods import get_method
 from omnifuse.fuse.tla import combination_name
 
-_SW = ("dwfuse", "tla", "imp_fw", "imp_bw")
-ROWS: dict[str, tuple[bool, bool, bool, bool]] = {
-    "a": (False, False, False, False),
-    "b": (True, False, False, False),
-    "c": (True, True, False, False),
-    "d": (True, True, True, False),
-    "e": (True, False, True, True),
-    "f": (True, True, True, True),
-}
-"""Table 4's rows as (DWFuse, TLA, IMP-fw, IMP-bw)."""
+SWITCHES = ("dwfuse", "tla", "imp_fw", "imp_bw")
+"""OmniFuse's component switches, the columns of table 4 (DWFuse, TLA, IMP-fw, IMP-bw)."""
 
 
 def row_params(row: str) -> dict[str, bool]:
-    """The OmniFuse switches of one row of table 4."""
-    if row not in ROWS:
-        raise ValueError(f"unknown ablation row {row!r}; rows are {sorted(ROWS)}")
-    return dict(zip(_SW, ROWS[row]))
+    """The OmniFuse switches of one row of table 4: the registry entry ``ablation_<row>``."""
+    try:
+        params = get_method(f"ablation_{row}").params
+    except KeyError as e:
+        raise StudyError(f"unknown ablation row {row!r}; rows are a to f") from e
+    return {k: bool(params[k]) for k in SWITCHES}
 
 
-def ablation(
-    cache: Any,
-    task: str,
-    rows: Sequence[str] = ("a", "b", "c", "d", "e", "f"),
-    folds: int = 5,
-    repeats: int = 1,
-    seed: int = 0,
-    out: str | Path = "experiments/ablation",
-    epochs: int | None = None,
-    n_jobs: int = 1,
-    progress: bool = True,
-    method_overrides: dict[str, dict[str, Any]] | None = None,
-    *,
-    modalities: list[str] | None = None,
-    combinations: str | Sequence[str] = "full+single",
-    missing_rate: float = 0.0,
-    missing_mode: str = "random",
-    n_boot: int = 200,
-    options: dict[str, Any] | None = None,
-    threads: int | None = None,
-    print_table: bool = True,
-) -> StudyResult:
-    """The ablation rows (a to f, see the module docstring) per modality combination, mean ± sd over the same
-    folds, paired t-tests of every row against row (f). ``method_overrides["omnifuse"]`` (or
-    ``["ablation_<row>"]``) sets OmniFuse's other parameters. Writes config.json, results.csv/json/md,
-    folds.csv and ablation.png; prints the table.
-
-    ``n_jobs``/``threads``: as in :func:`omnifuse.experiments.compare.compare`.
+def ablation(cache: Any, task: str | None = None, rows: Sequence[str] | None = None, *, config: Any = None,
+             **overrides: Any) -> StudyResult:
+    """The ablation rows (a to f, see the module docstring; the registry entries ``ablation_<row>``) per
+    modality combination, mean ± sd over the same folds, paired t-tests of every row against row (f).
+    Options: :class:`AblationConfig`; ``method_overrides["omnifuse"]`` (or ``["ablation_<row>"]``) sets
+    OmniFuse's other parameters. Writes config.json, results.csv/json/md, folds.csv and ablation.png; prints
+    the table.
 
     Measured on the eICU demo cache on 2 CPU cores shared with other jobs, ``n_jobs=2, threads=1``: 6 rows x
     5 folds 20 min wall (rows c, d, f with TLA 12-46 CPU s per fold, the others 6-19).
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    rows = list(rows)
-    for r in rows:
-        row_params(r)
-    ctx = build_context(cache, task, modalities=modalities, folds=folds, repeats=repeats, seed=seed,
-                        combinations=combinations, out=out, train_options=train_options(epochs, options))
-    config = study_config("ablation", cache, task, ctx, rows={r: row_params(r) for r in rows},
-                          row_e_reading="DWFuse + IMP-fw + IMP-bw, TLA off (IMP-bw needs IMP-fw)",
-                          method_overrides=method_overrides or {}, missing_rate=missing_rate,
-                          missing_mode=missing_mode, n_boot=n_boot)
-    write_config(out, config)
-    labels = [f"ablation_{r}" for r in rows]
-    extra = {f"ablation_{r}": ("omnifuse", row_params(r)) for r in rows}
-    specs = fold_specs(ctx, labels, method_overrides, rate=missing_rate, mode=missing_mode, extra=extra)
-    stats = run_all(ctx, specs, out, n_jobs=n_jobs, threads=threads, progress=progress)
-    preds = C.collect(ctx, stats.folders, specs, partial=False)
+    cfg = study_config(AblationConfig, config, task=task, rows=list(rows) if rows else None, **overrides)
+    out = Path(cfg.out)
+    switches = {r: row_params(r) for r in cfg.rows}
+    ctx = study_context(cache, cfg)
+    record = study_record("ablation", cache, ctx, cfg, rows=switches,
+                          row_e_reading="DWFuse + IMP-fw + IMP-bw, TLA off (IMP-bw needs IMP-fw)")
+    write_config(out, record)
+    labels = [f"ablation_{r}" for r in cfg.rows]
+    specs = fold_specs(ctx, labels, cfg.method_overrides, rate=cfg.missing_rate, mode=cfg.missing_mode)
+    stats = run_all(ctx, specs, out, n_jobs=cfg.n_jobs, threads=cfg.threads, progress=cfg.progress)
+    preds = collect.collect(ctx, stats.folders, specs, partial=False)
     data = ctx.data()
-    against = ["ablation_f"] if "f" in rows else []
-    summary, recs = summarize(preds, data.task_kind, against=against, n_boot=n_boot, seed=seed,
+    against = ["ablation_f"] if "f" in cfg.rows else []
+    summary, recs = summarize(preds, data.task_kind, against=against, n_boot=cfg.n_boot, seed=cfg.seed,
                               ci_subsets=("as_is",))
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]
     tick = lambda b: "✓" if b else ""  # noqa: E731
     table = []
-    for r, lab in zip(rows, labels):
-        cells = [f"({r})", *(tick(v) for v in ROWS[r])]
+    for r, lab in zip(cfg.rows, labels):
+        cells = [f"({r})", *(tick(v) for v in switches[r].values())]
         for g in ["overall", *names]:
             x = pick(summary, method=lab, group=g, subset="as_is" if g == "overall" else "complete")
             cells.append(fms(x[0]["auroc_mean"], x[0]["auroc_sd"]) if x else "-")
@@ -127,8 +95,8 @@ def ablation(
                         "Row (e) reading: DWFuse + IMP-fw + IMP-bw with TLA off (IMP-bw needs IMP-fw).")]
     bars = [dict(r, method=r["method"].replace("ablation_", "row ")) for r in summary
             if (r["subset"] == "complete") or (r["group"] == "overall")]
-    figs = [F.group_bars(out / "ablation.png", bars, [f"row {r}" for r in rows], ["overall", *names], "auroc",
+    figs = [figures.group_bars(out / "ablation.png", bars, [f"row {r}" for r in cfg.rows], ["overall", *names], "auroc",
                          title="Ablation of OmniFuse's components (table 4)")]
     res = StudyResult(out=out, config=config, summary=summary, folds=recs, sections=sections, figures=figs,
                       runs_trained=stats.trained, runs_reused=stats.reused, seconds=time.perf_counter() - t0)
-    return write_study(res, print_table, title=f"ablation: {task}")
+    return write_study(res, cfg.print_table, title=f"ablation: {cfg.task}")

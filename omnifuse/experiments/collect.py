@@ -3,9 +3,12 @@
 Groups and subsets (DESIGN.md, "Evaluation"):
 
 - ``overall`` / ``as_is``: every test row with the modalities it holds (after simulated missingness);
+- ``<combination>`` / ``all_masked``: every test row, the modalities outside the combination masked (the
+  paper's table 3);
 - ``<combination>`` / ``complete``: test rows holding every modality of the combination, the others masked;
 - ``<combination>`` / ``partial``: test rows that lack some modality of the combination naturally (or by the
-  simulated mask) but hold at least one of it, scored with what they hold of it: reported separately;
+  simulated mask) but hold at least one of it, scored with what they hold of it: reported separately
+  (the views are those of :func:`omnifuse.fuse.fold.combination_views`);
 - ``reference_subset`` / ``as_is``: test rows with a valid reference score (APACHE IVa on eICU), the methods'
   overall predictions on them and, as method ``reference:<name>``, the reference score itself.
 """
@@ -20,6 +23,7 @@ import numpy as np
 
 from omnifuse.experiments.runner import RunSpec, StudyContext, load_run
 from omnifuse.experiments.stats import FoldPred
+from omnifuse.fuse.fold import combination_views
 from omnifuse.fuse.tla import combination_name
 
 log = logging.getLogger(__name__)
@@ -54,14 +58,10 @@ def run_preds(ctx: StudyContext, spec: RunSpec, folder: Path, *, label: str | No
             key = f"combo{i}"
             if key not in arrays:
                 continue
-            cols = np.asarray(c, dtype=bool)
-            has = present[:, cols]
-            complete = has.all(1)
             gname = combination_name(c, ctx.modalities)
-            out.append(FoldPred(name, spec.repeat, spec.fold, gname, "complete", y[complete], arrays[key][complete], spec.rate))
-            if partial and cols.sum() > 1:
-                part = has.any(1) & ~complete
-                out.append(FoldPred(name, spec.repeat, spec.fold, gname, "partial", y[part], arrays[key][part], spec.rate))
+            for view, sel in combination_views(present, np.asarray(c, dtype=bool), arrays[key]).items():
+                if view != "partial" or partial:
+                    out.append(FoldPred(name, spec.repeat, spec.fold, gname, view, y[sel], arrays[key][sel], spec.rate))
     for ref, (_vals, valid) in (references or {}).items():
         ok = valid[rows]
         out.append(FoldPred(name, spec.repeat, spec.fold, f"reference_subset:{ref}", "as_is", y[ok],

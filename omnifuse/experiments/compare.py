@@ -18,11 +18,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from omnifuse.experiments import collect as C
-from omnifuse.experiments import figures as F
+from omnifuse.experiments import collect, figures
+from omnifuse.experiments.config import CompareConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fci, fms, fp, write_config, write_study
-from omnifuse.experiments.runner import VARIANTS, StudyContext, build_context, fold_specs, run_all
+from omnifuse.experiments.runner import StudyContext, fold_specs, run_all, study_context, study_record
 from omnifuse.experiments.stats import pick, summarize
+from omnifuse.fuse.methods import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -34,74 +35,23 @@ class CompareResult(StudyResult):
 
 
 def default_methods() -> list[str]:
-    """Every registered method, then the DWFuse-only OmniFuse variant."""
-    from omnifuse.fuse.base import METHODS, get_method
-
-    get_method("omnifuse")  # populates the registry
-    names = sorted(METHODS, key=lambda n: (n != "omnifuse", n))
+    """Every registered method (not the variants), then the DWFuse-only OmniFuse variant."""
+    names = sorted((n for n, e in METHODS.items() if e.kind == "method"), key=lambda n: (n != "omnifuse", n))
     return names + ["dwfuse_only"]
 
 
-def study_config(name: str, cache: Any, task: str, ctx: StudyContext, **kw: Any) -> dict[str, Any]:
-    """The resolved configuration written to ``config.json``."""
-    from omnifuse.fuse.tla import combination_name
+def compare(cache: Any, task: str | None = None, methods: Sequence[str] | None = None, *,
+            config: Any = None, **overrides: Any) -> CompareResult:
+    """Cross-validated comparison of ``methods`` (registry entries, variants included; default: every method and
+    ``dwfuse_only``) on ``task`` of ``cache`` (a path or loaded data). Options: :class:`CompareConfig` (file <
+    keyword overrides).
 
-    return {"study": name, "cache": str(cache) if isinstance(cache, (str, Path)) else None, "task": task,
-            "modalities": ctx.modalities, "folds": len(ctx.folds[0]), "repeats": len(ctx.folds), "seed": ctx.seed,
-            "combinations": [combination_name(c, ctx.modalities) for c in ctx.combos],
-            "train": {k: v for k, v in ctx.cfg.to_json().items() if k not in ("method", "method_params", "task")},
-            "variants": {k: {"method": v[0], "params": v[1]} for k, v in VARIANTS.items()}, **kw}
-
-
-STUDY_DEFAULTS: dict[str, Any] = {"mining_rows": 512}
-"""Training options the studies change from :class:`TrainConfig`'s defaults: TLA mines its lazy combination
-on a fixed random subset of 512 training rows (the trainer's default 2048 costs 2^M - 1 forward passes of
-up to 2048 rows after every epoch: on the eICU demo's five modalities that is most of OmniFuse's time)."""
-
-
-def train_options(epochs: int | None, options: dict[str, Any] | None) -> dict[str, Any]:
-    """:data:`STUDY_DEFAULTS` < ``options`` < ``epochs``."""
-    opts = {**STUDY_DEFAULTS, **dict(options or {})}
-    if epochs is not None:
-        opts["epochs"] = int(epochs)
-    return opts
-
-
-def compare(
-    cache: Any,
-    task: str,
-    methods: Sequence[str] | None = None,
-    folds: int = 5,
-    repeats: int = 1,
-    seed: int = 0,
-    out: str | Path = "experiments/compare",
-    epochs: int | None = None,
-    n_jobs: int = 1,
-    progress: bool = True,
-    method_overrides: dict[str, dict[str, Any]] | None = None,
-    *,
-    modalities: list[str] | None = None,
-    combinations: str | Sequence[str] = "full+single",
-    missing_rate: float = 0.0,
-    missing_mode: str = "random",
-    n_boot: int = 200,
-    options: dict[str, Any] | None = None,
-    threads: int | None = None,
-    print_table: bool = True,
-) -> CompareResult:
-    """Cross-validated comparison of ``methods`` (registry names or ``dwfuse_only``; default: all of them and
-    ``dwfuse_only``) on ``task`` of ``cache`` (a path or loaded data), written to ``out``.
-
-    ``folds`` x ``repeats`` patient-grouped folds (repeat r seeded by ``seed + r``); ``epochs`` (default the
-    trainer's 30, early stopping with patience 5 on an inner validation split); ``combinations``:
-    ``"full+single"`` (all modalities and each one alone: cheap), ``"loo"``, ``"all"`` (2^M - 1) or a list
-    such as ``["vitals+apache"]``; ``missing_rate``/``missing_mode`` (``random`` or a modality): simulated
-    missingness of every row, the same mask for every method (seeded by fold and rate);
-    ``method_overrides``: ``{method or variant: {param: value}}``; ``options``: other training options
-    (:class:`omnifuse.fuse.config.TrainConfig` fields, e.g. ``batch_size``, ``lr``, ``device``);
-    ``n_jobs``: runs trained at once (joblib processes); ``threads``: torch threads per run (None: torch's
-    setting when ``n_jobs`` = 1, CPU count / ``n_jobs`` otherwise; on 2 cores ``n_jobs=2, threads=1`` is
-    fastest). Resumable: finished runs under ``out/runs`` are reused.
+    Every method sees the same ``folds`` x ``repeats`` patient-grouped folds and the same simulated
+    missingness (``missing_rate``, ``missing_mode``); per modality combination (``combinations``) both views of
+    :func:`omnifuse.fuse.fold.combination_views`; ``method_overrides``: ``{method or variant: {param: value}}``;
+    ``options``: other training options (``TrainConfig`` fields); ``n_jobs`` runs at once (joblib processes)
+    with ``threads`` torch threads each (on 2 cores ``n_jobs=2, threads=1`` is fastest). Resumable: finished
+    runs under ``out/runs`` are reused.
 
     Writes config.json, results.csv (summary), folds.csv, results.json, results.md, reliability.png and
     auroc_by_combination.png; prints the tables.
@@ -112,31 +62,30 @@ def compare(
     CPU s per fold, the baselines 3-15). Unshared, the CPU times give about a quarter of the wall times.
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    methods = list(methods) if methods else default_methods()
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"methods listed twice: {methods}")
-    ctx = build_context(cache, task, modalities=modalities, folds=folds, repeats=repeats, seed=seed,
-                        combinations=combinations, out=out, train_options=train_options(epochs, options))
-    config = study_config("compare", cache, task, ctx, methods=methods, method_overrides=method_overrides or {},
-                          missing_rate=missing_rate, missing_mode=missing_mode, n_boot=n_boot, n_jobs=n_jobs)
-    write_config(out, config)
-    specs = fold_specs(ctx, methods, method_overrides, rate=missing_rate, mode=missing_mode)
-    stats = run_all(ctx, specs, out, n_jobs=n_jobs, threads=threads, progress=progress)
-    refs = C.load_references(cache)
+    cfg = study_config(CompareConfig, config, task=task, methods=list(methods) if methods else None, **overrides)
+    out = Path(cfg.out)
+    names = list(cfg.methods) if cfg.methods else default_methods()
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods listed twice: {names}")
+    ctx = study_context(cache, cfg)
+    record = study_record("compare", cache, ctx, cfg, methods=names)
+    write_config(out, record)
+    specs = fold_specs(ctx, names, cfg.method_overrides, rate=cfg.missing_rate, mode=cfg.missing_mode)
+    stats = run_all(ctx, specs, out, n_jobs=cfg.n_jobs, threads=cfg.threads, progress=cfg.progress)
+    refs = collect.load_references(cache)
     data = ctx.data()
-    preds = C.collect(ctx, stats.folders, specs, references=refs)
-    preds += C.reference_preds(ctx, refs, data.task_kind, missing_rate)
-    against = [a for a in AGAINST if a in methods] + [f"reference:{r}" for r in refs if data.task_kind == "binary"]
-    summary, fold_recs = summarize(preds, data.task_kind, against=against, n_boot=n_boot, seed=seed,
-                                   ci_subsets=("as_is", "complete"))
-    sections = compare_sections(summary, methods, ctx, against, refs)
-    figs = compare_figures(out, ctx, stats.folders, specs, summary, methods, refs, data.task_kind)
-    seconds = {m: float(np.mean([_run_seconds(stats.folders[s]) for s in specs if s.label == m])) for m in methods}
-    res = CompareResult(out=out, config=config, summary=summary, folds=fold_recs, sections=sections, figures=figs,
+    preds = collect.collect(ctx, stats.folders, specs, references=refs)
+    preds += collect.reference_preds(ctx, refs, data.task_kind, cfg.missing_rate)
+    against = [a for a in AGAINST if a in names] + [f"reference:{r}" for r in refs if data.task_kind == "binary"]
+    summary, fold_recs = summarize(preds, data.task_kind, against=against, n_boot=cfg.n_boot, seed=cfg.seed,
+                                   ci_subsets=("as_is", "complete", "all_masked"))
+    sections = compare_sections(summary, names, ctx, against, refs)
+    figs = compare_figures(out, ctx, stats.folders, specs, summary, names, refs, data.task_kind)
+    seconds = {m: float(np.mean([_run_seconds(stats.folders[s]) for s in specs if s.label == m])) for m in names}
+    res = CompareResult(out=out, config=record, summary=summary, folds=fold_recs, sections=sections, figures=figs,
                         runs_trained=stats.trained, runs_reused=stats.reused, seconds=time.perf_counter() - t0,
                         extra={"mean_run_seconds": seconds})
-    return write_study(res, print_table, title=f"compare: {task}")
+    return write_study(res, cfg.print_table, title=f"compare: {cfg.task}")
 
 
 def _run_seconds(folder: Path) -> float:
@@ -147,6 +96,32 @@ def _run_seconds(folder: Path) -> float:
 
 def _p_cols(against: Sequence[str]) -> list[str]:
     return [f"p AUROC vs {a}" for a in against]
+
+
+VIEW_TITLES = {"complete": "test rows holding it",
+               "all_masked": "every test row (the paper's table 3; rows lacking some of it keep what they hold of it)"}
+
+
+def _combination_section(summary: list[dict[str, Any]], methods: Sequence[str], names: list[str], view: str,
+                         metric: str, title: str) -> Section:
+    """One table: a row per method, a column per combination, ``metric`` mean ± sd of ``view``."""
+    rows = []
+    for m in methods:
+        cells = []
+        for g in names:
+            r = pick(summary, method=m, group=g, subset=view)
+            if not r:
+                cells.append("-")
+                continue
+            p = r[0].get(f"p_{metric}_vs_omnifuse")
+            mark = " *" if p is not None and p == p and p < 0.05 else ""
+            cells.append(fms(r[0][f"{metric}_mean"], r[0][f"{metric}_sd"]) + mark)
+        rows.append([m, *cells])
+    ns = []
+    for g in names:
+        r = pick(summary, method=methods[0], group=g, subset=view)
+        ns.append(f"{g} (n={r[0]['n_rows']})" if r else g)
+    return Section(title, ["method", *ns], rows, "*: p < 0.05 against omnifuse (paired t-test over folds).")
 
 
 def compare_sections(summary: list[dict[str, Any]], methods: Sequence[str], ctx: StudyContext,
@@ -167,28 +142,10 @@ def compare_sections(summary: list[dict[str, Any]], methods: Sequence[str], ctx:
                     ["method", "folds", "AUROC", "AUROC 95% CI", "AUPRC (AP)", "AUPRC 95% CI", "Brier", *_p_cols(main)],
                     rows, "CI: fold bootstrap of the mean over folds; p: paired t-test over the same folds.")]
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]
-    for metric, label in (("auroc", "AUROC"), ("auprc", "AUPRC (AP)")):
-        rows = []
-        for m in methods:
-            cells = []
-            for g in names:
-                r = pick(summary, method=m, group=g, subset="complete")
-                if not r:
-                    cells.append("-")
-                    continue
-                r = r[0]
-                mark = ""
-                p = r.get(f"p_{metric}_vs_omnifuse")
-                if p is not None and p == p and p < 0.05:
-                    mark = " *"
-                cells.append(fms(r[f"{metric}_mean"], r[f"{metric}_sd"]) + mark)
-            rows.append([m, *cells])
-        ns = []
-        for g in names:
-            r = pick(summary, method=methods[0], group=g, subset="complete")
-            ns.append(f"{g} (n={r[0]['n_rows']})" if r else g)
-        secs.append(Section(f"{label} per modality combination: test rows holding it, the other modalities masked",
-                            ["method", *ns], rows, "*: p < 0.05 against omnifuse (paired t-test over folds)."))
+    for view, what in VIEW_TITLES.items():
+        for metric, label in (("auroc", "AUROC"), ("auprc", "AUPRC (AP)")):
+            secs.append(_combination_section(summary, methods, names, view, metric, f"{label} per modality "
+                                             f"combination: {what}, the other modalities masked"))
     rows = []
     for m in methods:
         cells = []
@@ -221,7 +178,7 @@ def compare_figures(out: Path, ctx: StudyContext, folders: dict, specs: list, su
                     methods: Sequence[str], refs: dict, kind: str) -> list[Path]:
     from omnifuse.fuse.tla import combination_name
 
-    pooled = C.pooled(ctx, folders, specs)
+    pooled = collect.pooled(ctx, folders, specs)
     curves = {m: pooled[m] for m in methods if m in pooled}
     data = ctx.data()
     if kind == "binary":
@@ -229,10 +186,10 @@ def compare_figures(out: Path, ctx: StudyContext, folders: dict, specs: list, su
             rows = np.concatenate([te for _, te in ctx.folds[0]])
             rows = rows[valid[rows]]
             curves[f"reference:{ref} (its rows)"] = (data.labels_numpy(rows), vals[rows][:, None].astype(np.float64))
-    figs = [F.reliability_figure(out / "reliability.png", curves, kind,
+    figs = [figures.reliability_figure(out / "reliability.png", curves, kind,
                                  title=f"Reliability, out-of-fold predictions ({ctx.task})")]
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]
     rows = [r for r in summary if r["subset"] == "complete"]
-    figs.append(F.group_bars(out / "auroc_by_combination.png", rows, methods, names, "auroc",
+    figs.append(figures.group_bars(out / "auroc_by_combination.png", rows, methods, names, "auroc",
                              title="AUROC per modality combination (mean ± sd over folds)"))
     return figs

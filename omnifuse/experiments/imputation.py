@@ -11,6 +11,8 @@ t-SNE map (scikit-learn) of the true and imputed embeddings of each modality (fi
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from omnifuse.experiments import figures as F
-from omnifuse.experiments.compare import study_config, train_options
+from omnifuse.experiments import figures
+from omnifuse.experiments.config import ImputationConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fnum, write_config, write_study
-from omnifuse.experiments.runner import RunSpec, StudyError, build_context, freeze_params, resolve_method, run_all
+from omnifuse.experiments.runner import (RunSpec, StudyError, freeze_params, method_params, run_all, study_context,
+                                         study_record)
 from omnifuse.fuse.data import FuseData, Normalizer
+from omnifuse.fuse.fold import FoldRun
+from omnifuse.fuse.methods.omnifuse import OmniFuse
+from omnifuse.fuse.trainer import Trainer
 
 
 def _probe_rows(data: FuseData, rows: np.ndarray, j: int, max_rows: int) -> np.ndarray:
@@ -33,7 +39,7 @@ def _probe_rows(data: FuseData, rows: np.ndarray, j: int, max_rows: int) -> np.n
 
 
 @torch.no_grad()
-def _pairs(model: Any, data: FuseData, rows: np.ndarray, norm: Normalizer, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pairs(model: OmniFuse, data: FuseData, rows: np.ndarray, norm: Normalizer, j: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(true v_m [n, d], imputed v'_m [n, d]) of modality j on ``rows`` (model in eval mode)."""
     full = data.batch(rows, norm)
     v_true = model.encode(full)[:, j]
@@ -46,7 +52,7 @@ def _pairs(model: Any, data: FuseData, rows: np.ndarray, norm: Normalizer, j: in
 def measure_imputation(model: Any, data: FuseData, rows: np.ndarray, norm: Normalizer, max_rows: int = 512,
                        ) -> dict[str, dict[str, float]]:
     """``{"cos": {m: mean cos(v'_m, v_m)}, "cos_miss": {m: mean cos(v^miss_m, v_m)}, "n": {m: rows}}``."""
-    if getattr(model, "cra_fw", None) is None:
+    if not isinstance(model, OmniFuse) or model.cra_fw is None:
         raise StudyError("the imputation study needs OmniFuse with forward imputation (imp_fw=True)")
     was = model.training
     model.eval()
@@ -67,25 +73,31 @@ def measure_imputation(model: Any, data: FuseData, rows: np.ndarray, norm: Norma
     return res
 
 
-def attach_imputation_probe(model: Any, data: FuseData, rows: np.ndarray, norm: Normalizer,
-                            records: list[dict[str, Any]], max_rows: int = 512) -> None:
-    """Make ``model`` append :func:`measure_imputation` of ``rows`` to ``records`` before training (epoch -1)
-    and after every epoch (wrapping its ``on_train_start`` / ``on_epoch_end`` hooks on this instance)."""
-    start, end = model.on_train_start, model.on_epoch_end
+class ImputationProbe:
+    """A run probe (:class:`omnifuse.experiments.runner.RunProbe`): :func:`measure_imputation` of the run's test
+    rows before training (epoch -1) and after every epoch, and at the end the real and imputed embeddings
+    (``embeddings.npz``, :func:`final_embeddings`)."""
 
-    def on_train_start(trainer: Any) -> None:
-        start(trainer)
-        records.append({"epoch": -1, **measure_imputation(model, data, rows, norm, max_rows)})
+    def __init__(self, spec: RunSpec, test_rows: np.ndarray, max_rows: int = 512) -> None:
+        self.rows, self.max_rows = test_rows, max_rows
+        self.records: list[dict[str, Any]] = []
 
-    def on_epoch_end(trainer: Any, epoch: int) -> None:
-        end(trainer, epoch)
-        records.append({"epoch": epoch, **measure_imputation(model, data, rows, norm, max_rows)})
+    def _measure(self, trainer: Trainer, epoch: int) -> None:
+        self.records.append({"epoch": epoch, **measure_imputation(trainer.model, trainer.data, self.rows,
+                                                                  trainer.normalizer, self.max_rows)})
 
-    model.on_train_start = on_train_start
-    model.on_epoch_end = on_epoch_end
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._measure(trainer, -1)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+        self._measure(trainer, epoch)
+
+    def finish(self, run: FoldRun, data: FuseData, folder: Path) -> dict[str, Any]:
+        np.savez_compressed(folder / "embeddings.npz", **final_embeddings(run.model, data, self.rows, run.normalizer))
+        return {"imputation": self.records}
 
 
-def final_embeddings(model: Any, data: FuseData, rows: np.ndarray, norm: Normalizer, max_rows: int = 400,
+def final_embeddings(model: OmniFuse, data: FuseData, rows: np.ndarray, norm: Normalizer, max_rows: int = 400,
                      ) -> dict[str, np.ndarray]:
     """``real_<m>`` and ``imputed_<m>`` [n, d] float32 of the trained model on ``rows`` (at most ``max_rows``)."""
     out: dict[str, np.ndarray] = {}
@@ -118,64 +130,40 @@ def tsne_maps(emb: dict[str, np.ndarray], modalities: list[str], seed: int = 0) 
     return maps
 
 
-def imputation(
-    cache: Any,
-    task: str,
-    folds: int = 5,
-    fold: int = 0,
-    seed: int = 0,
-    out: str | Path = "experiments/imputation",
-    epochs: int | None = None,
-    progress: bool = True,
-    method_overrides: dict[str, dict[str, Any]] | None = None,
-    *,
-    modalities: list[str] | None = None,
-    max_rows: int = 512,
-    tsne_rows: int = 300,
-    options: dict[str, Any] | None = None,
-    threads: int | None = None,
-    print_table: bool = True,
-) -> StudyResult:
+def imputation(cache: Any, task: str | None = None, *, config: Any = None, **overrides: Any) -> StudyResult:
     """Train OmniFuse on fold ``fold`` of ``folds`` and follow its imputation of every modality across epochs
     (figure 7: imputation.png) and map real against imputed embeddings (figure 8: tsne.png, t-SNE of at
-    most ``tsne_rows`` test rows per modality). ``epochs`` run in full (early stopping off: patience =
-    epochs) so the curve covers them all. Writes config.json, results.csv/json/md; prints the table.
-
-    ``threads``: torch threads of the run (None: torch's setting).
+    most ``tsne_rows`` test rows per modality). Options: :class:`ImputationConfig`. The epochs run in full
+    (early stopping off unless ``options`` sets ``patience``) so the curve covers them all. Writes config.json,
+    results.csv/json/md; prints the table.
 
     Measured on the eICU demo cache on 2 CPU cores shared with other jobs, 1 thread, 30 epochs: 9.7 min wall
     (112 CPU s).
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    opts = train_options(epochs, options)
-    opts.setdefault("patience", opts.get("epochs", 30))
-    ctx = build_context(cache, task, modalities=modalities, folds=folds, seed=seed, combinations="full", out=out,
-                        train_options=opts)
-    if not 0 <= fold < folds:
-        raise StudyError(f"fold must be in 0..{folds - 1}, got {fold}")
+    cfg = study_config(ImputationConfig, config, task=task, **overrides)
+    out, fold = Path(cfg.out), cfg.fold
+    cfg.options.setdefault("patience", cfg.train_options().get("epochs", 30))
+    ctx = study_context(cache, cfg, combinations="full")
     if len(ctx.modalities) < 2:
         raise StudyError("the imputation study needs at least two modalities")
-    base, params = resolve_method("omnifuse", method_overrides)
-    params.update({"imp_fw": True})
-    config = study_config("imputation", cache, task, ctx, fold=fold, method_params=params, max_rows=max_rows,
-                          tsne_rows=tsne_rows)
-    write_config(out, config)
-    spec = RunSpec(label="omnifuse", method=base, params=freeze_params(params), fold=fold, record_imputation=True)
-    stats = run_all(ctx, [spec], out, threads=threads, progress=progress)
+    params = {**method_params("omnifuse", cfg.method_overrides), "imp_fw": True}
+    record = study_record("imputation", cache, ctx, cfg, method_params=params)
+    write_config(out, record)
+    spec = RunSpec(label="omnifuse", method="omnifuse", params=freeze_params(params), fold=fold)
+    stats = run_all(ctx, [spec], out, threads=cfg.threads, progress=cfg.progress,
+                    probe=functools.partial(ImputationProbe, max_rows=cfg.max_rows))
     folder = stats.folders[spec]
-    import json
-
     run = json.loads((folder / "run.json").read_text())
     recs = run["imputation"]
     with np.load(folder / "embeddings.npz") as z:
-        emb = {k: z[k][:tsne_rows] for k in z.files}
+        emb = {k: z[k][:cfg.tsne_rows] for k in z.files}
     val = [h.get("val_auroc") for h in run["history"]]
     val = [np.nan if v is None else v for v in val]
-    figs = [F.imputation_curve(out / "imputation.png", recs, ctx.modalities, val,
+    figs = [figures.imputation_curve(out / "imputation.png", recs, ctx.modalities, val,
                                title="Imputed vs true embeddings across epochs (figure 7)")]
-    maps = tsne_maps(emb, ctx.modalities, seed)
-    figs.append(F.tsne_figure(out / "tsne.png", maps, title="t-SNE of real and imputed embeddings (figure 8)"))
+    maps = tsne_maps(emb, ctx.modalities, cfg.seed)
+    figs.append(figures.tsne_figure(out / "tsne.png", maps, title="t-SNE of real and imputed embeddings (figure 8)"))
     summary, table = [], []
     for r in recs:
         for m in ctx.modalities:
@@ -194,4 +182,4 @@ def imputation(
                                                                      "loss": h.get("loss")} for h in run["history"]],
                       sections=sections, figures=figs, runs_trained=stats.trained, runs_reused=stats.reused,
                       seconds=time.perf_counter() - t0, extra={"imputation": recs})
-    return write_study(res, print_table, title=f"imputation: {task}")
+    return write_study(res, cfg.print_table, title=f"imputation: {cfg.task}")

@@ -1,19 +1,17 @@
 """The resumable study runner: one training run per (method or variant, repeat, fold, missing rate), each in
 its own folder with a ``DONE`` marker, fanned out over processes with joblib.
 
-A study (compare, unimodal, ablation, sweep) is a :class:`StudyContext` (the cache, the task, the fold
-splits, the training options, the modality combinations to evaluate) and a list of :class:`RunSpec`. A run
-trains with the stage-two pieces of :mod:`omnifuse.fuse` (``inner_split``, ``Normalizer``, ``build_method``,
-``Trainer``, ``predict_probs``: no second training loop) on the fold's training rows and stores the
-**predictions** of its test rows: as they are (``overall``) and once per evaluated modality combination
-(every modality outside the combination masked). Every metric, paired test and figure of a study is then
-computed from these stored predictions, so a finished run is never recomputed and an interrupted study
-resumes with the runs it has (``runs/<label>/<rate>/r<repeat>f<fold>/DONE``).
+A study (compare, unimodal, ablation, sweep, imputation) is a :class:`StudyContext` (the cache, the task, the
+fold splits, the training options, the modality combinations to evaluate) and a list of :class:`RunSpec`.
+Every run goes through :func:`omnifuse.fuse.fold.run_fold`, the code path of ``omnifuse train`` too, and
+stores the **predictions** of its test rows: as they are (``overall``) and once per evaluated modality
+combination (every modality outside the combination masked). Every metric, paired test and figure of a study
+is then computed from these stored predictions, so a finished run is never recomputed and an interrupted
+study resumes with the runs it has (``runs/<label>/<rate>/r<repeat>f<fold>/DONE``).
 
-Pairing: every method of a study sees the same folds (``make_folds`` once per repeat, seeded by
-``seed + repeat``, written to ``folds.json``) and the same simulated missingness masks (seeded by the study
-seed, the repeat, the fold, the rate and the mode: :func:`mask_seed`), so fold-level metrics pair across
-methods.
+Pairing: every method of a study sees the same folds and the same simulated missingness masks (the seed
+policy of :mod:`omnifuse.fuse.fold`; the folds are written to ``folds.json``), so fold-level metrics pair
+across methods.
 """
 
 from __future__ import annotations
@@ -21,34 +19,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
-import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from omnifuse.fuse.base import build_method, get_method
+from omnifuse.experiments.config import StudyConfig
 from omnifuse.fuse.config import TrainConfig, resolve_config
-from omnifuse.fuse.data import FuseData, Normalizer, inner_split, load_fuse_data, make_folds, simulate_missing
+from omnifuse.fuse.data import FuseData, load_fuse_data
+from omnifuse.fuse.fold import FoldPlan, FoldRun, fold_data, make_repeated_folds, run_fold, run_seed
+from omnifuse.fuse.methods import get_method
 from omnifuse.fuse.tla import all_combinations, combination_name
-from omnifuse.fuse.train import Trainer, predict_probs, seed_everything
+from omnifuse.fuse.trainer import TrainerCallback
+from omnifuse.utils import json_safe, make_progress
 
 log = logging.getLogger(__name__)
 
 DONE = "DONE"
-
-# Named variants of the OmniFuse network (the switches of the paper's table 4). ``dwfuse_only`` is the
-# DWFuse-only row that the paper's table 3 compares against (row b of table 4).
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dwfuse_only": ("omnifuse", {"dwfuse": True, "tla": False, "imp_fw": False, "imp_bw": False}),
-    "omnifuse_no_imp": ("omnifuse", {"imp_fw": False, "imp_bw": False}),
-}
 
 
 class StudyError(ValueError):
@@ -58,12 +51,11 @@ class StudyError(ValueError):
 # ------------------------------------------------------------------------------------------- specs
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run. ``label``: the name shown in tables (a registry method, a variant or a study's own
-    name such as ``ablation_b`` or ``unimodal:vitals``); ``method``: the registry name it builds;
-    ``params``: method parameters on top of the registry defaults; ``modalities``: the modalities the model
-    sees (None = the study's); ``train_modality``: train only on rows holding it (unimodal models);
-    ``rate``/``mode``: simulated missingness of every row (0 = none); ``record_imputation``: measure the
-    imputation of each modality after every epoch (the imputation study)."""
+    """One training run. ``label``: the name shown in tables (a registry method or variant, or a study's own
+    name such as ``unimodal:vitals``); ``method``: the registry entry it builds; ``params``: method parameters
+    on top of the entry's defaults; ``modalities``: the modalities the model sees (None = the study's);
+    ``train_modality``: train only on rows holding it (unimodal models); ``rate``/``mode``: simulated
+    missingness of every row (0 = none)."""
 
     label: str
     method: str
@@ -74,7 +66,6 @@ class RunSpec:
     mode: str = "random"
     modalities: tuple[str, ...] | None = None
     train_modality: str | None = None
-    record_imputation: bool = False
 
     @property
     def key(self) -> str:
@@ -83,7 +74,7 @@ class RunSpec:
 
     @property
     def method_params(self) -> dict[str, Any]:
-        return dict(self.params)
+        return thaw_params(self.params)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,22 +83,19 @@ class RunSpec:
         return d
 
 
-def resolve_method(label: str, overrides: dict[str, dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
-    """``label`` (a registry method or a :data:`VARIANTS` name) -> (registry name, parameters), with
-    ``overrides[registry name]`` then ``overrides[label]`` merged on top. Raises for an unknown label."""
-    overrides = overrides or {}
-    if label in VARIANTS:
-        base, params = VARIANTS[label][0], dict(VARIANTS[label][1])
-    else:
-        base, params = label, {}
+def method_params(label: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The parameters a study gives registry entry ``label`` on top of its defaults: ``overrides`` of the
+    entry's base network (e.g. ``omnifuse`` for ``dwfuse_only``), then of ``label`` itself. Raises
+    :class:`StudyError` for a name the registry does not know."""
     try:
-        get_method(base)
+        entry = get_method(label)
     except KeyError as e:
-        raise StudyError(f"unknown method {label!r}; known: registry methods and variants {sorted(VARIANTS)}") from e
-    params.update(overrides.get(base, {}))
-    if label != base:
+        raise StudyError(str(e.args[0]) if e.args else str(e)) from e
+    overrides = overrides or {}
+    params = dict(overrides.get(entry.base, {}))
+    if label != entry.base:
         params.update(overrides.get(label, {}))
-    return base, params
+    return params
 
 
 def freeze_params(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -133,11 +121,6 @@ def thaw_params(params: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     return out
 
 
-def mask_seed(seed: int, repeat: int, fold: int, rate: float, mode: str) -> int:
-    """The seed of the simulated missingness of one (repeat, fold, rate, mode): the same for every method."""
-    return zlib.crc32(f"{seed}|{repeat}|{fold}|{rate:.6f}|{mode}".encode()) & 0x7FFFFFFF
-
-
 def mask_digest(mask: torch.Tensor) -> str:
     """A short hash of a presence mask [N, M] (tests and run records compare masks across methods)."""
     return hashlib.sha1(np.packbits(mask.cpu().numpy().astype(np.uint8)).tobytes()).hexdigest()[:16]
@@ -150,20 +133,15 @@ def combinations_for(names: Sequence[str], which: str | Sequence[str] = "full+si
     ``which``: ``"full+single"`` (all modalities, then each alone: cheap), ``"full"``, ``"single"``,
     ``"loo"`` (all, then each left out), ``"all"`` (the 2^M - 1 combinations) or a list of names such as
     ``["vitals+apache", "history"]``."""
-    M = len(names)
-    full = tuple([True] * M)
-    single = [tuple(i == j for i in range(M)) for j in range(M)]
+    n_mod = len(names)
+    full = tuple([True] * n_mod)
+    single = [tuple(i == j for i in range(n_mod)) for j in range(n_mod)]
     if isinstance(which, str):
-        if which == "full":
-            return [full]
-        if which == "single":
-            return single
-        if which == "full+single":
-            return [full] + ([] if M == 1 else single)
-        if which == "loo":
-            return [full] + ([] if M <= 2 else [tuple(i != j for i in range(M)) for j in range(M)])
-        if which == "all":
-            return sorted(all_combinations(M), key=lambda c: (-sum(c), c))
+        named = {"full": [full], "single": single, "full+single": [full] + ([] if n_mod == 1 else single),
+                 "loo": [full] + ([] if n_mod <= 2 else [tuple(i != j for i in range(n_mod)) for j in range(n_mod)]),
+                 "all": sorted(all_combinations(n_mod), key=lambda c: (-sum(c), c))}
+        if which in named:
+            return named[which]
         which = [which]
     out = []
     for name in which:
@@ -199,9 +177,14 @@ class StudyContext:
             if base is None:
                 base = _load_base(self.cache, self.task, self.modalities, self.cfg.device)
                 self._data["__base__"] = base
-            d = base if key == tuple(self.modalities) else _subset_modalities(base, list(key))
+            d = base if key == tuple(self.modalities) else base.subset_modalities(list(key))
             self._data[key] = d
         return d
+
+    @property
+    def combo_names(self) -> list[list[str]]:
+        """The evaluated combinations as lists of modality names."""
+        return [[n for n, k in zip(self.modalities, c) if k] for c in self.combos]
 
     def __getstate__(self) -> dict[str, Any]:
         st = dict(self.__dict__)
@@ -224,27 +207,14 @@ def _load_base(cache: Any, task: str, modalities: list[str], device: str) -> Fus
     return load_fuse_data(cache, task, modalities, device=device)
 
 
-def _subset_modalities(d: FuseData, names: list[str]) -> FuseData:
-    """The same rows with only ``names`` (a unimodal model's view of the data)."""
-    idx = [d.modalities.index(n) for n in names]
-    out = FuseData(**{**d.__dict__})
-    out.modalities = list(names)
-    out.kinds = {n: d.kinds[n] for n in names}
-    out.x = {n: d.x[n] for n in names}
-    out.tokens_mask = {n: v for n, v in d.tokens_mask.items() if n in names}
-    out.continuous = {n: d.continuous.get(n) for n in names}
-    out.mask = d.mask[:, idx].clone()
-    out.natural_mask = d.natural_mask[:, idx].clone()
-    return out
-
-
 def build_context(cache: Any, task: str, *, modalities: list[str] | None = None, folds: int = 5, repeats: int = 1,
                   seed: int = 0, combinations: str | Sequence[str] = "full+single", out: Path | None = None,
                   train_options: dict[str, Any] | None = None) -> StudyContext:
-    """Load the task once, make the patient-grouped folds of every repeat (``seed + repeat``) and resolve the
-    training options (:class:`TrainConfig` fields; ``progress`` and checkpoints off per run). When ``out`` holds
-    a ``folds.json`` from an earlier run of the study, the folds must be the same (else the cache or the
-    options changed and the old runs cannot be reused: :class:`StudyError`)."""
+    """Load the task once, make the patient-grouped folds of every repeat (the seed policy of
+    :mod:`omnifuse.fuse.fold`) and resolve the training options (:class:`TrainConfig` fields; ``progress`` and
+    checkpoints off per run). When ``out`` holds a ``folds.json`` from an earlier run of the study, the folds
+    must be the same (else the cache or the options changed and the old runs cannot be reused:
+    :class:`StudyError`)."""
     if folds < 2:
         raise StudyError(f"a cross-validated study needs folds >= 2, got {folds}")
     if repeats < 1:
@@ -258,7 +228,7 @@ def build_context(cache: Any, task: str, *, modalities: list[str] | None = None,
     else:
         data = load_fuse_data(cache, task, modalities, device=cfg.device)
     names = list(data.modalities)
-    splits = [make_folds(data, folds, seed=seed + r) for r in range(repeats)]
+    splits = make_repeated_folds(data, folds, repeats, seed)
     ctx = StudyContext(cache=cache if isinstance(cache, (str, Path)) else data, task=task, modalities=names,
                        folds=splits, cfg=cfg, combos=combinations_for(names, combinations), seed=seed)
     ctx._data["__base__"] = data
@@ -295,81 +265,51 @@ def check_folds(out: Path, data: FuseData, splits: list[list[tuple[np.ndarray, n
 
 
 # ------------------------------------------------------------------------------------------ a run
-def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path) -> dict[str, Any]:
-    """Train ``spec`` on its fold and write ``predictions.npz``, ``run.json`` and then ``DONE`` into ``folder``.
+class RunProbe(TrainerCallback, Protocol):
+    """A study's observer of one run (e.g. the imputation probe): a trainer callback that also writes its
+    findings into the run folder when the run ends and returns what goes into ``run.json``."""
+
+    def finish(self, run: FoldRun, data: FuseData, folder: Path) -> dict[str, Any]: ...
+
+
+ProbeFactory = Callable[[RunSpec, np.ndarray], RunProbe]
+"""``factory(spec, test rows) -> probe``: one probe per run; must pickle (a module-level class does)."""
+
+
+def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFactory | None = None) -> dict[str, Any]:
+    """Train ``spec`` on its fold (:func:`omnifuse.fuse.fold.run_fold`) and write ``predictions.npz``,
+    ``run.json`` and then ``DONE`` into ``folder``.
 
     ``predictions.npz``: ``test_rows`` [n], ``present`` [n, M] (the study's modalities, after simulated
     missingness), ``y`` (labels), ``overall`` [n, C] (test rows as they are) and ``combo<i>`` [n, C] (every
     test row with the modalities outside ``ctx.combos[i]`` masked; a row lacking some of the combination keeps
     what it has of it). A model that does not see a modality of a combination gives no ``combo<i>``."""
     t0, c0 = time.perf_counter(), time.process_time()
-    cfg = ctx.cfg
-    base = ctx.data()
-    if spec.rate > 0:
-        m = simulate_missing(base.natural_mask, spec.rate, spec.mode, base.modalities,
-                             seed=mask_seed(ctx.seed, spec.repeat, spec.fold, spec.rate, spec.mode))
-        base = base.with_mask(m)
+    base = fold_data(ctx.data(), spec.rate, spec.mode, ctx.seed, spec.repeat, spec.fold)
     names = list(spec.modalities) if spec.modalities else list(ctx.modalities)
-    data = base if names == list(base.modalities) else _subset_modalities(base, names)
+    data = base if names == list(base.modalities) else base.subset_modalities(names)
     train_rows, test_rows = ctx.folds[spec.repeat][spec.fold]
-    if spec.train_modality is not None:
-        j = data.modalities.index(spec.train_modality)
-        train_rows = train_rows[data.mask[torch.as_tensor(train_rows, device=data.device), j].cpu().numpy()]
-        if train_rows.size < 10:
-            raise StudyError(f"{spec.label}: only {train_rows.size} training rows hold {spec.train_modality!r}")
-    fseed = ctx.seed * 100 + spec.fold + 1000 * spec.repeat
-    seed_everything(fseed)
-    inner_tr, val = inner_split(data, train_rows, cfg.val_fraction, seed=fseed)
-    norm = Normalizer.fit(data, train_rows, embeddings=cfg.normalize_embeddings)
-    model = build_method(spec.method, data.model_info(norm), **thaw_params(spec.params)).to(data.device)
-    trainer = Trainer(model, data, inner_tr, val, norm, cfg, seed=fseed, progress=None, fold=spec.fold)
-    imputation: list[dict[str, Any]] = []
-    if spec.record_imputation:
-        from omnifuse.experiments.imputation import attach_imputation_probe
-
-        attach_imputation_probe(model, data, test_rows, norm, imputation)
-    best_epoch, best_val = trainer.fit()
+    plan = FoldPlan(spec.method, train_rows, test_rows, seed=run_seed(ctx.seed, spec.repeat, spec.fold),
+                    fold=spec.fold, params=spec.method_params, train_modality=spec.train_modality,
+                    combos=ctx.combo_names)
+    watcher = probe(spec, test_rows) if probe is not None else None
+    run = run_fold(data, plan, ctx.cfg, callbacks=[watcher] if watcher is not None else ())
     arrays: dict[str, np.ndarray] = {
-        "test_rows": np.asarray(test_rows, dtype=np.int64),
+        "test_rows": run.test_rows, "y": run.y, "overall": run.overall,
         "present": base.mask[torch.as_tensor(test_rows, device=base.device)].cpu().numpy(),
-        "y": data.labels_numpy(test_rows),
-        "overall": predict_probs(model, data, test_rows, norm, cfg.eval_batch_size),
-    }
-    for i, combo in enumerate(ctx.combos):
-        wanted = [n for n, k in zip(ctx.modalities, combo) if k]
-        if not set(wanted) <= set(names):
-            continue
-        c = torch.tensor([n in wanted for n in names], dtype=torch.bool)
-        mask = c.unsqueeze(0).expand(len(test_rows), -1).clone()
-        arrays[f"combo{i}"] = predict_probs(model, data, test_rows, norm, cfg.eval_batch_size, mask)
+        **{f"combo{i}": p for i, p in run.combos.items()}}
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / "predictions.npz", **arrays)
-    if spec.record_imputation:
-        from omnifuse.experiments.imputation import final_embeddings
-
-        np.savez_compressed(folder / "embeddings.npz", **final_embeddings(model, data, test_rows, norm))
-    rec = {"spec": spec.to_json(), "best_epoch": best_epoch, "best_val_auroc": _num(best_val),
-           "n_train": int(len(inner_tr)), "n_val": int(len(val)), "n_test": int(len(test_rows)),
+    rec = {"spec": spec.to_json(), "best_epoch": run.best_epoch, "best_val_auroc": run.best_val_auroc,
+           "n_train": run.n_train, "n_val": run.n_val, "n_test": int(len(test_rows)),
            "mask_digest": mask_digest(base.mask), "seconds": time.perf_counter() - t0,
            "cpu_seconds": time.process_time() - c0, "threads": torch.get_num_threads(),
-           "history": [{k: _num(v) for k, v in h.items()} for h in trainer.history],
-           "records": _jsonable(trainer.records), "imputation": imputation,
-           "combos": [combination_name(c, ctx.modalities) for c in ctx.combos]}
-    (folder / "run.json").write_text(json.dumps(rec, indent=1))
+           "history": run.history, "records": run.records,
+           "combos": [combination_name(c, ctx.modalities) for c in ctx.combos],
+           **(watcher.finish(run, data, folder) if watcher is not None else {})}
+    (folder / "run.json").write_text(json.dumps(json_safe(rec), indent=1))
     (folder / DONE).write_text("")
     return rec
-
-
-def _num(v: Any) -> Any:
-    if isinstance(v, (float, np.floating)):
-        return None if (math.isnan(v) or math.isinf(v)) else float(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
-
-
-def _jsonable(o: Any) -> Any:
-    return json.loads(json.dumps(o, default=lambda v: _num(v) if isinstance(v, (np.generic,)) else str(v)))
 
 
 def load_run(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -388,84 +328,80 @@ class RunnerStats:
     folders: dict[RunSpec, Path] = field(default_factory=dict)
 
 
-def _spec_fingerprint(ctx: StudyContext, spec: RunSpec) -> dict[str, Any]:
-    return {"spec": spec.to_json(), "train": {k: v for k, v in ctx.cfg.to_json().items()
-                                              if k not in ("progress", "device", "method", "method_params")},
-            "combos": [combination_name(c, ctx.modalities) for c in ctx.combos], "modalities": ctx.modalities}
+def _spec_fingerprint(ctx: StudyContext, spec: RunSpec, probe: ProbeFactory | None) -> dict[str, Any]:
+    return json_safe({
+        "spec": spec.to_json(), "probe": None if probe is None else getattr(probe, "__name__", str(probe)),
+        "train": {k: v for k, v in ctx.cfg.to_json().items() if k not in ("progress", "device", "method",
+                                                                            "method_params")},
+        "combos": [combination_name(c, ctx.modalities) for c in ctx.combos], "modalities": ctx.modalities})
 
 
-def is_done(ctx: StudyContext, spec: RunSpec, folder: Path) -> bool:
+def is_done(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFactory | None = None) -> bool:
     """True when ``folder`` holds a finished run of exactly this spec and these training options."""
     if not (folder / DONE).exists() or not (folder / "spec.json").exists():
         return False
-    return json.loads((folder / "spec.json").read_text()) == _jsonable(_spec_fingerprint(ctx, spec))
+    return json.loads((folder / "spec.json").read_text()) == _spec_fingerprint(ctx, spec, probe)
 
 
-def _worker(ctx: StudyContext, spec: RunSpec, folder: Path, threads: int | None) -> tuple[RunSpec, float]:
+def _worker(ctx: StudyContext, spec: RunSpec, folder: Path, threads: int | None,
+            probe: ProbeFactory | None) -> tuple[RunSpec, float]:
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    _prepare_folder(ctx, spec, folder)
-    execute_run(ctx, spec, folder)
-    return spec, time.perf_counter() - t0
-
-
-def _prepare_folder(ctx: StudyContext, spec: RunSpec, folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)  # an unfinished or outdated run: start it again
     folder.mkdir(parents=True)
-    (folder / "spec.json").write_text(json.dumps(_jsonable(_spec_fingerprint(ctx, spec)), indent=1))
+    (folder / "spec.json").write_text(json.dumps(_spec_fingerprint(ctx, spec, probe), indent=1))
+    execute_run(ctx, spec, folder, probe)
+    return spec, time.perf_counter() - t0
 
 
 def run_all(ctx: StudyContext, specs: Sequence[RunSpec], out: Path, *, n_jobs: int = 1, threads: int | None = None,
-            progress: bool = True, on_done: Callable[[RunSpec], None] | None = None) -> RunnerStats:
+            progress: bool = True, on_done: Callable[[RunSpec], None] | None = None,
+            probe: ProbeFactory | None = None) -> RunnerStats:
     """Run every spec not finished yet under ``out/runs``; finished ones are reused.
 
     ``n_jobs`` > 1 trains that many runs at once in joblib (loky) processes, each with
     ``threads`` torch threads (default: the CPU count divided by ``n_jobs``, at least 1); ``n_jobs`` = 1
-    trains in this process with its current thread setting. ``on_done(spec)`` is called after each run."""
+    trains in this process with its current thread setting. ``on_done(spec)`` is called after each run;
+    ``probe`` observes every run (see :class:`RunProbe`)."""
     t0 = time.perf_counter()
     stats = RunnerStats()
     todo = []
     for s in specs:
         folder = Path(out) / "runs" / s.key
         stats.folders[s] = folder
-        if is_done(ctx, s, folder):
+        if is_done(ctx, s, folder, probe):
             stats.reused += 1
         else:
             todo.append(s)
     if stats.reused:
         log.info("reusing %d finished run(s) in %s", stats.reused, out)
-    bar = None
-    if progress and todo:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    bar = make_progress() if progress and todo else None
+    task = bar.add_task("runs", total=len(todo), info=f"{stats.reused} reused") if bar is not None else None
 
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                       TimeElapsedColumn())
+    def done(s: RunSpec, sec: float) -> None:
+        stats.trained += 1
+        if bar is not None:
+            bar.update(task, advance=1, info=f"{s.label} fold {s.fold} ({sec:.0f} s)")
+        if on_done is not None:
+            on_done(s)
+
+    if bar is not None:
         bar.start()
-        task = bar.add_task("runs", total=len(todo), info=f"{stats.reused} reused")
     try:
         if n_jobs == 1 or len(todo) <= 1:
             if threads:
                 torch.set_num_threads(threads)
             for s in todo:
-                _, sec = _worker(ctx, s, stats.folders[s], None)
-                stats.trained += 1
-                if bar is not None:
-                    bar.update(task, advance=1, info=f"{s.label} fold {s.fold} ({sec:.0f} s)")
-                if on_done is not None:
-                    on_done(s)
+                done(*_worker(ctx, s, stats.folders[s], None, probe))
         else:
             from joblib import Parallel, delayed
 
             nt = threads or max(1, (os.cpu_count() or 1) // n_jobs)
             par = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
-            for s, sec in par(delayed(_worker)(ctx, s, stats.folders[s], nt) for s in todo):
-                stats.trained += 1
-                if bar is not None:
-                    bar.update(task, advance=1, info=f"{s.label} fold {s.fold} ({sec:.0f} s)")
-                if on_done is not None:
-                    on_done(s)
+            for s, sec in par(delayed(_worker)(ctx, s, stats.folders[s], nt, probe) for s in todo):
+                done(s, sec)
     finally:
         if bar is not None:
             bar.stop()
@@ -474,22 +410,34 @@ def run_all(ctx: StudyContext, specs: Sequence[RunSpec], out: Path, *, n_jobs: i
 
 
 def fold_specs(ctx: StudyContext, labels: Sequence[str], overrides: dict[str, dict[str, Any]] | None = None, *,
-               rate: float = 0.0, mode: str = "random", extra: dict[str, tuple[str, dict[str, Any]]] | None = None,
-               ) -> list[RunSpec]:
-    """One :class:`RunSpec` per label, repeat and fold. ``extra`` maps a study's own labels (``ablation_b``)
-    to (registry method, parameters)."""
-    extra = extra or {}
+               rate: float = 0.0, mode: str = "random") -> list[RunSpec]:
+    """One :class:`RunSpec` per registry entry (method or variant), repeat and fold, with the study's
+    ``overrides`` (see :func:`method_params`)."""
     specs = []
     for label in labels:
-        if label in extra:
-            base, params = extra[label][0], dict(extra[label][1])
-            params.update((overrides or {}).get(base, {}))
-            params.update((overrides or {}).get(label, {}))
-            get_method(base)
-        else:
-            base, params = resolve_method(label, overrides)
+        params = freeze_params(method_params(label, overrides))
         for r, rep in enumerate(ctx.folds):
             for k in range(len(rep)):
-                specs.append(RunSpec(label=label, method=base, params=freeze_params(params), repeat=r, fold=k,
-                                     rate=float(rate), mode=mode))
+                specs.append(RunSpec(label=label, method=label, params=params, repeat=r, fold=k, rate=float(rate),
+                                     mode=mode))
     return specs
+
+
+# ----------------------------------------------------------------------------------- study helpers
+def study_context(cache: Any, cfg: StudyConfig, combinations: str | Sequence[str] | None = None) -> StudyContext:
+    """:func:`build_context` from a study's configuration (``combinations`` overrides the configuration's)."""
+    combos: str | Sequence[str] = combinations or getattr(cfg, "combinations", None) or "full+single"
+    if isinstance(combos, list) and len(combos) == 1:
+        combos = combos[0]
+    return build_context(cache, cfg.task, modalities=cfg.modalities, folds=cfg.folds, repeats=cfg.repeats,
+                         seed=cfg.seed, combinations=combos, out=Path(cfg.out), train_options=cfg.train_options())
+
+
+def study_record(name: str, cache: Any, ctx: StudyContext, cfg: StudyConfig, **extra: Any) -> dict[str, Any]:
+    """What a study writes to ``config.json``: its name, the cache, the resolved configuration, what the
+    context resolved (modalities, combinations, training options) and ``extra``."""
+    return json_safe({"study": name, "cache": str(cache) if isinstance(cache, (str, Path)) else None,
+                      "config": cfg.to_json(), "modalities": ctx.modalities,
+                      "combinations": [combination_name(c, ctx.modalities) for c in ctx.combos],
+                      "train": {k: v for k, v in ctx.cfg.to_json().items()
+                                if k not in ("method", "method_params", "task")}, **extra})

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from omnifuse.fuse import metrics as M
+from omnifuse.fuse import metrics
 
 METRICS = ("auroc", "auprc", "brier")
 
@@ -63,11 +63,11 @@ def mean_sd(v: Sequence[float]) -> tuple[float, float, int]:
 
 def metric_fn(name: str, kind: str) -> Callable[[np.ndarray, np.ndarray], float]:
     if name == "auroc":
-        return lambda y, p: M.auroc(y, p, kind)
+        return lambda y, p: metrics.auroc(y, p, kind)
     if name == "auprc":
-        return lambda y, p: M.auprc(y, p, kind)
+        return lambda y, p: metrics.auprc(y, p, kind)
     if name == "brier":
-        return lambda y, p: M.brier(y, p, kind)
+        return lambda y, p: metrics.brier(y, p, kind)
     raise ValueError(f"unknown metric {name!r}; known: {METRICS}")
 
 
@@ -105,37 +105,6 @@ def fold_bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float],
     return _interval(per, alpha)
 
 
-def _auroc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Binary AUROC of every row of ``y``, ``s`` [B, n] (Mann-Whitney with tied ranks); NaN for one class."""
-    from scipy.stats import rankdata
-
-    r = rankdata(s, axis=1)
-    n_pos = y.sum(1)
-    n_neg = y.shape[1] - n_pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = ((r * y).sum(1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-    return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
-
-
-def _ap_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Average precision of every row of ``y``, ``s`` [B, n] (scikit-learn's step-wise definition: each
-    positive contributes the precision at the last row of its group of tied scores); NaN without positives."""
-    B, n = s.shape
-    order = np.argsort(-s, axis=1, kind="stable")
-    ss = np.take_along_axis(s, order, 1)
-    ys = np.take_along_axis(y, order, 1)
-    tp = np.cumsum(ys, axis=1)
-    is_last = np.ones((B, n), dtype=bool)
-    is_last[:, :-1] = ss[:, :-1] != ss[:, 1:]
-    last = np.where(is_last, np.arange(n)[None, :], n)
-    last = np.minimum.accumulate(last[:, ::-1], axis=1)[:, ::-1]  # index of the last row of each row's group
-    prec = np.take_along_axis(tp, last, 1) / (last + 1.0)
-    n_pos = ys.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (ys * prec).sum(1) / n_pos
-    return np.where(n_pos > 0, out, np.nan)
-
-
 def fast_fold_bootstrap_ci(name: str, kind: str, folds: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 200,
                            alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
     """:func:`fold_bootstrap_ci` of ``auroc`` or ``auprc`` computed for all replicates at once (the same draws,
@@ -144,7 +113,7 @@ def fast_fold_bootstrap_ci(name: str, kind: str, folds: Sequence[tuple[np.ndarra
         return fold_bootstrap_ci(metric_fn(name, kind), folds, n_boot, alpha, seed)
     if n_boot <= 0 or not folds:
         return math.nan, math.nan
-    fn = _auroc_rows if name == "auroc" else _ap_rows
+    fn = metrics.binary_auroc_rows if name == "auroc" else metrics.binary_ap_rows
     per = []
     for (y, p), idx in zip(folds, _draws(folds, n_boot, seed)):
         if idx is not None:

@@ -15,68 +15,41 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from omnifuse.experiments import collect as C
-from omnifuse.experiments import figures as F
-from omnifuse.experiments.compare import study_config, train_options
+from omnifuse.experiments import collect, figures
+from omnifuse.experiments.config import SweepConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config, write_study
-from omnifuse.experiments.runner import StudyError, build_context, fold_specs, run_all
+from omnifuse.experiments.runner import StudyError, fold_specs, run_all, study_context, study_record
 from omnifuse.experiments.stats import pick, summarize
 
-DEFAULT_RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
-
-def sweep(
-    cache: Any,
-    task: str,
-    rates: Sequence[float] = DEFAULT_RATES,
-    modality: str = "random",
-    methods: Sequence[str] = ("omnifuse", "omnifuse_no_imp"),
-    folds: int = 5,
-    repeats: int = 1,
-    seed: int = 0,
-    out: str | Path = "experiments/sweep",
-    epochs: int | None = None,
-    n_jobs: int = 1,
-    progress: bool = True,
-    method_overrides: dict[str, dict[str, Any]] | None = None,
-    *,
-    modalities: list[str] | None = None,
-    n_boot: int = 0,
-    options: dict[str, Any] | None = None,
-    threads: int | None = None,
-    print_table: bool = True,
-) -> StudyResult:
+def sweep(cache: Any, task: str | None = None, rates: Sequence[float] | None = None, *, config: Any = None,
+          **overrides: Any) -> StudyResult:
     """Every method at every missing rate on the same folds and masks; AUROC and AUPRC of the test rows as
     they are after the simulated drops, mean ± sd over folds, paired t-test of each method against the first
-    one at each rate. Writes config.json, results.csv/json/md, folds.csv and sweep.png (AUROC against the
-    rate) and sweep_auprc.png; prints the table.
-
-    ``n_jobs``/``threads``: as in :func:`omnifuse.experiments.compare.compare`.
+    one at each rate. Options: :class:`SweepConfig`. Writes config.json, results.csv/json/md, folds.csv and
+    sweep.png (AUROC against the rate) and sweep_auprc.png; prints the table.
 
     Measured on the eICU demo cache on 2 CPU cores shared with other jobs, 1 thread: rates 0, 0.3, 0.6, 0.9 x
     2 methods x 3 folds 24.5 min wall (391 CPU s in all); the 10 default rates x 5 folds take about 4 times
     as many runs.
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    rates = [float(r) for r in rates]
+    cfg = study_config(SweepConfig, config, task=task, rates=list(rates) if rates is not None else None, **overrides)
+    out, rates, modality, methods = Path(cfg.out), list(cfg.rates), cfg.modality, list(cfg.methods)
     if not rates or any(not 0.0 <= r < 1.0 for r in rates):
         raise StudyError(f"rates must be in [0, 1), got {rates}")
     if len(set(rates)) != len(rates):
         raise StudyError(f"rates listed twice: {rates}")
-    ctx = build_context(cache, task, modalities=modalities, folds=folds, repeats=repeats, seed=seed,
-                        combinations="full", out=out, train_options=train_options(epochs, options))
+    ctx = study_context(cache, cfg, combinations="full")
     if modality != "random" and modality not in ctx.modalities:
         raise StudyError(f"modality must be 'random' or one of {ctx.modalities}, got {modality!r}")
-    methods = list(methods)
-    config = study_config("sweep", cache, task, ctx, rates=rates, modality=modality, methods=methods,
-                          method_overrides=method_overrides or {}, n_boot=n_boot)
-    write_config(out, config)
-    specs = [s for r in rates for s in fold_specs(ctx, methods, method_overrides, rate=r, mode=modality)]
-    stats = run_all(ctx, specs, out, n_jobs=n_jobs, threads=threads, progress=progress)
-    preds = [p for p in C.collect(ctx, stats.folders, specs, combos=False)]
+    record = study_record("sweep", cache, ctx, cfg)
+    write_config(out, record)
+    specs = [s for r in rates for s in fold_specs(ctx, methods, cfg.method_overrides, rate=r, mode=modality)]
+    stats = run_all(ctx, specs, out, n_jobs=cfg.n_jobs, threads=cfg.threads, progress=cfg.progress)
+    preds = collect.collect(ctx, stats.folders, specs, combos=False)
     data = ctx.data()
-    summary, recs = summarize(preds, data.task_kind, against=methods[:1], n_boot=n_boot, seed=seed)
+    summary, recs = summarize(preds, data.task_kind, against=methods[:1], n_boot=cfg.n_boot, seed=cfg.seed)
     rows = []
     for m in methods:
         cells = [m]
@@ -95,10 +68,10 @@ def sweep(
     sections = [Section(f"AUROC against the simulated missing rate ({dropped}), mean ± sd over folds",
                         ["method", *(f"{r:g}" for r in rates)], rows,
                         "Test rows scored with the modalities left after the drops; p: paired t-test over folds.")]
-    figs = [F.sweep_figure(out / "sweep.png", summary, methods, "auroc",
+    figs = [figures.sweep_figure(out / "sweep.png", summary, methods, "auroc",
                            title=f"AUROC vs missing rate ({dropped})"),
-            F.sweep_figure(out / "sweep_auprc.png", summary, methods, "auprc",
+            figures.sweep_figure(out / "sweep_auprc.png", summary, methods, "auprc",
                            title=f"AUPRC vs missing rate ({dropped})")]
     res = StudyResult(out=out, config=config, summary=summary, folds=recs, sections=sections, figures=figs,
                       runs_trained=stats.trained, runs_reused=stats.reused, seconds=time.perf_counter() - t0)
-    return write_study(res, print_table, title=f"sweep: {task}")
+    return write_study(res, cfg.print_table, title=f"sweep: {cfg.task}")

@@ -15,66 +15,46 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from omnifuse.experiments import collect as C
-from omnifuse.experiments import figures as F
-from omnifuse.experiments.compare import study_config, train_options
+from omnifuse.experiments import collect, figures
+from omnifuse.experiments.config import UnimodalConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config, write_study
-from omnifuse.experiments.runner import RunSpec, build_context, fold_specs, freeze_params, resolve_method, run_all
+from omnifuse.experiments.runner import (RunSpec, fold_specs, freeze_params, method_params, run_all, study_context,
+                                         study_record)
 from omnifuse.experiments.stats import FoldPred, paired_ttest, pick, summarize
 
 
-def unimodal(
-    cache: Any,
-    task: str,
-    fused: Sequence[str] = ("concat", "omnifuse"),
-    unimodal_method: str = "concat",
-    folds: int = 5,
-    repeats: int = 1,
-    seed: int = 0,
-    out: str | Path = "experiments/unimodal",
-    epochs: int | None = None,
-    n_jobs: int = 1,
-    progress: bool = True,
-    method_overrides: dict[str, dict[str, Any]] | None = None,
-    *,
-    modalities: list[str] | None = None,
-    n_boot: int = 200,
-    options: dict[str, Any] | None = None,
-    threads: int | None = None,
-    print_table: bool = True,
-) -> StudyResult:
-    """Unimodal models of every modality against the ``fused`` models given that modality alone.
+def unimodal(cache: Any, task: str | None = None, fused: Sequence[str] | None = None, *, config: Any = None,
+             **overrides: Any) -> StudyResult:
+    """Unimodal models of every modality against the ``fused`` models given that modality alone. Options:
+    :class:`UnimodalConfig`.
 
     Same folds (and options) as :func:`omnifuse.experiments.compare.compare`; a fused run of a compare study
     is not shared (each study keeps its own runs). Writes config.json, results.csv/json/md, folds.csv and
     unimodal.png (figure 2); prints the table.
 
-    ``n_jobs``/``threads``: as in :func:`omnifuse.experiments.compare.compare`.
-
     Measured on the eICU demo cache (5 modalities) on 2 CPU cores shared with other jobs, 1 thread, 5 folds
     (35 runs): 12.1 min wall.
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    ctx = build_context(cache, task, modalities=modalities, folds=folds, repeats=repeats, seed=seed,
-                        combinations="full+single", out=out, train_options=train_options(epochs, options))
-    config = study_config("unimodal", cache, task, ctx, fused=list(fused), unimodal_method=unimodal_method,
-                          method_overrides=method_overrides or {}, n_boot=n_boot)
-    write_config(out, config)
-    fused_specs = fold_specs(ctx, list(fused), method_overrides)
-    base, params = resolve_method(unimodal_method, method_overrides)
-    uni_specs = [RunSpec(label=f"unimodal:{m}", method=base, params=freeze_params(params), repeat=r, fold=k,
+    cfg = study_config(UnimodalConfig, config, task=task, fused=list(fused) if fused else None, **overrides)
+    out, fused = Path(cfg.out), list(cfg.fused)
+    ctx = study_context(cache, cfg, combinations="full+single")
+    record = study_record("unimodal", cache, ctx, cfg)
+    write_config(out, record)
+    fused_specs = fold_specs(ctx, fused, cfg.method_overrides)
+    params = freeze_params(method_params(cfg.unimodal_method, cfg.method_overrides))
+    uni_specs = [RunSpec(label=f"unimodal:{m}", method=cfg.unimodal_method, params=params, repeat=r, fold=k,
                          modalities=(m,), train_modality=m)
                  for m in ctx.modalities for r, rep in enumerate(ctx.folds) for k in range(len(rep))]
-    stats = run_all(ctx, fused_specs + uni_specs, out, n_jobs=n_jobs, threads=threads, progress=progress)
-    preds = C.collect(ctx, stats.folders, fused_specs, partial=False)
+    stats = run_all(ctx, fused_specs + uni_specs, out, n_jobs=cfg.n_jobs, threads=cfg.threads, progress=cfg.progress)
+    preds = collect.collect(ctx, stats.folders, fused_specs, partial=False)
     for s in uni_specs:
         # the unimodal model's own rows: test rows holding m (its "m alone" combination); renamed "unimodal"
-        for p in C.run_preds(ctx, s, stats.folders[s], partial=False):
+        for p in collect.run_preds(ctx, s, stats.folders[s], partial=False):
             if p.group == s.train_modality:
                 preds.append(FoldPred("unimodal", p.repeat, p.fold, p.group, p.subset, p.y, p.p))
     data = ctx.data()
-    summary, recs = summarize(preds, data.task_kind, against=["unimodal"], n_boot=n_boot, seed=seed,
+    summary, recs = summarize(preds, data.task_kind, against=["unimodal"], n_boot=cfg.n_boot, seed=cfg.seed,
                               ci_subsets=("complete",))
     full = "+".join(ctx.modalities)
     rows = []
@@ -88,7 +68,7 @@ def unimodal(
         rows.append(cells)
     fr = [[f, fms(*(lambda r: (r["auroc_mean"], r["auroc_sd"]))(pick(summary, method=f, group=full, subset="complete")[0]))]
           for f in fused if pick(summary, method=f, group=full, subset="complete")]
-    headers = ["modality", "test rows", f"unimodal ({unimodal_method}) AUROC"]
+    headers = ["modality", "test rows", f"unimodal ({cfg.unimodal_method}) AUROC"]
     for f in fused:
         headers += [f"{f} given only it", f"p vs unimodal"]
     sections = [
@@ -109,9 +89,9 @@ def unimodal(
     bar_rows = [r for r in summary if r["subset"] == "complete" and r["group"] in ctx.modalities]
     hl = {f"{f}, all modalities": pick(summary, method=f, group=full, subset="complete")[0]["auroc_mean"]
           for f in fused if pick(summary, method=f, group=full, subset="complete")}
-    figs = [F.group_bars(out / "unimodal.png", bar_rows, ["unimodal", *fused], ctx.modalities, "auroc",
+    figs = [figures.group_bars(out / "unimodal.png", bar_rows, ["unimodal", *fused], ctx.modalities, "auroc",
                          title="Unimodal models vs fused models given one modality (figure 2)", hlines=hl)]
     res = StudyResult(out=out, config=config, summary=summary, folds=recs, sections=sections, figures=figs,
                       runs_trained=stats.trained, runs_reused=stats.reused, seconds=time.perf_counter() - t0,
                       extra={"laziness": lazy})
-    return write_study(res, print_table, title=f"unimodal: {task}")
+    return write_study(res, cfg.print_table, title=f"unimodal: {cfg.task}")

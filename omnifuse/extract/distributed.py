@@ -67,7 +67,8 @@ def init_distributed(device: torch.device, timeout_hours: float = 24.0) -> DistC
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    rank = int(os.environ["RANK"])
+    if "RANK" not in os.environ:
+        raise RuntimeError(f"WORLD_SIZE is {world} but RANK is not set: start multi-process extraction with torchrun")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     owns = False
     if not dist.is_initialized():

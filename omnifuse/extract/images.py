@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,9 +37,9 @@ class ImagePreprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "shorter_side_center_crop"
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "image_size": self.size,
             "mean": list(self.mean),
@@ -98,8 +99,9 @@ class ImagePreprocess:
             raise InputError(f"unsupported image shape {tuple(arr.shape)}")
         if not np.isfinite(arr).all():
             raise InputError("image has non-finite pixel values")
-        chans = np.stack([self._resize_plane(arr[:, :, c].astype(np.float32, copy=False))
-                          for c in range(arr.shape[2])], 0)
+        chans = np.stack(
+            [self._resize_plane(arr[:, :, c].astype(np.float32, copy=False)) for c in range(arr.shape[2])], 0
+        )
         mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
         return torch.from_numpy(np.ascontiguousarray((chans - mean) / std, dtype=np.float32))
@@ -136,6 +138,7 @@ def open_image(path: str | Path, size_hint: int = 224) -> Image.Image:
             if img.format == "JPEG":
                 img.draft(img.mode, (size_hint * 2, size_hint * 2))
             img.load()
+            out: Image.Image
             if img.mode in _FLOAT_MODES or img.mode in ("L", "RGB"):
                 out = img  # loaded: its pixels stay usable once the file is closed
             elif img.mode in _8BIT_GREY:

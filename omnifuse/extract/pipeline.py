@@ -35,6 +35,7 @@ from omnifuse.extract.encoders import (
     VolumeEncoder,
     build_image_encoder,
     build_text_encoder,
+    build_volume_encoder,
     resolve_device,
 )
 from omnifuse.extract.images import ImagePreprocess, InputError, load_image
@@ -576,7 +577,7 @@ def extract(
             txt = text_encoder if isinstance(text_encoder, TextEncoder) else build_text_encoder(
                 text_encoder, pooling=text_pooling, max_words=max_words, max_tokens=max_tokens, device=dev,
                 precision=precision)
-        vol = VolumeEncoder(img, max_slices=max_slices, pooling=volume_pooling, window=volume_window) if (
+        vol = build_volume_encoder(img, max_slices=max_slices, pooling=volume_pooling, window=volume_window) if (
             "volume" in kinds) else None
         encs: dict[str, Any] = {}
         for r in raws:

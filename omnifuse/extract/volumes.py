@@ -152,8 +152,5 @@ def volume_slices(
     vol = read_volume(path)
     vol = vol[select_slices(vol.shape[0], max_slices)]
     lo, hi = window if window is not None else tuple(float(v) for v in np.percentile(vol, [0.5, 99.5]))
-    if hi > lo:
-        vol = (np.clip(vol, lo, hi) - lo) / (hi - lo)
-    else:
-        vol = np.zeros_like(vol)
+    vol = (np.clip(vol, lo, hi) - lo) / (hi - lo) if hi > lo else np.zeros_like(vol)
     return torch.from_numpy(np.stack([prep.from_float(s).numpy() for s in vol], 0))  # NumPy: see from_pil8

@@ -1,15 +1,19 @@
-"""Contracts of stage two: batches, method outputs, the fusion-method base class and the method registry.
+"""Contracts of stage two: modality and model descriptions, batches, method outputs, the view of the trainer
+that methods get in their hooks, and the fusion-method base class (the method protocol).
 
-Every fusion method (OmniFuse, the baselines, contrastive modality dropout) is a small function registered
-with :func:`register_method`; one test sweeps the whole registry (timm style).
+The registry of methods lives in :mod:`omnifuse.fuse.registry` and is filled and exported by
+:mod:`omnifuse.fuse.methods`; this module holds only the contracts, so it imports nothing of either.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,7 +67,7 @@ class Batch:
     tokens_mask: dict[str, torch.Tensor] = field(default_factory=dict)
     natural_mask: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             x={k: v.to(device) for k, v in self.x.items()},
             mask=self.mask.to(device),
@@ -74,7 +78,19 @@ class Batch:
             natural_mask=None if self.natural_mask is None else self.natural_mask.to(device),
         )
 
-    def with_mask(self, mask: torch.Tensor) -> "Batch":
+    def select(self, rows: torch.Tensor) -> Batch:
+        """The rows picked by ``rows`` ([B] bool, or [n] positions), every field sliced alike."""
+        return Batch(
+            x={k: v[rows] for k, v in self.x.items()},
+            mask=self.mask[rows],
+            y=self.y[rows],
+            y_mask=self.y_mask[rows],
+            index=self.index[rows],
+            tokens_mask={k: v[rows] for k, v in self.tokens_mask.items()},
+            natural_mask=None if self.natural_mask is None else self.natural_mask[rows],
+        )
+
+    def with_mask(self, mask: torch.Tensor) -> Batch:
         """The same rows with another presence mask; inputs of newly masked modalities are zeroed."""
         x = {}
         for i, (name, v) in enumerate(self.x.items()):
@@ -94,13 +110,47 @@ class MethodOutput:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class FusionMethod(nn.Module, metaclass=abc.ABCMeta):
-    """Base class of every fusion method.
+class TrainerView(Protocol):
+    """What a method sees of the trainer in its hooks (``omnifuse.fuse.trainer.Trainer`` implements it).
 
-    Subclasses implement :meth:`forward` and :meth:`loss`; the hooks are optional and called by the trainer.
+    ``epoch``: the current epoch (0-based); ``fold``: the fold being trained; ``seed``: the fold's seed;
+    ``device``: where batches and the model live; ``train_rows``: the training rows (positions in the data,
+    without the inner validation rows); ``generator``: the trainer's CPU generator (shuffling, drops).
+    """
+
+    epoch: int
+    fold: int
+    seed: int
+    device: torch.device
+    train_rows: np.ndarray
+    generator: torch.Generator
+
+    def mining_batches(self) -> list[Batch]:
+        """A fixed, bounded random subset of the training rows as evaluation batches (no simulated drops, no
+        shuffling; the same batches at every call of a fold). Empty when the run asks for no mining rows."""
+        ...
+
+    def record(self, key: str, value: object) -> None:
+        """Keep ``value`` under ``key`` in the fold's records (e.g. TLA's lazy combination per epoch)."""
+        ...
+
+
+class FusionMethod(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of every fusion method: the method protocol.
+
+    Subclasses implement :meth:`forward` and :meth:`loss`. Everything else has a default the trainer relies
+    on; the trainer calls, per fold: :meth:`configure_optimizer`, :meth:`on_train_start`, then per epoch
+    :meth:`on_epoch_start`, per training batch :meth:`train_drop`, ``forward``, :meth:`loss`, ``backward``,
+    :meth:`after_backward` (before gradient clipping and the optimiser step), and :meth:`on_epoch_end`.
+    Model selection and patience start at epoch :attr:`selection_start_epoch`. Scoring
+    (:func:`omnifuse.fuse.predict.predict`) also reports :meth:`label_free_weights`.
     """
 
     info: ModelInfo
+    #: the first epoch whose validation score means anything (mdrop's contrastive stage trains no classifier)
+    selection_start_epoch: int = 0
+    #: a masked modality's input values never reach the output (its slot is zero or a learned token)
+    ignores_masked_inputs: bool = False
 
     def __init__(self, info: ModelInfo) -> None:
         super().__init__()
@@ -114,57 +164,38 @@ class FusionMethod(nn.Module, metaclass=abc.ABCMeta):
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss and its named terms (floats) for a batch and its output."""
 
-    # --- optional hooks -------------------------------------------------------------------------
+    def configure_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """The optimiser of the run: AdamW over the parameters that require a gradient."""
+        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+    def label_free_weights(self, out: MethodOutput) -> dict[str, torch.Tensor] | None:
+        """Per-modality weights that need no label, for scoring (OmniFuse: eq. 10 with the predicted class):
+        ``{modality: [B] or [B, C]}``; None when the method has none (the default)."""
+        return None
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode inside the block (for estimates made in the hooks), the previous mode restored after."""
+        was = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was)
+
+    # --- hooks (defaults do nothing) -----------------------------------------------------------------
     def train_drop(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         """Method-specific modality dropout applied to training batches (default: none)."""
         return batch
 
-    def on_train_start(self, trainer: Any) -> None:
-        pass
+    def on_train_start(self, trainer: TrainerView) -> None:
+        """Once per fold, before the first epoch."""
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
-        pass
+    def on_epoch_start(self, trainer: TrainerView, epoch: int) -> None:
+        """Before the epoch's first training batch."""
 
     def after_backward(self, batch: Batch, out: MethodOutput) -> None:
-        pass
+        """After ``loss.backward()``, before gradient clipping and the optimiser step (OGM-GE modulates here)."""
 
-    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
-        pass
-
-
-@dataclass
-class MethodEntry:
-    name: str
-    build: Callable[..., FusionMethod]
-    description: str
-    paper: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-
-METHODS: dict[str, MethodEntry] = {}
-
-
-def register_method(name: str, *, description: str, paper: str, defaults: dict[str, Any] | None = None):
-    """Register a builder ``fn(info: ModelInfo, **cfg) -> FusionMethod`` under ``name``."""
-
-    def deco(fn: Callable[..., FusionMethod]) -> Callable[..., FusionMethod]:
-        if name in METHODS:
-            raise ValueError(f"fusion method {name!r} is registered twice")
-        METHODS[name] = MethodEntry(name, fn, description, paper, dict(defaults or {}))
-        return fn
-
-    return deco
-
-
-def get_method(name: str) -> MethodEntry:
-    from omnifuse.fuse import methods as _  # noqa: F401  (populates the registry)
-
-    if name not in METHODS:
-        raise KeyError(f"unknown fusion method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
-def build_method(name: str, info: ModelInfo, **cfg: Any) -> FusionMethod:
-    entry = get_method(name)
-    params = {**entry.defaults, **cfg}
-    return entry.build(info, **params)
+    def on_epoch_end(self, trainer: TrainerView, epoch: int) -> None:
+        """After the epoch's last training batch, before validation (TLA mining, G-Blend re-estimation)."""

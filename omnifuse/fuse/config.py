@@ -41,7 +41,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     patience: int = 5
     val_fraction: float = 0.1
-    mining_rows: int = 2048  # TLA mining subset of training rows (bounded cost)
+    mining_rows: int = 512  # TLA mining subset of training rows (bounded cost: 2^M - 1 passes per epoch)
     eval_batch_size: int = 1024
     normalize_embeddings: bool = True
     n_boot: int = 1000

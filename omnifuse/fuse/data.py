@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,15 @@ class FuseData:
             rows_t = rows_t[torch.randperm(rows_t.numel(), generator=generator)]
         for s in range(0, rows_t.numel(), batch_size):
             yield self.batch(rows_t[s:s + batch_size], normalizer)
+
+    def subset_modalities(self, names: list[str]) -> "FuseData":
+        """The same rows with only the modalities ``names`` (a unimodal model's view of the data)."""
+        idx = [self.modalities.index(n) for n in names]
+        return replace(self, modalities=list(names), kinds={n: self.kinds[n] for n in names},
+                       x={n: self.x[n] for n in names},
+                       tokens_mask={n: v for n, v in self.tokens_mask.items() if n in names},
+                       continuous={n: self.continuous.get(n) for n in names}, mask=self.mask[:, idx].clone(),
+                       natural_mask=self.natural_mask[:, idx].clone())
 
     def with_mask(self, mask: torch.Tensor) -> "FuseData":
         """The same data with another presence mask [N, M] (a subset of the natural one)."""
@@ -411,34 +420,3 @@ def simulate_missing(mask: torch.Tensor, rate: float, mode: str = "random", moda
     drop = (g.random(n) < rate) & others
     m[:, j] &= ~drop
     return torch.from_numpy(m).to(mask.device)
-
-
-def random_train_drop(mask: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Training-time modality dropout [B, M] -> [B, M]: with probability ``prob`` a row keeps a uniformly
-    chosen non-empty proper subset of its present modalities (at least one kept, at least one dropped);
-    rows with a single present modality are unchanged. For M = 3 with all present this draws the six
-    patterns of the paper's table 1."""
-    B, M = mask.shape
-    dev = mask.device
-    if M == 1 or prob <= 0:
-        return mask.clone()
-    u = torch.rand(B, generator=generator).to(dev)
-    n_present = mask.sum(1)
-    eligible = (u < prob) & (n_present >= 2)
-    # draw a random subset of the present modalities by rejection: keep each with prob 1/2, accept when
-    # it is non-empty and a proper subset; 8 rounds leave about (1/2)^8 of draws, which keep a single one
-    keep = mask.clone()
-    todo = eligible.clone()
-    for _ in range(8):
-        if not bool(todo.any()):
-            break
-        r = (torch.rand(B, M, generator=generator).to(dev) < 0.5) & mask
-        ok = todo & r.any(1) & (r.sum(1) < n_present)
-        keep[ok] = r[ok]
-        todo &= ~ok
-    if bool(todo.any()):
-        pick = torch.where(mask, torch.rand(B, M, generator=generator).to(dev), torch.full((B, M), -1.0, device=dev))
-        one = torch.zeros_like(mask)
-        one[torch.arange(B, device=dev), pick.argmax(1)] = True
-        keep[todo] = one[todo]
-    return keep

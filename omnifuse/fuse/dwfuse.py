@@ -9,45 +9,22 @@
   ``L_ens = sum_m w_m * CE(p_m, y)`` (the weight scales each row's loss);
 - eq. 13: ``L_rp = CE(o, y)``; eq. 14: ``L_DWFuse = L_ens + alpha * L_rp``.
 
-Task kinds: ``binary`` and ``multilabel`` logits [B, C] with per-label sigmoid and binary cross-entropy;
-``multiclass`` logits [B, C] with softmax and cross-entropy, labels [B] class indices.
+The heads ``g_m`` and ``g_rp`` are :func:`omnifuse.fuse.layers.mlp_head`; the cross-entropies and true-class
+probabilities are :mod:`omnifuse.fuse.layers`' (binary and multilabel: a sigmoid and binary cross-entropy per
+label; multiclass: softmax and cross-entropy, labels [B] class indices).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-
-class Head(nn.Module):
-    """A classifier head: [B, in] -> logits [B, C] (two fully connected layers)."""
-
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def probabilities(logits: torch.Tensor, task_kind: str) -> torch.Tensor:
-    """Logits [B, C] -> probabilities [B, C] (sigmoid per label, or softmax for multiclass)."""
-    return torch.softmax(logits, dim=-1) if task_kind == "multiclass" else torch.sigmoid(logits)
-
-
-def true_class_probability(logits: torch.Tensor, y: torch.Tensor, task_kind: str) -> torch.Tensor:
-    """Probability given to the true class: [B] for multiclass (y [B] indices), [B, C] per label for binary
-    and multilabel (y [B, C] 0/1: ``p`` where y = 1, ``1 - p`` where y = 0)."""
-    if task_kind == "multiclass":
-        return torch.softmax(logits, dim=-1).gather(1, y.long().view(-1, 1)).squeeze(1)
-    p = torch.sigmoid(logits)
-    return torch.where(y > 0.5, p, 1.0 - p)
+from omnifuse.fuse.layers import task_loss, true_class_probability
 
 
 def predicted_class_probability(logits: torch.Tensor, joint_logits: torch.Tensor, task_kind: str) -> torch.Tensor:
-    """As :func:`true_class_probability` with the class predicted by the joint output ``o`` in place of the
-    label (label-free, for inference)."""
+    """As :func:`omnifuse.fuse.layers.true_class_probability` (per label for binary/multilabel: [B, C];
+    multiclass [B]) with the class predicted by the joint output ``o`` [B, C] in place of the label
+    (label-free, for inference)."""
     if task_kind == "multiclass":
         yhat = joint_logits.argmax(dim=-1)
     else:
@@ -67,24 +44,6 @@ def down_weights(p_true: torch.Tensor, beta: float) -> torch.Tensor:
         return torch.exp(others * (beta / (M - 1)))
 
 
-def supervised_loss(logits: torch.Tensor, y: torch.Tensor, task_kind: str, y_mask: torch.Tensor | None = None,
-                    weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy (eq. 13 style), mean over labelled rows (and labels). ``weight`` [B] or [B, C] scales
-    each row's (label's) loss. Zero, with a graph, when no row is labelled."""
-    if task_kind == "multiclass":
-        per = F.cross_entropy(logits, y.long(), reduction="none")  # [B]
-    else:
-        per = F.binary_cross_entropy_with_logits(logits, y.float(), reduction="none")  # [B, C]
-    if weight is not None:
-        per = per * weight
-    if per.dim() == 2:
-        per = per.mean(1)
-    if y_mask is None:
-        return per.mean()
-    w = y_mask.to(per.dtype)
-    return (per * w).sum() / w.sum().clamp(min=1.0)
-
-
 def dwfuse_loss(
     per_modality_logits: list[torch.Tensor], joint_logits: torch.Tensor, y: torch.Tensor, task_kind: str,
     beta: float = 0.5, alpha: float = 0.1, y_mask: torch.Tensor | None = None,
@@ -93,8 +52,9 @@ def dwfuse_loss(
 
     ``per_modality_logits``: M tensors [B, C]; ``joint_logits`` [B, C]. Returns the loss and its terms
     (``ens``, ``rp``, and the mean weight per modality ``w`` [M])."""
-    p_true = torch.stack([true_class_probability(l.detach(), y, task_kind) for l in per_modality_logits])
+    p_true = torch.stack([true_class_probability(z.detach(), y, task_kind) for z in per_modality_logits])
     w = down_weights(p_true, beta)
-    ens = sum(supervised_loss(l, y, task_kind, y_mask, weight=w[m]) for m, l in enumerate(per_modality_logits))
-    rp = supervised_loss(joint_logits, y, task_kind, y_mask)
+    ens = sum((task_loss(z, y, task_kind, y_mask, weight=w[m]) for m, z in enumerate(per_modality_logits)),
+              joint_logits.new_zeros(()))
+    rp = task_loss(joint_logits, y, task_kind, y_mask)
     return ens + alpha * rp, {"ens": ens, "rp": rp, "w": w.reshape(w.shape[0], -1).mean(1)}

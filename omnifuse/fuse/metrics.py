@@ -16,33 +16,55 @@ import numpy as np
 from scipy.stats import rankdata
 
 
+def binary_auroc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """AUROC of every row: labels ``y`` [B, n] in {0, 1}, scores ``s`` [B, n] -> [B] (the Mann-Whitney U
+    statistic with tied ranks); NaN for a row with one class only. The one AUROC computation of omnifuse
+    (bootstrap replicates are rows)."""
+    y = np.asarray(y, dtype=np.float64)
+    r = rankdata(np.asarray(s, dtype=np.float64), axis=1)
+    n_pos = y.sum(1)
+    n_neg = y.shape[1] - n_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ((r * y).sum(1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), out, np.nan)
+
+
+def binary_ap_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Average precision of every row: ``y``, ``s`` [B, n] -> [B] (scikit-learn's step-wise definition, the
+    sum over distinct thresholds of (R_i - R_{i-1}) P_i: each positive contributes the precision at the last
+    row of its group of tied scores); NaN for a row without positives. The one AP computation of omnifuse."""
+    y = np.asarray(y, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64)
+    B, n = s.shape
+    order = np.argsort(-s, axis=1, kind="stable")
+    ss = np.take_along_axis(s, order, 1)
+    ys = np.take_along_axis(y, order, 1)
+    tp = np.cumsum(ys, axis=1)
+    is_last = np.ones((B, n), dtype=bool)
+    is_last[:, :-1] = ss[:, :-1] != ss[:, 1:]
+    last = np.where(is_last, np.arange(n)[None, :], n)
+    last = np.minimum.accumulate(last[:, ::-1], axis=1)[:, ::-1]  # index of the last row of each row's group
+    prec = np.take_along_axis(tp, last, 1) / (last + 1.0)
+    n_pos = ys.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (ys * prec).sum(1) / n_pos
+    return np.where(n_pos > 0, out, np.nan)
+
+
 def _binary_auroc(y: np.ndarray, s: np.ndarray) -> float:
-    """AUROC of scores ``s`` [N] for labels ``y`` [N] by the Mann-Whitney U statistic with tied ranks."""
-    y = np.asarray(y).astype(bool).ravel()
-    s = np.asarray(s, dtype=np.float64).ravel()
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """AUROC of scores ``s`` [N] for labels ``y`` [N]: :func:`binary_auroc_rows` of one row."""
+    y = np.asarray(y).astype(np.float64).ravel()
+    if y.size == 0:
         return float("nan")
-    r = rankdata(s)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(binary_auroc_rows(y[None, :], np.asarray(s, dtype=np.float64).ravel()[None, :])[0])
 
 
 def _binary_ap(y: np.ndarray, s: np.ndarray) -> float:
-    """Average precision: sum over distinct thresholds of (R_i - R_{i-1}) * P_i (scikit-learn's definition)."""
-    y = np.asarray(y).astype(bool).ravel()
-    s = np.asarray(s, dtype=np.float64).ravel()
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    """Average precision of scores ``s`` [N] for labels ``y`` [N]: :func:`binary_ap_rows` of one row."""
+    y = np.asarray(y).astype(np.float64).ravel()
+    if y.size == 0:
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last index of each distinct score
-    tps = np.cumsum(y)[last].astype(np.float64)
-    fps = (last + 1) - tps
-    precision = tps / (tps + fps)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(binary_ap_rows(y[None, :], np.asarray(s, dtype=np.float64).ravel()[None, :])[0])
 
 
 def _as_2d(y: np.ndarray, p: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:

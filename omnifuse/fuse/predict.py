@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from omnifuse.fuse.base import ModalityInfo, ModelInfo, build_method
+from omnifuse.fuse.base import FusionMethod, ModalityInfo, ModelInfo
 from omnifuse.fuse.data import DataError, FuseData, Normalizer, load_fuse_data
-from omnifuse.fuse.dwfuse import probabilities
+from omnifuse.fuse.layers import probabilities
+from omnifuse.fuse.methods import build_method
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu"):
+def load_model(folder: str | Path, device: str | torch.device = "cpu"
+               ) -> tuple[FusionMethod, Normalizer, dict[str, Any]]:
     """(model in eval mode, normaliser, model.json dict) from a fold folder of a run."""
     from safetensors.torch import load_file
 
@@ -72,9 +74,9 @@ def predict(run_dir: str | Path, cache: Any, out: str | Path | None = None, *, f
                 if o.per_modality_logits is not None:
                     for n, l in o.per_modality_logits.items():
                         cols.setdefault(f"p_{n}", []).append(probabilities(l, meta["task_kind"]).cpu().numpy())
-                    if hasattr(model, "label_free_weights"):
-                        for n, w in model.label_free_weights(o).items():
-                            cols.setdefault(f"weight_predicted_class_{n}", []).append(w.cpu().numpy())
+                    weights = model.label_free_weights(o)
+                    for n, w in (weights or {}).items():
+                        cols.setdefault(f"weight_predicted_class_{n}", []).append(w.cpu().numpy())
         for k, v in cols.items():
             acc[k] = acc.get(k, 0) + np.concatenate(v) / len(folders)
     res: dict[str, np.ndarray] = {"stay_id": data.stay_id}

@@ -14,12 +14,12 @@ The mined combination of each epoch is returned for logging (the "traceable" par
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 
 from omnifuse.fuse.base import Batch
+from omnifuse.fuse.layers import row_loss, task_loss
 
 
 def all_combinations(M: int) -> list[tuple[bool, ...]]:
@@ -29,13 +29,6 @@ def all_combinations(M: int) -> list[tuple[bool, ...]]:
 
 def combination_name(combo: tuple[bool, ...] | list[bool], names: list[str]) -> str:
     return "+".join(n for n, keep in zip(names, combo) if keep)
-
-
-def sample_distance(logits: torch.Tensor, y: torch.Tensor, task_kind: str) -> torch.Tensor:
-    """Sample-wise cross-entropy ``D(y_hat, y)`` [B] (multilabel: mean over labels)."""
-    if task_kind == "multiclass":
-        return F.cross_entropy(logits, y.long(), reduction="none")
-    return F.binary_cross_entropy_with_logits(logits, y.float(), reduction="none").mean(1)
 
 
 @torch.no_grad()
@@ -51,7 +44,8 @@ def mine_lazy(
     """Eq. 15: the lazy combination ``argmax_i mean_rows D(o_i, y)`` over all combinations.
 
     ``joint_logits(batch) -> o`` [B, C] (the model in eval mode); ``batches`` the mining rows (their
-    ``mask`` is what they hold). Returns the lazy combination (None when no combination had a row) and per
+    ``mask`` is what they hold). The distance ``D(o, y)`` is the sample-wise cross-entropy [B]
+    (:func:`omnifuse.fuse.layers.row_loss`; multilabel: the mean over labels). Returns the lazy combination (None when no combination had a row) and per
     combination name ``{"distance": mean CE, "n": rows}``.
 
     Fast path (same result): with ``encode(batch) -> v`` [B, M, d] (eq. 1, the true embeddings) and
@@ -77,10 +71,10 @@ def mine_lazy(
                 o = fuse(v[eligible], sub_mask)
                 y = batch.y[eligible]
             else:
-                sub = _rows(batch, eligible)
+                sub = batch.select(eligible)
                 sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
                 o, y = joint_logits(sub), sub.y
-            d = sample_distance(o, y, task_kind)
+            d = row_loss(o, y, task_kind)
             sums[i] += float(d.double().sum())
             counts[i] += int(d.numel())
     table = {}
@@ -95,14 +89,6 @@ def mine_lazy(
     return best, table
 
 
-def _rows(batch: Batch, sel: torch.Tensor) -> Batch:
-    return Batch(
-        x={k: v[sel] for k, v in batch.x.items()}, mask=batch.mask[sel], y=batch.y[sel], y_mask=batch.y_mask[sel],
-        index=batch.index[sel], tokens_mask={k: v[sel] for k, v in batch.tokens_mask.items()},
-        natural_mask=None if batch.natural_mask is None else batch.natural_mask[sel],
-    )
-
-
 def lazy_mask(mask: torch.Tensor, lazy: tuple[bool, ...] | torch.Tensor) -> torch.Tensor:
     """Eq. 16: [B, M] presence -> [B] bool, True where the row's modalities equal the lazy combination."""
     c = torch.as_tensor(lazy, dtype=torch.bool, device=mask.device)
@@ -111,8 +97,6 @@ def lazy_mask(mask: torch.Tensor, lazy: tuple[bool, ...] | torch.Tensor) -> torc
 
 def tla_loss(joint_logits: torch.Tensor, y: torch.Tensor, sel: torch.Tensor, task_kind: str,
              y_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 17: ``CE(o[mask], y[mask])``, mean over the selected labelled rows; zero (with a graph) when none."""
-    keep = sel if y_mask is None else sel & y_mask
-    d = sample_distance(joint_logits, y, task_kind)
-    w = keep.to(d.dtype)
-    return (d * w).sum() / w.sum().clamp(min=1.0)
+    """Eq. 17: ``CE(o[mask], y[mask])``, mean over the selected (``sel`` [B] bool) labelled rows; zero (with a
+    graph) when none."""
+    return task_loss(joint_logits, y, task_kind, y_mask, rows=sel)

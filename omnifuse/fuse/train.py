@@ -1,11 +1,12 @@
-"""The stage-two trainer, generic over fusion methods (the hooks of :class:`omnifuse.fuse.base.FusionMethod`).
+"""``omnifuse train``: cross-validated training and evaluation of one fusion method on a cache.
 
-``train(cache, task, method, ...)`` runs patient-grouped k-fold cross-validation (or a split stored in the
-cache): per fold a normaliser fitted on the fold's training rows, an inner validation split of those rows for
-early stopping on validation AUROC, AdamW, the best state restored, the test fold evaluated (overall, per
-modality combination, per natural presence pattern). The run folder receives ``config.json`` (resolved),
-``metrics.json``, ``predictions.csv``, ``lazy_combinations.json`` and per fold ``fold<k>/model.safetensors``
-with ``model.json`` and ``normalizer.json`` (never pickle).
+Patient-grouped k-fold cross-validation (or a split stored in the cache); every fold runs through
+:func:`omnifuse.fuse.fold.run_fold`, the same code path as every study, with the seed policy written there.
+Per fold the test rows are evaluated overall, per modality combination in both views of
+:func:`omnifuse.fuse.fold.combination_views` (``all_masked``: every test row masked down to the combination;
+``complete``: only the rows holding it) and per natural presence pattern. The run folder receives
+``config.json`` (resolved), ``metrics.json``, ``predictions.csv``, ``lazy_combinations.json`` and per fold
+``fold<k>/model.safetensors`` with ``model.json`` and ``normalizer.json`` (never pickle).
 """
 
 from __future__ import annotations
@@ -16,22 +17,19 @@ import itertools
 import json
 import logging
 import math
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from omnifuse.fuse import metrics as M
-from omnifuse.fuse.base import Batch, FusionMethod, build_method, get_method
+from omnifuse.fuse import metrics
 from omnifuse.fuse.config import TrainConfig, load_toml, resolve_config
-from omnifuse.fuse.data import (FuseData, Normalizer, inner_split, load_fuse_data, make_folds, simulate_missing,
-                                split_from_cache)
-from omnifuse.fuse.dwfuse import probabilities
+from omnifuse.fuse.data import FuseData, load_fuse_data, split_from_cache
+from omnifuse.fuse.fold import FoldPlan, FoldRun, combination_views, fold_data, make_repeated_folds, run_fold, run_seed
+from omnifuse.fuse.methods import get_method
 from omnifuse.fuse.tla import all_combinations, combination_name
+from omnifuse.utils import json_safe, make_progress
 
 log = logging.getLogger(__name__)
 
@@ -63,173 +61,44 @@ class RunResult:
         return float(np.mean(v)) if v else float("nan")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
+def _scores(y: np.ndarray, p: np.ndarray, kind: str) -> dict[str, Any]:
+    return {"n": int(len(y)), "auroc": metrics.auroc(y, p, kind), "auprc": metrics.auprc(y, p, kind)}
 
 
-def predict_probs(model: FusionMethod, data: FuseData, rows: np.ndarray, norm: Normalizer, batch_size: int,
-                  mask: torch.Tensor | None = None) -> np.ndarray:
-    """Probabilities [len(rows), C] of the fused output (eval mode, no gradient). ``mask`` [len(rows), M]
-    may remove modalities (they are then imputed by methods that impute)."""
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(rows), batch_size):
-            r = rows[s:s + batch_size]
-            b = data.batch(r, norm, None if mask is None else mask[s:s + batch_size])
-            out.append(probabilities(model(b).logits, data.task_kind).float().cpu())
-    if not out:
-        return np.zeros((0, data.num_outputs), dtype=np.float32)
-    return torch.cat(out).numpy()
-
-
-def _labels(data: FuseData, rows: np.ndarray) -> np.ndarray:
-    return data.labels_numpy(rows)
-
-
-def _score(data: FuseData, rows: np.ndarray, probs: np.ndarray) -> float:
-    return M.auroc(_labels(data, rows), probs, data.task_kind)
-
-
-class Trainer:
-    """One fold's training loop. Methods reach it in their hooks: ``epoch``, ``data``, ``train_rows``,
-    ``normalizer``, ``device``, ``mining_batches()`` (fixed bounded subset of training rows, eval batches) and
-    ``record(key, value)`` (logged per fold, e.g. TLA's lazy combination)."""
-
-    def __init__(self, model: FusionMethod, data: FuseData, train_rows: np.ndarray, val_rows: np.ndarray,
-                 normalizer: Normalizer, cfg: TrainConfig, seed: int, progress: Any = None, fold: int = 0) -> None:
-        self.model, self.data, self.cfg = model, data, cfg
-        self.train_rows, self.val_rows = train_rows, val_rows
-        self.normalizer = normalizer
-        self.device = data.device
-        self.seed = seed
-        self.fold = fold
-        self.epoch = 0
-        self.generator = torch.Generator().manual_seed(seed)
-        self.records: dict[str, list] = {}
-        self.history: list[dict[str, Any]] = []
-        self._mining: list[Batch] | None = None
-        self.progress = progress
-        rng = np.random.default_rng(seed + 17)
-        n = min(cfg.mining_rows, len(train_rows))
-        self.mining_rows = np.sort(rng.choice(train_rows, size=n, replace=False)) if n else train_rows[:0]
-
-    def record(self, key: str, value: Any) -> None:
-        self.records.setdefault(key, []).append(value)
-
-    def mining_batches(self) -> list[Batch]:
-        if self._mining is None:
-            bs = self.cfg.eval_batch_size
-            self._mining = [self.data.batch(self.mining_rows[s:s + bs], self.normalizer)
-                            for s in range(0, len(self.mining_rows), bs)]
-        return self._mining
-
-    def fit(self) -> tuple[int, float]:
-        """Train with early stopping on validation AUROC; restores the best weights. Returns (best epoch,
-        best validation AUROC)."""
-        cfg, model = self.cfg, self.model
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
-        model.on_train_start(self)
-        best_score, best_auroc, best_epoch, best_state, bad = -math.inf, math.nan, -1, None, 0
-        # a method may declare that model selection (and patience) starts later (two-stage training)
-        start = min(int(getattr(model, "selection_start_epoch", 0) or 0), max(cfg.epochs - 1, 0))
-        task = None
-        if self.progress is not None:
-            task = self.progress.add_task(f"fold {self.fold}", total=cfg.epochs, info="")
-        for epoch in range(cfg.epochs):
-            self.epoch = epoch
-            model.train()
-            model.on_epoch_start(self, epoch)
-            t0 = time.perf_counter()
-            tot, nb, term_sums = 0.0, 0, {}
-            for batch in self.data.iter_batches(self.train_rows, cfg.batch_size, self.normalizer, shuffle=True,
-                                                generator=self.generator):
-                batch = model.train_drop(batch, self.generator)
-                out = model(batch)
-                loss, terms = model.loss(batch, out)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"fold {self.fold} epoch {epoch}: non-finite loss {terms}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                model.after_backward(batch, out)
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                tot += float(loss.detach())
-                nb += 1
-                for k, v in terms.items():
-                    term_sums[k] = term_sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v)
-            model.on_epoch_end(self, epoch)
-            vp = predict_probs(model, self.data, self.val_rows, self.normalizer, cfg.eval_batch_size)
-            val_auroc = _score(self.data, self.val_rows, vp)
-            yv = _labels(self.data, self.val_rows)
-            val_brier = M.brier(yv, vp, self.data.task_kind) if len(self.val_rows) else math.nan
-            score = val_auroc if not math.isnan(val_auroc) else -val_brier
-            rec = {"epoch": epoch, "loss": tot / max(nb, 1), "val_auroc": val_auroc, "val_brier": val_brier,
-                   "seconds": time.perf_counter() - t0, **{f"loss_{k}": v / max(nb, 1) for k, v in term_sums.items()}}
-            self.history.append(rec)
-            if task is not None:
-                self.progress.update(task, advance=1, info=f"loss {rec['loss']:.4f}  val AUROC {val_auroc:.4f}")
-            if epoch < start:
-                continue  # e.g. mdrop's contrastive stage: the classifier is not trained yet, nothing to select
-            if score > best_score + 1e-6:
-                best_score, best_auroc, best_epoch, bad = score, val_auroc, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        if task is not None:
-            self.progress.update(task, completed=cfg.epochs)
-        return best_epoch, best_auroc
-
-
-def _combination_metrics(model: FusionMethod, data: FuseData, rows: np.ndarray, norm: Normalizer,
-                         cfg: TrainConfig) -> dict[str, Any]:
-    """Per modality combination: test rows holding every modality of it, masked down to it."""
-    res: dict[str, Any] = {}
-    have = data.mask[torch.as_tensor(rows, device=data.device)].cpu()
-    y = _labels(data, rows)
-    for combo in all_combinations(len(data.modalities)):
-        c = torch.tensor(combo)
-        sel = (have | ~c).all(1).numpy()
-        if not sel.any():
+def combination_metrics(run: FoldRun, modalities: list[str], combos: list[tuple[bool, ...]], kind: str,
+                        ) -> dict[str, dict[str, Any]]:
+    """Per combination, AUROC and AUPRC of its ``all_masked`` and ``complete`` views (``{name: {view: ...}}``);
+    a view without a row is left out."""
+    res: dict[str, dict[str, Any]] = {}
+    for i, combo in enumerate(combos):
+        if i not in run.combos:
             continue
-        r = rows[sel]
-        mask = c.unsqueeze(0).expand(len(r), -1).clone()
-        p = predict_probs(model, data, r, norm, cfg.eval_batch_size, mask)
-        res[combination_name(combo, data.modalities)] = {
-            "n": int(sel.sum()), "auroc": M.auroc(y[sel], p, data.task_kind), "auprc": M.auprc(y[sel], p, data.task_kind)}
+        views = combination_views(run.present, np.asarray(combo, dtype=bool), run.combos[i])
+        res[combination_name(combo, modalities)] = {
+            v: _scores(run.y[sel], run.combos[i][sel], kind) for v, sel in views.items()
+            if v != "partial" and sel.any()}
     return res
 
 
-def _pattern_metrics(data: FuseData, rows: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """Test rows grouped by the modalities they actually hold, scored as they are."""
-    have = data.mask[torch.as_tensor(rows, device=data.device)].cpu().numpy()
-    y = _labels(data, rows)
+def pattern_metrics(data: FuseData, run: FoldRun) -> dict[str, Any]:
+    """Test rows grouped by the modalities they hold, scored as they are."""
     res = {}
-    for pat in sorted({tuple(h) for h in have.tolist()}, key=lambda t: (-sum(t), t)):
-        sel = (have == np.array(pat)).all(1)
+    for pat in sorted({tuple(h) for h in run.present.tolist()}, key=lambda t: (-sum(t), t)):
+        sel = (run.present == np.array(pat)).all(1)
         name = combination_name(pat, data.modalities) or "(none)"
-        res[name] = {"n": int(sel.sum()), "auroc": M.auroc(y[sel], probs[sel], data.task_kind),
-                     "auprc": M.auprc(y[sel], probs[sel], data.task_kind)}
+        res[name] = _scores(run.y[sel], run.overall[sel], data.task_kind)
     return res
 
 
-def _save_checkpoint(model: FusionMethod, norm: Normalizer, cfg: TrainConfig, folder: Path, data: FuseData,
+def _save_checkpoint(run: FoldRun, cfg: TrainConfig, folder: Path, data: FuseData,
                      method_params: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in run.model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
-    norm.save(folder / "normalizer.json")
-    info = model.info
+    run.normalizer.save(folder / "normalizer.json")
+    info = run.model.info
     (folder / "model.json").write_text(json.dumps({
         "method": cfg.method, "method_params": method_params, "task": data.task, "task_kind": info.task_kind,
         "classes": data.classes, "num_outputs": info.num_outputs,
@@ -238,26 +107,38 @@ def _save_checkpoint(model: FusionMethod, norm: Normalizer, cfg: TrainConfig, fo
     }, indent=1))
 
 
-def _json_safe(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
-        return None
-    if isinstance(o, (np.floating, np.integer)):
-        return _json_safe(o.item())
-    return o
-
-
 def _mean_metrics(folds: list[dict[str, Any]]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for k in ("auroc", "auprc", "brier", "auroc_micro", "auprc_micro"):
         v = [f[k] for f in folds if k in f and f[k] is not None and not math.isnan(f[k])]
         if v:
             out[k] = float(np.mean(v))
             out[f"{k}_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    combos: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for f in folds:
+        for name, views in f["by_combination"].items():
+            for view, v in views.items():
+                for key in ("auroc", "auprc"):
+                    if v[key] is not None and not math.isnan(v[key]):
+                        combos.setdefault(name, {}).setdefault(view, {}).setdefault(key, []).append(v[key])
+    out["by_combination"] = {n: {view: {k: float(np.mean(x)) for k, x in d.items()} for view, d in views.items()}
+                             for n, views in combos.items()}
     return out
+
+
+def _splits(data: FuseData, cfg: TrainConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(train rows, test rows, fixed validation rows or None) per fold."""
+    if cfg.split:
+        tr, va, te = split_from_cache(data, cfg.split)
+        return [(np.concatenate([tr, va]), te, va if len(va) else None)]
+    return [(tr, te, None) for tr, te in make_repeated_folds(data, cfg.folds, 1, cfg.seed)[0]]
+
+
+def _write_run(out_dir: Path, data: FuseData, results: list[FoldResult], metrics_json: dict[str, Any]) -> None:
+    (out_dir / "metrics.json").write_text(json.dumps(metrics_json, indent=1))
+    write_predictions(out_dir / "predictions.csv", data, results)
+    lazy = {f"fold{r.fold}": r.records.get("lazy_combination", []) for r in results}
+    (out_dir / "lazy_combinations.json").write_text(json.dumps(json_safe(lazy), indent=1))
 
 
 def train(
@@ -284,76 +165,46 @@ def train(
     method_params = {**entry.defaults, **cfg.method_params}
     data = load_fuse_data(cache, cfg.task, cfg.modalities, device=cfg.device)
     cfg.modalities = list(data.modalities)
-    if cfg.missing_rate > 0:
-        # one mask for the whole run, seeded by seed and rate: every method sees the same missingness
-        data = data.with_mask(simulate_missing(data.natural_mask, cfg.missing_rate, cfg.missing_mode,
-                                               data.modalities, seed=cfg.seed * 1000 + int(round(cfg.missing_rate * 100))))
-    if cfg.split:
-        tr, va, te = split_from_cache(data, cfg.split)
-        splits = [(np.concatenate([tr, va]), te)]
-        fixed_val = va if len(va) else None
-    else:
-        splits = make_folds(data, cfg.folds, seed=cfg.seed)
-        fixed_val = None
+    combos = all_combinations(len(data.modalities))
+    combo_names = [[n for n, k in zip(data.modalities, c) if k] for c in combos]
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(
-            _json_safe({**cfg.to_json(), "method_params_resolved": method_params, "n_rows": data.n,
-                        "cache": str(cache) if isinstance(cache, (str, Path)) else None}), indent=1))
-    progress = None
-    if cfg.progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+            json_safe({**cfg.to_json(), "method_params_resolved": method_params, "n_rows": data.n,
+                       "cache": str(cache) if isinstance(cache, (str, Path)) else None}), indent=1))
+    progress = make_progress() if cfg.progress else None
+    if progress is not None:
         progress.start()
     results: list[FoldResult] = []
     try:
-        for k, (train_rows, test_rows) in enumerate(splits):
-            fseed = cfg.seed * 100 + k
-            seed_everything(fseed)
-            if fixed_val is not None:
-                inner_tr, val = np.setdiff1d(train_rows, fixed_val), fixed_val
-            else:
-                inner_tr, val = inner_split(data, train_rows, cfg.val_fraction, seed=fseed)
-            norm = Normalizer.fit(data, train_rows, embeddings=cfg.normalize_embeddings)
-            info = data.model_info(norm)
-            model = build_method(cfg.method, info, **cfg.method_params).to(data.device)
-            trainer = Trainer(model, data, inner_tr, val, norm, cfg, seed=fseed, progress=progress, fold=k)
-            best_epoch, best_val = trainer.fit()
-            probs = predict_probs(model, data, test_rows, norm, cfg.eval_batch_size)
-            y = _labels(data, test_rows)
-            fm = M.evaluate(y, probs, data.task_kind, n_boot=cfg.n_boot, seed=fseed)
-            fm["by_combination"] = _combination_metrics(model, data, test_rows, norm, cfg)
-            fm["by_pattern"] = _pattern_metrics(data, test_rows, probs)
-            fm.update({"fold": k, "best_epoch": best_epoch, "val_auroc": best_val, "n_train": int(len(inner_tr)),
-                       "n_val": int(len(val)), "n_test": int(len(test_rows))})
-            results.append(FoldResult(k, test_rows, probs, fm, best_epoch, best_val, trainer.history, trainer.records))
+        for k, (train_rows, test_rows, val_rows) in enumerate(_splits(data, cfg)):
+            fdata = fold_data(data, cfg.missing_rate, cfg.missing_mode, cfg.seed, 0, k)
+            plan = FoldPlan(cfg.method, train_rows, test_rows, seed=run_seed(cfg.seed, 0, k), fold=k,
+                            params=dict(cfg.method_params), val_rows=val_rows, combos=combo_names)
+            run = run_fold(fdata, plan, cfg, progress=progress)
+            fm = metrics.evaluate(run.y, run.overall, data.task_kind, n_boot=cfg.n_boot, seed=plan.seed)
+            fm["by_combination"] = combination_metrics(run, data.modalities, combos, data.task_kind)
+            fm["by_pattern"] = pattern_metrics(data, run)
+            fm.update({"fold": k, "best_epoch": run.best_epoch, "val_auroc": run.best_val_auroc,
+                       "n_train": run.n_train, "n_val": run.n_val, "n_test": int(len(run.test_rows))})
+            results.append(FoldResult(k, run.test_rows, run.overall, fm, run.best_epoch, run.best_val_auroc,
+                                      run.history, run.records))
             if out_dir is not None and cfg.save_checkpoints:
-                _save_checkpoint(model, norm, cfg, out_dir / f"fold{k}", data, method_params)
+                _save_checkpoint(run, cfg, out_dir / f"fold{k}", data, method_params)
     finally:
         if progress is not None:
             progress.stop()
-    metrics = {"task": data.task, "task_kind": data.task_kind, "method": cfg.method,
-               "auprc_definition": "average precision (step-wise, scikit-learn's average_precision_score)",
-               "folds": [r.metrics for r in results], "mean": _mean_metrics([r.metrics for r in results]),
-               "history": [r.history for r in results]}
-    # mean per combination over folds
-    combos: dict[str, dict[str, list]] = {}
-    for r in results:
-        for name, v in r.metrics["by_combination"].items():
-            for key in ("auroc", "auprc"):
-                if v[key] is not None and not math.isnan(v[key]):
-                    combos.setdefault(name, {}).setdefault(key, []).append(v[key])
-    metrics["mean"]["by_combination"] = {n: {k: float(np.mean(v)) for k, v in d.items()} for n, d in combos.items()}
-    metrics = _json_safe(metrics)
-    result = RunResult(out_dir, _json_safe(cfg.to_json()), metrics, results)
+    metrics_json = json_safe({
+        "task": data.task, "task_kind": data.task_kind, "method": cfg.method,
+        "auprc_definition": "average precision (step-wise, scikit-learn's average_precision_score)",
+        "combination_views": {"all_masked": "every test row, the modalities outside the combination masked",
+                              "complete": "the test rows holding every modality of the combination"},
+        "folds": [r.metrics for r in results], "mean": _mean_metrics([r.metrics for r in results]),
+        "history": [r.history for r in results]})
+    result = RunResult(out_dir, json_safe(cfg.to_json()), metrics_json, results)
     if out_dir is not None:
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        write_predictions(out_dir / "predictions.csv", data, results)
-        lazy = {f"fold{r.fold}": r.records.get("lazy_combination", []) for r in results}
-        (out_dir / "lazy_combinations.json").write_text(json.dumps(_json_safe(lazy), indent=1))
+        _write_run(out_dir, data, results, metrics_json)
     return result
 
 
@@ -409,7 +260,7 @@ def grid(
                        "test_auroc": res.metrics["mean"].get("auroc")})
     valid = [p for p in points if p["val_auroc"] is not None and not math.isnan(p["val_auroc"])]
     best = max(valid, key=lambda p: p["val_auroc"])["params"] if valid else None
-    summary = _json_safe({"best": best, "selection": "mean inner-validation AUROC over folds", "points": points})
+    summary = json_safe({"best": best, "selection": "mean inner-validation AUROC over folds", "points": points})
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "grid.json").write_text(json.dumps(summary, indent=1))
@@ -453,10 +304,17 @@ def print_results(result: RunResult | dict[str, Any], console: Any = None) -> No
     m = result.metrics if isinstance(result, RunResult) else result
     combos = m["mean"].get("by_combination") or {}
     if len(combos) > 1:
-        t = Table(title="mean over folds, per modality combination (others masked)")
+        t = Table(title="mean over folds, per modality combination (the other modalities masked)",
+                  caption="all test rows: every test row masked down to the combination (the paper's table 3); "
+                          "rows holding it: only the test rows that hold every modality of the combination")
         t.add_column("combination")
-        t.add_column("AUROC")
-        t.add_column("AUPRC (AP)")
-        for name, v in combos.items():
-            t.add_row(name, f"{v.get('auroc', float('nan')):.3f}", f"{v.get('auprc', float('nan')):.3f}")
+        for view in ("all test rows", "rows holding it"):
+            t.add_column(f"AUROC, {view}")
+            t.add_column(f"AUPRC (AP), {view}")
+        for name, views in combos.items():
+            cells = []
+            for view in ("all_masked", "complete"):
+                v = views.get(view, {})
+                cells += [f"{v.get('auroc', float('nan')):.3f}", f"{v.get('auprc', float('nan')):.3f}"]
+            t.add_row(name, *cells)
         console.print(t)

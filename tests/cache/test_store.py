@@ -31,15 +31,21 @@ from omnifuse.cache import (
 
 def _spec() -> CacheSpec:
     return CacheSpec(
-        dataset="toy", dataset_version="1",
+        dataset="toy",
+        dataset_version="1",
         modalities=[
             ModalitySpec("img", "vector", (8,), encoder="resnet34", encoder_hash="abc"),
             ModalitySpec("rep", "sequence", (5, 4), provenance_codes=["findings", "impression"]),
             ModalitySpec("ehr", "timeseries", (3, 2), dtype="float32", feature_names=["hr", "sbp"]),
         ],
-        tasks=[TaskSpec("mort", "binary", ["died"]), TaskSpec("pheno", "multilabel", ["a", "b", "c"]),
-               TaskSpec("stage", "multiclass", ["I", "II", "III"])],
-        references=["apache"], splits=["official"], license="ODbL",
+        tasks=[
+            TaskSpec("mort", "binary", ["died"]),
+            TaskSpec("pheno", "multilabel", ["a", "b", "c"]),
+            TaskSpec("stage", "multiclass", ["I", "II", "III"]),
+        ],
+        references=["apache"],
+        splits=["official"],
+        license="ODbL",
     )
 
 
@@ -59,9 +65,10 @@ def _fill(path: Path, n: int = 37, block: int = 8, seed: int = 0):
             x[0, 0, 0] = np.nan  # raw time series keep NaN as "not observed"
         truth[m.name] = (x, mask, tm, prov)
         for s, e in w.pending_blocks(m.name):
-            w.write_block(m.name, s, e, x[s:e], mask[s:e], None if tm is None else tm[s:e],
-                          None if prov is None else prov[s:e])
-    y = (rng.random(n) > 0.7)
+            w.write_block(
+                m.name, s, e, x[s:e], mask[s:e], None if tm is None else tm[s:e], None if prov is None else prov[s:e]
+            )
+    y = rng.random(n) > 0.7
     ym = rng.random(n) > 0.1
     w.write_labels("mort", y, ym)
     yp = (rng.random((n, 3)) > 0.5).astype(np.int8)
@@ -266,7 +273,7 @@ def test_sigkill_resume_loses_and_rewrites_nothing(tmp_path):
     assert 6 <= n_done < 32, "the writer should have been killed mid-run"
     first_calls = log.read_text().splitlines()
     subprocess.run([sys.executable, str(script), str(path), str(log)], check=True)
-    second_calls = log.read_text().splitlines()[len(first_calls):]
+    second_calls = log.read_text().splitlines()[len(first_calls) :]
     # resumed run encodes exactly the blocks that were not done: nothing finished is recomputed
     expected = [f"{m} {k * 4} {k * 4 + 4}" for m in ("img", "txt") for k in range(16) if not done[m][k]]
     assert second_calls == expected

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from omnifuse.experiments.runner import (DONE, StudyError, build_context, combinations_for, fold_specs, load_run,
-                                         mask_seed, resolve_method, run_all)
-from tests.experiments.conftest import TINY_OPTIONS, TINY_OVERRIDES
+                                         method_params, run_all)
+from tests.helpers import TINY_OPTIONS, TINY_OVERRIDES
 
 
 def test_combinations_for():
@@ -25,21 +25,15 @@ def test_combinations_for():
         combinations_for(names, ["a+x"])
 
 
-def test_resolve_method_variants_and_overrides():
-    assert resolve_method("dwfuse_only") == ("omnifuse", {"dwfuse": True, "tla": False, "imp_fw": False, "imp_bw": False})
-    base, p = resolve_method("dwfuse_only", {"omnifuse": {"d": 8, "tla": True}, "dwfuse_only": {"K": 2}})
-    assert base == "omnifuse" and p["d"] == 8 and p["K"] == 2 and p["tla"] is True  # overrides win, label last
-    assert resolve_method("concat", {"concat": {"d": 4}}) == ("concat", {"d": 4})
-    with pytest.raises(StudyError, match="unknown method"):
-        resolve_method("nonesuch")
-
-
-def test_mask_seed_depends_on_fold_rate_and_mode():
-    s = mask_seed(0, 0, 1, 0.3, "random")
-    assert s == mask_seed(0, 0, 1, 0.3, "random")
-    others = {mask_seed(0, 0, 2, 0.3, "random"), mask_seed(0, 0, 1, 0.4, "random"), mask_seed(0, 1, 1, 0.3, "random"),
-              mask_seed(1, 0, 1, 0.3, "random"), mask_seed(0, 0, 1, 0.3, "img")}
-    assert s not in others and len(others) == 5
+def test_method_params_of_variants_and_overrides():
+    """A variant gets the overrides of its base network, then its own (the variant's switches come from the
+    registry entry, not from the study)."""
+    assert method_params("dwfuse_only") == {}
+    p = method_params("dwfuse_only", {"omnifuse": {"d": 8, "tla": True}, "dwfuse_only": {"K": 2}})
+    assert p == {"d": 8, "tla": True, "K": 2}  # overrides win, the variant's own last
+    assert method_params("concat", {"concat": {"d": 4}}) == {"d": 4}
+    with pytest.raises(StudyError, match="unknown fusion method"):
+        method_params("nonesuch")
 
 
 def test_folds_are_patient_grouped_partitions_and_checked_on_resume(ref_cache, tmp_path):

@@ -8,7 +8,11 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from omnifuse.experiments import ablation, compare, imputation, sweep, unimodal
+from omnifuse.experiments.ablation import ablation
+from omnifuse.experiments.compare import compare
+from omnifuse.experiments.imputation import imputation
+from omnifuse.experiments.sweep import sweep
+from omnifuse.experiments.unimodal import unimodal
 from omnifuse.experiments.runner import load_run
 
 

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from omnifuse.fuse.data import (DataError, Normalizer, inner_split, load_fuse_data, make_folds, random_train_drop,
-                                simulate_missing)
+from omnifuse.fuse.data import DataError, Normalizer, inner_split, load_fuse_data, make_folds, simulate_missing
 
 
 def test_load_from_written_cache_keeps_float16(tiny_cache):
@@ -62,12 +61,3 @@ def test_simulated_missingness_rate_and_never_all():
     assert torch.equal(simulate_missing(only_b, 0.9, "b", ["a", "b", "c"]), only_b)
     with pytest.raises(DataError):
         simulate_missing(mask, 0.5, "xray", ["a", "b", "c"])
-
-
-def test_random_train_drop_draws_the_six_patterns():
-    mask = torch.ones(3000, 3, dtype=torch.bool)
-    k = random_train_drop(mask, 1.0, torch.Generator().manual_seed(0))
-    pats = {tuple(r) for r in k.int().tolist()}
-    assert len(pats) == 6 and (1, 1, 1) not in pats and (0, 0, 0) not in pats
-    single = torch.tensor([[False, True, False]])
-    assert torch.equal(random_train_drop(single, 1.0), single)

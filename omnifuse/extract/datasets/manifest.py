@@ -46,6 +46,7 @@ naming the manifest row. A missing file, an unreadable array file or an empty re
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,8 @@ import numpy as np
 
 from omnifuse.cache.schema import TaskSpec
 from omnifuse.extract.datasets.base import Cohort, Item, RawModality, Skip
-from omnifuse.extract.datasets.registry import register_adapter
+from omnifuse.extract.datasets.registry import register_dataset
+from omnifuse.options import option
 
 INPUTS = ("image", "volume", "text", "tabular", "timeseries", "vector")
 ARRAY_INPUTS = ("tabular", "timeseries", "vector")
@@ -475,7 +477,19 @@ class ManifestAdapter:
         return TaskSpec(t, kind, classes), y, mask
 
 
-@register_adapter("manifest")
-def manifest_adapter(manifest: str | Path, spec: str | Path | dict, root: str | Path | None = None) -> ManifestAdapter:
+@dataclass
+class ManifestOptions:
+    """Options of ``--dataset manifest``."""
+
+    manifest: Path | None = option(None, help="CSV or Parquet file, one row per stay.", required=True)
+    spec: Path | dict[str, Any] | None = option(None, help="TOML or YAML column spec.", required=True)
+    root: Path | None = option(None, help="Base folder of relative paths (default: the spec's root).")
+
+
+@register_dataset("manifest", description="any dataset described by a manifest file and a column spec",
+                  options=ManifestOptions, image_encoder="microsoft/resnet-34", text_encoder="bert-base-uncased",
+                  text_pooling="tokens")
+def build_manifest(opts: ManifestOptions) -> ManifestAdapter:
     """``omnifuse extract --dataset manifest --manifest FILE --spec SPEC``."""
-    return ManifestAdapter(manifest, spec, root)
+    assert opts.manifest is not None and opts.spec is not None  # required: checked by the registry
+    return ManifestAdapter(opts.manifest, opts.spec, opts.root)

@@ -1,20 +1,26 @@
-"""The fusion-method registry: importing this package registers every method module present.
+"""The fusion-method registry, full: every method module imported here, explicitly, registers its entries.
 
-OmniFuse lives here; the baselines (concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop) are added by
-their own modules and imported when their file exists.
+Entries (``omnifuse methods`` lists them): OmniFuse (``omnifuse``) with its variants (``dwfuse_only``,
+``omnifuse_no_imp``, the ablation rows ``ablation_a`` .. ``ablation_f``) and the baselines (``concat``,
+``sum``, ``se_gate``, ``gblend``, ``ogm_ge``, ``pmr``, ``medfuse``, ``mdrop``). Import the registry API from
+here: ``from omnifuse.fuse.methods import build_method, get_method, list_methods, METHODS``.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+from omnifuse.fuse.methods import concat, gblend, mdrop, medfuse, ogm_ge, omnifuse, pmr, se_gate, sum
+from omnifuse.fuse.registry import (
+                                    METHODS,
+                                    MethodEntry,
+                                    build_method,
+                                    get_method,
+                                    list_methods,
+                                    register_method,
+                                    register_variant,
+)
 
-from omnifuse.fuse.base import METHODS, build_method, get_method, register_method
+METHOD_MODULES = (omnifuse, concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop)
+"""The modules that register the entries, in the order they are imported."""
 
-METHOD_MODULES = ("omnifuse", "concat", "sum", "se_gate", "gblend", "ogm_ge", "pmr", "medfuse", "mdrop")
-
-for _name in METHOD_MODULES:
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        importlib.import_module(f"{__name__}.{_name}")
-
-__all__ = ["METHODS", "METHOD_MODULES", "build_method", "get_method", "register_method"]
+__all__ = ["METHODS", "METHOD_MODULES", "MethodEntry", "build_method", "get_method", "list_methods",
+           "register_method", "register_variant"]

@@ -1,34 +1,32 @@
 """Shared parts of the baseline fusion methods (concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop).
 
+- :func:`check_info`, :func:`check_batch`: clear errors for a problem or a batch a method cannot take;
 - :class:`EncoderBank`: one encoder ``e_m`` per modality (``omnifuse.fuse.encoders.build_encoder``), stacked
-  to ``E`` [B, M, d].
+  to ``E`` [B, M, d];
 - :class:`MissingFill`: what a missing modality's slot holds: zeros (``"zero"``) or a learned per-modality
   token (``"token"``). Either way the encoder output of a missing row never reaches the fusion, so the
-  values in a masked modality's input cannot change the prediction.
-- :func:`task_loss`, :func:`row_loss`, :func:`true_class_prob`: the supervised loss and the probability of the
-  true class for the three task kinds (binary and multilabel: sigmoid per label; multiclass: softmax).
+  values in a masked modality's input cannot change the prediction;
 - :class:`SupervisedFusion`: encoders, missing fill, a method-specific ``fuse`` and a head, trained with
-  the plain task loss (concat, sum, se_gate, medfuse derive from it).
-- :func:`iter_train_batches`: the one way methods ask the trainer for the training rows (G-Blend, PMR).
+  the plain task loss (concat, sum, se_gate, medfuse derive from it); :class:`PoolingFusion`, the same
+  when the fusion has no parameters of its own (concat, sum);
+- :func:`batches_on`: batches moved to a device (for estimates on the trainer's mining batches).
+
+Heads, losses and modality dropout are :mod:`omnifuse.fuse.layers`' (shared with OmniFuse).
 """
 
 from __future__ import annotations
 
 import abc
-
-import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo
+from omnifuse.fuse.encoders import build_encoder
+from omnifuse.fuse.layers import TASK_KINDS, mlp_head, task_loss
 
-log = logging.getLogger(__name__)
-
-TASK_KINDS = ("binary", "multilabel", "multiclass")
 MISSING_MODES = ("zero", "token")
 
 
@@ -84,8 +82,6 @@ class EncoderBank(nn.Module):
 
     def __init__(self, info: ModelInfo, d: int, encoder: dict[str, Any] | None = None) -> None:
         super().__init__()
-        from omnifuse.fuse.encoders import build_encoder
-
         self.names = list(info.names)
         self.d = int(d)
         self.encoders = nn.ModuleList([build_encoder(mi, self.d, **dict(encoder or {})) for mi in info.modalities])
@@ -117,85 +113,16 @@ class MissingFill(nn.Module):
         return torch.where(keep, E, self.token.unsqueeze(0).to(E.dtype).expand_as(E))
 
 
-def mlp_head(in_dim: int, out_dim: int, hidden: int | None = None, dropout: float = 0.1) -> nn.Module:
-    """A classifier head: Linear when ``hidden`` is falsy, else Linear-GELU-Dropout-Linear."""
-    if not hidden:
-        return nn.Linear(in_dim, out_dim)
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
-
-
-# --------------------------------------------------------------------------------------------------------
-# losses per task kind
-# --------------------------------------------------------------------------------------------------------
-def _check_targets(logits: torch.Tensor, y: torch.Tensor, kind: str) -> None:
-    if kind == "multiclass":
-        if y.dim() != 1 or y.shape[0] != logits.shape[0]:
-            raise ValueError(f"multiclass labels must be [B] class indices, got {tuple(y.shape)}")
-    elif kind in ("binary", "multilabel"):
-        if y.shape != logits.shape:
-            raise ValueError(f"{kind} labels must match logits {tuple(logits.shape)}, got {tuple(y.shape)}")
-    else:
-        raise ValueError(f"unknown task kind {kind!r}; expected one of {TASK_KINDS}")
-
-
-def row_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-row task loss [B]: cross-entropy (multiclass) or mean over labels of binary cross-entropy."""
-    _check_targets(logits, y, kind)
-    if kind == "multiclass":
-        return F.cross_entropy(logits, y.long().clamp(min=0), reduction="none")
-    return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="none").mean(dim=1)
-
-
-def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` [B] over rows where ``weight`` [B] (bool or float) is set; 0 (graph kept) if none."""
-    w = weight.to(values.dtype)
-    total = w.sum()
-    if float(total) <= 0:
-        return values.sum() * 0.0
-    return (values * w).sum() / total
-
-
-def task_loss(logits: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor, kind: str,
-              row_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean task loss over labelled rows (``y_mask``), optionally restricted/weighted by ``row_weight`` [B].
-
-    A batch without a labelled row gives a zero that keeps the graph (no NaN)."""
-    w = y_mask.to(logits.dtype)
-    if row_weight is not None:
-        w = w * row_weight.to(logits.dtype)
-    return masked_mean(row_loss(logits, y, kind), w)
-
-
-def true_class_prob(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """[B] probability the prediction gives the true class: softmax of the true class (multiclass), or
-    the mean over labels of sigmoid(z) where y = 1 and 1 - sigmoid(z) where y = 0 (binary, multilabel)."""
-    _check_targets(logits, y, kind)
-    if kind == "multiclass":
-        return torch.softmax(logits, dim=1).gather(1, y.long().clamp(min=0).unsqueeze(1)).squeeze(1)
-    p = torch.sigmoid(logits)
-    yt = y.to(p.dtype)
-    return (yt * p + (1 - yt) * (1 - p)).mean(dim=1)
-
-
-def zero_with_graph(module: nn.Module, ref: torch.Tensor | None = None) -> torch.Tensor:
-    """A scalar zero attached to the graph (so ``backward`` works when a term has no rows)."""
-    if ref is not None:
-        return ref.sum() * 0.0
-    p = next(module.parameters())
-    return p.sum() * 0.0
-
-
 # --------------------------------------------------------------------------------------------------------
 # the plain supervised family
 # --------------------------------------------------------------------------------------------------------
 class SupervisedFusion(FusionMethod):
     """Encoders, missing fill, ``fuse`` (subclass) and a head, trained with the task loss.
 
-    Subclasses set ``self.fused_dim`` before calling :meth:`_build_head` and implement
-    ``fuse(E [B, M, d], mask [B, M]) -> [B, fused_dim]``.
+    Subclasses build their fusion's own modules, then call :meth:`_build_head` with the fused width, and
+    implement ``fuse(E [B, M, d], mask [B, M]) -> [B, fused_dim]``.
     """
 
-    #: a masked modality's input values never reach the output (its slot is zero or a learned token)
     ignores_masked_inputs = True
 
     def __init__(self, info: ModelInfo, d: int, missing: str, dropout: float,
@@ -222,68 +149,30 @@ class SupervisedFusion(FusionMethod):
         return MethodOutput(logits=self.head(self.drop(h)), extra={"embeddings": E})
 
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = task_loss(out.logits, batch.y, batch.y_mask, self.info.task_kind)
+        loss = task_loss(out.logits, batch.y, self.info.task_kind, batch.y_mask)
         return loss, {"task": float(loss.detach())}
 
 
-# --------------------------------------------------------------------------------------------------------
-# the trainer, as seen by the methods
-# --------------------------------------------------------------------------------------------------------
-def iter_train_batches(trainer: Any) -> Iterable[Batch] | None:
-    """Batches of training rows, unshuffled and without simulated drops, for estimates made at an epoch's
-    start or end (G-Blend's checkpoint losses, PMR's per-epoch prototypes); ``None`` when the trainer offers
-    none (methods then fall back to statistics gathered during the epoch).
-
-    Looked up, in order: ``trainer.iter_train_batches()`` (any iterable of :class:`Batch`), then
-    ``trainer.mining_batches()`` (``omnifuse.fuse.train.Trainer``: a fixed, bounded random subset of the
-    training rows, ``TrainConfig.mining_rows``), then ``trainer.train_eval_loader``.
-    """
-    if trainer is None:
-        return None
-    for attr in ("iter_train_batches", "mining_batches"):
-        fn = getattr(trainer, attr, None)
-        if callable(fn):
-            return fn()
-    loader = getattr(trainer, "train_eval_loader", None)
-    if loader is not None:
-        return loader
-    return None
+POOLING_DEFAULTS: dict[str, Any] = {"d": 64, "missing": "zero", "hidden": 64, "dropout": 0.1, "encoder": {}}
+"""Defaults of :class:`PoolingFusion` methods: d=64, missing="zero", head hidden=64, dropout=0.1."""
 
 
-def trainer_device(trainer: Any, module: nn.Module) -> torch.device:
-    dev = getattr(trainer, "device", None)
-    if dev is not None:
-        return torch.device(dev)
-    return next(module.parameters()).device
+class PoolingFusion(SupervisedFusion):
+    """A :class:`SupervisedFusion` whose ``fuse`` has no parameters (concat, sum): the head reads
+    :meth:`fused_dim` features. Options: ``d``, ``missing`` ("zero" or "token"), ``hidden`` (head width; falsy:
+    a linear head), ``dropout``, ``encoder`` (options of ``build_encoder``)."""
+
+    def __init__(self, info: ModelInfo, d: int = 64, missing: str = "zero", hidden: int | None = 64,
+                 dropout: float = 0.1, encoder: dict[str, Any] | None = None) -> None:
+        super().__init__(info, d, missing, dropout, encoder)
+        self._build_head(self.fused_dim(), hidden, dropout)
+
+    @abc.abstractmethod
+    def fused_dim(self) -> int:
+        """The width of ``fuse``'s output."""
 
 
 def batches_on(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
+    """``batches`` moved to ``device``, one at a time."""
     for b in batches:
         yield b.to(device)
-
-
-# --------------------------------------------------------------------------------------------------------
-# modality dropout
-# --------------------------------------------------------------------------------------------------------
-def drop_modalities(mask: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random modality dropout: each present modality of each row is dropped with probability ``p``;
-    a row that would lose all its present modalities keeps one of them, chosen uniformly.
-
-    ``mask`` [B, M] bool -> [B, M] bool, a subset of ``mask``; rows with nothing present stay empty.
-    """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"drop probability must be in [0, 1], got {p}")
-    mask = mask.to(torch.bool)
-    if p == 0.0 or mask.numel() == 0:
-        return mask.clone()
-    u = torch.rand(mask.shape, generator=generator, device="cpu").to(mask.device)
-    keep = mask & (u >= p)
-    emptied = mask.any(dim=1) & ~keep.any(dim=1)
-    if bool(emptied.any()):
-        # pick one present modality uniformly: the argmax of random scores over present slots
-        r = torch.rand(mask.shape, generator=generator, device="cpu").to(mask.device)
-        r = torch.where(mask, r, torch.full_like(r, -1.0))
-        pick = torch.zeros_like(mask)
-        pick[torch.arange(mask.shape[0], device=mask.device), r.argmax(dim=1)] = True
-        keep = torch.where(emptied.unsqueeze(1), pick & mask, keep)
-    return keep

@@ -14,10 +14,11 @@ the training part ``L^T_n`` and on V ``L^V_n``; between two checkpoints n and n 
 - overfitting change ``O_k = (L^V_{n+Δ} - L^T_{n+Δ}) - (L^V_n - L^T_n)``,
 - ``w_k = (max(G_k, 0) / (O_k^2 + eps)) / Z``, normalised to sum 1. A head whose held-out loss rose gets 0;
   if every head gets 0 the previous weights stay. Initial weights are uniform (1 / K).
-Checkpoint losses: exact (eval mode, no drops) when the trainer offers the training rows
-(:func:`omnifuse.fuse.methods.common.iter_train_batches`), the first checkpoint being the untrained model at
-``on_train_start``; otherwise running means of the losses seen during the epoch's training batches (held-out
-rows are forwarded in the same batches but carry no gradient), the first checkpoint being epoch 0's means.
+Checkpoint losses: exact (eval mode, no drops) on the trainer's mining batches (``trainer.mining_batches()``,
+a fixed subset of the training rows), the first checkpoint being the untrained model at ``on_train_start``;
+when the run has no mining rows (``mining_rows=0``), running means of the losses seen during the epoch's
+training batches (held-out rows are forwarded in the same batches but carry no gradient), the first
+checkpoint being epoch 0's means.
 
 Generalisation to M: one unimodal head per modality; nothing else changes.
 Defaults: d=64, holdout=0.2, every=1, eps=1e-4, fused head hidden=64, dropout=0.1, seed=0.
@@ -31,9 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, register_method
-from omnifuse.fuse.methods.common import (EncoderBank, batches_on, check_batch, check_info, iter_train_batches,
-                                          mlp_head, row_loss, trainer_device)
+from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.layers import mlp_head, row_loss
+from omnifuse.fuse.methods.common import EncoderBank, batches_on, check_batch, check_info
+from omnifuse.fuse.registry import register_method
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ def gblend_weights(prev: torch.Tensor, now: torch.Tensor, eps: float = 1e-4
     return raw / z, G, O
 
 
+@register_method("gblend", description="Gradient-Blending: unimodal and fused heads weighted by their "
+                 "overfitting-to-generalisation ratio on held-out training rows",
+                 paper="Wang, Tran, Feiszli. What makes training multi-modal classification networks hard? "
+                       "CVPR 2020", defaults=DEFAULTS)
 class GradientBlending(FusionMethod):
     """Unimodal heads and a fused head, loss weights re-estimated from the overfitting-to-generalisation
     ratio on held-out training rows."""
@@ -143,18 +149,16 @@ class GradientBlending(FusionMethod):
 
     # ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def checkpoint_losses(self, trainer: Any) -> torch.Tensor | None:
-        """[2, K] mean losses of each head on the training part and the held-out part, evaluated in eval
-        mode over the trainer's training rows; None when the trainer offers no such batches."""
-        batches = iter_train_batches(trainer)
-        if batches is None:
+    def checkpoint_losses(self, trainer: TrainerView) -> torch.Tensor | None:
+        """[2, K] mean losses of each head on the training part and the held-out part (NaN where a head has
+        no rows), evaluated in eval mode over the trainer's mining batches; None when there are none."""
+        batches = trainer.mining_batches()
+        if not batches:
             return None
-        was_training = self.training
-        self.eval()
         k = self.info.num_modalities + 1
         tot, cnt = torch.zeros(2, k, dtype=torch.float64), torch.zeros(2, k, dtype=torch.float64)
-        try:
-            for b in batches_on(batches, trainer_device(trainer, self)):
+        with self.evaluating():
+            for b in batches_on(batches, trainer.device):
                 out = self(b)
                 L, where = self.head_row_losses(b, out)
                 held = heldout_rows(b.index, self.holdout, self.seed).to(L.device)
@@ -162,22 +166,20 @@ class GradientBlending(FusionMethod):
                     s = sel.to(torch.float64)
                     tot[r] += (L.to(torch.float64) * s).sum(dim=1).cpu()
                     cnt[r] += s.sum(dim=1).cpu()
-        finally:
-            self.train(was_training)
         return torch.where(cnt > 0, tot / cnt.clamp(min=1), torch.full_like(tot, float("nan")))
 
     def running_losses(self) -> torch.Tensor:
         return torch.where(self._cnt > 0, self._run / self._cnt.clamp(min=1),
                            torch.full_like(self._run, float("nan")))
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         self._reset_running()
         self._prev = self.checkpoint_losses(trainer)
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_start(self, trainer: TrainerView, epoch: int) -> None:
         self._reset_running()
 
-    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_end(self, trainer: TrainerView, epoch: int) -> None:
         if (int(epoch) + 1) % self.every != 0:
             return
         now = self.checkpoint_losses(trainer)
@@ -195,11 +197,3 @@ class GradientBlending(FusionMethod):
             log.info("gblend epoch %d weights %s", epoch,
                      {n: round(float(x), 4) for n, x in zip(self.head_names, self.weights)})
         self._prev = now
-
-
-@register_method("gblend", description="Gradient-Blending: unimodal and fused heads weighted by their "
-                 "overfitting-to-generalisation ratio on held-out training rows",
-                 paper="Wang, Tran, Feiszli. What makes training multi-modal classification networks hard? "
-                       "CVPR 2020", defaults=DEFAULTS)
-def gblend(info: ModelInfo, **cfg: Any) -> GradientBlending:
-    return GradientBlending(info, **cfg)

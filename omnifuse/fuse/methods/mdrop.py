@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, register_method
-from omnifuse.fuse.methods.common import (EncoderBank, check_batch, check_info, drop_modalities, mlp_head,
-                                          task_loss, zero_with_graph)
+from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.layers import drop_modalities, mlp_head, task_loss
+from omnifuse.fuse.methods.common import EncoderBank, check_batch, check_info
+from omnifuse.fuse.registry import register_method
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,10 @@ def same_label(ya: torch.Tensor, ma: torch.Tensor, yb: torch.Tensor, mb: torch.T
 # --------------------------------------------------------------------------------------------------------
 # the method
 # --------------------------------------------------------------------------------------------------------
+@register_method("mdrop", description="contrastive fusion with improved modality dropout (learnable modality "
+                 "tokens, unimodal and fused views)",
+                 paper="Gu, Saito, Ma. Learning contrastive multimodal fusion with improved modality dropout for "
+                       "disease detection and prediction. MICCAI 2025", defaults=DEFAULTS)
 class ContrastiveModalityDropout(FusionMethod):
     """One fusion transformer over M modality slots, unimodal and fused views, a contrastive stage and a
     supervised stage with modality dropout over the views."""
@@ -202,7 +207,7 @@ class ContrastiveModalityDropout(FusionMethod):
             return "joint"
         return "contrastive" if epoch < self.contrastive_epochs else "supervised"
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_start(self, trainer: TrainerView, epoch: int) -> None:
         new = self._stage_for(int(epoch))
         if new != self.stage:
             log.info("mdrop: epoch %d enters the %s stage", epoch, new)
@@ -322,7 +327,7 @@ class ContrastiveModalityDropout(FusionMethod):
         if self.training and torch.is_grad_enabled() and self.bank_size > 0:
             self._push_bank(Z.detach(), avail, batch.index, y, ym)
         if not losses:
-            return zero_with_graph(self, Z)
+            return Z.sum() * 0.0  # no pair of views: a zero that keeps the graph
         return torch.stack(losses).mean()
 
     @torch.no_grad()
@@ -347,14 +352,14 @@ class ContrastiveModalityDropout(FusionMethod):
 
     def supervised_loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
         kind = self.info.task_kind
-        fused = task_loss(out.logits, batch.y, batch.y_mask, kind)
+        fused = task_loss(out.logits, batch.y, kind, batch.y_mask)
         lab = batch.y_mask.to(torch.bool)
         distinct = out.extra["distinct"]
         uni = []
         for i in range(self.info.num_modalities):
             rows = batch.mask[:, i].to(torch.bool) & distinct & lab
             if bool(rows.any()):
-                uni.append(task_loss(out.extra["view_logits"][i], batch.y, batch.y_mask, kind, rows))
+                uni.append(task_loss(out.extra["view_logits"][i], batch.y, kind, batch.y_mask, rows=rows))
         uni_loss = torch.stack(uni).mean() if uni else None
         return fused, uni_loss
 
@@ -375,10 +380,3 @@ class ContrastiveModalityDropout(FusionMethod):
         assert total is not None
         return total, terms
 
-
-@register_method("mdrop", description="contrastive fusion with improved modality dropout (learnable modality "
-                 "tokens, unimodal and fused views)",
-                 paper="Gu, Saito, Ma. Learning contrastive multimodal fusion with improved modality dropout for "
-                       "disease detection and prediction. MICCAI 2025", defaults=DEFAULTS)
-def mdrop(info: ModelInfo, **cfg: Any) -> ContrastiveModalityDropout:
-    return ContrastiveModalityDropout(info, **cfg)

@@ -22,13 +22,17 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from omnifuse.fuse.base import ModelInfo, register_method
+from omnifuse.fuse.base import ModelInfo
 from omnifuse.fuse.methods.common import SupervisedFusion
+from omnifuse.fuse.registry import register_method
 
 DEFAULTS: dict[str, Any] = {"d": 64, "lstm_hidden": 64, "layers": 1, "missing": "token", "hidden": None,
                             "dropout": 0.1, "encoder": {}}
 
 
+@register_method("medfuse", description="LSTM over the sequence of modality embeddings (learned token if missing)",
+                 paper="Hayat, Geras, Shamout. MedFuse: multi-modal fusion with clinical time-series data and "
+                       "chest X-ray images. MLHC 2022", defaults=DEFAULTS)
 class MedFuseLSTM(SupervisedFusion):
     """LSTM over the sequence of modality embeddings [B, M, d]; the head reads the last hidden state."""
 
@@ -62,10 +66,3 @@ class MedFuseLSTM(SupervisedFusion):
         packed = pack_padded_sequence(seq, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
         return h[-1]
-
-
-@register_method("medfuse", description="LSTM over the sequence of modality embeddings (learned token if missing)",
-                 paper="Hayat, Geras, Shamout. MedFuse: multi-modal fusion with clinical time-series data and "
-                       "chest X-ray images. MLHC 2022", defaults=DEFAULTS)
-def medfuse(info: ModelInfo, **cfg: Any) -> MedFuseLSTM:
-    return MedFuseLSTM(info, **cfg)

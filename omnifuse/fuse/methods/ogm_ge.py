@@ -30,8 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, register_method
-from omnifuse.fuse.methods.common import (EncoderBank, check_batch, check_info, task_loss, true_class_prob)
+from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.layers import task_loss, true_class_probability
+from omnifuse.fuse.methods.common import EncoderBank, check_batch, check_info
+from omnifuse.fuse.registry import register_method
 
 DEFAULTS: dict[str, Any] = {"d": 64, "alpha": 0.5, "form": "shifted", "noise": True, "start_epoch": 0,
                             "end_epoch": None, "dropout": 0.1, "encoder": {}}
@@ -45,7 +47,7 @@ def modality_scores(per_modality_logits: list[torch.Tensor], y: torch.Tensor, y_
     for m, z in enumerate(per_modality_logits):
         rows = y_mask.to(torch.bool) & mask[:, m].to(torch.bool)
         if bool(rows.any()):
-            scores.append(true_class_prob(z.detach()[rows], y[rows], kind).mean())
+            scores.append(true_class_probability(z.detach()[rows], y[rows], kind, mean_labels=True).mean())
             valid.append(True)
         else:
             scores.append(torch.zeros((), device=z.device))
@@ -76,6 +78,9 @@ def ogm_coefficients(scores: torch.Tensor, valid: torch.Tensor | None = None, al
     return k, rho
 
 
+@register_method("ogm_ge", description="on-the-fly gradient modulation of each encoder plus Gaussian noise",
+                 paper="Peng, Wei, Deng, Wang, Hu. Balanced multimodal learning via on-the-fly gradient "
+                       "modulation. CVPR 2022", defaults=DEFAULTS)
 class OGMGE(FusionMethod):
     """Concatenation + linear head with per-modality gradient modulation and Gaussian noise."""
 
@@ -110,10 +115,10 @@ class OGMGE(FusionMethod):
         return MethodOutput(logits=logits, per_modality_logits=per)
 
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = task_loss(out.logits, batch.y, batch.y_mask, self.info.task_kind)
+        loss = task_loss(out.logits, batch.y, self.info.task_kind, batch.y_mask)
         return loss, {"task": float(loss.detach())}
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_start(self, trainer: TrainerView, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def modulating(self) -> bool:
@@ -146,10 +151,3 @@ class OGMGE(FusionMethod):
                     p.grad = g * km + noise
                 elif km != 1.0:
                     p.grad = g * km
-
-
-@register_method("ogm_ge", description="on-the-fly gradient modulation of each encoder plus Gaussian noise",
-                 paper="Peng, Wei, Deng, Wang, Hu. Balanced multimodal learning via on-the-fly gradient "
-                       "modulation. CVPR 2022", defaults=DEFAULTS)
-def ogm_ge(info: ModelInfo, **cfg: Any) -> OGMGE:
-    return OGMGE(info, **cfg)

@@ -8,11 +8,16 @@ K = 5, alpha = 0.1, beta = 0.5, lambda = (1, 10, 0.5). Switches for the ablation
 - ``imp_fw=False``: no CRA; missing modalities stay ``v^miss`` and ``o = g_rp(concat(v))``; this also turns
   the backward CRA off (IMP-bw needs IMP-fw), so ``L_forward = L_backward = 0``;
 - ``imp_bw=False``: no backward CRA, ``L_backward = 0``.
-The paper's row (e) of table 4 cannot be read from its text; see docs/omnifuse.md for our choice.
 
-Training drops present modalities at random (``train_drop_prob``, at least one kept, see
-:func:`omnifuse.fuse.data.random_train_drop`); only those drops enter ``L_forward``; natural gaps enter no
-imputation loss. Inference: forward imputation only, then ``o`` (the paper's figure 3b).
+Registry entries: ``omnifuse``; its variants ``dwfuse_only`` (DWFuse on, TLA and imputation off: the
+"DWFuse" row of table 3), ``omnifuse_no_imp`` (imputation off) and the rows of table 4, ``ablation_a`` to
+``ablation_f`` (:data:`ABLATION_ROWS`). The paper's row (e) cannot be read from its text; our reading is
+DWFuse + IMP-fw + IMP-bw without TLA (see :data:`ABLATION_ROWS` and docs/omnifuse.md).
+
+Training drops present modalities at random (``train_drop_prob``: a row keeps a uniformly drawn non-empty
+proper subset of its present modalities, :func:`omnifuse.fuse.layers.drop_modalities` with ``unit="row"``);
+only those drops enter ``L_forward``; natural gaps enter no imputation loss. Inference: forward imputation
+only, then ``o`` (the paper's figure 3b).
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnifuse.fuse import cra as cra_mod
-from omnifuse.fuse import dwfuse as dw
-from omnifuse.fuse import tla as tla_mod
-from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, register_method
-from omnifuse.fuse.data import random_train_drop
+from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.cra import CRA, backward_loss, forward_loss
+from omnifuse.fuse.dwfuse import down_weights, dwfuse_loss, predicted_class_probability
 from omnifuse.fuse.encoders import build_encoder
+from omnifuse.fuse.layers import drop_modalities, mlp_head, task_loss
+from omnifuse.fuse.registry import register_method, register_variant
+from omnifuse.fuse.tla import combination_name, lazy_mask, mine_lazy, tla_loss
 
 PAPER_DEFAULTS: dict[str, Any] = {
     "K": 5, "alpha": 0.1, "beta": 0.5, "lambda_backward": 1.0, "lambda_dwfuse": 10.0, "lambda_tla": 0.5,
@@ -44,6 +50,13 @@ class DroppedBatch(Batch):
     dropped: torch.Tensor | None = None
 
 
+@register_method(
+    "omnifuse",
+    description="OmniFuse: CRA forward/backward imputation, down-weighting fusion (DWFuse), traceable laziness "
+                "activation (TLA)",
+    paper="Wu et al., OmniFuse, Information Fusion 117 (2025) 102890",
+    defaults=PAPER_DEFAULTS,
+)
 class OmniFuse(FusionMethod):
     """Encoders (eq. 1), forward/backward CRA (4-8), DWFuse (9-14), TLA (15-17); objective (18).
 
@@ -74,11 +87,11 @@ class OmniFuse(FusionMethod):
                                   **({"rnn": rnn} if m.kind == "timeseries" else {}))
             for m in info.modalities
         })
-        self.cra_fw = cra_mod.CRA(M * d, K, cra_hidden, latent) if self.use_imp_fw else None
-        self.cra_bw = cra_mod.CRA(M * d, K, cra_hidden, latent) if self.use_imp_bw else None
+        self.cra_fw = CRA(M * d, K, cra_hidden, latent) if self.use_imp_fw else None
+        self.cra_bw = CRA(M * d, K, cra_hidden, latent) if self.use_imp_bw else None
         joint_in = K * latent if self.use_imp_fw else M * d
-        self.joint_head = dw.Head(joint_in, C, head_hidden, dropout)  # g_rp, eq. 11
-        self.heads = nn.ModuleDict({m.name: dw.Head(d, C, head_hidden, dropout) for m in info.modalities}) \
+        self.joint_head = mlp_head(joint_in, C, head_hidden, dropout)  # g_rp, eq. 11
+        self.heads = nn.ModuleDict({m.name: mlp_head(d, C, head_hidden, dropout) for m in info.modalities}) \
             if self.use_dwfuse else None  # g_m, eq. 9
         self.lazy: tuple[bool, ...] | None = None
         self.lazy_history: list[dict[str, Any]] = []
@@ -99,7 +112,7 @@ class OmniFuse(FusionMethod):
 
     def train_drop(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         """Random drops of present modalities (at least one kept); the pre-drop batch travels along."""
-        keep = random_train_drop(batch.mask, self.train_drop_prob, generator)
+        keep = drop_modalities(batch.mask, self.train_drop_prob, generator, unit="row")
         nb = batch.with_mask(keep)
         return DroppedBatch(x=nb.x, mask=keep, y=nb.y, y_mask=nb.y_mask, index=nb.index, tokens_mask=nb.tokens_mask,
                             natural_mask=batch.natural_mask, source=batch, dropped=batch.mask & ~keep)
@@ -108,15 +121,16 @@ class OmniFuse(FusionMethod):
     def forward(self, batch: Batch) -> MethodOutput:
         B = batch.mask.shape[0]
         mask = batch.mask
-        source = getattr(batch, "source", None)
-        if source is not None:
-            v_true = self.encode(source)  # the truth of dropped modalities
+        dropped = None
+        if isinstance(batch, DroppedBatch):
+            v_true = self.encode(batch.source)  # the truth of dropped modalities
             v_miss = self.missing_embeddings(mask.device).unsqueeze(0).expand(B, -1, -1)
             v = torch.where(mask.unsqueeze(-1), v_true, v_miss)  # eq. 2-3
+            dropped = batch.dropped
         else:
             v_true = None
             v = self.encode(batch)
-        extra: dict[str, Any] = {"v": v, "v_true": v_true, "mask": mask, "dropped": getattr(batch, "dropped", None)}
+        extra: dict[str, Any] = {"v": v, "v_true": v_true, "mask": mask, "dropped": dropped}
         if self.cra_fw is not None:
             vp_flat, latents = self.cra_fw(v.reshape(B, -1))  # eq. 4-5
             v_prime = vp_flat.view(B, self.M, self.d)
@@ -155,29 +169,29 @@ class OmniFuse(FusionMethod):
         ex = out.extra
         l_fw = l_bw = zero
         if "v_prime" in ex and ex.get("dropped") is not None and ex.get("v_true") is not None:
-            l_fw = cra_mod.forward_loss(ex["v_prime"], ex["v_true"], ex["dropped"])  # eq. 7
+            l_fw = forward_loss(ex["v_prime"], ex["v_true"], ex["dropped"])  # eq. 7
         if "v_second" in ex:
-            l_bw = cra_mod.backward_loss(ex["v_second"], ex["v"], ex["mask"])  # eq. 8
+            l_bw = backward_loss(ex["v_second"], ex["v"], ex["mask"])  # eq. 8
         terms: dict[str, float] = {}
         if out.per_modality_logits is not None:
-            l_dw, t = dw.dwfuse_loss(list(out.per_modality_logits.values()), out.logits, batch.y, kind,
-                                     self.beta, self.alpha, batch.y_mask)  # eq. 12-14
+            l_dw, t = dwfuse_loss(list(out.per_modality_logits.values()), out.logits, batch.y, kind,
+                                 self.beta, self.alpha, batch.y_mask)  # eq. 12-14
             terms["ens"], terms["rp"] = float(t["ens"].detach()), float(t["rp"].detach())
         else:
-            l_dw = dw.supervised_loss(out.logits, batch.y, kind, batch.y_mask)
+            l_dw = task_loss(out.logits, batch.y, kind, batch.y_mask)
             terms["rp"] = float(l_dw.detach())
         l_tla = zero
         if self.use_tla and self.lazy is not None:
-            sel = tla_mod.lazy_mask(batch.mask, self.lazy)  # eq. 16
-            l_tla = tla_mod.tla_loss(out.logits, batch.y, sel, kind, batch.y_mask)  # eq. 17
+            sel = lazy_mask(batch.mask, self.lazy)  # eq. 16
+            l_tla = tla_loss(out.logits, batch.y, sel, kind, batch.y_mask)  # eq. 17
             if self.tla_mask_down:
                 c = torch.as_tensor(self.lazy, dtype=torch.bool, device=batch.mask.device)
                 sup = (batch.mask | ~c).all(1) & ~sel & batch.y_mask
                 if bool(sup.any()):
-                    sub = tla_mod._rows(batch, sup)
+                    sub = batch.select(sup)
                     sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
                     n1, n2 = int(sel.sum()), int(sup.sum())
-                    l2 = tla_mod.tla_loss(self.forward(sub).logits, sub.y, torch.ones_like(sub.y_mask), kind)
+                    l2 = tla_loss(self.forward(sub).logits, sub.y, torch.ones_like(sub.y_mask), kind)
                     l_tla = (l_tla * n1 + l2 * n2) / max(n1 + n2, 1)
         l1, l2, l3 = self.lambdas
         total = l_fw + l1 * l_bw + l2 * l_dw + l3 * l_tla  # eq. 18
@@ -186,42 +200,55 @@ class OmniFuse(FusionMethod):
         return total, terms
 
     # --------------------------------------------------------------------------------------- hooks
-    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
-        """Eq. 15: mine the lazy combination on the trainer's fixed mining rows; log it."""
+    def on_epoch_end(self, trainer: TrainerView, epoch: int) -> None:
+        """Eq. 15: mine the lazy combination on the trainer's fixed mining rows; record it."""
         if not self.use_tla:
             return
-        was = self.training
-        self.eval()
-        try:
-            lazy, table = tla_mod.mine_lazy(None, trainer.mining_batches(), self.info.names, self.info.task_kind,
-                                            encode=self.encode, fuse=self.fuse_embeddings)
-        finally:
-            self.train(was)
+        with self.evaluating():
+            lazy, table = mine_lazy(None, trainer.mining_batches(), self.info.names, self.info.task_kind,
+                                    encode=self.encode, fuse=self.fuse_embeddings)
         self.lazy = lazy
-        rec = {"epoch": epoch, "lazy": None if lazy is None else tla_mod.combination_name(lazy, self.info.names),
+        rec = {"epoch": epoch, "lazy": None if lazy is None else combination_name(lazy, self.info.names),
                "distances": table}
         self.lazy_history.append(rec)
-        if hasattr(trainer, "record"):
-            trainer.record("lazy_combination", rec)
+        trainer.record("lazy_combination", rec)
 
     @torch.no_grad()
-    def label_free_weights(self, out: MethodOutput) -> dict[str, torch.Tensor]:
-        """Eq. 10 with the class predicted by ``o`` in place of the true label (inference has no label):
-        per modality [B] (binary/multiclass) or [B, C] (multilabel). Named ``weight_predicted_class``."""
+    def label_free_weights(self, out: MethodOutput) -> dict[str, torch.Tensor] | None:
+        """Eq. 10 with the class predicted by ``o`` in place of the true label (inference has no label), per
+        modality: [B, C] per label (binary, multilabel) or [B] (multiclass); None without DWFuse's heads.
+        Scoring names them ``weight_predicted_class_<modality>``."""
         if out.per_modality_logits is None:
-            return {}
+            return None
         kind = self.info.task_kind
-        p = torch.stack([dw.predicted_class_probability(l, out.logits, kind) for l in out.per_modality_logits.values()])
-        w = dw.down_weights(p, self.beta)
+        p = torch.stack([predicted_class_probability(z, out.logits, kind) for z in out.per_modality_logits.values()])
+        w = down_weights(p, self.beta)
         return {n: w[j] for j, n in enumerate(out.per_modality_logits)}
 
 
-@register_method(
-    "omnifuse",
-    description="OmniFuse: CRA forward/backward imputation, down-weighting fusion (DWFuse), traceable laziness "
-                "activation (TLA)",
-    paper="Wu et al., OmniFuse, Information Fusion 117 (2025) 102890",
-    defaults=dict(PAPER_DEFAULTS),
-)
-def omnifuse(info: ModelInfo, **cfg: Any) -> FusionMethod:
-    return OmniFuse(info, **cfg)
+# ------------------------------------------------------------------------------------------------ variants
+register_variant("dwfuse_only", "omnifuse", {"dwfuse": True, "tla": False, "imp_fw": False, "imp_bw": False},
+                 description="OmniFuse with DWFuse only (no TLA, no imputation): the DWFuse row of table 3, "
+                             "row (b) of table 4")
+register_variant("omnifuse_no_imp", "omnifuse", {"imp_fw": False, "imp_bw": False},
+                 description="OmniFuse without forward and backward imputation (DWFuse and TLA kept)")
+
+ABLATION_SWITCHES = ("dwfuse", "tla", "imp_fw", "imp_bw")
+"""The OmniFuse switches of table 4's columns (DWFuse, TLA, IMP-fw, IMP-bw)."""
+
+ABLATION_ROWS: dict[str, tuple[tuple[bool, bool, bool, bool], str]] = {
+    "a": ((False, False, False, False), "every component off: encoders, concatenation, the joint head"),
+    "b": ((True, False, False, False), "+ DWFuse (the DWFuse-only model of table 3)"),
+    "c": ((True, True, False, False), "+ TLA"),
+    "d": ((True, True, True, False), "+ forward imputation (CRA)"),
+    "e": ((True, False, True, True), "DWFuse + IMP-fw + IMP-bw, TLA off (our reading of the row)"),
+    "f": ((True, True, True, True), "everything (OmniFuse)"),
+}
+"""Table 4's rows: (switches in the order of :data:`ABLATION_SWITCHES`, reading). Row (e): the paper ticks three
+of the four components but its text loses which. IMP-bw needs IMP-fw (the backward CRA reconstructs the
+forward CRA's output) and leaving DWFuse out would break the table's cumulative reading, so (e) is (f) without
+TLA; the paper's numbers agree ((e) mostly below (d) and (f), as removing TLA lowered (c) to (b))."""
+
+for _row, (_switches, _reading) in ABLATION_ROWS.items():
+    register_variant(f"ablation_{_row}", "omnifuse", dict(zip(ABLATION_SWITCHES, _switches)),
+                     description=f"OmniFuse ablation, table 4 row ({_row}): {_reading}")

@@ -8,7 +8,8 @@ Prototypes (eq. 4): for each modality m and class k, ``c_k^m`` = the mean embedd
 training rows of class k where m is present. ``prototypes="ema"`` (default) updates them from every training
 batch, ``c <- momentum * c + (1 - momentum) * batch class mean`` (the first batch that holds a class sets its
 prototype); ``prototypes="epoch"`` recomputes exact class means at each epoch's start over the trainer's
-training rows (:func:`omnifuse.fuse.methods.common.iter_train_batches`; EMA when the trainer offers none).
+mining batches (``trainer.mining_batches()``, a fixed subset of the training rows; EMA when the run has no
+mining rows).
 Prototypes are buffers: no gradient reaches them.
 
 Prototypical cross-entropy (eq. 5-6): ``p^m_k ∝ exp(-||u_m - c^m_k|| / temperature)`` (Euclidean distance, as in
@@ -33,16 +34,18 @@ temperature=1.0, dropout=0.1.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, register_method
-from omnifuse.fuse.methods.common import (EncoderBank, batches_on, check_batch, check_info, iter_train_batches,
-                                          masked_mean, task_loss, trainer_device)
+from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.layers import masked_mean, task_loss
+from omnifuse.fuse.methods.common import EncoderBank, batches_on, check_batch, check_info
 from omnifuse.fuse.methods.ogm_ge import ogm_coefficients
+from omnifuse.fuse.registry import register_method
 
 DEFAULTS: dict[str, Any] = {"d": 64, "alpha": 1.0, "coef": "step", "mu": 0.1, "entropy_epochs": 5,
                             "prototypes": "ema", "momentum": 0.9, "temperature": 1.0, "dropout": 0.1,
@@ -63,6 +66,10 @@ def prototype_logits(u: torch.Tensor, protos: torch.Tensor, temperature: float =
     return -dist / temperature
 
 
+@register_method("pmr", description="prototypical modal rebalance: prototype cross-entropy on slow modalities, "
+                 "entropy regularisation on dominant ones early on",
+                 paper="Fan, Xu, Wang, Wang, Guo. PMR: Prototypical modal rebalance for multimodal learning. "
+                       "CVPR 2023", defaults=DEFAULTS)
 class PrototypicalRebalance(FusionMethod):
     """Concatenation + linear head, with prototype cross-entropy on slow modalities and entropy
     regularisation on dominant ones."""
@@ -129,14 +136,12 @@ class PrototypicalRebalance(FusionMethod):
             self.seen[m] |= has
 
     @torch.no_grad()
-    def set_prototypes_from(self, batches: Any, device: torch.device) -> None:
+    def set_prototypes_from(self, batches: Iterable[Batch], device: torch.device) -> None:
         """Exact class means over ``batches`` (eval mode)."""
         m_, g, k, d = self.protos.shape
         s = torch.zeros(m_, g, k, d, device=device)
         n = torch.zeros(m_, g, k, device=device)
-        was = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             for b in batches_on(batches, device):
                 U = self(b).extra["embeddings"]
                 t = label_groups(b.y, self.info.task_kind, self.info.num_outputs)
@@ -145,19 +150,17 @@ class PrototypicalRebalance(FusionMethod):
                     sm, nm = self.class_sums(U[:, m], t, rows, k)
                     s[m] += sm
                     n[m] += nm
-        finally:
-            self.train(was)
         has = n > 0
         self.protos.copy_(torch.where(has.unsqueeze(-1), s / n.clamp(min=1).unsqueeze(-1), self.protos))
         self.seen |= has
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_start(self, trainer: TrainerView, epoch: int) -> None:
         self.epoch = int(epoch)
         self._epoch_protos_done = False
         if self.proto_mode == "epoch":
-            batches = iter_train_batches(trainer)
-            if batches is not None:
-                self.set_prototypes_from(batches, trainer_device(trainer, self))
+            batches = trainer.mining_batches()
+            if batches:
+                self.set_prototypes_from(batches, trainer.device)
                 self._epoch_protos_done = True
 
     # --- loss -------------------------------------------------------------------------------------------
@@ -184,7 +187,7 @@ class PrototypicalRebalance(FusionMethod):
 
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
         U = out.extra["embeddings"]
-        ce = task_loss(out.logits, batch.y, batch.y_mask, self.info.task_kind)
+        ce = task_loss(out.logits, batch.y, self.info.task_kind, batch.y_mask)
         if self.training and torch.is_grad_enabled() and not self._epoch_protos_done:
             self.update_prototypes_ema(U, batch)
         terms = {"task": float(ce.detach())}
@@ -207,10 +210,3 @@ class PrototypicalRebalance(FusionMethod):
             terms[f"rho_{n}"] = float(rho[i])
         return total, terms
 
-
-@register_method("pmr", description="prototypical modal rebalance: prototype cross-entropy on slow modalities, "
-                 "entropy regularisation on dominant ones early on",
-                 paper="Fan, Xu, Wang, Wang, Guo. PMR: Prototypical modal rebalance for multimodal learning. "
-                       "CVPR 2023", defaults=DEFAULTS)
-def pmr(info: ModelInfo, **cfg: Any) -> PrototypicalRebalance:
-    return PrototypicalRebalance(info, **cfg)

@@ -22,13 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from omnifuse.fuse.base import ModelInfo, register_method
+from omnifuse.fuse.base import ModelInfo
 from omnifuse.fuse.methods.common import SupervisedFusion
+from omnifuse.fuse.registry import register_method
 
 DEFAULTS: dict[str, Any] = {"d": 64, "squeeze": 4, "reduction": 2, "missing": "zero", "hidden": 64,
                             "dropout": 0.1, "encoder": {}}
 
 
+@register_method("se_gate", description="squeeze-and-excitation gates over the modality embeddings",
+                 paper="Hu, Shen, Sun. Squeeze-and-excitation networks. CVPR 2018", defaults=DEFAULTS)
 class SEGateFusion(SupervisedFusion):
     """Per-modality sigmoid gates from a squeeze-excitation block, then concatenation and a head."""
 
@@ -56,9 +59,3 @@ class SEGateFusion(SupervisedFusion):
         """[B, M, d] -> [B, M*d] (gated slots, concatenated)."""
         g = self.gates(E, mask)
         return (E * g.unsqueeze(-1)).reshape(E.shape[0], -1)
-
-
-@register_method("se_gate", description="squeeze-and-excitation gates over the modality embeddings",
-                 paper="Hu, Shen, Sun. Squeeze-and-excitation networks. CVPR 2018", defaults=DEFAULTS)
-def se_gate(info: ModelInfo, **cfg: Any) -> SEGateFusion:
-    return SEGateFusion(info, **cfg)

