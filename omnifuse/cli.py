@@ -10,7 +10,8 @@ import typer
 
 from omnifuse import __version__
 from omnifuse.experiments.config import AblationConfig, CompareConfig, ImputationConfig, SweepConfig, UnimodalConfig
-from omnifuse.options import cli_options
+from omnifuse.extract.config import extract_cli_parameters
+from omnifuse.options import cli_options, with_parameters
 
 app = typer.Typer(
     name="omnifuse",
@@ -55,57 +56,23 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @app.command()
+@with_parameters(extract_cli_parameters(), config_file=True)
 def extract(
-    dataset: str = typer.Option("eicu-demo", "--dataset", "-d",
-                                help="eicu-demo (bundled), eicu, mimic or manifest."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache to write (default cache/<dataset>.zarr)."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Dataset folder (eicu, mimic; manifest: base "
-                                        "folder for relative paths)."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="manifest: CSV or Parquet, one row per stay."),
-    spec: Optional[Path] = typer.Option(None, "--spec", help="manifest: TOML or YAML column spec."),
-    cxr_root: Optional[Path] = typer.Option(None, "--cxr-root", help="mimic: MIMIC-CXR-JPG folder (MIMIC-IV only)."),
-    reports_root: Optional[Path] = typer.Option(None, "--reports-root",
-                                                help="mimic: MIMIC-CXR reports folder or zip (default --cxr-root)."),
-    task: Optional[str] = typer.Option(None, "--task", help="mimic: both (default), mortality or phenotyping."),
-    timestep: Optional[float] = typer.Option(None, "--timestep", help="mimic: EHR bin width in hours (default 2)."),
-    include_pa: bool = typer.Option(False, "--include-pa", help="mimic: accept PA views besides AP."),
-    image_encoder: str = typer.Option("microsoft/resnet-34", "--image-encoder",
-                                      help="Hub id or folder transformers loads, random:resnet34, torchvision:resnet34."),
-    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="Hub id or folder (default: minilm, the "
-                                               "bundled offline MiniLM, for eICU; bert-base-uncased otherwise)."),
-    text_pooling: Optional[str] = typer.Option(None, "--text-pooling", help="tokens (the paper; [L, H] per report), "
-                                               "mean or cls (one vector). Default mean for eICU, tokens otherwise."),
-    max_words: int = typer.Option(150, "--max-words", help="Words of each text kept (the paper: 150)."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="Token cap of the text encoder."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when present), cpu, cuda, cuda:1 ..."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on GPUs and on CPUs with "
-                                  "native bf16, else fp32), bf16 or fp32."),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N stays (a quick look)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Image decoding worker processes (default: "
-                                          "all cores of this rank but one on a GPU; none on a small CPU, where "
-                                          "two low-priority threads decode beside the encoder)."),
-    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Encode only this modality (repeat)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache of another spec."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."), **options: Any
 ) -> None:
     """Stage one: run the frozen encoders once and write the feature cache.
 
-    Resumable: run the same command again after an interruption and it continues where it stopped.
-    Under `torchrun --nproc-per-node N omnifuse extract ...` each rank encodes its own blocks of one store.
+    Every option (ExtractConfig and each dataset's own) can also stand in a TOML file given with --config;
+    flags override it, and the resolved configuration is saved in the cache. Resumable: run the same command
+    again after an interruption and it continues where it stopped. Under `torchrun --nproc-per-node N
+    omnifuse extract ...` each rank encodes its own blocks of one store.
     """
     from omnifuse.cache import CacheError
     from omnifuse.extract.run import extract_dataset
 
     _setup_logging(verbose)
     try:
-        summary = extract_dataset(
-            dataset, out, root=root, manifest=manifest, spec=spec, cxr_root=cxr_root, reports_root=reports_root,
-            task=task, timestep=timestep, include_pa=include_pa, image_encoder=image_encoder,
-            text_encoder=text_encoder, text_pooling=text_pooling, max_words=max_words, max_tokens=max_tokens,
-            device=device, precision=precision, batch_size=batch_size, limit=limit, num_workers=workers,
-            modalities=modality, overwrite=overwrite,
-        )
+        summary = extract_dataset(config=options.pop("config"), **options)
     except (CacheError, ValueError, FileNotFoundError) as e:
         _fail(e)
     from rich.console import Console
@@ -351,7 +318,7 @@ def experiment_imputation(cache: Path = _CACHE, option: Optional[list[str]] = _O
 
 @app.command()
 def encoders(
-    family: Optional[str] = typer.Option(None, "--family", help="Only this family: image, text or volume."),
+    family: str | None = typer.Option(None, "--family", help="Only this family: image, text or volume."),
 ) -> None:
     """List the registered stage-one encoders: name, aliases, family, source, output shape and licence.
 

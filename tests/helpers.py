@@ -7,6 +7,7 @@
   label, valid on about 70 % of rows).
 - ``FAST``: small, fast ``train`` options; ``TINY_OVERRIDES`` / ``TINY_OPTIONS``: tiny method parameters and
   training options for studies.
+- ``FakeTrainer``: what a fusion method's hooks see of the trainer (``TrainerView``), with fixed batches.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from omnifuse.cache.reader import CacheData, LabelData, ModalityData
 from omnifuse.cache.schema import CacheSpec, ModalitySpec, TaskSpec
+from omnifuse.fuse.base import Batch
 
 DEFAULT_KINDS = {"img": ("vector", (12,)), "rep": ("sequence", (6, 8)), "ehr": ("timeseries", (5, 4))}
 
@@ -152,3 +155,23 @@ def write_cache_with_reference(path: Path, n: int = 150, seed: int = 0) -> Path:
         return {"score": (s.astype(np.float32), rng.random(n) < 0.7)}
 
     return write_synthetic_cache(path, references=score, n=n, seed=seed)
+
+
+class FakeTrainer:
+    """A stand-in for ``omnifuse.fuse.trainer.Trainer`` as the fusion methods see it
+    (:class:`omnifuse.fuse.base.TrainerView`): fixed mining batches, records kept per key."""
+
+    def __init__(self, batches: list[Batch] | None = None, *, fold: int = 0, seed: int = 0) -> None:
+        self._batches = list(batches or [])
+        self.epoch, self.fold, self.seed = 0, fold, seed
+        self.device = torch.device("cpu")
+        self.train_rows = np.concatenate([b.index.numpy() for b in self._batches]) if self._batches \
+            else np.zeros(0, dtype=np.int64)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.records: dict[str, list[object]] = {}
+
+    def mining_batches(self) -> list[Batch]:
+        return self._batches
+
+    def record(self, key: str, value: object) -> None:
+        self.records.setdefault(key, []).append(value)

@@ -300,7 +300,8 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
         **{f"combo{i}": p for i, p in run.combos.items()}}
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / "predictions.npz", **arrays)
-    rec = {"spec": spec.to_json(), "best_epoch": run.best_epoch, "best_val_auroc": run.best_val_auroc,
+    rec = {"spec": spec.to_json(), "method_params": {**get_method(spec.method).defaults, **spec.method_params},
+           "best_epoch": run.best_epoch, "best_val_auroc": run.best_val_auroc,
            "n_train": run.n_train, "n_val": run.n_val, "n_test": int(len(test_rows)),
            "mask_digest": mask_digest(base.mask), "seconds": time.perf_counter() - t0,
            "cpu_seconds": time.process_time() - c0, "threads": torch.get_num_threads(),

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from omnifuse.cache import CacheError, CacheSpec, CacheWriter, ModalitySpec
 from omnifuse.extract.datasets.base import Adapter, Cohort, Item, RawModality, Skip
 from omnifuse.extract.distributed import DistContext, init_distributed
+from omnifuse.extract.config import ExtractConfig
 from omnifuse.extract.encoders import (
-    DEFAULT_IMAGE_ENCODER,
-    DEFAULT_TEXT_ENCODER,
+    FrozenEncoder,
     ImageEncoder,
     TextEncoder,
     VolumeEncoder,
@@ -39,6 +39,7 @@ from omnifuse.extract.encoders import (
     resolve_device,
 )
 from omnifuse.extract.images import ImagePreprocess, InputError, load_image
+from omnifuse.options import resolve, to_json
 
 log = logging.getLogger(__name__)
 
@@ -517,119 +518,155 @@ def _open_or_create(
     return writer, existed
 
 
+def _resolve_config(
+    adapter: Adapter, out: str | Path | None, config: ExtractConfig | None, overrides: dict[str, Any]
+) -> tuple[ExtractConfig, dict[str, Any]]:
+    """The configuration of one run and the built encoders among the overrides (recorded by name)."""
+    built = {k: overrides[k] for k in ("image_encoder", "text_encoder") if isinstance(overrides.get(k), FrozenEncoder)}
+    given = {**overrides, **{k: enc.name for k, enc in built.items()}}
+    if config is None and "dataset" not in given:
+        given["dataset"] = adapter.name  # recorded as the adapter's own name
+    cfg = resolve(ExtractConfig, config, out=out, **given)
+    if cfg.out is None:
+        raise ValueError("no output path: give out (the cache to write)")
+    return cfg, built
+
+
+def _build_encoders(
+    cfg: ExtractConfig, kinds: set[str], dev: torch.device, built: dict[str, Any]
+) -> tuple[ImageEncoder | None, TextEncoder | None, VolumeEncoder | None]:
+    """The encoders the modalities' ``kinds`` need: the built ones given, else built from the config."""
+    img: ImageEncoder | None = built.get("image_encoder")
+    txt: TextEncoder | None = built.get("text_encoder")
+    if img is None and kinds & {"image", "volume"}:
+        if cfg.image_encoder is None:
+            raise ValueError("image_encoder is not set (extract_dataset takes the dataset's default)")
+        img = build_image_encoder(cfg.image_encoder, device=dev, precision=cfg.precision)
+    if txt is None and "text" in kinds:
+        if cfg.text_encoder is None or cfg.text_pooling is None:
+            raise ValueError("text_encoder and text_pooling must be set (extract_dataset takes the dataset's)")
+        txt = build_text_encoder(cfg.text_encoder, pooling=cfg.text_pooling, max_words=cfg.max_words,
+                                 max_tokens=cfg.max_tokens, device=dev, precision=cfg.precision)
+    vol = build_volume_encoder(img, max_slices=cfg.max_slices, pooling=cfg.volume_pooling,
+                               window=cfg.volume_window) if "volume" in kinds else None
+    return img, txt, vol
+
+
+def _available(adapter: Adapter, dist: DistContext) -> tuple[list[RawModality], list[RawModality], dict[str, str]]:
+    """All the adapter's modalities, those with a source, and why the others have none (said once)."""
+    raws_all = adapter.modalities()
+    absent = {r.name: r.absent_reason or "source not available" for r in raws_all if not r.available}
+    raws = [r for r in raws_all if r.available]
+    if not raws:
+        raise ValueError(f"{adapter.name}: no modality has a source ({absent})")
+    for name, why in absent.items():
+        if dist.is_main:
+            log.warning("%s: %s; missing for every stay, not stored in the cache", name, why)
+    return raws_all, raws, absent
+
+
 def extract(
-    adapter: Adapter,
-    out: str | Path,
-    *,
-    image_encoder: str | ImageEncoder = DEFAULT_IMAGE_ENCODER,
-    text_encoder: str | TextEncoder = DEFAULT_TEXT_ENCODER,
-    text_pooling: str = "tokens",
-    max_words: int = 150,
-    max_tokens: int = 256,
-    volume_pooling: str = "slices",
-    max_slices: int = 64,
-    volume_window: tuple[float, float] | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int = 32,
-    limit: int | None = None,
-    num_workers: int | None = None,
-    decode_threads: int | None = None,
-    modalities: list[str] | None = None,
-    overwrite: bool = False,
-    rows_per_block: int | dict[str, int] | None = None,
-    progress: bool = True,
+    adapter: Adapter, out: str | Path | None = None, config: ExtractConfig | None = None, **overrides: Any
 ) -> ExtractSummary:
     """Encode every modality of ``adapter`` into the cache at ``out``; resumes a store with the same spec.
 
-    ``image_encoder``/``text_encoder``: a name (see ``encoders``) or a built encoder (then ``device``,
-    ``precision``, ``text_pooling``, ``max_words`` and ``max_tokens`` are the encoder's own).
+    ``config``: an ``ExtractConfig`` (``omnifuse.extract.config``); ``overrides`` are its fields (tests and
+    benchmarks: ``extract(adapter, out, image_encoder=..., batch_size=2)``). ``image_encoder`` and
+    ``text_encoder`` may also be built encoders (then ``device``, ``precision``, ``text_pooling``,
+    ``max_words`` and ``max_tokens`` are the encoder's own; the configuration records their names).
     ``limit``: only the first ``limit`` rows. ``modalities``: encode only these (the store still has all; a
     later run without the option completes it). Under torchrun each rank encodes its own blocks.
     ``num_workers``: image/volume decoding processes (default ``default_num_workers``: several on a GPU,
     none on a small CPU); with none, ``decode_threads`` background threads at the lowest priority decode
-    ahead of the encoder (default ``DECODE_THREADS``; 0 decodes inline, between forwards).
+    ahead of the encoder (default ``DECODE_THREADS``; 0 decodes inline, between forwards). The resolved
+    configuration is saved with the finished store (``summary.extract_config``).
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    dev = resolve_device(device)
+    cfg, built = _resolve_config(adapter, out, config, overrides)
+    dev = resolve_device(cfg.device)
     dist = init_distributed(dev)
     try:
         cohort = adapter.cohort()
-        if limit is not None:
-            if limit < 1:
-                raise ValueError(f"limit must be at least 1, got {limit}")
-            cohort = _limit_cohort(cohort, limit)
-        raws_all = adapter.modalities()
-        absent = {r.name: r.absent_reason or "source not available" for r in raws_all if not r.available}
-        raws = [r for r in raws_all if r.available]
-        if not raws:
-            raise ValueError(f"{adapter.name}: no modality has a source ({absent})")
-        for name, why in absent.items():
-            if dist.is_main:
-                log.warning("%s: %s; missing for every stay, not stored in the cache", name, why)
-        kinds = {r.input for r in raws}
-        img = txt = None
-        if kinds & {"image", "volume"}:
-            img = image_encoder if isinstance(image_encoder, ImageEncoder) else build_image_encoder(
-                image_encoder, device=dev, precision=precision)
-        if "text" in kinds:
-            txt = text_encoder if isinstance(text_encoder, TextEncoder) else build_text_encoder(
-                text_encoder, pooling=text_pooling, max_words=max_words, max_tokens=max_tokens, device=dev,
-                precision=precision)
-        vol = build_volume_encoder(img, max_slices=max_slices, pooling=volume_pooling, window=volume_window) if (
-            "volume" in kinds) else None
-        encs: dict[str, Any] = {}
-        for r in raws:
-            encs[r.name] = {"image": img, "text": txt, "volume": vol, "array": None}[r.input]
+        if cfg.limit is not None:
+            cohort = _limit_cohort(cohort, cfg.limit)
+        raws_all, raws, absent = _available(adapter, dist)
+        img, txt, vol = _build_encoders(cfg, {r.input for r in raws}, dev, built)
+        encs = {r.name: {"image": img, "text": txt, "volume": vol, "array": None}[r.input] for r in raws}
         spec = build_spec(adapter, cohort, raws, encs)
         if absent:
             spec.extra["absent_modalities"] = absent
-        writer, existed = _open_or_create(dist, out, spec, cohort, overwrite, rows_per_block)
-        workers = default_num_workers(dev) if num_workers is None else int(num_workers)
-        threads = DECODE_THREADS if decode_threads is None else int(decode_threads)
-        selected = [r for r in raws if modalities is None or r.name in modalities]
-        if modalities is not None:
-            unknown = set(modalities) - {r.name for r in raws_all}
+        assert cfg.out is not None
+        writer, existed = _open_or_create(dist, Path(cfg.out), spec, cohort, cfg.overwrite, cfg.rows_per_block)
+        if cfg.modalities is not None:
+            unknown = set(cfg.modalities) - {r.name for r in raws_all}
             if unknown:
                 raise ValueError(f"unknown modalities {sorted(unknown)}; the adapter has {[r.name for r in raws]}")
-        reports: dict[str, ModalityReport] = {}
-        show = progress and dist.is_main
+        selected = [r for r in raws if cfg.modalities is None or r.name in cfg.modalities]
+        encoders = _Encoders(img, txt, vol, cfg.batch_size,
+                             default_num_workers(dev) if cfg.num_workers is None else cfg.num_workers,
+                             DECODE_THREADS if cfg.decode_threads is None else cfg.decode_threads)
+        show = cfg.progress and dist.is_main
         prog = _make_progress() if show else None
         run = _Run(writer, cohort.stay_id, prog, show)
         with prog if prog is not None else _nullcontext():
-            for r in selected:
-                mspec = spec.modality(r.name)
-                rep = ModalityReport(name=r.name, input=r.input, kind=mspec.kind, shape=mspec.shape)
-                reports[r.name] = rep
-                nblocks = len(writer.done_blocks(r.name))
-                rep.blocks_already_done = int(writer.done_blocks(r.name).sum())
-                pending = writer.pending_blocks(r.name, dist.rank, dist.world_size)
-                task = prog.add_task(f"{r.name} ({r.input})", total=None) if show else None
-                t1 = time.perf_counter()
-                if pending:
-                    if r.input == "array":
-                        _run_arrays(run, adapter, mspec, pending, rep, task)
-                    elif r.input == "text":
-                        _run_text(run, adapter, mspec, pending, rep, task, txt, batch_size)
-                    else:
-                        _run_files(run, adapter, mspec, pending, rep, task, img, vol if r.input == "volume"
-                                   else None, batch_size, workers, threads)
-                rep.seconds = time.perf_counter() - t1
-                if show:
-                    prog.update(task, total=prog.tasks[task].completed or 0)
-                log.info("%s: %d of %d blocks written by rank %d", r.name, rep.blocks_written, nblocks, dist.rank)
-        summary = _finish(dist, writer, reports, existed, modalities is None)
+            reports = {
+                r.name: _encode_modality(run, adapter, spec.modality(r.name), r, encoders, dist) for r in selected
+            }
+        summary = _finish(dist, writer, reports, existed, cfg.modalities is None, to_json(cfg))
         summary.seconds = time.perf_counter() - t0
         return summary
     finally:
         dist.close()
 
 
+@dataclass
+class _Encoders:
+    """What encoding a modality needs besides its blocks: the encoders and the batching and decoding."""
+
+    image: ImageEncoder | None
+    text: TextEncoder | None
+    volume: VolumeEncoder | None
+    batch_size: int
+    workers: int
+    threads: int
+
+
+def _encode_modality(
+    run: _Run, adapter: Adapter, mspec: ModalitySpec, raw: RawModality, enc: _Encoders, dist: DistContext
+) -> ModalityReport:
+    """Encode and write this rank's pending blocks of one modality; its report for this run."""
+    writer, prog = run.writer, run.progress
+    rep = ModalityReport(name=raw.name, input=raw.input, kind=mspec.kind, shape=mspec.shape)
+    nblocks = len(writer.done_blocks(raw.name))
+    rep.blocks_already_done = int(writer.done_blocks(raw.name).sum())
+    pending = writer.pending_blocks(raw.name, dist.rank, dist.world_size)
+    task = prog.add_task(f"{raw.name} ({raw.input})", total=None) if run.show else None
+    t1 = time.perf_counter()
+    if pending:
+        if raw.input == "array":
+            _run_arrays(run, adapter, mspec, pending, rep, task)
+        elif raw.input == "text":
+            _run_text(run, adapter, mspec, pending, rep, task, enc.text, enc.batch_size)
+        else:
+            _run_files(run, adapter, mspec, pending, rep, task, enc.image, enc.volume if raw.input == "volume"
+                       else None, enc.batch_size, enc.workers, enc.threads)
+    rep.seconds = time.perf_counter() - t1
+    if run.show:
+        prog.update(task, total=prog.tasks[task].completed or 0)
+    log.info("%s: %d of %d blocks written by rank %d", raw.name, rep.blocks_written, nblocks, dist.rank)
+    return rep
+
+
 def _finish(
-    dist: DistContext, writer: CacheWriter, reports: dict[str, ModalityReport], existed: bool, complete: bool
+    dist: DistContext,
+    writer: CacheWriter,
+    reports: dict[str, ModalityReport],
+    existed: bool,
+    complete: bool,
+    config: dict[str, Any],
 ) -> ExtractSummary:
-    """Gather the ranks' reports, count coverage from the store, and finalise it (rank 0)."""
+    """Gather the ranks' reports, count coverage from the store, and finalise it (rank 0) with the run's
+    summary and its configuration ``config`` (JSON)."""
     dist.barrier()
     gathered = dist.gather(reports)
     merged: dict[str, ModalityReport] = {}
@@ -655,7 +692,7 @@ def _finish(
     all_done = all(writer.done_blocks(ms.name).all() for ms in writer.spec.modalities)
     if dist.is_main and complete and all_done:
         summ = ExtractSummary(writer.path, writer.n, merged, existed, True, dist.world_size)
-        writer.finalize(extra={"extract": summ.to_json()})
+        writer.finalize(extra={"extract": summ.to_json(), "extract_config": config})
         finalized = True
     dist.barrier()
     return ExtractSummary(writer.path, writer.n, merged, existed, finalized, dist.world_size)

@@ -25,10 +25,7 @@ def predicted_class_probability(logits: torch.Tensor, joint_logits: torch.Tensor
     """As :func:`omnifuse.fuse.layers.true_class_probability` (per label for binary/multilabel: [B, C];
     multiclass [B]) with the class predicted by the joint output ``o`` [B, C] in place of the label
     (label-free, for inference)."""
-    if task_kind == "multiclass":
-        yhat = joint_logits.argmax(dim=-1)
-    else:
-        yhat = (joint_logits > 0).float()
+    yhat = joint_logits.argmax(dim=-1) if task_kind == "multiclass" else (joint_logits > 0).float()
     return true_class_probability(logits, yhat, task_kind)
 
 

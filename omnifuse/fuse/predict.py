@@ -72,8 +72,8 @@ def predict(run_dir: str | Path, cache: Any, out: str | Path | None = None, *, f
                 o = model(b)
                 cols.setdefault("score", []).append(probabilities(o.logits, meta["task_kind"]).cpu().numpy())
                 if o.per_modality_logits is not None:
-                    for n, l in o.per_modality_logits.items():
-                        cols.setdefault(f"p_{n}", []).append(probabilities(l, meta["task_kind"]).cpu().numpy())
+                    for n, z in o.per_modality_logits.items():
+                        cols.setdefault(f"p_{n}", []).append(probabilities(z, meta["task_kind"]).cpu().numpy())
                     weights = model.label_free_weights(o)
                     for n, w in (weights or {}).items():
                         cols.setdefault(f"weight_predicted_class_{n}", []).append(w.cpu().numpy())

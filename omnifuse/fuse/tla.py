@@ -28,7 +28,7 @@ def all_combinations(M: int) -> list[tuple[bool, ...]]:
 
 
 def combination_name(combo: tuple[bool, ...] | list[bool], names: list[str]) -> str:
-    return "+".join(n for n, keep in zip(names, combo) if keep)
+    return "+".join(n for n, keep in zip(names, combo, strict=True) if keep)
 
 
 @torch.no_grad()
@@ -45,8 +45,8 @@ def mine_lazy(
 
     ``joint_logits(batch) -> o`` [B, C] (the model in eval mode); ``batches`` the mining rows (their
     ``mask`` is what they hold). The distance ``D(o, y)`` is the sample-wise cross-entropy [B]
-    (:func:`omnifuse.fuse.layers.row_loss`; multilabel: the mean over labels). Returns the lazy combination (None when no combination had a row) and per
-    combination name ``{"distance": mean CE, "n": rows}``.
+    (:func:`omnifuse.fuse.layers.row_loss`; multilabel: the mean over labels). Returns the lazy combination
+    (None when no combination had a row) and per combination name ``{"distance": mean CE, "n": rows}``.
 
     Fast path (same result): with ``encode(batch) -> v`` [B, M, d] (eq. 1, the true embeddings) and
     ``fuse(v, mask) -> o`` (eq. 2-5 and 11 from embeddings and a presence mask), each batch is encoded once

@@ -220,7 +220,7 @@ def write_predictions(path: Path, data: FuseData, results: list[FoldResult]) -> 
         w = csv.writer(f)
         w.writerow(["stay_id", "fold", *lab_cols, *score_cols])
         for r in results:
-            y = _labels(data, r.test_rows)
+            y = data.labels_numpy(r.test_rows)
             for i, row in enumerate(r.test_rows):
                 labs = [int(y[i])] if data.task_kind == "multiclass" else [int(v) for v in y[i][:C]]
                 w.writerow([int(data.stay_id[row]), r.fold, *labs, *(f"{p:.6g}" for p in r.probs[i])])

@@ -37,7 +37,8 @@ def test_compare_end_to_end(ref_cache, tmp_path, tiny):
         assert (out / f).exists(), f
     _png(out / "reliability.png")
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["methods"] == methods and cfg["folds"] == 3 and cfg["train"]["epochs"] == 2
+    assert cfg["methods"] == methods and cfg["config"]["folds"] == 3 and cfg["train"]["epochs"] == 2
+    assert cfg["config"]["methods"] == methods  # the configuration as given, reusable with --config
     assert cfg["combinations"] == ["img+rep+ehr", "img", "rep", "ehr"]
     folds = json.loads((out / "folds.json").read_text())["repeats"][0]
 
@@ -127,11 +128,12 @@ def test_ablation_rows(ref_cache, tmp_path, tiny):
     r = ablation(ref_cache, "mortality", rows=["a", "e", "f"], folds=2, out=out, n_boot=0, **tiny)
     assert r.runs_trained == 6
     _, run = load_run(out / "runs" / "ablation_e" / "rate0_random" / "r0f0")
-    p = run["spec"]["params"]
+    p = run["method_params"]  # resolved: the registry entry's switches, then the study's overrides
+    assert run["spec"]["method"] == "ablation_e"
     assert (p["dwfuse"], p["tla"], p["imp_fw"], p["imp_bw"]) == (True, False, True, True)
     assert p["d"] == 8  # the omnifuse overrides reach every row
     _, run = load_run(out / "runs" / "ablation_a" / "rate0_random" / "r0f0")
-    assert not any(run["spec"]["params"][k] for k in ("dwfuse", "tla", "imp_fw", "imp_bw"))
+    assert not any(run["method_params"][k] for k in ("dwfuse", "tla", "imp_fw", "imp_bw"))
     cfg = json.loads((out / "config.json").read_text())
     assert "IMP-bw needs IMP-fw" in cfg["row_e_reading"]
     md = (out / "results.md").read_text()

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from omnifuse.extract.datasets.base import Adapter, Item
 from omnifuse.extract.datasets.eicu import EicuAdapter, EicuDataError, EicuDemoAdapter, demo_root
-from omnifuse.extract.datasets.eicu_vars import URINE_LABELS, URINE_PATH_PREFIX
+from omnifuse.extract.datasets.eicu.variables import URINE_LABELS, URINE_PATH_PREFIX
 from omnifuse.extract.datasets.registry import build_adapter
 
 DEMO = demo_root()
@@ -65,10 +65,13 @@ def test_registry_and_protocol(demo):
     assert demo.name == "eicu-demo" and demo.version == "2.0.1"
     full = build_adapter("eicu", root=str(DEMO))
     assert isinstance(full, EicuAdapter) and full.name == "eicu"
-    with pytest.raises(EicuDataError, match="--root"):
+    with pytest.raises(ValueError, match="--dataset eicu needs --root"):
         build_adapter("eicu")
-    with pytest.raises(EicuDataError, match="bundled"):
+    with pytest.raises(ValueError, match="--dataset eicu-demo does not use --root"):
         build_adapter("eicu-demo", root="/somewhere")
+    with pytest.raises(EicuDataError, match="bundled copy"):  # the class itself, outside the registry
+        EicuDemoAdapter(root="/somewhere")
+    assert build_adapter("eicu-demo", pre_admission_text=True).options()["pre_admission_text"] is True
 
 
 def test_bundled_copy_has_licence_and_checksums():

@@ -10,11 +10,11 @@ import pytest
 
 from omnifuse.extract.datasets.base import Item, Skip
 from omnifuse.extract.datasets.manifest import ManifestAdapter, ManifestError
-from omnifuse.extract.datasets.registry import build_adapter, list_adapters
+from omnifuse.extract.datasets.registry import build_adapter, list_datasets
 
 
 def test_registry_builds_manifest(toy):
-    assert "manifest" in list_adapters()
+    assert "manifest" in list_datasets()
     a = build_adapter("manifest", manifest=toy["manifest"], spec=toy["spec"])
     assert isinstance(a, ManifestAdapter) and a.name == "toy" and a.version == "0.1"
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):

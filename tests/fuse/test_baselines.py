@@ -6,18 +6,19 @@ trainer on a synthetic cache."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from omnifuse.fuse.base import Batch, MethodOutput, ModalityInfo, ModelInfo, build_method
-from omnifuse.fuse.methods.common import drop_modalities, true_class_prob
+from omnifuse.fuse.base import Batch, MethodOutput, ModalityInfo, ModelInfo
+from omnifuse.fuse.layers import drop_modalities, true_class_probability
+from omnifuse.fuse.methods import build_method
 from omnifuse.fuse.methods.gblend import gblend_weights, heldout_rows
 from omnifuse.fuse.methods.mdrop import info_nce, sigmoid_contrastive
 from omnifuse.fuse.methods.ogm_ge import modality_scores, ogm_coefficients
 from omnifuse.fuse.methods.pmr import prototype_logits
+from omnifuse.fuse.train import train
+from tests.helpers import FakeTrainer, synthetic_cache_data
 
 TWO = [ModalityInfo("a", "vector", (6,)), ModalityInfo("b", "vector", (6,))]
 
@@ -56,11 +57,11 @@ def test_ogm_coefficients_two_and_three_modalities() -> None:
         ogm_coefficients(torch.ones(2), form="nope")
 
 
-def test_true_class_prob_per_kind() -> None:
+def test_true_class_probability_per_kind() -> None:
     z = torch.tensor([[2.0, -1.0]])
-    p = true_class_prob(z, torch.tensor([[1.0, 0.0]]), "multilabel")
+    p = true_class_probability(z, torch.tensor([[1.0, 0.0]]), "multilabel", mean_labels=True)
     torch.testing.assert_close(p, torch.tensor([(_sig(2.0) + 1 - _sig(-1.0)) / 2]))
-    p = true_class_prob(z, torch.tensor([1]), "multiclass")
+    p = true_class_probability(z, torch.tensor([1]), "multiclass")
     torch.testing.assert_close(p, torch.tensor([math.exp(-1) / (math.exp(2) + math.exp(-1))]))
 
 
@@ -109,7 +110,7 @@ def test_ogm_ge_noise_has_gradient_std_and_respects_epochs() -> None:
     model.train()
 
     def grads(epoch: int) -> tuple[dict, dict, torch.Tensor | None]:
-        model.on_epoch_start(None, epoch)
+        model.on_epoch_start(FakeTrainer(), epoch)
         model.zero_grad()
         out = model(batch)
         model.loss(batch, out)[0].backward()
@@ -146,9 +147,9 @@ def test_modality_scores_use_present_rows_only() -> None:
 def test_gblend_weights_from_given_losses() -> None:
     prev = torch.tensor([[0.7, 0.7, 0.7], [0.7, 0.7, 0.7]], dtype=torch.float64)
     now = torch.tensor([[0.5, 0.6, 0.4], [0.6, 0.65, 0.68]], dtype=torch.float64)
-    w, G, O = gblend_weights(prev, now, eps=0.0)
+    w, G, O_ = gblend_weights(prev, now, eps=0.0)
     torch.testing.assert_close(G, torch.tensor([0.1, 0.05, 0.02], dtype=torch.float64))
-    torch.testing.assert_close(O, torch.tensor([0.1, 0.05, 0.28], dtype=torch.float64))
+    torch.testing.assert_close(O_, torch.tensor([0.1, 0.05, 0.28], dtype=torch.float64))
     raw = [0.1 / 0.1**2, 0.05 / 0.05**2, 0.02 / 0.28**2]
     torch.testing.assert_close(w, torch.tensor([r / sum(raw) for r in raw], dtype=torch.float64))
     # a head whose held-out loss rose gets 0; a head without rows (NaN) gets 0
@@ -181,14 +182,6 @@ def test_gblend_heldout_rows_are_stable_and_excluded_from_training_loss() -> Non
     assert not torch.allclose(model.loss(batch, model(batch))[0], model.loss(flipped, model(flipped))[0])
 
 
-class _Trainer:
-    def __init__(self, batches: list[Batch]) -> None:
-        self.batches, self.device = batches, torch.device("cpu")
-
-    def mining_batches(self) -> list[Batch]:
-        return self.batches
-
-
 def test_gblend_reestimates_weights_on_schedule() -> None:
     torch.manual_seed(0)
     info = ModelInfo(TWO, "binary", 1)
@@ -201,7 +194,7 @@ def test_gblend_reestimates_weights_on_schedule() -> None:
         batches.append(Batch(x={"a": xa, "b": torch.randn(40, 6, generator=g)},
                              mask=torch.ones(40, 2, dtype=torch.bool), y=y, y_mask=torch.ones(40, dtype=torch.bool),
                              index=torch.arange(40 * i, 40 * i + 40)))
-    trainer = _Trainer(batches)
+    trainer = FakeTrainer(batches)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     model.on_train_start(trainer)
     start = model.checkpoint_losses(trainer)
@@ -231,15 +224,18 @@ def test_gblend_reestimates_weights_on_schedule() -> None:
     assert len(model.history) == 2
 
 
-def test_gblend_running_fallback_without_trainer_batches() -> None:
+def test_gblend_running_fallback_without_mining_rows() -> None:
+    """A run with no mining rows (``mining_rows=0``): checkpoints use the running means of the epoch's
+    training losses."""
     torch.manual_seed(0)
     model = build_method("gblend", ModelInfo(TWO, "multiclass", 3), d=8, hidden=8)
     batch = _batch(torch.ones(30, 2, dtype=torch.bool), torch.arange(30) % 3)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    model.on_train_start(None)
+    trainer = FakeTrainer([])
+    model.on_train_start(trainer)
     assert model._prev is None
     for epoch in range(2):
-        model.on_epoch_start(None, epoch)
+        model.on_epoch_start(trainer, epoch)
         model.train()
         for _ in range(3):
             loss, _ = model.loss(batch, model(batch))
@@ -248,7 +244,7 @@ def test_gblend_running_fallback_without_trainer_batches() -> None:
             opt.step()
         run = model.running_losses()
         assert torch.isfinite(run).all()  # both parts had rows
-        model.on_epoch_end(None, epoch)
+        model.on_epoch_end(trainer, epoch)
         torch.testing.assert_close(model._prev, run)
     assert model.history and model.history[0]["source"] == "running"
     assert abs(float(model.weights.sum()) - 1.0) < 1e-6
@@ -271,7 +267,7 @@ def test_pmr_prototypes_epoch_means_and_ema() -> None:
     mask = torch.tensor([[True, True]] * 5 + [[True, False]] * 3)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     batch = _batch(mask, y)
-    model.on_epoch_start(_Trainer([batch]), 0)
+    model.on_epoch_start(FakeTrainer([batch]), 0)
     model.eval()
     with torch.no_grad():
         U = model(batch).extra["embeddings"]
@@ -303,6 +299,21 @@ def test_pmr_prototypes_epoch_means_and_ema() -> None:
     assert bool(ema.seen[0, 0, 0]) is False
 
 
+def test_pmr_epoch_prototypes_fall_back_to_ema_without_mining_rows() -> None:
+    torch.manual_seed(0)
+    model = build_method("pmr", ModelInfo(TWO, "multiclass", 3), d=4, prototypes="epoch")
+    batch = _batch(torch.ones(6, 2, dtype=torch.bool), torch.arange(6) % 3)
+    model.on_epoch_start(FakeTrainer([]), 0)  # mining_rows=0: nothing to average over
+    assert not model.seen.any()
+    model.train()
+    model.loss(batch, model(batch))  # the training batch sets the prototypes (EMA, first sighting)
+    assert model.seen.all()
+    model.on_epoch_start(FakeTrainer([batch]), 1)  # with mining batches: exact means, no EMA in the epoch
+    before = model.protos.clone()
+    model.loss(batch, model(batch))
+    torch.testing.assert_close(model.protos, before)
+
+
 def test_pmr_rebalancing_loss_by_hand() -> None:
     """Modality a sits on its class prototypes (dominant), b halfway between them (slow): the loss is
     CE + alpha * PCE_b - mu * H_a in the first epochs and CE + alpha * PCE_b afterwards."""
@@ -331,11 +342,11 @@ def test_pmr_rebalancing_loss_by_hand() -> None:
     h_a = -sum(p * math.log(p) for p in pa[0]) / 2 - sum(p * math.log(p) for p in pa[1]) / 2
     ce = float(torch.nn.functional.cross_entropy(logits, y))
     model.eval()  # no prototype update from this batch
-    model.on_epoch_start(None, 0)
+    model.on_epoch_start(FakeTrainer(), 0)
     loss, terms = model.loss(batch, out)
     assert terms["rho_a"] == pytest.approx(s_a / s_b, rel=1e-5)
     assert float(loss) == pytest.approx(ce + 0.7 * pce_b - 0.3 * h_a, rel=1e-5)
-    model.on_epoch_start(None, 2)
+    model.on_epoch_start(FakeTrainer(), 2)
     loss, _ = model.loss(batch, out)
     assert float(loss) == pytest.approx(ce + 0.7 * pce_b, rel=1e-5)
 
@@ -371,9 +382,9 @@ def test_mdrop_train_drop_by_stage() -> None:
     torch.manual_seed(0)
     model = build_method("mdrop", ModelInfo(TWO, "binary", 1), d=8, heads=2, drop_prob=1.0, contrastive_epochs=2)
     batch = _batch(torch.ones(10, 2, dtype=torch.bool), torch.zeros(10, 1))
-    model.on_epoch_start(None, 0)
+    model.on_epoch_start(FakeTrainer(), 0)
     assert model.train_drop(batch) is batch  # contrastive stage: all views kept
-    model.on_epoch_start(None, 2)
+    model.on_epoch_start(FakeTrainer(), 2)
     b = model.train_drop(batch, torch.Generator().manual_seed(0))
     assert torch.equal(b.mask.sum(1), torch.ones(10, dtype=torch.long))
     for j, n in enumerate(("a", "b")):
@@ -462,7 +473,7 @@ def test_mdrop_two_stages_swap_heads() -> None:
     batch = _batch(torch.ones(6, 2, dtype=torch.bool), torch.arange(6) % 3)
     model.train()
     for epoch, stage in ((0, "contrastive"), (1, "contrastive"), (2, "supervised"), (7, "supervised")):
-        model.on_epoch_start(None, epoch)
+        model.on_epoch_start(FakeTrainer(), epoch)
         assert model.stage == stage
         model.zero_grad(set_to_none=True)
         loss, terms = model.loss(batch, model(batch))
@@ -527,11 +538,6 @@ SMALL_TRAIN = {
 
 @pytest.mark.parametrize("name", sorted(SMALL_TRAIN))
 def test_methods_learn_with_the_trainer(name: str) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import synthetic_cache_data  # noqa: E402
-
-    from omnifuse.fuse.train import train
-
     data = synthetic_cache_data(n=240, seed=3)
     res = train(data, "mortality", name, folds=2, epochs=6, batch_size=32, n_boot=10, progress=False,
                 device="cpu", mining_rows=96, patience=6, lr=3e-3,

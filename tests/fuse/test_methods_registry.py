@@ -1,21 +1,33 @@
-"""One sweep over the fusion-method registry: every registered method (plus the main option variants of the
-baselines) x every task kind x every missingness pattern (all 2^M - 1, M = 1 and M = 3), through the
-hooks in the order the trainer calls them: shapes, finite losses, gradients reaching exactly the encoders of
-the modalities present, modality dropout never adding or emptying, and (eval mode) outputs that do not
-depend on a masked modality's input values nor on the other rows of the batch.
+"""The fusion-method registry and the method protocol.
+
+One sweep over the registry: every registered method x every task kind x every missingness pattern (all
+2^M - 1, M = 1 and M = 3), plus the main option variants of the baselines and every registered variant
+(dwfuse_only, omnifuse_no_imp, the ablation rows), through the hooks in the order the trainer calls them:
+shapes, finite losses, gradients reaching exactly the encoders of the modalities present, modality dropout
+never adding or emptying, and (eval mode) outputs that do not depend on a masked modality's input values nor
+on the other rows of the batch. Then the registry itself: entries and their fields, variants building their
+base network with their switches, the API in a fresh interpreter, and the protocol's defaults.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 import torch
 
-from omnifuse.fuse.base import Batch, METHODS, ModalityInfo, ModelInfo, build_method
+from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModalityInfo, ModelInfo
+from omnifuse.fuse.methods import METHODS, build_method, get_method, list_methods
 from omnifuse.fuse.methods.common import EncoderBank
+from omnifuse.fuse.methods.mdrop import ContrastiveModalityDropout
+from omnifuse.fuse.methods.omnifuse import ABLATION_ROWS, ABLATION_SWITCHES, OmniFuse
+from omnifuse.fuse.registry import register_method, register_variant
+from tests.helpers import FakeTrainer
 
 B = 6
 MODS3 = [ModalityInfo("img", "vector", (10,)), ModalityInfo("rep", "sequence", (5, 6)),
@@ -31,8 +43,8 @@ SMALL: dict[str, dict[str, Any]] = {
     "gblend": {"d": 16, "hidden": 16}, "ogm_ge": {"d": 16}, "pmr": {"d": 16, "entropy_epochs": 2},
     "medfuse": {"d": 16, "lstm_hidden": 16},
 }
-# option variants of the baselines, each on one task kind and M = 3
-VARIANTS: list[tuple[str, dict[str, Any], str]] = [
+# option sets of the baselines, each on one task kind and M = 3
+OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("concat", {"missing": "token"}, "binary"), ("sum", {"missing": "token"}, "multilabel"),
     ("se_gate", {"missing": "token"}, "multiclass"),
     ("medfuse", {"missing": "skip"}, "binary"), ("medfuse", {"missing": "zero"}, "multiclass"),
@@ -48,18 +60,17 @@ VARIANTS: list[tuple[str, dict[str, Any], str]] = [
 BASELINES = {"concat", "sum", "se_gate", "gblend", "ogm_ge", "pmr", "medfuse", "mdrop"}
 
 
-def _registered() -> list[str]:
-    from omnifuse.fuse import methods  # noqa: F401  (fills the registry)
-
-    return sorted(METHODS)
-
-
 def _cases() -> list:
-    """(name, variant, kind, M): every registered method x kind x M in {1, 3}, then the variants."""
-    cases = [pytest.param(n, {}, k, m, id=f"{n}-{k}-M{m}") for n in _registered() for k in KINDS for m in (1, 3)]
-    for n, v, k in VARIANTS:
+    """(name, options, kind, M): every registered method x kind x M in {1, 3}, then the baselines' option
+    sets, then every registered variant on M = 3 (one task kind each, in turn)."""
+    cases = [pytest.param(n, {}, k, m, id=f"{n}-{k}-M{m}") for n in list_methods("method") for k in KINDS
+             for m in (1, 3)]
+    for n, v, k in OPTIONS:
         vid = "-".join(f"{a}={b}" for a, b in v.items())
         cases.append(pytest.param(n, v, k, 3, id=f"{n}-{vid}-{k}-M3"))
+    for i, n in enumerate(list_methods("variant")):
+        k = list(KINDS)[i % len(KINDS)]
+        cases.append(pytest.param(n, {}, k, 3, id=f"{n}-{k}-M3"))
     return cases
 
 
@@ -91,24 +102,9 @@ def _batch(mods: list[ModalityInfo], kind: str, c: int, pattern: tuple[bool, ...
                  tokens_mask=tm, natural_mask=mask.clone())
 
 
-class FakeTrainer:
-    """What the methods may use of ``omnifuse.fuse.train.Trainer``: epoch, device, mining_batches(), record()."""
-
-    def __init__(self, batches: list[Batch]) -> None:
-        self._batches = batches
-        self.epoch = 0
-        self.device = torch.device("cpu")
-        self.records: dict[str, list] = {}
-
-    def mining_batches(self) -> list[Batch]:
-        return self._batches
-
-    def record(self, key: str, value: Any) -> None:
-        self.records.setdefault(key, []).append(value)
-
-
 def _encoder_grad_norms(method: torch.nn.Module) -> list[float] | None:
-    enc = getattr(method, "enc", None)
+    """Gradient norm of each modality's encoder (methods with an :class:`EncoderBank` named ``enc``)."""
+    enc = dict(method.named_children()).get("enc")
     if not isinstance(enc, EncoderBank):
         return None
     out = []
@@ -137,26 +133,33 @@ def _perturb_masked(batch: Batch, seed: int) -> Batch:
 
 
 def test_registry_entries_are_documented() -> None:
-    names = set(_registered())
-    assert BASELINES <= names, f"baselines missing from the registry: {BASELINES - names}"
+    names = set(list_methods())
+    assert names >= BASELINES, f"baselines missing from the registry: {BASELINES - names}"
+    assert {"omnifuse", "dwfuse_only", "omnifuse_no_imp", *(f"ablation_{r}" for r in "abcdef")} <= names
     info = ModelInfo(MODS3, "multiclass", 3)
     for n in names:
         e = METHODS[n]
-        assert e.description.strip() and e.paper.strip(), n
+        assert e.name == n and e.description.strip() and e.paper.strip(), n
+        assert e.kind in ("method", "variant") and (e.base == n) == (e.kind == "method"), n
+        assert METHODS[e.base].kind == "method", n
         # the registry defaults are exactly options the builder accepts
         method = build_method(n, info)
-        assert method.info is info
+        assert isinstance(method, FusionMethod) and method.info is info
     with pytest.raises(TypeError):
         build_method("concat", info, no_such_option=1)
+    with pytest.raises(KeyError, match="unknown fusion method 'nope'; known: ablation_a"):
+        get_method("nope")
+    assert list_methods("variant") == sorted(n for n in names if METHODS[n].kind == "variant")
+    assert sorted(list_methods("method") + list_methods("variant")) == list_methods()
 
 
-@pytest.mark.parametrize("name,variant,kind,m", _cases())
-def test_method_sweep(name: str, variant: dict[str, Any], kind: str, m: int) -> None:
+@pytest.mark.parametrize("name,options,kind,m", _cases())
+def test_method_sweep(name: str, options: dict[str, Any], kind: str, m: int) -> None:
     torch.manual_seed(0)
     mods = MODS3 if m == 3 else MODS1
     c = KINDS[kind]
     info = ModelInfo(mods, kind, c)
-    method = build_method(name, info, **{**SMALL.get(name, {}), **variant})
+    method = build_method(name, info, **{**SMALL.get(get_method(name).base, {}), **options})
     full = tuple([True] * m)
     trainer = FakeTrainer([_batch(mods, kind, c, full, seed=100 + i, index_start=B * i) for i in range(2)])
     method.on_train_start(trainer)
@@ -187,7 +190,8 @@ def test_method_sweep(name: str, variant: dict[str, Any], kind: str, m: int) -> 
             grads = [p.grad for p in method.parameters() if p.grad is not None]
             assert all(torch.isfinite(g).all() for g in grads)
             present = b.mask.any(dim=0).tolist()
-            no_pairs = getattr(method, "stage", None) == "contrastive" and int(b.mask.sum(1).max()) < 2
+            no_pairs = (isinstance(method, ContrastiveModalityDropout) and method.stage == "contrastive"
+                        and int(b.mask.sum(1).max()) < 2)
             if no_pairs:
                 # contrastive stage with single-modality rows: no pair of views, nothing to learn
                 assert float(loss.detach()) == 0.0
@@ -196,7 +200,7 @@ def test_method_sweep(name: str, variant: dict[str, Any], kind: str, m: int) -> 
             assert total > 0, f"no gradient for pattern {pattern}"
             norms = _encoder_grad_norms(method)
             if norms is not None:
-                for j, (here, gn) in enumerate(zip(present, norms)):
+                for j, (here, gn) in enumerate(zip(present, norms, strict=True)):
                     if here:
                         assert gn > 0, f"encoder of present modality {info.names[j]} got no gradient"
                     else:
@@ -209,20 +213,12 @@ def test_method_sweep(name: str, variant: dict[str, Any], kind: str, m: int) -> 
             batch = _batch(mods, kind, c, pattern, seed=500 + pi)
             ref = method(batch).logits
             # a row's prediction does not depend on the other rows of its batch
-            solo = method(_rows(batch, [2])).logits
+            solo = method(batch.select(torch.tensor([2]))).logits
             torch.testing.assert_close(solo, ref[2:3], rtol=1e-4, atol=1e-5)
-            if getattr(method, "ignores_masked_inputs", False) and not all(pattern):
+            if method.ignores_masked_inputs and not all(pattern):
                 moved = method(_perturb_masked(batch, seed=pi)).logits
                 torch.testing.assert_close(moved, ref, rtol=1e-5, atol=1e-6)
-    if name in BASELINES:
-        assert getattr(method, "ignores_masked_inputs", False), f"{name} should declare ignores_masked_inputs"
-
-
-def _rows(batch: Batch, rows: list[int]) -> Batch:
-    r = torch.tensor(rows)
-    return Batch(x={k: v[r] for k, v in batch.x.items()}, mask=batch.mask[r], y=batch.y[r], y_mask=batch.y_mask[r],
-                 index=batch.index[r], tokens_mask={k: v[r] for k, v in batch.tokens_mask.items()},
-                 natural_mask=None if batch.natural_mask is None else batch.natural_mask[r])
+    assert method.ignores_masked_inputs == (name in BASELINES), f"{name}: ignores_masked_inputs"
 
 
 def test_masked_input_check_can_fail() -> None:
@@ -237,3 +233,158 @@ def test_masked_input_check_can_fail() -> None:
         b = bank(_perturb_masked(batch, seed=0))
     assert not torch.allclose(a[:, 1], b[:, 1])
     torch.testing.assert_close(a[:, [0, 2]], b[:, [0, 2]])
+
+
+# ------------------------------------------------------------------------------------------------------
+# variants
+# ------------------------------------------------------------------------------------------------------
+def _switches(model: OmniFuse) -> dict[str, bool]:
+    return {"dwfuse": model.use_dwfuse, "tla": model.use_tla, "imp_fw": model.use_imp_fw,
+            "imp_bw": model.use_imp_bw}
+
+
+@pytest.mark.parametrize("name", list_methods("variant"))
+def test_variant_builds_its_base_network_with_its_switches(name: str) -> None:
+    entry = get_method(name)
+    base = get_method(entry.base)
+    assert entry.kind == "variant" and entry.base == "omnifuse" and entry.build is base.build
+    assert entry.defaults == {**base.defaults, **entry.params}
+    info = ModelInfo(MODS3, "binary", 1)
+    small = SMALL["omnifuse"]
+    torch.manual_seed(0)
+    model = build_method(name, info, **small)
+    torch.manual_seed(0)
+    explicit = build_method("omnifuse", info, **small, **entry.params)
+    assert type(model) is OmniFuse
+    assert _switches(model) == _switches(explicit)
+    assert model.state_dict().keys() == explicit.state_dict().keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, explicit.state_dict()[k]), k
+    # the switches the entry sets are the network's (IMP-bw needs IMP-fw; TLA needs two modalities)
+    want = {**{"dwfuse": True, "tla": True, "imp_fw": True, "imp_bw": True}, **entry.params}
+    want["imp_bw"] = want["imp_bw"] and want["imp_fw"]
+    assert _switches(model) == want
+    assert (model.heads is None) == (not want["dwfuse"])
+    assert (model.cra_fw is None) == (not want["imp_fw"]) and (model.cra_bw is None) == (not want["imp_bw"])
+    # parameters given when building override the variant's own, as they do a method's defaults
+    assert build_method(name, info, **small, tla=True).use_tla
+
+
+def test_named_variants_and_ablation_rows() -> None:
+    assert get_method("dwfuse_only").params == {"dwfuse": True, "tla": False, "imp_fw": False, "imp_bw": False}
+    assert get_method("omnifuse_no_imp").params == {"imp_fw": False, "imp_bw": False}
+    table4 = {"a": (False, False, False, False), "b": (True, False, False, False), "c": (True, True, False, False),
+              "d": (True, True, True, False), "e": (True, False, True, True), "f": (True, True, True, True)}
+    assert ABLATION_SWITCHES == ("dwfuse", "tla", "imp_fw", "imp_bw")
+    assert {r: sw for r, (sw, _) in ABLATION_ROWS.items()} == table4
+    for row, switches in table4.items():
+        assert get_method(f"ablation_{row}").params == dict(zip(ABLATION_SWITCHES, switches, strict=True))
+    assert get_method("ablation_b").params == get_method("dwfuse_only").params
+
+
+def test_registration_errors() -> None:
+    with pytest.raises(ValueError, match="'concat' is registered twice"):
+        register_method("concat", description="x", paper="y")(OmniFuse)
+    with pytest.raises(KeyError, match="base method 'nope' is not registered"):
+        register_variant("nope_variant", "nope", {}, description="x")
+    assert "nope_variant" not in METHODS
+
+
+def test_registry_api_in_a_fresh_interpreter() -> None:
+    """``from omnifuse.fuse.methods import get_method`` alone fills the registry: every name resolves, and
+    building a variant from the registry works, in an interpreter that imported nothing else first."""
+    names = list_methods()
+    code = (
+        "import json, sys\n"
+        "from omnifuse.fuse.methods import build_method, get_method, list_methods\n"
+        "from omnifuse.fuse.base import ModalityInfo, ModelInfo\n"
+        "names = json.loads(sys.argv[1])\n"
+        "entries = {n: [get_method(n).base, get_method(n).kind] for n in names}\n"
+        "m = build_method('dwfuse_only', ModelInfo([ModalityInfo('a', 'vector', (3,))], 'binary', 1), d=4, K=1)\n"
+        "print(json.dumps({'listed': list_methods(), 'entries': entries, 'type': type(m).__name__}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(names)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["listed"] == names
+    assert got["entries"] == {n: [METHODS[n].base, METHODS[n].kind] for n in names}
+    assert got["type"] == "OmniFuse"
+
+
+# ------------------------------------------------------------------------------------------------------
+# the protocol's defaults
+# ------------------------------------------------------------------------------------------------------
+class _Minimal(FusionMethod):
+    """The least a method implements: forward and loss."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        super().__init__(info)
+        self.w = torch.nn.Linear(3, 1)
+        self.frozen = torch.nn.Linear(3, 1)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, batch: Batch) -> MethodOutput:
+        return MethodOutput(logits=self.w(batch.x["a"]))
+
+    def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = out.logits.pow(2).mean()
+        return loss, {"task": float(loss.detach())}
+
+
+def test_protocol_defaults() -> None:
+    info = ModelInfo([ModalityInfo("a", "vector", (3,))], "binary", 1)
+    model = _Minimal(info)
+    opt = model.configure_optimizer(lr=0.003, weight_decay=0.02)
+    assert type(opt) is torch.optim.AdamW
+    params = [p for g in opt.param_groups for p in g["params"]]
+    assert len(params) == 2 and all(p.requires_grad for p in params)
+    assert {id(p) for p in params} == {id(p) for p in model.w.parameters()}
+    assert opt.param_groups[0]["lr"] == 0.003 and opt.param_groups[0]["weight_decay"] == 0.02
+    assert model.selection_start_epoch == 0 and not model.ignores_masked_inputs
+    batch = Batch(x={"a": torch.ones(2, 3)}, mask=torch.ones(2, 1, dtype=torch.bool), y=torch.zeros(2, 1),
+                  y_mask=torch.ones(2, dtype=torch.bool), index=torch.arange(2))
+    out = model(batch)
+    assert model.label_free_weights(out) is None
+    assert model.train_drop(batch, torch.Generator()) is batch
+    trainer = FakeTrainer([batch])
+    model.on_train_start(trainer)
+    model.on_epoch_start(trainer, 0)
+    model.after_backward(batch, out)
+    model.on_epoch_end(trainer, 0)
+    assert trainer.records == {}
+    model.train()
+    with model.evaluating():
+        assert not model.training
+    assert model.training
+    model.eval()
+    with model.evaluating():
+        assert not model.training
+    assert not model.training
+
+
+def test_protocol_of_the_registered_methods() -> None:
+    """mdrop sets selection_start_epoch (its contrastive epochs), OmniFuse has label-free weights, every other
+    entry keeps the defaults; each configures AdamW over its trainable parameters."""
+    info = ModelInfo(MODS3, "binary", 1)
+    for n in list_methods("method"):
+        model = build_method(n, info, **SMALL.get(n, {}))
+        opt = model.configure_optimizer(1e-3, 1e-4)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        assert type(opt) is torch.optim.AdamW and len(opt.param_groups[0]["params"]) == len(trainable), n
+        want_start = SMALL["mdrop"]["contrastive_epochs"] if n == "mdrop" else 0
+        assert model.selection_start_epoch == want_start, n
+        batch = _batch(MODS3, "binary", 1, (True, True, True), seed=0)
+        model.eval()
+        with torch.no_grad():
+            weights = model.label_free_weights(model(batch))
+        if n == "omnifuse":
+            assert weights is not None and set(weights) == set(info.names)
+        else:
+            assert weights is None, n
+    assert build_method("mdrop", info, d=8, heads=2, contrastive_epochs=4).selection_start_epoch == 4
+    assert build_method("mdrop", info, d=8, heads=2, mode="joint").selection_start_epoch == 0
+    # mdrop's learnable-scale switch freezes a parameter; the optimiser leaves it out
+    frozen = build_method("mdrop", info, d=8, heads=2, learn_scale=False)
+    ids = {id(p) for p in frozen.configure_optimizer(1e-3, 0.0).param_groups[0]["params"]}
+    assert id(frozen.logit_scale) not in ids and id(frozen.cls_head[0].weight) in ids
+

@@ -95,7 +95,7 @@ def load_spec(spec: str | Path | dict) -> dict[str, Any]:
     return data
 
 
-def _read_table(path: Path) -> "Any":
+def _read_table(path: Path) -> Any:
     import polars as pl
 
     suffix = path.suffix.lower()
@@ -152,8 +152,18 @@ class ManifestAdapter:
         return self._cols[name]
 
     def _check_spec_keys(self) -> None:
-        known = {"name", "version", "license", "stay_id", "subject_id", "root", "modalities", "tasks",
-                 "references", "splits"}
+        known = {
+            "name",
+            "version",
+            "license",
+            "stay_id",
+            "subject_id",
+            "root",
+            "modalities",
+            "tasks",
+            "references",
+            "splits",
+        }
         extra = set(self.spec) - known
         if extra:
             raise ManifestError(f"spec: unknown keys {sorted(extra)}; known keys are {sorted(known)}")
@@ -400,8 +410,13 @@ class ManifestAdapter:
         for s, col in (self.spec.get("splits") or {}).items():
             splits[s] = np.asarray(["" if _blank(x) else _as_text(x) for x in self._col(col, f"splits.{s}")])
         return Cohort(
-            stay_id=self._stay, subject_id=self._subject, tasks=tasks, labels=labels, references=refs,
-            splits=splits, extra={"manifest_rows": n},
+            stay_id=self._stay,
+            subject_id=self._subject,
+            tasks=tasks,
+            labels=labels,
+            references=refs,
+            splits=splits,
+            extra={"manifest_rows": n},
         )
 
     def _binary(self, v: Any, i: int, what: str) -> float | None:
@@ -450,7 +465,7 @@ class ManifestAdapter:
             data = [self._col(c, f"tasks.{t}") for c in cols]
             y = np.zeros((n, len(cols)), dtype=np.float32)
             for i in range(n):
-                vals = [self._binary(d[i], i, f"label {t!r} column {c!r}") for d, c in zip(data, cols)]
+                vals = [self._binary(d[i], i, f"label {t!r} column {c!r}") for d, c in zip(data, cols, strict=True)]
                 if all(v is None for v in vals):
                     continue
                 if any(v is None for v in vals):
@@ -486,9 +501,14 @@ class ManifestOptions:
     root: Path | None = option(None, help="Base folder of relative paths (default: the spec's root).")
 
 
-@register_dataset("manifest", description="any dataset described by a manifest file and a column spec",
-                  options=ManifestOptions, image_encoder="microsoft/resnet-34", text_encoder="bert-base-uncased",
-                  text_pooling="tokens")
+@register_dataset(
+    "manifest",
+    description="any dataset described by a manifest file and a column spec",
+    options=ManifestOptions,
+    image_encoder="microsoft/resnet-34",
+    text_encoder="bert-base-uncased",
+    text_pooling="tokens",
+)
 def build_manifest(opts: ManifestOptions) -> ManifestAdapter:
     """``omnifuse extract --dataset manifest --manifest FILE --spec SPEC``."""
     assert opts.manifest is not None and opts.spec is not None  # required: checked by the registry

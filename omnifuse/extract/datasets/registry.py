@@ -29,8 +29,6 @@ from typing import Any
 from omnifuse.extract.datasets.base import Adapter
 from omnifuse.options import Declared, declared, resolve
 
-TEXT_POOLINGS = ("tokens", "mean", "cls")
-
 
 @dataclass(frozen=True)
 class DatasetEntry:
@@ -87,8 +85,6 @@ def register_dataset(
     """Decorator: ``build(options) -> Adapter`` becomes the dataset ``name`` (see the module docstring)."""
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"dataset {name!r}: options must be a dataclass of omnifuse.options.option fields")
-    if text_pooling not in TEXT_POOLINGS:
-        raise ValueError(f"dataset {name!r}: text_pooling must be one of {TEXT_POOLINGS}, got {text_pooling!r}")
 
     def deco(build: Callable[[Any], Adapter]) -> Callable[[Any], Adapter]:
         if name in DATASETS and DATASETS[name].build is not build:

@@ -53,7 +53,6 @@ from omnifuse.extract.encoders.text import (
     TextEncoder,
     TextOptions,
     build_text_encoder,
-    default_text_encoder_for,
     first_words,
 )
 from omnifuse.extract.encoders.volume import (
@@ -89,7 +88,6 @@ __all__ = [
     "build_text_encoder",
     "build_volume_encoder",
     "cpu_has_native_bf16",
-    "default_text_encoder_for",
     "first_words",
     "get_encoder_entry",
     "list_encoders",

@@ -10,6 +10,7 @@ builds as an unregistered entry whose normalisation comes from its image process
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def _from_pretrained(name: str) -> nn.Module:
     """``AutoModel.from_pretrained(name)``; ``ValueError`` naming the registered image encoders otherwise."""
     try:
         return transformers.AutoModel.from_pretrained(name)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # missing files; an unknown model type or a malformed hub id
         names = [entry.name for entry in list_encoders("image")]
         raise ValueError(
             f"image encoder {name!r} is neither a registered name ({names}) nor a model that transformers can "
@@ -165,40 +166,40 @@ class ImageOptions:
     precision: str = "auto"
 
 
+ImageBuilder = Callable[[EncoderEntry, ImageOptions], ImageEncoder]
+
+
 def _imagenet_encoder(entry: EncoderEntry, w: Weights[nn.Module], opts: ImageOptions) -> ImageEncoder:
     """An ImageNet-normalised entry's encoder at ``opts.size`` px (``init`` recorded for random weights)."""
     prep = replace(IMAGENET_PREP, size=opts.size, extra=dict(w.init))
     return ImageEncoder(w.model, entry.name, prep, opts.device, opts.precision, source=w.source, licence=w.licence)
 
 
-@register_encoder(
-    DEFAULT_IMAGE_ENCODER,
-    family="image",
-    source="microsoft/resnet-34",
-    licence="Apache-2.0 (model card)",
-    output_shapes=RESNET34_SHAPES,
-    preprocessing=IMAGENET_PREP.as_dict(),
-    description="ResNet34 trained on ImageNet-1k, transformers weights (the paper's image encoder)",
-)
+def register_resnet34(name: str, *, source: str, licence: str) -> Callable[[ImageBuilder], ImageBuilder]:
+    """``register_encoder`` for a ResNet34 image entry: output [512], ImageNet normalisation at 224 px (random
+    weights add ``init``); the description is the builder's docstring's first line."""
+    prep = IMAGENET_PREP.as_dict() if source != RANDOM_SOURCE else {**IMAGENET_PREP.as_dict(), **random_init_note(0)}
+    return register_encoder(
+        name, family="image", source=source, licence=licence, output_shapes=RESNET34_SHAPES, preprocessing=prep
+    )
+
+
+@register_resnet34(DEFAULT_IMAGE_ENCODER, source="microsoft/resnet-34", licence="Apache-2.0 (model card)")
 def microsoft_resnet34(entry: EncoderEntry, opts: ImageOptions) -> ImageEncoder:
-    """The hub's ResNet34; with ``pretrained=False`` the same architecture with seeded random weights."""
+    """ResNet34 trained on ImageNet-1k, transformers weights (the paper's image encoder).
+
+    With ``pretrained=False`` the same architecture with seeded random weights."""
     w = entry_weights(
         entry, lambda: _from_pretrained(entry.source), resnet34_architecture, pretrained=opts.pretrained, seed=opts.seed
     )
     return _imagenet_encoder(entry, w, opts)
 
 
-@register_encoder(
-    "random:resnet34",
-    family="image",
-    source=RANDOM_SOURCE,
-    licence=RANDOM_LICENCE,
-    output_shapes=RESNET34_SHAPES,
-    preprocessing={**IMAGENET_PREP.as_dict(), **random_init_note(0)},
-    description="the ResNet34 architecture with seeded random weights (tests, offline machines)",
-)
+@register_resnet34("random:resnet34", source=RANDOM_SOURCE, licence=RANDOM_LICENCE)
 def random_resnet34_encoder(entry: EncoderEntry, opts: ImageOptions) -> ImageEncoder:
-    """Random weights whatever ``opts.pretrained`` says, seeded by ``opts.seed``."""
+    """The ResNet34 architecture with seeded random weights (tests, offline machines).
+
+    Random weights whatever ``opts.pretrained`` says, seeded by ``opts.seed``."""
     return _imagenet_encoder(
         entry, entry_weights(entry, None, resnet34_architecture, pretrained=False, seed=opts.seed), opts
     )
@@ -218,17 +219,13 @@ def torchvision_resnet34(pretrained: bool) -> nn.Module:
     return TorchvisionBackbone(net)
 
 
-@register_encoder(
-    "torchvision:resnet34",
-    family="image",
-    source="torchvision ResNet34_Weights.IMAGENET1K_V1",
-    licence="BSD-3-Clause (torchvision)",
-    output_shapes=RESNET34_SHAPES,
-    preprocessing=IMAGENET_PREP.as_dict(),
-    description="torchvision's ResNet34 trained on ImageNet-1k (needs torchvision: pip install 'omnifuse[gpu]')",
+@register_resnet34(
+    "torchvision:resnet34", source="torchvision ResNet34_Weights.IMAGENET1K_V1", licence="BSD-3-Clause (torchvision)"
 )
 def torchvision_resnet34_encoder(entry: EncoderEntry, opts: ImageOptions) -> ImageEncoder:
-    """torchvision's ResNet34; with ``pretrained=False`` the same architecture with seeded random weights."""
+    """torchvision's ResNet34 trained on ImageNet-1k (needs torchvision: pip install 'omnifuse[gpu]').
+
+    With ``pretrained=False`` the same architecture with seeded random weights."""
     w = entry_weights(
         entry,
         lambda: torchvision_resnet34(True),

@@ -133,8 +133,8 @@ def register_encoder(
 ) -> Callable[[BuilderT], BuilderT]:
     """Decorator registering the builder it wraps as the encoder ``name`` (see ``EncoderEntry``).
 
-    The builder is called as ``builder(entry, **options)`` with the family's options (see
-    ``build_image_encoder``, ``build_text_encoder``, ``build_volume_encoder``).
+    The builder is called as ``builder(entry, options)`` with the family's options (``ImageOptions``,
+    ``TextOptions``, ``VolumeOptions``). ``description`` defaults to the first line of its docstring.
     """
 
     def register(builder: BuilderT) -> BuilderT:
@@ -148,7 +148,7 @@ def register_encoder(
                 output_shapes=dict(output_shapes),
                 preprocessing=dict(preprocessing),
                 aliases=tuple(aliases),
-                description=description,
+                description=description or (builder.__doc__ or "").strip().split("\n")[0],
             )
         )
         return builder
@@ -187,7 +187,8 @@ def entry_for(name: str, family: str, builder: Builder) -> EncoderEntry:
             name=name, family=family, source=name, licence=UNKNOWN_LICENCE, builder=builder, registered=False
         )
     if entry.family != family:
-        raise ValueError(f"encoder {name!r} is a {entry.family} encoder, not a {family} encoder")
+        names = [e.name for e in list_encoders(family)]
+        raise ValueError(f"encoder {name!r} is a {entry.family} encoder; the registered {family} encoders: {names}")
     return entry
 
 

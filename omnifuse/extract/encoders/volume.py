@@ -33,6 +33,16 @@ def volume_preprocessing(max_slices: int, window: tuple[float, float] | None, po
     }
 
 
+class ImageAttribute:
+    """A read-only attribute of a ``VolumeEncoder`` that is its image encoder's attribute of the same name."""
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.attr = attr
+
+    def __get__(self, volume: VolumeEncoder, owner: type | None = None) -> str:
+        return str(getattr(volume.image, self.attr))
+
+
 @dataclass
 class VolumeEncoder:
     """Slices along z through an image encoder: [S, 3, size, size] per volume -> [S, D] (``slices``, with
@@ -49,21 +59,11 @@ class VolumeEncoder:
         if self.max_slices < 1:
             raise ValueError("max_slices must be at least 1")
 
-    @property
-    def name(self) -> str:
-        return self.image.name
-
-    @property
-    def weights_hash(self) -> str:
-        return self.image.weights_hash
-
-    @property
-    def source(self) -> str:
-        return self.image.source
-
-    @property
-    def licence(self) -> str:
-        return self.image.licence
+    # the cache's encoder, weights hash, source and licence are the image encoder's
+    name = ImageAttribute()
+    weights_hash = ImageAttribute()
+    source = ImageAttribute()
+    licence = ImageAttribute()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -113,10 +113,9 @@ class VolumeOptions:
     output_shapes={"slices": ("max_slices", "image_dim"), "mean": ("image_dim",)},
     preprocessing=volume_preprocessing(DEFAULT_MAX_SLICES, None, "slices"),
     aliases=("volume",),
-    description="CT/PET slices along z through the image encoder (--image-encoder)",
 )
 def slices(entry: EncoderEntry, opts: VolumeOptions) -> VolumeEncoder:
-    """``VolumeEncoder`` over ``opts.image``."""
+    """CT/PET slices along z through the image encoder (--image-encoder): a ``VolumeEncoder``."""
     return VolumeEncoder(opts.image, opts.max_slices, opts.pooling, opts.window)
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from omnifuse.fuse.methods import concat, gblend, mdrop, medfuse, ogm_ge, omnifuse, pmr, se_gate, sum
 from omnifuse.fuse.registry import (
-                                    METHODS,
-                                    MethodEntry,
-                                    build_method,
-                                    get_method,
-                                    list_methods,
-                                    register_method,
-                                    register_variant,
+    METHODS,
+    MethodEntry,
+    build_method,
+    get_method,
+    list_methods,
+    register_method,
+    register_variant,
 )
 
 METHOD_MODULES = (omnifuse, concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop)

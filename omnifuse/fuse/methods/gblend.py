@@ -63,13 +63,13 @@ def gblend_weights(prev: torch.Tensor, now: torch.Tensor, eps: float = 1e-4
         raise ValueError(f"checkpoint losses must both be [2, K], got {tuple(prev.shape)} and {tuple(now.shape)}")
     prev, now = prev.to(torch.float64), now.to(torch.float64)
     G = prev[1] - now[1]
-    O = (now[1] - now[0]) - (prev[1] - prev[0])
-    raw = torch.relu(G) / (O * O + eps)
+    O_ = (now[1] - now[0]) - (prev[1] - prev[0])  # the paper's O (renamed: a lone O reads as zero)
+    raw = torch.relu(G) / (O_ * O_ + eps)
     raw = torch.nan_to_num(raw, nan=0.0, posinf=0.0)
     z = raw.sum()
     if float(z) <= 0:
-        return None, G, O
-    return raw / z, G, O
+        return None, G, O_
+    return raw / z, G, O_
 
 
 @register_method("gblend", description="Gradient-Blending: unimodal and fused heads weighted by their "
@@ -187,13 +187,13 @@ class GradientBlending(FusionMethod):
         if now is None:
             now, source = self.running_losses(), "running"
         if self._prev is not None:
-            w, G, O = gblend_weights(self._prev, now, self.eps)
+            w, G, O_ = gblend_weights(self._prev, now, self.eps)
             if w is not None:
                 self.weights.copy_(w.to(self.weights))
             else:
                 log.info("gblend epoch %d: no head's held-out loss fell; weights kept", epoch)
-            self.history.append({"epoch": int(epoch), "source": source, "G": G.tolist(), "O": O.tolist(),
+            self.history.append({"epoch": int(epoch), "source": source, "G": G.tolist(), "O": O_.tolist(),
                                  "weights": self.weights.tolist()})
             log.info("gblend epoch %d weights %s", epoch,
-                     {n: round(float(x), 4) for n, x in zip(self.head_names, self.weights)})
+                     {n: round(float(x), 4) for n, x in zip(self.head_names, self.weights, strict=True)})
         self._prev = now

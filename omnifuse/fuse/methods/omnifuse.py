@@ -250,5 +250,5 @@ forward CRA's output) and leaving DWFuse out would break the table's cumulative 
 TLA; the paper's numbers agree ((e) mostly below (d) and (f), as removing TLA lowered (c) to (b))."""
 
 for _row, (_switches, _reading) in ABLATION_ROWS.items():
-    register_variant(f"ablation_{_row}", "omnifuse", dict(zip(ABLATION_SWITCHES, _switches)),
+    register_variant(f"ablation_{_row}", "omnifuse", dict(zip(ABLATION_SWITCHES, _switches, strict=True)),
                      description=f"OmniFuse ablation, table 4 row ({_row}): {_reading}")

@@ -50,9 +50,11 @@ def patient_features(pat: pl.DataFrame) -> tuple[pl.DataFrame, list[str], list[s
     """Age, sex, admission height and weight, unit type and admission source one-hot, per stay. Returns the
     frame (``stay`` and one column per feature), the numeric names, the one-hot names and the units."""
     age_raw = pl.col("age").fill_null("").str.strip_chars()
-    age = pl.when(age_raw.is_in(list(variables.AGE_TOP_CODE))).then(
-        age_raw.replace_strict(variables.AGE_TOP_CODE, default=None, return_dtype=pl.Float64)
-    ).otherwise(age_raw.cast(pl.Float64, strict=False))
+    age = (
+        pl.when(age_raw.is_in(list(variables.AGE_TOP_CODE)))
+        .then(age_raw.replace_strict(variables.AGE_TOP_CODE, default=None, return_dtype=pl.Float64))
+        .otherwise(age_raw.cast(pl.Float64, strict=False))
+    )
     exprs: dict[str, pl.Expr] = {}
     units: dict[str, str] = {}
     for col, (name, unit, lo, hi) in variables.PATIENT_NUMERIC.items():

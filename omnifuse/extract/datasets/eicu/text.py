@@ -69,11 +69,14 @@ def off_filter(off: pl.Expr, pre_admission: bool) -> pl.Expr:
 
 def admission_dx_lines(path: Path, pre_admission: bool) -> dict[int, list[str]]:
     lf = scan(path)
-    require(lf, "admissionDx", ["patientunitstayid", "admissiondxid", "admitdxenteredoffset", "admitdxpath",
-                                "admitdxtext"])
+    require(
+        lf, "admissionDx", ["patientunitstayid", "admissiondxid", "admitdxenteredoffset", "admitdxpath", "admitdxtext"]
+    )
     return collect_lines(
         lf.filter(off_filter(integer("admitdxenteredoffset"), pre_admission)).select(
-            stay=integer("patientunitstayid"), off=integer("admitdxenteredoffset"), key=text("admitdxpath"),
+            stay=integer("patientunitstayid"),
+            off=integer("admitdxenteredoffset"),
+            key=text("admitdxpath"),
             ord=integer("admissiondxid"),
             line=path_line(pl.col("admitdxpath"), pl.col("admitdxtext"), ("admission diagnosis|",), "|"),
         )
@@ -82,15 +85,21 @@ def admission_dx_lines(path: Path, pre_admission: bool) -> dict[int, list[str]]:
 
 def past_history_lines(path: Path, pre_admission: bool) -> dict[int, list[str]]:
     lf = scan(path)
-    require(lf, "pastHistory", ["patientunitstayid", "pasthistoryid", "pasthistoryenteredoffset", "pasthistorypath",
-                                "pasthistoryvaluetext"])
+    require(
+        lf,
+        "pastHistory",
+        ["patientunitstayid", "pasthistoryid", "pasthistoryenteredoffset", "pasthistorypath", "pasthistoryvaluetext"],
+    )
     value = pl.coalesce(pl.col("pasthistoryvaluetext"), pl.col("pasthistoryvalue"))
     return collect_lines(
         lf.filter(off_filter(integer("pasthistoryenteredoffset"), pre_admission)).select(
-            stay=integer("patientunitstayid"), off=integer("pasthistoryenteredoffset"), key=text("pasthistorypath"),
+            stay=integer("patientunitstayid"),
+            off=integer("pasthistoryenteredoffset"),
+            key=text("pasthistorypath"),
             ord=integer("pasthistoryid"),
-            line=path_line(pl.col("pasthistorypath"), value,
-                           ("notes/Progress Notes/Past History/", "Organ Systems/"), "/"),
+            line=path_line(
+                pl.col("pasthistorypath"), value, ("notes/Progress Notes/Past History/", "Organ Systems/"), "/"
+            ),
         )
     )
 
@@ -98,14 +107,19 @@ def past_history_lines(path: Path, pre_admission: bool) -> dict[int, list[str]]:
 def diagnosis_lines(path: Path, pre_admission: bool) -> tuple[dict[int, list[str]], int]:
     """Lines per stay, and the number of in-window rows flagged active upon discharge (left out)."""
     lf = scan(path)
-    require(lf, "diagnosis", ["patientunitstayid", "diagnosisid", "activeupondischarge", "diagnosisoffset",
-                              "diagnosisstring"])
+    require(
+        lf,
+        "diagnosis",
+        ["patientunitstayid", "diagnosisid", "activeupondischarge", "diagnosisoffset", "diagnosisstring"],
+    )
     flag = text("activeupondischarge").str.to_lowercase().is_in(["true", "t", "1", "yes"])
     in_win = off_filter(integer("diagnosisoffset"), pre_admission)
     flagged = int(lf.filter(in_win & flag).select(pl.len()).collect().item())
     lines = collect_lines(
         lf.filter(in_win & ~flag).select(
-            stay=integer("patientunitstayid"), off=integer("diagnosisoffset"), key=text("diagnosisstring"),
+            stay=integer("patientunitstayid"),
+            off=integer("diagnosisoffset"),
+            key=text("diagnosisstring"),
             ord=integer("diagnosisid"),
             line=text("diagnosisstring").str.split("|").list.eval(pl.element().str.strip_chars()).list.join(" / "),
         )
@@ -115,26 +129,41 @@ def diagnosis_lines(path: Path, pre_admission: bool) -> tuple[dict[int, list[str
 
 def exam_lines(path: Path, pre_admission: bool) -> dict[int, list[str]]:
     lf = scan(path)
-    require(lf, "physicalExam", ["patientunitstayid", "physicalexamid", "physicalexamoffset", "physicalexampath",
-                                 "physicalexamvalue", "physicalexamtext"])
+    require(
+        lf,
+        "physicalExam",
+        [
+            "patientunitstayid",
+            "physicalexamid",
+            "physicalexamoffset",
+            "physicalexampath",
+            "physicalexamvalue",
+            "physicalexamtext",
+        ],
+    )
     value = pl.coalesce(pl.col("physicalexamtext"), pl.col("physicalexamvalue"))
     return collect_lines(
         lf.filter(off_filter(integer("physicalexamoffset"), pre_admission)).select(
-            stay=integer("patientunitstayid"), off=integer("physicalexamoffset"), key=text("physicalexampath"),
+            stay=integer("patientunitstayid"),
+            off=integer("physicalexamoffset"),
+            key=text("physicalexampath"),
             ord=integer("physicalexamid"),
-            line=path_line(pl.col("physicalexampath"), value,
-                           ("notes/Progress Notes/Physical Exam/", "Physical Exam/"), "/"),
+            line=path_line(
+                pl.col("physicalexampath"), value, ("notes/Progress Notes/Physical Exam/", "Physical Exam/"), "/"
+            ),
         )
     )
 
 
-def text_modality(name: str, texts: dict[int, str], codes: list[str] | None = None,
-                  provenance: dict[int, int] | None = None) -> TextModality:
+def text_modality(
+    name: str, texts: dict[int, str], codes: list[str] | None = None, provenance: dict[int, int] | None = None
+) -> TextModality:
     """Keeps the non-blank texts (and their provenance) with the modality's description."""
     texts = {r: s for r, s in texts.items() if s.strip()}
     prov = {r: p for r, p in (provenance or {}).items() if r in texts}
-    raw = RawModality(name=name, input="text", provenance_codes=codes,
-                      preprocessing={"window_min": [0, variables.WINDOW_MIN]})
+    raw = RawModality(
+        name=name, input="text", provenance_codes=codes, preprocessing={"window_min": [0, variables.WINDOW_MIN]}
+    )
     return TextModality(raw, texts, prov)
 
 

@@ -71,8 +71,16 @@ def long_keyed(
 
 def long_intake_output(lf: pl.LazyFrame) -> pl.LazyFrame:
     """intakeOutput -> hourly intake, output, net balance (per-time totals), urine (summed cells), weight."""
-    cols = ["patientunitstayid", "intakeoutputid", "intakeoutputoffset", "intakeoutputentryoffset", "cellpath",
-            "celllabel", "cellvaluenumeric", *variables.INTAKE_OUTPUT_TOTALS]
+    cols = [
+        "patientunitstayid",
+        "intakeoutputid",
+        "intakeoutputoffset",
+        "intakeoutputentryoffset",
+        "cellpath",
+        "celllabel",
+        "cellvaluenumeric",
+        *variables.INTAKE_OUTPUT_TOTALS,
+    ]
     require(lf, "intakeOutput", cols)
     base = lf.filter(
         in_window(integer("intakeoutputoffset")) & not_after_window(integer("intakeoutputentryoffset"))
@@ -86,7 +94,8 @@ def long_intake_output(lf: pl.LazyFrame) -> pl.LazyFrame:
         **{c: num(c) for c in variables.INTAKE_OUTPUT_TOTALS},
     )
     urine = base.filter(
-        pl.col("path").str.starts_with(variables.URINE_PATH_PREFIX) & pl.col("label").is_in(list(variables.URINE_LABELS))
+        pl.col("path").str.starts_with(variables.URINE_PATH_PREFIX)
+        & pl.col("label").is_in(list(variables.URINE_LABELS))
     )
     weight = base.filter(
         (pl.col("label") == variables.BODYWEIGHT_LABEL) & pl.col("path").str.starts_with(_IO + "Weight")
@@ -111,8 +120,11 @@ def _intake_output_totals(base: pl.LazyFrame) -> list[pl.LazyFrame]:
         has_out=is_out.any(),
         **{c: pl.col(c).sort_by("ord").first() for c in totals},
     )
-    keep = {"intaketotal": pl.col("has_in"), "outputtotal": pl.col("has_out"),
-            "nettotal": pl.col("has_in") | pl.col("has_out")}
+    keep = {
+        "intaketotal": pl.col("has_in"),
+        "outputtotal": pl.col("has_out"),
+        "nettotal": pl.col("has_in") | pl.col("has_out"),
+    }
     return [
         per_time.filter(cond).select("stay", "off", "ord", feat=pl.lit(totals[c].name), value=pl.col(c))
         for c, cond in keep.items()
@@ -124,21 +136,47 @@ def _mapping(spec: dict[str, SeriesVar]) -> dict[str, str]:
 
 
 def _respiratory(lf: pl.LazyFrame) -> pl.LazyFrame:
-    return long_keyed(lf, "respiratoryCharting", "respchartid", "respchartoffset", "respchartentryoffset",
-                      text("respchartvaluelabel"), ["respchartvaluelabel"], "respchartvalue",
-                      _mapping(variables.RESPIRATORY_CHARTING))
+    return long_keyed(
+        lf,
+        "respiratoryCharting",
+        "respchartid",
+        "respchartoffset",
+        "respchartentryoffset",
+        text("respchartvaluelabel"),
+        ["respchartvaluelabel"],
+        "respchartvalue",
+        _mapping(variables.RESPIRATORY_CHARTING),
+    )
 
 
 def _nurse(lf: pl.LazyFrame) -> pl.LazyFrame:
     mapping = {f"{a}\x1f{b}": v.name for (a, b), v in variables.NURSE_CHARTING.items()}
     key = pl.concat_str([text("nursingchartcelltypevallabel"), text("nursingchartcelltypevalname")], separator="\x1f")
-    return long_keyed(lf, "nurseCharting", "nursingchartid", "nursingchartoffset", "nursingchartentryoffset", key,
-                      ["nursingchartcelltypevallabel", "nursingchartcelltypevalname"], "nursingchartvalue", mapping)
+    return long_keyed(
+        lf,
+        "nurseCharting",
+        "nursingchartid",
+        "nursingchartoffset",
+        "nursingchartentryoffset",
+        key,
+        ["nursingchartcelltypevallabel", "nursingchartcelltypevalname"],
+        "nursingchartvalue",
+        mapping,
+    )
 
 
 def _lab(lf: pl.LazyFrame) -> pl.LazyFrame:
-    return long_keyed(lf, "lab", "labid", "labresultoffset", "labresultrevisedoffset", text("labname"), ["labname"],
-                      "labresult", _mapping(variables.LAB))
+    return long_keyed(
+        lf,
+        "lab",
+        "labid",
+        "labresultoffset",
+        "labresultrevisedoffset",
+        text("labname"),
+        ["labname"],
+        "labresult",
+        _mapping(variables.LAB),
+    )
 
 
 SOURCES: dict[str, tuple[Callable[[pl.LazyFrame], pl.LazyFrame], list[SeriesVar]]] = {
@@ -234,8 +272,9 @@ def build_vitals(
     counts of long rows in the window, rows out of range and cells."""
     n, nf = stay_index.height, len(feats)
     if not sources:
-        empty = SparseSeries((variables.N_BINS, nf), np.zeros(n + 1, np.int64), np.zeros(0, np.int32),
-                             np.zeros(0, np.float32))
+        empty = SparseSeries(
+            (variables.N_BINS, nf), np.zeros(n + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+        )
         return empty, {}
     long = pl.concat([lf.select(list(LONG_SCHEMA)).cast(LONG_SCHEMA) for _, lf in sources], how="vertical")
     df = long.collect(engine="streaming")

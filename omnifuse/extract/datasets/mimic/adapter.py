@@ -51,10 +51,20 @@ class MimicAdapter:
     version = "1"
     license = DATA_USE
 
-    def __init__(self, root: str | Path, cxr_root: str | Path | None = None, reports_root: str | Path | None = None,
-                 *, task: Task = "both", timestep: float = 2.0, hours: float = 48.0, include_pa: bool = False,
-                 outlier_ranges: bool = True, workdir: str | Path | None = None,
-                 batch_rows: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        cxr_root: str | Path | None = None,
+        reports_root: str | Path | None = None,
+        *,
+        task: Task = "both",
+        timestep: float = 2.0,
+        hours: float = 48.0,
+        include_pa: bool = False,
+        outlier_ranges: bool = True,
+        workdir: str | Path | None = None,
+        batch_rows: int = 2_000_000,
+    ) -> None:
         self.layout = MimicLayout.detect(root)
         if task not in ("both", "mortality", "phenotyping"):
             raise ValueError(f"task must be 'both', 'mortality' or 'phenotyping', got {task!r}")
@@ -89,10 +99,14 @@ class MimicAdapter:
     # ------------------------------------------------------------------ protocol
     def options(self) -> dict:
         return {
-            "root": str(self.layout.root), "source": self.layout.version,
+            "root": str(self.layout.root),
+            "source": self.layout.version,
             "cxr_root": str(self.cxr_root) if self.cxr_root else None,
             "reports_root": str(self.reports_root) if self.reports_root else None,
-            "task": self.task, "timestep_h": self.timestep, "hours": self.hours, "include_pa": self.include_pa,
+            "task": self.task,
+            "timestep_h": self.timestep,
+            "hours": self.hours,
+            "include_pa": self.include_pa,
             "outlier_ranges": self.outlier_ranges,
         }
 
@@ -100,20 +114,38 @@ class MimicAdapter:
         T = n_bins(self.hours, self.timestep)
         return [
             RawModality(
-                name="ehr", input="array", kind="timeseries", shape=(T, N_FEATURES), feature_names=feature_names(),
+                name="ehr",
+                input="array",
+                kind="timeseries",
+                shape=(T, N_FEATURES),
+                feature_names=feature_names(),
                 dtype="float32",
-                preprocessing={"continuous": continuous_indices(), "timestep_h": self.timestep, "hours": self.hours,
-                               "imputation": "previous, normal value before the first observation",
-                               "layout": "mimic3-benchmarks discretiser: 59 value columns then 17 masks"},
+                preprocessing={
+                    "continuous": continuous_indices(),
+                    "timestep_h": self.timestep,
+                    "hours": self.hours,
+                    "imputation": "previous, normal value before the first observation",
+                    "layout": "mimic3-benchmarks discretiser: 59 value columns then 17 masks",
+                },
             ),
-            RawModality(name="cxr", input="image", available=self.cxr_root is not None,
-                        absent_reason="no MIMIC-CXR-JPG source given (--cxr-root)",
-                        preprocessing={"views": ["AP", "PA"] if self.include_pa else ["AP"],
-                                       "choice": "latest study in the window"}),
-            RawModality(name="report", input="text", provenance_codes=list(cxr.REPORT_PROVENANCE),
-                        available=self.cxr_root is not None and self.reports_root is not None,
-                        absent_reason="no MIMIC-CXR report source given (--reports-root, with --cxr-root)",
-                        preprocessing={"section": "FINDINGS, else IMPRESSION", "max_words": cxr.MAX_WORDS}),
+            RawModality(
+                name="cxr",
+                input="image",
+                available=self.cxr_root is not None,
+                absent_reason="no MIMIC-CXR-JPG source given (--cxr-root)",
+                preprocessing={
+                    "views": ["AP", "PA"] if self.include_pa else ["AP"],
+                    "choice": "latest study in the window",
+                },
+            ),
+            RawModality(
+                name="report",
+                input="text",
+                provenance_codes=list(cxr.REPORT_PROVENANCE),
+                available=self.cxr_root is not None and self.reports_root is not None,
+                absent_reason="no MIMIC-CXR report source given (--reports-root, with --cxr-root)",
+                preprocessing={"section": "FINDINGS, else IMPRESSION", "max_words": cxr.MAX_WORDS},
+            ),
         ]
 
     def cohort(self) -> Cohort:
@@ -173,17 +205,32 @@ class MimicAdapter:
     def _build(self) -> None:
         stays, rules = mimic_cohort.base_stays(self.layout)
         ev_path = self.workdir / f"events_{self.layout.version}.parquet"
-        ev = collect_events(self.layout, stays, ev_path, hours=self.hours, outlier_ranges=self.outlier_ranges,
-                            batch_rows=self.batch_rows)
+        ev = collect_events(
+            self.layout,
+            stays,
+            ev_path,
+            hours=self.hours,
+            outlier_ranges=self.outlier_ranges,
+            batch_rows=self.batch_rows,
+        )
         keep = ev["any_in_stay"]
-        n = stays.height
-        rules.append({"rule": "no usable event of the 17 variables during the ICU stay",
-                      "excluded": int((~keep).sum()), "remaining": int(keep.sum())})
+        rules.append(
+            {
+                "rule": "no usable event of the 17 variables during the ICU stay",
+                "excluded": int((~keep).sum()),
+                "remaining": int(keep.sum()),
+            }
+        )
         los_ok = stays["los_h"].to_numpy() >= MORTALITY_HOURS - 1e-6
         mort_ok = los_ok & ev["any_in_48h"]
         if self.task == "mortality":
-            rules.append({"rule": "mortality cohort: stay shorter than 48 h or no event in the first 48 h",
-                          "excluded": int((keep & ~mort_ok).sum()), "remaining": int((keep & mort_ok).sum())})
+            rules.append(
+                {
+                    "rule": "mortality cohort: stay shorter than 48 h or no event in the first 48 h",
+                    "excluded": int((keep & ~mort_ok).sum()),
+                    "remaining": int((keep & mort_ok).sum()),
+                }
+            )
             keep = keep & mort_ok
         idx = np.flatnonzero(keep)
         self._old_rows = idx  # rows of the event parquet for each cohort row
@@ -198,12 +245,20 @@ class MimicAdapter:
         split, split_stats = mimic_cohort.benchmark_split(self.layout.version, subj)
         splits = {"benchmark": split}
         extra: dict = {
-            "source": self.layout.version, "cohort_rules": rules, "events_read": ev["rows_read"],
-            "event_values": ev["counts"], "phenotype_codes": pheno_stats, "benchmark_split": split_stats,
-            "data_use": DATA_USE, "stays": int(N), "subjects": int(len(np.unique(subj))),
+            "source": self.layout.version,
+            "cohort_rules": rules,
+            "events_read": ev["rows_read"],
+            "event_values": ev["counts"],
+            "phenotype_codes": pheno_stats,
+            "benchmark_split": split_stats,
+            "data_use": DATA_USE,
+            "stays": int(N),
+            "subjects": int(len(np.unique(subj))),
             "mortality": {"labelled": int(mort_mask.sum()), "positive": int(mort_y[mort_mask].sum())},
-            "phenotyping": {"labelled": int(N), "positives": {g: int(pheno_y[:, j].sum()) for j, g in
-                                                               enumerate(PHENOTYPES)}},
+            "phenotyping": {
+                "labelled": int(N),
+                "positives": {g: int(pheno_y[:, j].sum()) for j, g in enumerate(PHENOTYPES)},
+            },
             "ehr_window": ("first min(hours, length of stay) hours of the stay; masks 0 after ICU discharge"),
         }
         if self.cxr_root is not None:
@@ -219,8 +274,15 @@ class MimicAdapter:
         if self.task != "mortality":
             tasks.append(TaskSpec("phenotyping", "multilabel", list(PHENOTYPES)))
             labels["phenotyping"] = (pheno_y, np.ones(N, dtype=bool))
-        self._cohort = Cohort(stay_id=sid, subject_id=subj.astype(str), tasks=tasks, labels=labels,
-                              references=references, splits=splits, extra=extra)
+        self._cohort = Cohort(
+            stay_id=sid,
+            subject_id=subj.astype(str),
+            tasks=tasks,
+            labels=labels,
+            references=references,
+            splits=splits,
+            extra=extra,
+        )
         for r in rules:
             log.info("cohort rule %-70s excluded %6d remaining %6d", r["rule"], r["excluded"], r["remaining"])
 
@@ -235,17 +297,26 @@ class MimicAdapter:
     def _match_cxr(self, stays: pl.DataFrame, extra: dict, splits: dict) -> None:
         assert self.cxr_root is not None
         meta = cxr.read_metadata(self.cxr_root)
-        st = stays.select(pl.arange(0, stays.height, dtype=pl.Int64).alias("row"), "subject_id", "intime",
-                          self._window_end().alias("window_end"))
+        st = stays.select(
+            pl.arange(0, stays.height, dtype=pl.Int64).alias("row"),
+            "subject_id",
+            "intime",
+            self._window_end().alias("window_end"),
+        )
         chosen = cxr.match_studies(meta, st, include_pa=self.include_pa)
-        self._chosen = {r: (s, t, d) for r, s, t, d in chosen.select("row", "subject_id", "study_id",
-                                                                      "dicom_id").iter_rows()}
+        self._chosen = {
+            r: (s, t, d) for r, s, t, d in chosen.select("row", "subject_id", "study_id", "dicom_id").iter_rows()
+        }
         subj_with_cxr = int(stays.filter(pl.col("subject_id").is_in(meta["subject_id"].unique().implode())).height)
         extra["cxr"] = {
-            "stays_with_chosen_image": len(self._chosen), "stays_whose_subject_has_any_cxr": subj_with_cxr,
+            "stays_with_chosen_image": len(self._chosen),
+            "stays_whose_subject_has_any_cxr": subj_with_cxr,
             "views": ["AP", "PA"] if self.include_pa else ["AP"],
-            "window": {"both": "intime .. min(intime + hours, outtime)", "mortality": "intime .. intime + hours",
-                       "phenotyping": "intime .. outtime"}[self.task],
+            "window": {
+                "both": "intime .. min(intime + hours, outtime)",
+                "mortality": "intime .. intime + hours",
+                "phenotyping": "intime .. outtime",
+            }[self.task],
         }
         sp = cxr.read_split(self.cxr_root)
         if sp is not None:
@@ -268,8 +339,9 @@ class MimicAdapter:
             remap[self._old_rows] = np.arange(len(self._old_rows))
             new_row = remap[np.clip(ev["row"].to_numpy().astype(np.int64), 0, len(remap) - 1)]
             ev = ev.with_columns(pl.Series("row", new_row)).filter(pl.col("row") >= 0)
-            self._ehr = discretize(ev, self._stays.height, self.timestep, self.hours,
-                                   end_hours=self._stays["los_h"].to_numpy())
+            self._ehr = discretize(
+                ev, self._stays.height, self.timestep, self.hours, end_hours=self._stays["los_h"].to_numpy()
+            )
         return self._ehr
 
 
@@ -280,8 +352,11 @@ class MimicOptions:
     root: Path | None = option(None, help="MIMIC-III or MIMIC-IV folder.", required=True)
     cxr_root: Path | None = option(None, help="MIMIC-CXR-JPG folder (MIMIC-IV only).")
     reports_root: Path | None = option(None, help="MIMIC-CXR reports folder or zip (default --cxr-root).")
-    task: str = option("both", help="both (all stays), mortality (stays of 48 h or more) or phenotyping.",
-                       choices=("both", "mortality", "phenotyping"))
+    task: str = option(
+        "both",
+        help="both (all stays), mortality (stays of 48 h or more) or phenotyping.",
+        choices=("both", "mortality", "phenotyping"),
+    )
     timestep: float = option(2.0, help="EHR bin width in hours.")
     hours: float = option(48.0, help="EHR window from ICU admission, in hours.")
     include_pa: bool = option(False, help="Accept PA views besides AP.")
@@ -290,12 +365,26 @@ class MimicOptions:
     batch_rows: int = option(2_000_000, help="Event rows read per batch (memory against speed).")
 
 
-@register_dataset("mimic", description="MIMIC-III / MIMIC-IV ICU stays with MIMIC-CXR images and reports",
-                  options=MimicOptions, image_encoder="microsoft/resnet-34", text_encoder="bert-base-uncased",
-                  text_pooling="tokens")
+@register_dataset(
+    "mimic",
+    description="MIMIC-III or MIMIC-IV ICU stays, with MIMIC-CXR images and reports",
+    options=MimicOptions,
+    image_encoder="microsoft/resnet-34",
+    text_encoder="bert-base-uncased",
+    text_pooling="tokens",
+)
 def build_mimic(opts: MimicOptions) -> MimicAdapter:
     """``omnifuse extract --dataset mimic --root DIR [--cxr-root DIR]``."""
     assert opts.root is not None  # required: checked by the registry
-    return MimicAdapter(opts.root, opts.cxr_root, opts.reports_root, task=opts.task,  # type: ignore[arg-type]
-                        timestep=opts.timestep, hours=opts.hours, include_pa=opts.include_pa,
-                        outlier_ranges=opts.outlier_ranges, workdir=opts.workdir, batch_rows=opts.batch_rows)
+    return MimicAdapter(
+        opts.root,
+        opts.cxr_root,
+        opts.reports_root,
+        task=opts.task,  # type: ignore[arg-type]
+        timestep=opts.timestep,
+        hours=opts.hours,
+        include_pa=opts.include_pa,
+        outlier_ranges=opts.outlier_ranges,
+        workdir=opts.workdir,
+        batch_rows=opts.batch_rows,
+    )

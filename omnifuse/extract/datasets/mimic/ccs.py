@@ -42,12 +42,20 @@ PHENOTYPES: list[str] = [
 """The benchmark's 25 groups, in its label order (alphabetical, as its phenotyping listfile)."""
 
 ACUTE = {
-    "Acute and unspecified renal failure", "Acute cerebrovascular disease", "Acute myocardial infarction",
-    "Cardiac dysrhythmias", "Complications of surgical procedures or medical care",
-    "Fluid and electrolyte disorders", "Gastrointestinal hemorrhage", "Other lower respiratory disease",
-    "Other upper respiratory disease", "Pleurisy; pneumothorax; pulmonary collapse",
+    "Acute and unspecified renal failure",
+    "Acute cerebrovascular disease",
+    "Acute myocardial infarction",
+    "Cardiac dysrhythmias",
+    "Complications of surgical procedures or medical care",
+    "Fluid and electrolyte disorders",
+    "Gastrointestinal hemorrhage",
+    "Other lower respiratory disease",
+    "Other upper respiratory disease",
+    "Pleurisy; pneumothorax; pulmonary collapse",
     "Pneumonia (except that caused by tuberculosis or sexually transmitted disease)",
-    "Respiratory failure; insufficiency; arrest (adult)", "Septicemia (except in labor)", "Shock",
+    "Respiratory failure; insufficiency; arrest (adult)",
+    "Septicemia (except in labor)",
+    "Shock",
 }
 
 
@@ -95,8 +103,9 @@ def build_ccs_table(definitions_yaml: str | Path, icd10_to_icd9_gem: str | Path)
         for g, v in votes.items():
             if g is not None and v == top:
                 rows.add((10, src, g))
-    df = pl.DataFrame(sorted(rows), schema={"icd_version": pl.Int8, "icd_code": pl.Utf8, "group": pl.Utf8},
-                      orient="row")
+    df = pl.DataFrame(
+        sorted(rows), schema={"icd_version": pl.Int8, "icd_code": pl.Utf8, "group": pl.Utf8}, orient="row"
+    )
     return df
 
 

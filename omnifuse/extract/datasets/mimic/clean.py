@@ -147,9 +147,7 @@ def clean_events(events: pl.DataFrame, outlier_ranges: bool = True) -> tuple[pl.
         v = pl.col("val")
         outlier = ~is_cat & ((v < expr_lo_o) | (v > expr_hi_o))
         ev = ev.with_columns((pl.col("_readable") & outlier).fill_null(False).alias("_outlier"))
-        ev = ev.with_columns(
-            pl.when(is_cat).then(v).otherwise(v.clip(expr_lo_v, expr_hi_v)).alias("val")
-        )
+        ev = ev.with_columns(pl.when(is_cat).then(v).otherwise(v.clip(expr_lo_v, expr_hi_v)).alias("val"))
     else:
         ev = ev.with_columns(pl.lit(False).alias("_outlier"))
     counts_df = ev.group_by("var").agg(
@@ -158,8 +156,11 @@ def clean_events(events: pl.DataFrame, outlier_ranges: bool = True) -> tuple[pl.
         pl.col("_outlier").sum().alias("out_of_range"),
     )
     counts = {
-        VARIABLES[r["var"]]: {"seen": int(r["seen"]), "unreadable": int(r["unreadable"]),
-                              "out_of_range": int(r["out_of_range"])}
+        VARIABLES[r["var"]]: {
+            "seen": int(r["seen"]),
+            "unreadable": int(r["unreadable"]),
+            "out_of_range": int(r["out_of_range"]),
+        }
         for r in counts_df.iter_rows(named=True)
     }
     keep = [c for c in events.columns if c not in ("itemid", "value", "valuenum", "valueuom")]

@@ -22,7 +22,6 @@ from omnifuse.extract.datasets.mimic.ccs import PHENOTYPES, load_ccs_table
 from omnifuse.extract.datasets.mimic.readers import MimicLayout
 
 
-
 def _dt(col: str) -> pl.Expr:
     return pl.col(col).str.strip_chars().str.to_datetime(strict=False, time_unit="us")
 
@@ -42,7 +41,11 @@ def base_stays(layout: MimicLayout) -> tuple[pl.DataFrame, list[dict]]:
     if iii:
         cols += ["first_wardid", "last_wardid"]
     st = layout.read("icustays", cols).with_columns(
-        _int("subject_id"), _int("hadm_id"), _int("stay_id"), _dt("intime"), _dt("outtime"),
+        _int("subject_id"),
+        _int("hadm_id"),
+        _int("stay_id"),
+        _dt("intime"),
+        _dt("outtime"),
         pl.col("los").str.strip_chars().cast(pl.Float64, strict=False),
     )
     log: list[dict] = []
@@ -53,9 +56,16 @@ def base_stays(layout: MimicLayout) -> tuple[pl.DataFrame, list[dict]]:
 
     n0 = st.height
     log.append({"rule": "ICU stays in the source", "excluded": 0, "remaining": n0})
-    st = step(st.filter(pl.col("intime").is_not_null() & pl.col("outtime").is_not_null() & pl.col("los").is_not_null()
-                        & pl.col("hadm_id").is_not_null()),
-              "missing intime, outtime, length of stay or admission id", n0)
+    st = step(
+        st.filter(
+            pl.col("intime").is_not_null()
+            & pl.col("outtime").is_not_null()
+            & pl.col("los").is_not_null()
+            & pl.col("hadm_id").is_not_null()
+        ),
+        "missing intime, outtime, length of stay or admission id",
+        n0,
+    )
     n = st.height
     same = pl.col("first_careunit") == pl.col("last_careunit")
     if iii:
@@ -63,13 +73,11 @@ def base_stays(layout: MimicLayout) -> tuple[pl.DataFrame, list[dict]]:
     st = step(st.filter(same.fill_null(False)), "transfer between ICU units or wards", n)
     adm_cols = ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime"]
     adm = layout.read("admissions", adm_cols).with_columns(
-        _int("subject_id"), _int("hadm_id"), _dt("admittime"), _dt("dischtime"), _dt("deathtime"))
+        _int("subject_id"), _int("hadm_id"), _dt("admittime"), _dt("dischtime"), _dt("deathtime")
+    )
     pat_cols = ["subject_id", "dob", "dod"] if iii else ["subject_id", "anchor_age", "anchor_year", "dod"]
     pat = layout.read("patients", pat_cols).with_columns(_int("subject_id"), _dt("dod"))
-    if iii:
-        pat = pat.with_columns(_dt("dob"))
-    else:
-        pat = pat.with_columns(_int("anchor_age"), _int("anchor_year"))
+    pat = pat.with_columns(_dt("dob")) if iii else pat.with_columns(_int("anchor_age"), _int("anchor_year"))
     n = st.height
     st = st.join(adm, on=["subject_id", "hadm_id"], how="inner").join(pat, on="subject_id", how="inner")
     st = step(st, "no admission or patient record", n)
@@ -85,12 +93,28 @@ def base_stays(layout: MimicLayout) -> tuple[pl.DataFrame, list[dict]]:
     st = st.with_columns(pl.when(pl.col("age") < 0).then(90.0).otherwise(pl.col("age")).alias("age"))
     n = st.height
     st = step(st.filter(pl.col("age") >= 18), "age < 18 at ICU admission", n)
-    died = (pl.col("dod").is_not_null() & (pl.col("admittime") <= pl.col("dod")) & (pl.col("dischtime") >= pl.col("dod"))) | (
-        pl.col("deathtime").is_not_null() & (pl.col("admittime") <= pl.col("deathtime"))
-        & (pl.col("dischtime") >= pl.col("deathtime")))
+    died = (
+        pl.col("dod").is_not_null() & (pl.col("admittime") <= pl.col("dod")) & (pl.col("dischtime") >= pl.col("dod"))
+    ) | (
+        pl.col("deathtime").is_not_null()
+        & (pl.col("admittime") <= pl.col("deathtime"))
+        & (pl.col("dischtime") >= pl.col("deathtime"))
+    )
     st = st.with_columns(died.fill_null(False).cast(pl.Int8).alias("mortality"), (pl.col("los") * 24.0).alias("los_h"))
-    st = st.select("subject_id", "hadm_id", "stay_id", "intime", "outtime", "admittime", "dischtime", "deathtime",
-                   "dod", "los_h", "age", "mortality").sort("stay_id")
+    st = st.select(
+        "subject_id",
+        "hadm_id",
+        "stay_id",
+        "intime",
+        "outtime",
+        "admittime",
+        "dischtime",
+        "deathtime",
+        "dod",
+        "los_h",
+        "age",
+        "mortality",
+    ).sort("stay_id")
     return st, log
 
 
@@ -101,7 +125,8 @@ def phenotype_labels(layout: MimicLayout, hadm_ids: np.ndarray) -> tuple[np.ndar
     Returns (labels float32, stats: rows per ICD version, admissions with any ICD-10 row).
     """
     dx = layout.read("diagnoses_icd", ["hadm_id", "icd_code", "icd_version"]).with_columns(
-        _int("hadm_id"), pl.col("icd_code").str.strip_chars(), pl.col("icd_version").str.strip_chars().cast(pl.Int8))
+        _int("hadm_id"), pl.col("icd_code").str.strip_chars(), pl.col("icd_version").str.strip_chars().cast(pl.Int8)
+    )
     dx = dx.filter(pl.col("hadm_id").is_in(pl.Series(hadm_ids, dtype=pl.Int64).implode()))
     dcols = ["icd_code"] if layout.version == "mimic-iii" else ["icd_code", "icd_version"]
     d = layout.read("d_icd_diagnoses", dcols).with_columns(pl.col("icd_code").str.strip_chars())

@@ -45,15 +45,23 @@ def read_metadata(cxr_root: str | Path) -> pl.DataFrame:
     if not need <= set(df.columns):
         raise CxrLayoutError(f"{p} lacks columns {sorted(need - set(df.columns))}")
     # StudyTime is HHMMSS with optional fraction and may have lost leading zeros (e.g. "93012.5")
-    time6 = pl.col("StudyTime").str.strip_chars().cast(pl.Float64, strict=False).floor().cast(pl.Int64).cast(
-        pl.Utf8).str.zfill(6)
+    time6 = (
+        pl.col("StudyTime")
+        .str.strip_chars()
+        .cast(pl.Float64, strict=False)
+        .floor()
+        .cast(pl.Int64)
+        .cast(pl.Utf8)
+        .str.zfill(6)
+    )
     return df.select(
         pl.col("dicom_id").str.strip_chars(),
         pl.col("subject_id").str.strip_chars().cast(pl.Int64),
         pl.col("study_id").str.strip_chars().cast(pl.Int64),
         pl.col("ViewPosition").fill_null("").str.strip_chars().alias("view"),
-        (pl.col("StudyDate").str.strip_chars() + " " + time6).str.to_datetime("%Y%m%d %H%M%S", strict=False,
-                                                                              time_unit="us").alias("study_dt"),
+        (pl.col("StudyDate").str.strip_chars() + " " + time6)
+        .str.to_datetime("%Y%m%d %H%M%S", strict=False, time_unit="us")
+        .alias("study_dt"),
     )
 
 
@@ -124,7 +132,7 @@ def report_sections(text: str) -> dict[str, str]:
     for i, h in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
         name = re.sub(r"\s+", " ", h.group(1)).strip()
-        body = re.sub(r"\s+", " ", text[h.end():end]).strip()
+        body = re.sub(r"\s+", " ", text[h.end() : end]).strip()
         out.setdefault(name, body)
     return out
 

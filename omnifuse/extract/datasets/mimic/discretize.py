@@ -48,8 +48,9 @@ def _category_rank() -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"var": pl.Int8, "val": pl.Float64, "_rank": pl.Float64}, orient="row")
 
 
-def discretize(events: pl.DataFrame, n_rows: int, timestep: float, hours: float,
-               end_hours: np.ndarray | None = None) -> np.ndarray:
+def discretize(
+    events: pl.DataFrame, n_rows: int, timestep: float, hours: float, end_hours: np.ndarray | None = None
+) -> np.ndarray:
     """Discretise cleaned events of ``n_rows`` stays.
 
     ``events``: columns ``row`` (int, 0..n_rows-1), ``hours`` (float, time since ICU admission), ``var``
@@ -60,7 +61,9 @@ def discretize(events: pl.DataFrame, n_rows: int, timestep: float, hours: float,
     T = n_bins(hours, timestep)
     end = np.full(n_rows, float(hours)) if end_hours is None else np.minimum(np.asarray(end_hours, float), hours)
     ev = events.select(
-        pl.col("row").cast(pl.Int64), pl.col("hours").cast(pl.Float64), pl.col("var").cast(pl.Int8),
+        pl.col("row").cast(pl.Int64),
+        pl.col("hours").cast(pl.Float64),
+        pl.col("var").cast(pl.Int8),
         pl.col("val").cast(pl.Float64),
     )
     rows = ev["row"].to_numpy()
@@ -72,9 +75,7 @@ def discretize(events: pl.DataFrame, n_rows: int, timestep: float, hours: float,
     ev = ev.join(_category_rank(), on=["var", "val"], how="left")
     ev = ev.with_columns(pl.coalesce(pl.col("_rank"), pl.col("val")).alias("_rank"))
     ev = ev.sort(["row", "var", "hours", "_rank"]).unique(["row", "var", "hours"], keep="last", maintain_order=True)
-    ev = ev.with_columns(
-        ((pl.col("hours") / timestep) - EPS).cast(pl.Int64).clip(0, T - 1).alias("_bin")
-    )
+    ev = ev.with_columns(((pl.col("hours") / timestep) - EPS).cast(pl.Int64).clip(0, T - 1).alias("_bin"))
     # last event of each bin wins (sorted by time above)
     ev = ev.unique(["row", "var", "_bin"], keep="last", maintain_order=True)
     obs = np.full((n_rows, T, N_VARS), np.nan)
@@ -91,7 +92,7 @@ def discretize(events: pl.DataFrame, n_rows: int, timestep: float, hours: float,
         if v in CATEGORIES:
             k = len(CATEGORIES[v])
             codes = filled[:, :, i].astype(np.int64)
-            out[:, :, offs[i]:offs[i] + k] = np.eye(k, dtype=np.float32)[codes]
+            out[:, :, offs[i] : offs[i] + k] = np.eye(k, dtype=np.float32)[codes]
         else:
             out[:, :, offs[i]] = filled[:, :, i]
     out[:, :, N_VALUE_COLS:] = mask

@@ -22,8 +22,14 @@ EPS = 1e-6
 MORTALITY_HOURS = 48.0
 
 
-def collect_events(layout: MimicLayout, stays: pl.DataFrame, out_path: str | Path, hours: float,
-                   outlier_ranges: bool = True, batch_rows: int = 2_000_000) -> dict:
+def collect_events(
+    layout: MimicLayout,
+    stays: pl.DataFrame,
+    out_path: str | Path,
+    hours: float,
+    outlier_ranges: bool = True,
+    batch_rows: int = 2_000_000,
+) -> dict:
     """Write ``out_path`` (parquet: row int32, hours float64, var int8, val float64) for the rows of ``stays``.
 
     Kept events lie in (-1e-6, min(hours, los_h) + 1e-6). Returns {"any_in_stay": bool [N] (an event in
@@ -32,8 +38,11 @@ def collect_events(layout: MimicLayout, stays: pl.DataFrame, out_path: str | Pat
     """
     n = stays.height
     small = stays.select(
-        pl.col("hadm_id"), pl.arange(0, n, dtype=pl.Int32).alias("row"),
-        pl.col("stay_id").alias("_sid"), pl.col("intime"), pl.col("los_h"),
+        pl.col("hadm_id"),
+        pl.arange(0, n, dtype=pl.Int32).alias("row"),
+        pl.col("stay_id").alias("_sid"),
+        pl.col("intime"),
+        pl.col("los_h"),
     )
     any_stay = np.zeros(n, dtype=bool)
     any_48 = np.zeros(n, dtype=bool)
@@ -54,7 +63,8 @@ def collect_events(layout: MimicLayout, stays: pl.DataFrame, out_path: str | Pat
                 ev = ev.join(small, on="hadm_id", how="inner")
                 ev = ev.filter(pl.col("stay_id").is_null() | (pl.col("stay_id") == pl.col("_sid")))
                 ev = ev.with_columns(
-                    ((pl.col("charttime") - pl.col("intime")).dt.total_microseconds() / 3.6e9).alias("hours"))
+                    ((pl.col("charttime") - pl.col("intime")).dt.total_microseconds() / 3.6e9).alias("hours")
+                )
                 ev = ev.filter((pl.col("hours") > -EPS) & (pl.col("hours") < pl.col("los_h") + EPS))
                 ev = ev.select("row", "hours", "los_h", "itemid", "value", "valuenum", "valueuom")
                 cleaned, c = clean_events(ev, outlier_ranges=outlier_ranges)

@@ -115,8 +115,9 @@ def _header(path: Path) -> list[str]:
     return next(csv.reader([line]))
 
 
-def iter_event_batches(path: str | Path, itemids: set[int], batch_rows: int = 2_000_000,
-                       block_bytes: int = 64 << 20) -> Iterator[pl.DataFrame]:
+def iter_event_batches(
+    path: str | Path, itemids: set[int], batch_rows: int = 2_000_000, block_bytes: int = 64 << 20
+) -> Iterator[pl.DataFrame]:
     """Stream an event table, keeping rows whose item id is in ``itemids``.
 
     Yields frames with EVENT_COLUMNS (``stay_id`` null for labevents) of about ``batch_rows`` kept rows;
