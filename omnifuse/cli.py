@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from omnifuse import __version__
+from omnifuse.fuse.config import TrainConfig
 from omnifuse.experiments.config import AblationConfig, CompareConfig, ImputationConfig, SweepConfig, UnimodalConfig
 from omnifuse.extract.config import extract_cli_parameters
 from omnifuse.options import cli_options, with_parameters
@@ -95,47 +96,33 @@ def _parse_params(items: list[str] | None) -> dict:
 
 
 @app.command()
+@cli_options(TrainConfig)
 def train(
     cache: Path = typer.Option(..., "--cache", "-c", help="Cache written by `omnifuse extract`."),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task in the cache (e.g. mortality)."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Fusion method (see `omnifuse methods`); "
-                                         "default omnifuse."),
-    modality: Optional[list[str]] = typer.Option(None, "--modality", help="Use only this modality (repeat)."),
-    folds: Optional[int] = typer.Option(None, "--folds", help="Patient-grouped cross-validation folds (default 5)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Use an official split stored in the cache instead "
-                                        "of folds (e.g. benchmark)."),
-    missing_rate: Optional[float] = typer.Option(None, "--missing-rate", help="Simulated missingness rate r."),
-    missing_mode: Optional[str] = typer.Option(None, "--missing-mode", help="random, or a modality name."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (cuda when present), cpu, cuda."),
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeat), "
                                               "e.g. -p beta=0.5 -p tla=false (OmniFuse ablation switches: "
                                               "dwfuse, tla, imp_fw, imp_bw)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file; flags override it."),
     grid_search: bool = typer.Option(False, "--grid", help="Cross-validated grid over beta, alpha and the "
                                      "lambdas (or the [grid] table of --config), chosen on inner validation."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder."),
+    **flags: Any,
 ) -> None:
     """Stage two: train and evaluate a fusion method with patient-grouped cross-validation.
 
-    Writes OUT/config.json (resolved), metrics.json (per fold and mean, per modality combination),
-    predictions.csv, lazy_combinations.json (OmniFuse's TLA trace) and a checkpoint per fold.
+    Writes OUT/config.json (resolved), metrics.json (per fold and mean, per modality combination in both views:
+    every test row masked down to it, and the rows holding it), predictions.csv, lazy_combinations.json
+    (OmniFuse's TLA trace) and a checkpoint per fold. Every option below is a TrainConfig field; a --config
+    TOML file may set them all, and flags override it.
     """
     from omnifuse.cache import CacheError
     from omnifuse.fuse.train import grid, print_results
     from omnifuse.fuse.train import train as run_train
 
     _setup_logging(False)
-    kw = dict(task=task, method=method, modalities=modality, folds=folds, missing_rate=missing_rate, seed=seed,
-              out=out, config=config, split=split, missing_mode=missing_mode, epochs=epochs,
-              batch_size=batch_size, lr=lr, device=device, method_params=_parse_params(param) or None)
+    kw = dict(flags, out=out, method_params=_parse_params(param) or None)
     try:
         if grid_search:
-            kw.pop("modalities"), kw.pop("folds"), kw.pop("missing_rate"), kw.pop("seed")
-            res = grid(cache, modalities=modality, folds=folds, missing_rate=missing_rate, seed=seed, **kw)
+            res = grid(cache, **kw)
             typer.echo(f"best parameters (mean inner-validation AUROC): {res['best']}; written to {out}/grid.json")
             return
         result = run_train(cache, **kw)
@@ -337,8 +324,9 @@ def encoders(
     t.add_column("name", no_wrap=True)
     for col in ("aliases", "family", "source", "output shape", "licence"):
         t.add_column(col, overflow="fold")
-    for e in entries:
-        t.add_row(e.name, ", ".join(e.aliases) or "-", e.family, e.source, e.shape_text(), e.licence)
+    for entry in entries:
+        t.add_row(entry.name, ", ".join(entry.aliases) or "-", entry.family, entry.source, entry.shape_text(),
+                  entry.licence)
     Console().print(t)
 
 

@@ -37,11 +37,12 @@ def json_safe(o: Any) -> Any:
     return o
 
 
-def make_progress(*, rate: bool = False, log_every: float = 30.0) -> Any:
+def make_progress(*, rate: bool = False, log_every: float = 30.0, console: Any = None) -> Any:
     """A rich ``Progress`` with description, bar, count, an ``info`` field, and (``rate``) items per second.
 
     Without ``rate``, tasks added to it must give ``info=""`` (a field shown after the count). On a
-    non-terminal output the progress is also logged (see the module docstring)."""
+    non-terminal output the progress is also logged (see the module docstring). ``console``: a rich
+    ``Console`` to draw on (default: standard error)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
     from rich.text import Text
 
@@ -70,4 +71,4 @@ def make_progress(*, rate: bool = False, log_every: float = 30.0) -> Any:
     cols: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
     cols.append(_Rate() if rate else TextColumn("{task.fields[info]}"))
     cols.append(TimeElapsedColumn())
-    return _LoggedProgress(*cols, transient=False, redirect_stderr=sys.stderr.isatty())
+    return _LoggedProgress(*cols, transient=False, redirect_stderr=sys.stderr.isatty(), console=console)

@@ -76,16 +76,22 @@ class StudyConfig:
 
 
 @dataclass
-class CompareConfig(StudyConfig):
+class CombinationStudyConfig(StudyConfig):
+    """Options of the studies that evaluate modality combinations under an optional simulated missingness."""
+
+    combinations: list[str] = option(["full+single"], help=COMBINATIONS_HELP, flag="--combinations")
+    missing_rate: float = option(0.0, help="Simulated missing rate of every test and training row.")
+    missing_mode: str = option("random", help="random, or the modality to drop.")
+
+
+@dataclass
+class CompareConfig(CombinationStudyConfig):
     """``omnifuse experiment compare``: every method on the same folds and masks (the paper's table 3)."""
 
     out: Path = option(Path("experiments/compare"), help="Results folder (finished runs in it are reused).",
                        short="-o")
     methods: list[str] | None = option(None, help="Methods or variants (comma-separated or repeated; default every "
                                        "registered method and the dwfuse_only variant).", flag="--methods")
-    combinations: list[str] = option(["full+single"], help=COMBINATIONS_HELP, flag="--combinations")
-    missing_rate: float = option(0.0, help="Simulated missing rate of every test and training row.")
-    missing_mode: str = option("random", help="random, or the modality to drop.")
 
 
 @dataclass
@@ -101,16 +107,13 @@ class UnimodalConfig(StudyConfig):
 
 
 @dataclass
-class AblationConfig(StudyConfig):
+class AblationConfig(CombinationStudyConfig):
     """``omnifuse experiment ablation``: OmniFuse's components switched on one by one (table 4)."""
 
     out: Path = option(Path("experiments/ablation"), help="Results folder (finished runs in it are reused).",
                        short="-o")
     rows: list[str] = option(["a", "b", "c", "d", "e", "f"], help="Rows of table 4: a none, b +DWFuse, c +TLA, "
                              "d +IMP-fw, e DWFuse+IMP-fw+IMP-bw (our reading), f all.", flag="--rows")
-    combinations: list[str] = option(["full+single"], help=COMBINATIONS_HELP, flag="--combinations")
-    missing_rate: float = option(0.0, help="Simulated missing rate of every test and training row.")
-    missing_mode: str = option("random", help="random, or the modality to drop.")
 
 
 @dataclass

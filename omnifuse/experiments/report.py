@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from omnifuse.utils import json_safe
+
 
 @dataclass
 class Section:
@@ -70,20 +72,6 @@ def fp(p: Any) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "-"
     return f"{p:.2g}" if p >= 0.001 else "<0.001"
-
-
-def json_safe(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [json_safe(v) for v in o]
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item") and callable(o.item) and getattr(o, "ndim", 1) == 0:
-        o = o.item()
-    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
-        return None
-    return o
 
 
 def to_markdown(sections: Sequence[Section]) -> str:

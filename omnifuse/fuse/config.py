@@ -1,6 +1,7 @@
-"""Stage-two run configuration: defaults (the paper's hyperparameters for OmniFuse live in the method's
-registry defaults), a TOML file (``--config``) and flags; flags override the file, and the resolved
-configuration is saved with every run.
+"""Stage-two run configuration, declared once (:mod:`omnifuse.options`): defaults (the paper's hyperparameters
+for OmniFuse live in the method's registry defaults), a TOML file (``--config``) and flags; flags override the
+file, and the resolved configuration is saved with every run (``config.json``). ``omnifuse train``'s flags are
+generated from :class:`TrainConfig`.
 
 TOML layout::
 
@@ -16,78 +17,64 @@ TOML layout::
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from omnifuse.options import load_toml, option, resolve, to_json
+
+__all__ = ["TrainConfig", "load_toml", "resolve_config"]
 
 
 @dataclass
 class TrainConfig:
     """Every option of a stage-two run. ``method_params`` go to the fusion method's builder."""
 
-    task: str = ""
-    method: str = "omnifuse"
-    modalities: list[str] | None = None
-    folds: int = 5
-    split: str | None = None  # a split stored in the cache (train/val/test) instead of k folds
-    missing_rate: float = 0.0
-    missing_mode: str = "random"  # "random" or a modality name
-    seed: int = 0
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    grad_clip: float = 5.0
-    patience: int = 5
-    val_fraction: float = 0.1
-    mining_rows: int = 512  # TLA mining subset of training rows (bounded cost: 2^M - 1 passes per epoch)
-    eval_batch_size: int = 1024
-    normalize_embeddings: bool = True
-    n_boot: int = 1000
-    device: str = "auto"
-    progress: bool = True
-    save_checkpoints: bool = True
-    method_params: dict[str, Any] = field(default_factory=dict)
+    task: str = option("", help="Task in the cache (e.g. mortality).", short="-t")
+    method: str = option("omnifuse", help="Fusion method or variant (see `omnifuse methods`).", short="-m")
+    modalities: list[str] | None = option(None, help="Use only this modality (repeat; default all).",
+                                          flag="--modality")
+    folds: int = option(5, help="Patient-grouped cross-validation folds.")
+    split: str | None = option(None, help="Use a split stored in the cache (train/val/test values, e.g. "
+                               "benchmark) instead of folds.")
+    missing_rate: float = option(0.0, help="Simulated missing rate r of every row (the same mask for every "
+                                 "method; seeded per fold).")
+    missing_mode: str = option("random", help="random, or the modality to drop.")
+    seed: int = option(0, help="Seed of folds, masks and runs (see omnifuse.fuse.fold).")
+    epochs: int = option(30, help="Maximum epochs (early stopping on the inner validation split).")
+    batch_size: int = option(256, help="Training batch size.")
+    lr: float = option(1e-3, help="Learning rate.")
+    weight_decay: float = option(1e-2, help="Weight decay of the default AdamW optimiser.")
+    grad_clip: float = option(5.0, help="Gradient norm clipping (0: none).")
+    patience: int = option(5, help="Epochs without a better validation score before stopping.")
+    val_fraction: float = option(0.1, help="Share of the training rows (patient-grouped) used for validation.")
+    mining_rows: int = option(512, help="Training rows TLA mines its lazy combination on after each epoch "
+                              "(2^M - 1 passes over them: bounded cost).")
+    eval_batch_size: int = option(1024, help="Batch size of evaluation passes.")
+    normalize_embeddings: bool = option(True, help="Standardise cached embeddings with training statistics.")
+    n_boot: int = option(1000, help="Bootstrap replicates of the per-fold confidence intervals.")
+    device: str = option("auto", help="auto (cuda when present), cpu, cuda.")
+    progress: bool = option(True, help="Show a progress bar (logged when the output is not a terminal).")
+    save_checkpoints: bool = option(True, help="Write each fold's model, normaliser and model.json.", cli=False)
+    method_params: dict[str, Any] = option({}, help="Parameters of the method (over its registry defaults); on "
+                                           "the command line -p key=value.", cli=False)
+
+    def __post_init__(self) -> None:
+        if self.folds < 1:
+            raise ValueError(f"folds must be >= 1, got {self.folds}")
+        if not 0.0 <= self.missing_rate <= 1.0:
+            raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_FIELDS = {f.name for f in fields(TrainConfig)}
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file into a flat dict (``[method_params]`` and ``[grid]`` kept as tables)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    with p.open("rb") as f:
-        return tomllib.load(f)
+        return to_json(self)
 
 
 def resolve_config(config: str | Path | dict[str, Any] | TrainConfig | None = None, **overrides: Any) -> TrainConfig:
     """Defaults < file (path or dict) < ``overrides`` (flags; None values are ignored). Unknown keys raise
-    ``ValueError`` naming them; ``method_params`` are merged key by key."""
-    base: dict[str, Any] = {}
-    if isinstance(config, TrainConfig):
-        base = config.to_json()
-    elif isinstance(config, (str, Path)):
-        base = load_toml(config)
-    elif isinstance(config, dict):
-        base = dict(config)
-    base.pop("grid", None)
-    over = {k: v for k, v in overrides.items() if v is not None}
-    unknown = sorted((set(base) | set(over)) - _FIELDS)
-    if unknown:
-        raise ValueError(f"unknown configuration key(s): {unknown}; known: {sorted(_FIELDS)}")
-    mp = {**dict(base.get("method_params", {}) or {}), **dict(over.pop("method_params", {}) or {})}
-    merged = {**base, **over, "method_params": mp}
-    if merged.get("modalities") is not None:
-        merged["modalities"] = list(merged["modalities"])
-    cfg = TrainConfig(**merged)
-    if cfg.folds < 1:
-        raise ValueError(f"folds must be >= 1, got {cfg.folds}")
-    if not 0.0 <= cfg.missing_rate <= 1.0:
-        raise ValueError(f"missing_rate must be in [0, 1], got {cfg.missing_rate}")
-    return cfg
+    ``ValueError`` naming them; ``method_params`` are merged key by key; a file's ``[grid]`` table is for
+    :func:`omnifuse.fuse.train.grid` and ignored here."""
+    if isinstance(config, (str, Path)):
+        config = load_toml(config)
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k != "grid"}
+    return resolve(TrainConfig, config, **overrides)

@@ -80,7 +80,7 @@ def row_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, weight: torch.Ten
     else:
         per = F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="none")  # [B, C]
     if weight is not None:
-        per = per * weight
+        per = per * (weight.unsqueeze(1) if weight.dim() < per.dim() else weight)
     return per.mean(dim=1) if per.dim() == 2 else per
 
 

@@ -94,25 +94,25 @@ def _macro(v: np.ndarray) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+def _averaged(fn: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, p: np.ndarray, kind: str,
+              average: str) -> float:
+    y2, p2 = _as_2d(y, p, kind)
+    if average == "micro":
+        return fn(y2.ravel(), p2.ravel())
+    if average != "macro":
+        raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
+    return _macro(_per_label(fn, y2, p2))
+
+
 def auroc(y: np.ndarray, p: np.ndarray, kind: str = "binary", average: str = "macro") -> float:
     """Area under the ROC curve. ``average``: "macro" (mean over labels with both classes) or "micro"
     (all label cells pooled); binary tasks have one label, so both give the same number."""
-    y2, p2 = _as_2d(y, p, kind)
-    if average == "micro":
-        return _binary_auroc(y2.ravel(), p2.ravel())
-    if average != "macro":
-        raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
-    return _macro(_per_label(_binary_auroc, y2, p2))
+    return _averaged(_binary_auroc, y, p, kind, average)
 
 
 def auprc(y: np.ndarray, p: np.ndarray, kind: str = "binary", average: str = "macro") -> float:
     """Area under the precision-recall curve, computed as average precision (step-wise, no interpolation)."""
-    y2, p2 = _as_2d(y, p, kind)
-    if average == "micro":
-        return _binary_ap(y2.ravel(), p2.ravel())
-    if average != "macro":
-        raise ValueError(f"average must be 'macro' or 'micro', got {average!r}")
-    return _macro(_per_label(_binary_ap, y2, p2))
+    return _averaged(_binary_ap, y, p, kind, average)
 
 
 average_precision = auprc

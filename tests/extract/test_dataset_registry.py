@@ -38,7 +38,7 @@ def test_the_four_datasets_are_registered():
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_declaration_is_complete(name):
     entry = DATASETS[name]
-    assert entry.name == name and entry.description and entry.description[0].islower()
+    assert entry.name == name and entry.description and not entry.description.endswith(".")
     assert dataclasses.is_dataclass(entry.options)
     for d in entry.declared_options():
         assert d.info.help.strip().endswith("."), (name, d.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from omnifuse.cache import CacheError, load_cache, open_cache
+from omnifuse.extract.config import ExtractConfig
 from omnifuse.extract.datasets.manifest import ManifestAdapter
 from omnifuse.extract.pipeline import extract
 
@@ -138,6 +140,29 @@ def test_rerun_with_other_settings_is_refused(extracted, toy, image_encoder, tex
         _extract(toy, summary.out, image_encoder, text_encoder, max_slices=MAX_SLICES + 1)
     again = _extract(toy, summary.out, image_encoder, text_encoder)  # same settings: nothing left to do
     assert again.resumed and all(r.blocks_written == 0 for r in again.modalities.values())
+
+
+def test_configuration_saved_with_the_cache(extracted, image_encoder, text_encoder):
+    _, c, _ = extracted
+    saved = c.attrs["summary"]["extract_config"]
+    assert saved["image_encoder"] == image_encoder.name and saved["text_encoder"] == text_encoder.name
+    assert saved["batch_size"] == 4 and saved["rows_per_block"] == 2 and saved["num_workers"] == 1
+    assert saved["dataset"] == "toy" and saved["max_slices"] == MAX_SLICES  # direct calls: the adapter's name
+    assert json.loads(json.dumps(saved)) == saved
+
+
+def test_config_object_overrides_and_unset_encoders(toy, image_encoder, tmp_path):
+    adapter = ManifestAdapter(toy["manifest"], toy["spec"])
+    with pytest.raises(ValueError, match="image_encoder is not set"):
+        extract(adapter, tmp_path / "a.zarr", progress=False)
+    with pytest.raises(ValueError, match="unknown ExtractConfig option.*batchsize"):
+        extract(adapter, tmp_path / "a.zarr", batchsize=3)
+    with pytest.raises(ValueError, match="no output path"):
+        extract(adapter, image_encoder=image_encoder)
+    cfg = ExtractConfig(text_encoder="bert-base-uncased", text_pooling=None, batch_size=3, progress=False)
+    with pytest.raises(ValueError, match="text_encoder and text_pooling must be set"):
+        extract(adapter, tmp_path / "b.zarr", cfg, image_encoder=image_encoder)
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()  # refused before writing
 
 
 CHILD = """

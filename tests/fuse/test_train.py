@@ -51,7 +51,7 @@ def test_config_file_and_flags(tmp_path, tiny_data):
     p.write_text('task = "mortality"\nepochs = 7\n[method_params]\nbeta = 0.25\nd = 16\n[grid]\nbeta = [0.5]\n')
     cfg = resolve_config(p, epochs=2, method_params={"alpha": 0.3})
     assert cfg.epochs == 2 and cfg.method_params == {"beta": 0.25, "d": 16, "alpha": 0.3}
-    with pytest.raises(ValueError, match="unknown configuration"):
+    with pytest.raises(ValueError, match="unknown TrainConfig option"):
         resolve_config({"epochs": 1, "learning_rate": 3})
 
 

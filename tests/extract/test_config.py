@@ -1,0 +1,94 @@
+"""ExtractConfig: one declaration for flags, file keys and keyword overrides; the dataset's options and default
+encoders come from its declaration; the resolved configuration is saved with the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from omnifuse.cache import open_cache
+from omnifuse.cli import app
+from omnifuse.extract.config import ExtractConfig, default_cache_path, extract_config
+from omnifuse.extract.run import extract_dataset
+
+runner = CliRunner()
+
+
+def _tabular_manifest(folder: Path) -> tuple[Path, Path]:
+    """A manifest of 6 stays with two inline numeric columns and a binary label: no encoder needed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["stay_id,subject_id,age,sbp,died"] + [f"{i},p{i % 4},{50 + i},{110 + 3 * i},{i % 2}" for i in range(6)]
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    (folder / "spec.toml").write_text(
+        'name = "tab"\n[modalities.labs]\ninput = "tabular"\ncolumns = ["age", "sbp"]\n'
+        '[tasks.mortality]\nkind = "binary"\ncolumn = "died"\n'
+    )
+    return folder / "m.csv", folder / "spec.toml"
+
+
+def test_dataset_defaults_fill_unset_encoders():
+    cfg = extract_config()
+    assert (cfg.dataset, cfg.text_encoder, cfg.text_pooling) == ("eicu-demo", "minilm", "mean")
+    assert cfg.image_encoder == "microsoft/resnet-34" and cfg.dataset_options == {"pre_admission_text": False}
+    cfg = extract_config(dataset="mimic", root="/data/mimic", text_pooling="cls")
+    assert (cfg.text_encoder, cfg.text_pooling) == ("bert-base-uncased", "cls")  # given values are kept
+    assert cfg.dataset_options["root"] == Path("/data/mimic") and cfg.dataset_options["timestep"] == 2.0
+    assert default_cache_path("mimic") == Path("cache/mimic.zarr")
+
+
+def test_file_then_overrides_and_flat_or_nested_dataset_options(tmp_path):
+    path = tmp_path / "x.toml"
+    path.write_text('dataset = "mimic"\nroot = "/a"\nbatch_size = 8\n[dataset_options]\ntimestep = 1.0\n')
+    cfg = extract_config(path, batch_size=None, limit=5, hours=24)
+    assert cfg.batch_size == 8 and cfg.limit == 5  # None override ignored; a flag over the default
+    assert cfg.dataset_options["root"] == Path("/a") and cfg.dataset_options["timestep"] == 1.0
+    assert cfg.dataset_options["hours"] == 24.0
+    assert extract_config(cfg) == cfg  # resolving again changes nothing
+    again = extract_config(json.loads(json.dumps(cfg.to_json())))  # from the JSON saved in a cache
+    assert again == cfg
+
+
+def test_options_the_dataset_does_not_use_are_named(tmp_path):
+    with pytest.raises(ValueError, match="--dataset eicu does not use --timestep"):
+        extract_config(dataset="eicu", root=tmp_path, timestep=1.0)
+    with pytest.raises(ValueError, match="--dataset eicu-demo does not use --colour"):
+        extract_config({"colour": "red"})
+    with pytest.raises(ValueError, match="--dataset manifest needs --manifest .* and --spec"):
+        extract_config(dataset="manifest")
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        extract_config(dataset="nope")
+    with pytest.raises(ValueError, match="limit must be at least 1, got 0"):
+        extract_config(limit=0)
+    with pytest.raises(ValueError, match="'precision' must be one of auto, bf16, fp32"):
+        extract_config(precision="fp8")
+
+
+def test_extract_dataset_saves_its_configuration(tmp_path):
+    manifest, spec = _tabular_manifest(tmp_path / "data")
+    out = tmp_path / "tab.zarr"
+    summary = extract_dataset("manifest", out, manifest=manifest, spec=spec, batch_size=3, progress=False)
+    assert summary.finalized and summary.rows == 6
+    saved = open_cache(out).attrs["summary"]["extract_config"]
+    assert saved["dataset"] == "manifest" and saved["out"] == str(out) and saved["batch_size"] == 3
+    assert saved["dataset_options"] == {"manifest": str(manifest), "spec": str(spec), "root": None}
+    assert saved["text_encoder"] == "bert-base-uncased" and saved["text_pooling"] == "tokens"
+    assert ExtractConfig(**{**saved, "out": None, "dataset_options": {}}).batch_size == 3  # plain JSON values
+
+
+def test_cli_reads_the_file_and_flags_override_it(tmp_path):
+    manifest, spec = _tabular_manifest(tmp_path / "data")
+    cfg = tmp_path / "extract.toml"
+    cfg.write_text(f'dataset = "manifest"\nmanifest = "{manifest}"\nspec = "{spec}"\nlimit = 2\nbatch_size = 5\n')
+    out = tmp_path / "c.zarr"
+    r = runner.invoke(app, ["extract", "--config", str(cfg), "--limit", "4", "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    saved = open_cache(out).attrs["summary"]["extract_config"]
+    assert saved["limit"] == 4 and saved["batch_size"] == 5 and saved["progress"] is False
+    assert open_cache(out).n == 4
+    r = runner.invoke(app, ["extract", "--config", str(cfg), "--dataset", "eicu-demo", "--out", str(out)])
+    assert r.exit_code == 2 and "--dataset eicu-demo does not use --manifest, --spec" in r.output
+    r = runner.invoke(app, ["extract", "--config", str(tmp_path / "absent.toml")])
+    assert r.exit_code == 2 and "absent.toml does not exist" in r.output
