@@ -216,3 +216,6 @@ def test_unions_and_fixed_tuples() -> None:
     r = CliRunner().invoke(app, ["run", "--spec", "s.toml", "--window", "-1000", "400"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output) == {"spec": "s.toml", "window": [-1000.0, 400.0]}
+    r = CliRunner().invoke(app, ["run"])  # not given: None, not (None, None)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == {"spec": None, "window": None}

@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from omnifuse.cache import CacheError, CacheSpec, CacheWriter, ModalitySpec
+from omnifuse.extract.config import ExtractConfig
 from omnifuse.extract.datasets.base import Adapter, Cohort, Item, RawModality, Skip
 from omnifuse.extract.distributed import DistContext, init_distributed
-from omnifuse.extract.config import ExtractConfig
 from omnifuse.extract.encoders import (
     FrozenEncoder,
     ImageEncoder,
@@ -470,6 +470,8 @@ def build_spec(
                 provenance_codes=r.provenance_codes,
             ))
             continue
+        if enc is None:
+            raise ValueError(f"modality {r.name!r} ({r.input}) has no encoder")
         shape = tuple(enc.shape)
         mods.append(ModalitySpec(
             name=r.name, kind="sequence" if len(shape) == 2 else "vector", shape=shape,
@@ -547,8 +549,9 @@ def _build_encoders(
             raise ValueError("text_encoder and text_pooling must be set (extract_dataset takes the dataset's)")
         txt = build_text_encoder(cfg.text_encoder, pooling=cfg.text_pooling, max_words=cfg.max_words,
                                  max_tokens=cfg.max_tokens, device=dev, precision=cfg.precision)
-    vol = build_volume_encoder(img, max_slices=cfg.max_slices, pooling=cfg.volume_pooling,
-                               window=cfg.volume_window) if "volume" in kinds else None
+    vol = None
+    if img is not None and "volume" in kinds:
+        vol = build_volume_encoder(img, max_slices=cfg.max_slices, pooling=cfg.volume_pooling, window=cfg.volume_window)
     return img, txt, vol
 
 
@@ -646,8 +649,10 @@ def _encode_modality(
         if raw.input == "array":
             _run_arrays(run, adapter, mspec, pending, rep, task)
         elif raw.input == "text":
+            assert enc.text is not None  # built for every text modality
             _run_text(run, adapter, mspec, pending, rep, task, enc.text, enc.batch_size)
         else:
+            assert enc.image is not None  # built for every image or volume modality
             _run_files(run, adapter, mspec, pending, rep, task, enc.image, enc.volume if raw.input == "volume"
                        else None, enc.batch_size, enc.workers, enc.threads)
     rep.seconds = time.perf_counter() - t1

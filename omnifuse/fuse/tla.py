@@ -66,11 +66,12 @@ def mine_lazy(
             eligible = (batch.mask | ~c).all(1) & labelled  # rows holding every modality of the combination
             if not bool(eligible.any()):
                 continue
-            if v is not None:
+            if v is not None and fuse is not None:
                 sub_mask = c.unsqueeze(0).expand(int(eligible.sum()), -1)
                 o = fuse(v[eligible], sub_mask)
                 y = batch.y[eligible]
             else:
+                assert joint_logits is not None  # checked above
                 sub = batch.select(eligible)
                 sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
                 o, y = joint_logits(sub), sub.y

@@ -95,8 +95,14 @@ class ToyAdapter:
 def test_a_new_dataset_is_one_declaration(monkeypatch):
     monkeypatch.setattr(registry, "DATASETS", dict(DATASETS))
 
-    @register_dataset("toy", description="a toy folder", options=ToyOptions, image_encoder="microsoft/resnet-34",
-                      text_encoder="bert-base-uncased", text_pooling="tokens")
+    @register_dataset(
+        "toy",
+        description="a toy folder",
+        options=ToyOptions,
+        image_encoder="microsoft/resnet-34",
+        text_encoder="bert-base-uncased",
+        text_pooling="tokens",
+    )
     def build_toy(opts: ToyOptions) -> Adapter:
         return ToyAdapter(opts.root, opts.hours)  # type: ignore[return-value]
 
@@ -107,8 +113,9 @@ def test_a_new_dataset_is_one_declaration(monkeypatch):
     assert "toy: Folder of the toy files." in params["root"].default.help  # shares --root with the others
     assert "mimic: MIMIC-III or MIMIC-IV folder." in params["root"].default.help
     with pytest.raises(ValueError, match="already registered"):
-        register_dataset("toy", description="again", options=ToyOptions, image_encoder="i", text_encoder="t",
-                         text_pooling="tokens")(lambda opts: opts)
+        register_dataset(
+            "toy", description="again", options=ToyOptions, image_encoder="i", text_encoder="t", text_pooling="tokens"
+        )(lambda opts: opts)
 
 
 def test_conflicting_declarations_are_refused(monkeypatch):
@@ -122,12 +129,14 @@ def test_conflicting_declarations_are_refused(monkeypatch):
 
     monkeypatch.setattr(registry, "DATASETS", dict(DATASETS))
     for n, cls in (("a", ToyOptions), ("b", HoursAsText)):
-        register_dataset(n, description=n, options=cls, image_encoder="i", text_encoder="t",
-                         text_pooling="tokens")(lambda opts: opts)
+        register_dataset(n, description=n, options=cls, image_encoder="i", text_encoder="t", text_pooling="tokens")(
+            lambda opts: opts
+        )
     with pytest.raises(TypeError, match="option 'hours' with different types"):
         dataset_cli_parameters(registry.DATASETS)
-    register_dataset("c", description="c", options=Shadows, image_encoder="i", text_encoder="t",
-                     text_pooling="tokens")(lambda opts: opts)
+    register_dataset("c", description="c", options=Shadows, image_encoder="i", text_encoder="t", text_pooling="tokens")(
+        lambda opts: opts
+    )
     with pytest.raises(TypeError, match="option 'batch_size' is also an ExtractConfig field"):
         dataset_cli_parameters({"c": registry.DATASETS["c"]})
     with pytest.raises(TypeError, match="must be a dataclass"):

@@ -176,8 +176,9 @@ def _stays_with_rows(table: str, off_col: str, keep=lambda r: True, entry_col: s
 def test_masks_match_source_coverage(demo, all_inputs, row_of):
     ids = demo.cohort().stay_id
     present = {k: {int(ids[i]) for i, x in enumerate(xs) if x is not None} for k, xs in all_inputs.items()}
-    history = (_stays_with_rows("pastHistory", "pasthistoryenteredoffset")
-               | _stays_with_rows("admissionDx", "admitdxenteredoffset"))
+    history = _stays_with_rows("pastHistory", "pasthistoryenteredoffset") | _stays_with_rows(
+        "admissionDx", "admitdxenteredoffset"
+    )
     assert present["history"] == history
     diagnosis = _stays_with_rows("diagnosis", "diagnosisoffset", keep=lambda r: r["activeupondischarge"] != "True")
     assert present["diagnosis"] == diagnosis
@@ -186,6 +187,7 @@ def test_masks_match_source_coverage(demo, all_inputs, row_of):
         int(r["patientunitstayid"]) for r in read_rows("apachePredVar")
     }
     assert present["apache"] == apache
+
     # vitals: any noninvasive systolic pressure in range in the window -> present; no row at all in the window
     # of any of the three sources -> missing
     def valid_sbp(r: dict) -> bool:
@@ -194,9 +196,11 @@ def test_masks_match_source_coverage(demo, all_inputs, row_of):
 
     nibp = _stays_with_rows("vitalAperiodic", "observationoffset", keep=valid_sbp)
     assert nibp <= present["vitals"]
-    any_row = (_stays_with_rows("vitalAperiodic", "observationoffset")
-               | _stays_with_rows("respiratoryCharting", "respchartoffset")
-               | _stays_with_rows("intakeOutput", "intakeoutputoffset"))
+    any_row = (
+        _stays_with_rows("vitalAperiodic", "observationoffset")
+        | _stays_with_rows("respiratoryCharting", "respchartoffset")
+        | _stays_with_rows("intakeOutput", "intakeoutputoffset")
+    )
     assert present["vitals"] <= any_row
     assert len(set(row_of) - any_row) > 50  # the demo does have stays without any charted data in 24 h
     # history provenance: which of the two sources gave text
@@ -310,7 +314,7 @@ def test_apache_minus_one_age_and_sex(demo, all_inputs, row_of):
             assert math.isnan(x[age])
         else:
             assert x[age] == float(p["age"])
-        assert (math.isnan(x[sex]) if p["gender"] not in ("Male", "Female") else x[sex] == (p["gender"] == "Male"))
+        assert math.isnan(x[sex]) if p["gender"] not in ("Male", "Female") else x[sex] == (p["gender"] == "Male")
         h = fnum(p["admissionheight"])
         assert math.isnan(x[height]) if h is None or not 100 <= h <= 250 else x[height] == pytest.approx(h)
         assert x[units].sum() == 1.0 and names[units[int(np.argmax(x[units]))]] == f"unit_type={p['unittype']}"
@@ -373,8 +377,15 @@ def truncated_root(tmp_path_factory) -> tuple[Path, dict[str, int]]:
             removed[name] = df.height - keep.height
             df = keep
         if name == "patient":
-            for c in ("hospitaldischargestatus", "hospitaldischargeoffset", "unitdischargeoffset", "dischargeweight",
-                      "unitdischargestatus", "unitdischargelocation", "hospitaldischargelocation"):
+            for c in (
+                "hospitaldischargestatus",
+                "hospitaldischargeoffset",
+                "unitdischargeoffset",
+                "dischargeweight",
+                "unitdischargestatus",
+                "unitdischargelocation",
+                "hospitaldischargelocation",
+            ):
                 df = df.with_columns(df[c].sample(fraction=1.0, shuffle=True, seed=int(rng.integers(1 << 30))))
         if name == "apachePredVar":
             for c in ("diedinhospital", "dischargelocation", "var03hspxlos"):
@@ -484,50 +495,116 @@ def test_full_database_tables_and_empty_text(tmp_path, demo):
         if p.name != "physicalExam.csv.gz":
             (root / p.name).symlink_to(p)
     s1, s2 = 141765, 143870
-    vp_cols = ["vitalperiodicid", "patientunitstayid", "observationoffset", "temperature", "sao2", "heartrate",
-               "respiration", "cvp", "etco2", "systemicsystolic", "systemicdiastolic", "systemicmean", "pasystolic",
-               "padiastolic", "pamean", "st1", "st2", "st3", "icp"]
+    vp_cols = [
+        "vitalperiodicid",
+        "patientunitstayid",
+        "observationoffset",
+        "temperature",
+        "sao2",
+        "heartrate",
+        "respiration",
+        "cvp",
+        "etco2",
+        "systemicsystolic",
+        "systemicdiastolic",
+        "systemicmean",
+        "pasystolic",
+        "padiastolic",
+        "pamean",
+        "st1",
+        "st2",
+        "st3",
+        "icp",
+    ]
 
     def vp(i, stay, off, hr, temp=""):
         row = {c: "" for c in vp_cols}
         row.update(vitalperiodicid=i, patientunitstayid=stay, observationoffset=off, heartrate=hr, temperature=temp)
         return [row[c] for c in vp_cols]
 
-    _write_csv(root / "vitalPeriodic.csv", vp_cols, [
-        vp(1, s1, 5, 80, "37.1"), vp(2, s1, 50, 90), vp(3, s1, 1440, 100), vp(4, s1, 1441, 120, "39.0"),
-        vp(5, s1, 130, 999), vp(6, s1, -5, 70), vp(7, s2, 61, 55),
-    ])
-    _write_csv(root / "lab.csv", ["labid", "patientunitstayid", "labresultoffset", "labtypeid", "labname", "labresult",
-                                   "labresulttext", "labmeasurenamesystem", "labmeasurenameinterface",
-                                   "labresultrevisedoffset"], [
-        [1, s1, 30, 1, "potassium", "4.1", "4.1", "mmol/L", "", 2000],   # revised after 24 h: excluded
-        [2, s1, 65, 1, "potassium", "3.9", "3.9", "mmol/L", "", 70],
-        [3, s1, 66, 1, "sodium", "", "pending", "mmol/L", "", 70],      # no number: ignored
-        [4, s1, 10, 1, "some other lab", "1.0", "1.0", "", "", 10],       # not allow-listed
-    ])
-    _write_csv(root / "nurseCharting.csv", ["nursingchartid", "patientunitstayid", "nursingchartoffset",
-                                            "nursingchartentryoffset", "nursingchartcelltypecat",
-                                            "nursingchartcelltypevallabel", "nursingchartcelltypevalname",
-                                            "nursingchartvalue"], [
-        [1, s1, 120, 125, "Scores", "Glasgow coma score", "GCS Total", "14"],
-        [2, s1, 180, 185, "Scores", "Glasgow coma score", "GCS Total", "Unable to score due to medication"],
-        [3, s1, 200, 1500, "Vital Signs", "Heart Rate", "Heart Rate", "88"],  # entered after 24 h
-        [4, s2, 0, 0, "Vital Signs", "Temperature", "Temperature (C)", "36.6"],
-    ])
+    _write_csv(
+        root / "vitalPeriodic.csv",
+        vp_cols,
+        [
+            vp(1, s1, 5, 80, "37.1"),
+            vp(2, s1, 50, 90),
+            vp(3, s1, 1440, 100),
+            vp(4, s1, 1441, 120, "39.0"),
+            vp(5, s1, 130, 999),
+            vp(6, s1, -5, 70),
+            vp(7, s2, 61, 55),
+        ],
+    )
+    _write_csv(
+        root / "lab.csv",
+        [
+            "labid",
+            "patientunitstayid",
+            "labresultoffset",
+            "labtypeid",
+            "labname",
+            "labresult",
+            "labresulttext",
+            "labmeasurenamesystem",
+            "labmeasurenameinterface",
+            "labresultrevisedoffset",
+        ],
+        [
+            [1, s1, 30, 1, "potassium", "4.1", "4.1", "mmol/L", "", 2000],  # revised after 24 h: excluded
+            [2, s1, 65, 1, "potassium", "3.9", "3.9", "mmol/L", "", 70],
+            [3, s1, 66, 1, "sodium", "", "pending", "mmol/L", "", 70],  # no number: ignored
+            [4, s1, 10, 1, "some other lab", "1.0", "1.0", "", "", 10],  # not allow-listed
+        ],
+    )
+    _write_csv(
+        root / "nurseCharting.csv",
+        [
+            "nursingchartid",
+            "patientunitstayid",
+            "nursingchartoffset",
+            "nursingchartentryoffset",
+            "nursingchartcelltypecat",
+            "nursingchartcelltypevallabel",
+            "nursingchartcelltypevalname",
+            "nursingchartvalue",
+        ],
+        [
+            [1, s1, 120, 125, "Scores", "Glasgow coma score", "GCS Total", "14"],
+            [2, s1, 180, 185, "Scores", "Glasgow coma score", "GCS Total", "Unable to score due to medication"],
+            [3, s1, 200, 1500, "Vital Signs", "Heart Rate", "Heart Rate", "88"],  # entered after 24 h
+            [4, s2, 0, 0, "Vital Signs", "Temperature", "Temperature (C)", "36.6"],
+        ],
+    )
     # physicalExam: stay s1's only in-window entries are blank -> exam missing, not an empty string
-    _write_csv(root / "physicalExam.csv", ["physicalexamid", "patientunitstayid", "physicalexamoffset",
-                                           "physicalexampath", "physicalexamvalue", "physicalexamtext"], [
-        [1, s1, 10, "   ", " ", ""],
-        [2, s2, 10, "notes/Progress Notes/Physical Exam/Physical Exam/Neurologic/GCS/15", "15", "15"],
-        [3, s2, 2000, "notes/Progress Notes/Physical Exam/Physical Exam/Neurologic/GCS/3", "3", "3"],
-    ])
+    _write_csv(
+        root / "physicalExam.csv",
+        [
+            "physicalexamid",
+            "patientunitstayid",
+            "physicalexamoffset",
+            "physicalexampath",
+            "physicalexamvalue",
+            "physicalexamtext",
+        ],
+        [
+            [1, s1, 10, "   ", " ", ""],
+            [2, s2, 10, "notes/Progress Notes/Physical Exam/Physical Exam/Neurologic/GCS/15", "15", "15"],
+            [3, s2, 2000, "notes/Progress Notes/Physical Exam/Physical Exam/Neurologic/GCS/3", "3", "3"],
+        ],
+    )
     a = EicuAdapter(root)
     vit = next(m for m in a.modalities() if m.name == "vitals")
     demo_names = next(m for m in demo.modalities() if m.name == "vitals").feature_names
     assert vit.feature_names[: len(demo_names)] == demo_names
     assert {"vp_heart_rate", "lab_potassium", "nc_gcs_total", "nc_temperature"} <= set(vit.feature_names)
-    assert set(vit.preprocessing["sources"]) == {"vitalAperiodic", "vitalPeriodic", "respiratoryCharting",
-                                                 "intakeOutput", "nurseCharting", "lab"}
+    assert set(vit.preprocessing["sources"]) == {
+        "vitalAperiodic",
+        "vitalPeriodic",
+        "respiratoryCharting",
+        "intakeOutput",
+        "nurseCharting",
+        "lab",
+    }
     row = {int(s): i for i, s in enumerate(a.cohort().stay_id)}
     x1, x2 = (a.inputs("vitals", np.array([row[s1], row[s2]]))[k].value for k in (0, 1))
     col = {n: i for i, n in enumerate(vit.feature_names)}

@@ -14,15 +14,17 @@ INDEX = pl.DataFrame({"stay": [10, 20, 30], "row": [0, 1, 2]})
 
 
 def _patients() -> pl.DataFrame:
-    return pl.DataFrame({
-        "stay": [10, 20, 30],
-        "gender": ["Male", "Female", "Unknown"],
-        "age": ["> 89", "45", ""],
-        "admissionheight": ["170", "20", ""],  # 20 cm: out of range
-        "admissionweight": ["80", "", "70"],
-        "unittype": ["MICU", "SICU", "Not a unit"],
-        "unitadmitsource": ["Floor", "", "ICU"],
-    })
+    return pl.DataFrame(
+        {
+            "stay": [10, 20, 30],
+            "gender": ["Male", "Female", "Unknown"],
+            "age": ["> 89", "45", ""],
+            "admissionheight": ["170", "20", ""],  # 20 cm: out of range
+            "admissionweight": ["80", "", "70"],
+            "unittype": ["MICU", "SICU", "Not a unit"],
+            "unitadmitsource": ["Floor", "", "ICU"],
+        }
+    )
 
 
 def test_patient_features():
@@ -37,8 +39,12 @@ def test_patient_features():
 
 def test_build_apache(tmp_path):
     aps = {c: [""] * 3 for c in variables.APACHE_APS}
-    aps.update(patientunitstayid=["10", "10", "20"], apacheapsvarid=["2", "1", "3"], heartrate=["100", "-1", "90"],
-               vent=["1", "0", "0"])
+    aps.update(
+        patientunitstayid=["10", "10", "20"],
+        apacheapsvarid=["2", "1", "3"],
+        heartrate=["100", "-1", "90"],
+        vent=["1", "0", "0"],
+    )
     pl.DataFrame(aps).write_csv(tmp_path / "apacheApsVar.csv")
     x, present, raw = build_apache({"apacheApsVar": tmp_path / "apacheApsVar.csv"}, _patients(), INDEX)
     names = raw.feature_names

@@ -48,12 +48,14 @@ def test_mortality_label_masks_unknown_status():
 
 
 def test_apache_iva_reference_first_iva_row_in_range(tmp_path):
-    pl.DataFrame({
-        "patientunitstayid": ["10", "10", "10", "20", "30", "99"],
-        "apachepatientresultsid": ["5", "3", "1", "7", "8", "9"],
-        "apacheversion": ["IVa", "IVa", "IV", "IVa", "IVa", "IVa"],
-        "predictedhospitalmortality": ["0.9", "0.25", "0.5", "-1", "0.1", "0.3"],
-    }).write_csv(tmp_path / "r.csv")
+    pl.DataFrame(
+        {
+            "patientunitstayid": ["10", "10", "10", "20", "30", "99"],
+            "apachepatientresultsid": ["5", "3", "1", "7", "8", "9"],
+            "apacheversion": ["IVa", "IVa", "IV", "IVa", "IVa", "IVa"],
+            "predictedhospitalmortality": ["0.9", "0.25", "0.5", "-1", "0.1", "0.3"],
+        }
+    ).write_csv(tmp_path / "r.csv")
     index = pl.DataFrame({"stay": [10, 20, 30], "row": [0, 1, 2]})
     ref, mask = apache_iva_reference({"apachePatientResult": tmp_path / "r.csv"}, index)
     assert ref.tolist() == pytest.approx([0.25, 0.0, 0.1])  # lowest result id of version IVa; -1 not computed
@@ -68,6 +70,11 @@ def test_cohort_counts(tmp_path):
     c = build_cohort(tables, pat, stay_rows(pat))
     assert c.stay_id.tolist() == [1, 2, 3] and c.subject_id.tolist() == ["a", "a", "b"]
     assert {k: c.extra[k] for k in ("stays", "patients", "expired", "alive", "unlabelled")} == {
-        "stays": 3, "patients": 2, "expired": 1, "alive": 1, "unlabelled": 1}
+        "stays": 3,
+        "patients": 2,
+        "expired": 1,
+        "alive": 1,
+        "unlabelled": 1,
+    }
     assert c.extra["tables_present"] == ["patient"] and "lab" in c.extra["tables_absent"]
     assert [t.name for t in c.tasks] == ["mortality"] and "apache_iva" in c.references

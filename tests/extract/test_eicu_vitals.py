@@ -16,29 +16,37 @@ INDEX = pl.DataFrame({"stay": [10, 20, 30], "row": [0, 1, 2]})
 
 
 def _aperiodic(path):
-    pl.DataFrame({
-        "vitalaperiodicid": ["1", "2", "3", "4", "5", "6", "7"],
-        "patientunitstayid": ["10", "10", "10", "10", "10", "20", "99"],
-        "observationoffset": ["5", "50", "50", "1440", "1441", "30", "10"],
-        "noninvasivesystolic": ["120", "130", "125", "90", "200", "400", "100"],
-    } | {c: [""] * 7 for c in variables.VITAL_APERIODIC if c != "noninvasivesystolic"}).write_csv(path)
+    pl.DataFrame(
+        {
+            "vitalaperiodicid": ["1", "2", "3", "4", "5", "6", "7"],
+            "patientunitstayid": ["10", "10", "10", "10", "10", "20", "99"],
+            "observationoffset": ["5", "50", "50", "1440", "1441", "30", "10"],
+            "noninvasivesystolic": ["120", "130", "125", "90", "200", "400", "100"],
+        }
+        | {c: [""] * 7 for c in variables.VITAL_APERIODIC if c != "noninvasivesystolic"}
+    ).write_csv(path)
 
 
 def _respiratory(path):
-    pl.DataFrame({
-        "respchartid": ["1", "2", "3"],
-        "patientunitstayid": ["10", "10", "20"],
-        "respchartoffset": ["0", "70", "70"],
-        "respchartentryoffset": ["0", "2000", "80"],  # entered after the window: never read
-        "respchartvaluelabel": ["FiO2", "FiO2", "Not allow-listed"],
-        "respchartvalue": ["0.4", "50", "1"],
-    }).write_csv(path)
+    pl.DataFrame(
+        {
+            "respchartid": ["1", "2", "3"],
+            "patientunitstayid": ["10", "10", "20"],
+            "respchartoffset": ["0", "70", "70"],
+            "respchartentryoffset": ["0", "2000", "80"],  # entered after the window: never read
+            "respchartvaluelabel": ["FiO2", "FiO2", "Not allow-listed"],
+            "respchartvalue": ["0.4", "50", "1"],
+        }
+    ).write_csv(path)
 
 
 def test_hourly_bins_last_value_ranges_and_window(tmp_path):
     _aperiodic(tmp_path / "vitalAperiodic.csv")
     _respiratory(tmp_path / "respiratoryCharting.csv")
-    tables = {"vitalAperiodic": tmp_path / "vitalAperiodic.csv", "respiratoryCharting": tmp_path / "respiratoryCharting.csv"}
+    tables = {
+        "vitalAperiodic": tmp_path / "vitalAperiodic.csv",
+        "respiratoryCharting": tmp_path / "respiratoryCharting.csv",
+    }
     sources, feats = vital_sources(tables)
     assert [s for s, _ in sources] == ["vitalAperiodic", "respiratoryCharting"]  # SOURCES order, not the dict's
     names = [f.name for f in feats]
@@ -68,8 +76,17 @@ def test_intake_output_totals_count_only_times_with_cells_of_their_kind(tmp_path
         ("3", "10", "30", variables.URINE_PATH_PREFIX + "Urine", "Urine", "40", "0", "40", "-40"),
         ("4", "10", "40", variables.URINE_PATH_PREFIX + "Urine", "Urine", "60", "0", "60", "-60"),
     ]
-    cols = ["intakeoutputid", "patientunitstayid", "intakeoutputoffset", "cellpath", "celllabel", "cellvaluenumeric",
-            "intaketotal", "outputtotal", "nettotal"]
+    cols = [
+        "intakeoutputid",
+        "patientunitstayid",
+        "intakeoutputoffset",
+        "cellpath",
+        "celllabel",
+        "cellvaluenumeric",
+        "intaketotal",
+        "outputtotal",
+        "nettotal",
+    ]
     df = pl.DataFrame({c: [r[i] for r in rows] for i, c in enumerate(cols)})
     df.with_columns(intakeoutputentryoffset=pl.lit("0")).write_csv(tmp_path / "intakeOutput.csv")
     sources, feats = vital_sources({"intakeOutput": tmp_path / "intakeOutput.csv"})
@@ -84,8 +101,14 @@ def test_intake_output_totals_count_only_times_with_cells_of_their_kind(tmp_path
 def test_no_source_gives_no_rows_and_sources_are_declared_once(tmp_path):
     series, counts = build_vitals([], [], INDEX)
     assert series.present().tolist() == [False, False, False] and counts == {}
-    assert list(SOURCES) == ["vitalAperiodic", "respiratoryCharting", "intakeOutput", "vitalPeriodic",
-                             "nurseCharting", "lab"]
+    assert list(SOURCES) == [
+        "vitalAperiodic",
+        "respiratoryCharting",
+        "intakeOutput",
+        "vitalPeriodic",
+        "nurseCharting",
+        "lab",
+    ]
     assert all(math.isfinite(v.lo) and v.lo < v.hi for _, vs in SOURCES.values() for v in vs)
     (tmp_path / "lab.csv").write_text("labid,patientunitstayid,labresultoffset\n1,10,5\n")
     with pytest.raises(EicuDataError, match="eICU table 'lab' lacks columns"):

@@ -41,7 +41,12 @@ def test_modalities_and_inputs(toy):
     a = ManifestAdapter(toy["manifest"], toy["spec"])
     mods = {m.name: m for m in a.modalities()}
     assert [mods[k].input for k in ("cxr", "report", "ct", "labs", "vitals")] == [
-        "image", "text", "volume", "array", "array"]
+        "image",
+        "text",
+        "volume",
+        "array",
+        "array",
+    ]
     assert mods["labs"].kind == "tabular" and mods["labs"].shape == (2,)
     assert mods["labs"].feature_names == ["age", "lactate"]
     assert mods["vitals"].kind == "timeseries" and mods["vitals"].shape == (4, 2)
@@ -130,7 +135,9 @@ def test_bad_keys_and_specs(tmp_path):
     m, s = _write(tmp_path, "stay_id,subject_id,report,y\n1,,x,a\n", SPEC)
     with pytest.raises(ManifestError, match="empty subject_id"):
         ManifestAdapter(m, s)
-    m, s = _write(tmp_path, "stay_id,subject_id,report,y\n1,p,x,a\n", SPEC.replace('"report"\n[tasks', '"notes"\n[tasks'))
+    m, s = _write(
+        tmp_path, "stay_id,subject_id,report,y\n1,p,x,a\n", SPEC.replace('"report"\n[tasks', '"notes"\n[tasks')
+    )
     with pytest.raises(ManifestError, match="column 'notes' is not in the manifest"):
         ManifestAdapter(m, s)
     m, s = _write(tmp_path, "stay_id,subject_id,report,y\n1,p,x,a\n", SPEC.replace('input = "text"', 'input = "audio"'))

@@ -25,8 +25,9 @@ RUN = dict(max_slices=MAX_SLICES, batch_size=4, rows_per_block=2, progress=False
 
 
 def _extract(toy, out, ie, te, **kw):
-    return extract(ManifestAdapter(toy["manifest"], toy["spec"]), out, image_encoder=ie, text_encoder=te,
-                   **{**RUN, **kw})
+    return extract(
+        ManifestAdapter(toy["manifest"], toy["spec"]), out, image_encoder=ie, text_encoder=te, **{**RUN, **kw}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +114,9 @@ def test_cached_embeddings_equal_direct_encoder_calls(extracted, toy, image_enco
         x, tm = text_encoder.encode([text_encoder.prepare(toy["reports"][row])])
         n = int(tm[0].sum())
         assert c.modalities["report"].tokens_mask[row].sum() == n
-        np.testing.assert_allclose(c.modalities["report"].x[row, :n].astype(np.float32), x[0, :n].numpy(),
-                                   rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(
+            c.modalities["report"].x[row, :n].astype(np.float32), x[0, :n].numpy(), rtol=2e-3, atol=2e-3
+        )
     from omnifuse.extract.encoders import VolumeEncoder
 
     v = VolumeEncoder(image_encoder, max_slices=MAX_SLICES)
@@ -126,8 +128,19 @@ def test_cached_embeddings_equal_direct_encoder_calls(extracted, toy, image_enco
 
 
 def test_limit_and_pooled_text(toy, image_encoder, minilm_path, tmp_path):
-    s = _extract(toy, tmp_path / "l.zarr", image_encoder, minilm_path, limit=3, text_pooling="mean",
-                 max_words=20, max_tokens=MAX_TOKENS, device="cpu", precision="fp32", num_workers=0)
+    s = _extract(
+        toy,
+        tmp_path / "l.zarr",
+        image_encoder,
+        minilm_path,
+        limit=3,
+        text_pooling="mean",
+        max_words=20,
+        max_tokens=MAX_TOKENS,
+        device="cpu",
+        precision="fp32",
+        num_workers=0,
+    )
     c = load_cache(tmp_path / "l.zarr")
     assert s.rows == 3 and c.stay_id.tolist() == [101, 102, 103]
     assert c.modalities["report"].x.shape == (3, 384) and c.modalities["report"].kind == "vector"
@@ -196,11 +209,14 @@ extract(ManifestAdapter(manifest, spec), out, image_encoder=ie, text_encoder=te,
 
 def test_resume_after_sigkill_recomputes_nothing(toy, image_encoder, text_encoder, tmp_path):
     script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD % dict(size=IMAGE_SIZE, tokens=MAX_TOKENS, slices=MAX_SLICES,
-                                                   batch=2)))
+    script.write_text(textwrap.dedent(CHILD % dict(size=IMAGE_SIZE, tokens=MAX_TOKENS, slices=MAX_SLICES, batch=2)))
     out = tmp_path / "k.zarr"
-    proc = subprocess.Popen([sys.executable, str(script), str(toy["manifest"]), str(toy["spec"]), str(out),
-                             minilm_dir()], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(toy["manifest"]), str(toy["spec"]), str(out), minilm_dir()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     lines = []
     try:
         deadline = time.time() + 240
@@ -235,12 +251,19 @@ def test_resume_after_sigkill_recomputes_nothing(toy, image_encoder, text_encode
     a, b = load_cache(out), load_cache(fresh)
     for m in a.modalities:
         np.testing.assert_array_equal(a.modalities[m].mask, b.modalities[m].mask)
-        np.testing.assert_allclose(a.modalities[m].x.astype(np.float32), b.modalities[m].x.astype(np.float32),
-                                   rtol=2e-3, atol=2e-3, equal_nan=True)
+        np.testing.assert_allclose(
+            a.modalities[m].x.astype(np.float32),
+            b.modalities[m].x.astype(np.float32),
+            rtol=2e-3,
+            atol=2e-3,
+            equal_nan=True,
+        )
 
 
-@pytest.mark.parametrize("cpus, local, cuda, cpu", [(2, None, 1, 0), (16, None, 15, 4), (16, "2", 7, 3),
-                                                     (64, None, 16, 4), (128, "8", 15, 4), (4, "8", 1, 0)])
+@pytest.mark.parametrize(
+    "cpus, local, cuda, cpu",
+    [(2, None, 1, 0), (16, None, 15, 4), (16, "2", 7, 3), (64, None, 16, 4), (128, "8", 15, 4), (4, "8", 1, 0)],
+)
 def test_default_workers_share_the_node_between_local_ranks(monkeypatch, cpus, local, cuda, cpu):
     import torch
 
@@ -256,11 +279,19 @@ def test_default_workers_share_the_node_between_local_ranks(monkeypatch, cpus, l
 
 
 @pytest.mark.parametrize("threads", [0, 2])
-def test_decoding_in_threads_or_inline_gives_the_worker_store(extracted, toy, image_encoder, text_encoder, tmp_path,
-                                                              threads):
+def test_decoding_in_threads_or_inline_gives_the_worker_store(
+    extracted, toy, image_encoder, text_encoder, tmp_path, threads
+):
     summary, ref, _ = extracted  # decoded in a DataLoader worker process
-    s = _extract(toy, tmp_path / "t.zarr", image_encoder, text_encoder, num_workers=0, decode_threads=threads,
-                 modalities=["cxr", "ct"])
+    s = _extract(
+        toy,
+        tmp_path / "t.zarr",
+        image_encoder,
+        text_encoder,
+        num_workers=0,
+        decode_threads=threads,
+        modalities=["cxr", "ct"],
+    )
     c = load_cache(tmp_path / "t.zarr", allow_incomplete=True)
     for m in ("cxr", "ct"):
         np.testing.assert_array_equal(c.modalities[m].mask, ref.modalities[m].mask)

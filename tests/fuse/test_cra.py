@@ -20,9 +20,9 @@ def test_losses_only_on_selected_and_truth_detached():
     vp = torch.zeros(2, 3, 4, requires_grad=True)
     truth = torch.ones(2, 3, 4, requires_grad=True)
     sel = torch.tensor([[True, False, False], [False, False, False]])
-    l = forward_loss(vp, truth, sel)
-    assert l.item() == 1.0
-    l.backward()
+    loss = forward_loss(vp, truth, sel)
+    assert loss.item() == 1.0
+    loss.backward()
     assert truth.grad is None and vp.grad[0, 0].abs().sum() > 0 and vp.grad[1].abs().sum() == 0
     assert forward_loss(vp, truth, torch.zeros_like(sel)).item() == 0.0
     assert backward_loss(vp, truth, sel).item() == 1.0

@@ -1,11 +1,14 @@
-import itertools
+import json
 
 import pytest
 import torch
 
-from omnifuse.fuse.base import Batch, ModalityInfo, ModelInfo, build_method
-from omnifuse.fuse.methods.omnifuse import OmniFuse
-from omnifuse.fuse.tla import all_combinations
+from omnifuse.fuse.base import Batch, ModalityInfo, ModelInfo
+from omnifuse.fuse.methods import build_method
+from omnifuse.fuse.methods.omnifuse import DroppedBatch, OmniFuse
+from omnifuse.fuse.tla import all_combinations, mine_lazy
+from omnifuse.fuse.train import train
+from tests.helpers import FakeTrainer, synthetic_cache_data
 
 SMALL = dict(d=8, K=2, cra_hidden=16, latent=4, head_hidden=8, dropout=0.0)
 MODS = [ModalityInfo("img", "vector", (6,)), ModalityInfo("rep", "sequence", (4, 5)),
@@ -38,6 +41,8 @@ def test_shapes_for_every_missingness_pattern(kind, C):
         assert set(out.per_modality_logits) == {"img", "rep", "ehr"}
         assert all(v.shape == (10, C) for v in out.per_modality_logits.values())
         w = model.label_free_weights(out)
+        assert w is not None and set(w) == {"img", "rep", "ehr"}
+        assert all(v.shape == ((10,) if kind == "multiclass" else (10, C)) for v in w.values())
         assert all(torch.isfinite(v).all() and (v >= 0).all() and (v <= 1).all() for v in w.values())
 
 
@@ -68,6 +73,7 @@ def test_training_drops_enter_forward_loss_only():
     b = make_batch(info, n=32)
     db = model.train_drop(b, torch.Generator().manual_seed(0))
     assert db.mask.any(1).all() and (db.mask.sum(1) < 3).all()  # at least one kept, one dropped
+    assert isinstance(db, DroppedBatch) and db.source is b
     assert torch.equal(db.dropped, b.mask & ~db.mask)
     assert _terms(model, b)["forward"] > 0
     model0 = OmniFuse(info, train_drop_prob=0.0, **SMALL)
@@ -86,12 +92,14 @@ def test_each_ablation_switch_changes_the_loss_terms():
     full = _terms(build(), b, lazy)
     assert full["forward"] > 0 and full["backward"] > 0 and "ens" in full and full["tla"] > 0
     l1, l2, l3 = 1.0, 10.0, 0.5
-    assert full["total"] == pytest.approx(full["forward"] + l1 * full["backward"] + l2 * full["dwfuse"] + l3 * full["tla"],
-                                          rel=1e-5)
+    want = full["forward"] + l1 * full["backward"] + l2 * full["dwfuse"] + l3 * full["tla"]
+    assert full["total"] == pytest.approx(want, rel=1e-5)
     assert full["dwfuse"] == pytest.approx(full["ens"] + 0.1 * full["rp"], rel=1e-5)
     no_dw = _terms(build(dwfuse=False), b, lazy)
     assert "ens" not in no_dw and no_dw["dwfuse"] == pytest.approx(no_dw["rp"])
     assert build(dwfuse=False).heads is None
+    no_heads = build(dwfuse=False).eval()
+    assert no_heads.label_free_weights(no_heads(b)) is None
     no_tla = _terms(build(tla=False), b, lazy)
     assert no_tla["tla"] == 0.0 and no_tla["forward"] > 0
     no_bw = _terms(build(imp_bw=False), b, lazy)
@@ -113,8 +121,6 @@ def test_single_modality():
 @pytest.mark.parametrize("kind,C", [("binary", 1), ("multiclass", 3)])
 def test_fast_tla_mining_equals_masking_every_combination(kind, C):
     """Encoding once and fusing per combination gives the distances of masking and re-encoding each time."""
-    from omnifuse.fuse import tla
-
     torch.manual_seed(0)
     info = ModelInfo(MODS, kind, C)
     model = OmniFuse(info, **SMALL).eval()
@@ -122,10 +128,43 @@ def test_fast_tla_mining_equals_masking_every_combination(kind, C):
     b = Batch(x=b.x, mask=torch.rand(24, 3, generator=torch.Generator().manual_seed(5)) > 0.3, y=b.y,
               y_mask=b.y_mask, index=b.index, tokens_mask=b.tokens_mask)
     b = b.with_mask(b.mask)  # inputs of absent modalities are zeros, as in the data
-    slow = tla.mine_lazy(model.joint_logits, [b], info.names, kind)
-    fast = tla.mine_lazy(None, [b], info.names, kind, encode=model.encode, fuse=model.fuse_embeddings)
+    slow = mine_lazy(model.joint_logits, [b], info.names, kind)
+    fast = mine_lazy(None, [b], info.names, kind, encode=model.encode, fuse=model.fuse_embeddings)
     assert slow[0] == fast[0]
     assert slow[1].keys() == fast[1].keys()
     for k in slow[1]:
         assert slow[1][k]["n"] == fast[1][k]["n"]
         assert fast[1][k]["distance"] == pytest.approx(slow[1][k]["distance"], rel=1e-5, abs=1e-6)
+
+
+def test_epoch_end_mines_on_the_trainer_rows_and_records_the_lazy_combination():
+    torch.manual_seed(0)
+    info = ModelInfo(MODS, "binary", 1)
+    model = OmniFuse(info, **SMALL)
+    trainer = FakeTrainer([make_batch(info, n=16, seed=4)])
+    model.train()
+    model.on_epoch_end(trainer, 0)
+    assert model.training  # mining ran in eval mode, the mode is restored
+    rec = trainer.records["lazy_combination"]
+    assert len(rec) == 1 and rec[0]["epoch"] == 0 and rec[0]["lazy"] is not None
+    assert model.lazy is not None and len(rec[0]["distances"]) == 7
+    off = OmniFuse(info, tla=False, **SMALL)
+    off.on_epoch_end(trainer, 1)
+    assert len(trainer.records["lazy_combination"]) == 1 and off.lazy is None
+
+
+@pytest.mark.parametrize("variant", ["dwfuse_only", "ablation_e"])
+def test_train_accepts_a_variant(variant, tmp_path):
+    """``omnifuse train -m dwfuse_only`` (and any variant): the run trains the variant's network and the
+    run folder names it with its resolved switches."""
+    res = train(synthetic_cache_data(n=120, seed=2), "mortality", variant, folds=2, epochs=2, batch_size=32,
+                n_boot=5, progress=False, device="cpu", mining_rows=32, out=tmp_path / "run",
+                method_params={"d": 8, "K": 2, "cra_hidden": 16, "latent": 4, "head_hidden": 8})
+    assert res.metrics["method"] == variant and len(res.metrics["folds"]) == 2
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["method_params_resolved"]
+    switches = {"dwfuse_only": (True, False, False, False), "ablation_e": (True, False, True, True)}[variant]
+    assert tuple(resolved[k] for k in ("dwfuse", "tla", "imp_fw", "imp_bw")) == switches
+    # no TLA: no lazy combination was mined in any epoch
+    lazy = json.loads((tmp_path / "run" / "lazy_combinations.json").read_text())
+    assert all(v == [] for v in lazy.values())
+

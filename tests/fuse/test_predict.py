@@ -9,7 +9,6 @@ from omnifuse.fuse.predict import predict
 from omnifuse.fuse.train import train
 
 
-
 def test_predict_scores_any_stays_with_traceable_columns(tiny_cache, tmp_path, fast):
     run = tmp_path / "run"
     r = train(tiny_cache, "mortality", "omnifuse", folds=2, out=run, **fast)
@@ -29,7 +28,19 @@ def test_predict_scores_any_stays_with_traceable_columns(tiny_cache, tmp_path, f
     d = load_fuse_data(tiny_cache, "mortality", device="cpu")
     te = r.folds[0].test_rows
     np.testing.assert_allclose(res["score"][te], r.folds[0].probs, rtol=1e-5, atol=1e-6)
-    rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
+    with open(tmp_path / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == n and "weight_predicted_class_rep" in rows[0] and int(rows[0]["stay_id"]) == d.stay_id[0]
     avg = predict(run, tiny_cache)  # mean over both fold models
     assert avg["score"].shape == (n, 1) and not np.allclose(avg["score"], res["score"])
+
+
+def test_predict_without_label_free_weights(tiny_cache, tmp_path, fast):
+    """A method without per-modality heads (concat; ``label_free_weights`` None) gives the fused score and
+    the presence columns only."""
+    run = tmp_path / "run"
+    train(tiny_cache, "mortality", "concat", folds=2, out=run, **{**fast, "epochs": 1, "method_params": {"d": 8}})
+    res = predict(run, tiny_cache, fold=1)
+    assert set(res) == {"stay_id", "score", "present_img", "present_rep", "present_ehr"}
+    assert res["score"].shape == (160, 1) and np.isfinite(res["score"]).all()
+

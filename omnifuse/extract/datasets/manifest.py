@@ -429,6 +429,24 @@ class ManifestAdapter:
             return 0.0
         raise ManifestError(f"{self._where(i)}: {what} value {v!r} is not 0/1 (true/false, yes/no)")
 
+    def _multiclass(self, t: str, ts: dict, n: int) -> tuple[TaskSpec, np.ndarray, np.ndarray]:
+        """A multiclass task: y int64 [N] class index, mask bool [N]."""
+        col = self._col(ts.get("column"), f"tasks.{t}")
+        classes = [str(c) for c in ts.get("classes") or []]
+        if len(classes) < 2:
+            raise ManifestError(f"spec tasks.{t}: a multiclass task needs classes = [at least two]")
+        index = {c: k for k, c in enumerate(classes)}
+        y = np.zeros(n, dtype=np.int64)
+        mask = np.zeros(n, dtype=bool)
+        for i, v in enumerate(col):
+            if _blank(v):
+                continue
+            s = _as_text(v)
+            if s not in index:
+                raise ManifestError(f"{self._where(i)}: label {t!r} value {s!r} is not one of {classes}")
+            y[i], mask[i] = index[s], True
+        return TaskSpec(t, "multiclass", classes), y, mask
+
     def _labels(self, t: str, ts: dict, n: int) -> tuple[TaskSpec, np.ndarray, np.ndarray]:
         kind = ts["kind"]
         mask = np.zeros(n, dtype=bool)
@@ -442,20 +460,7 @@ class ManifestAdapter:
                     y[i, 0], mask[i] = b, True
             return TaskSpec(t, kind, classes), y, mask
         if kind == "multiclass":
-            col = self._col(ts.get("column"), f"tasks.{t}")
-            classes = [str(c) for c in ts.get("classes") or []]
-            if len(classes) < 2:
-                raise ManifestError(f"spec tasks.{t}: a multiclass task needs classes = [at least two]")
-            index = {c: k for k, c in enumerate(classes)}
-            y = np.zeros(n, dtype=np.int64)
-            for i, v in enumerate(col):
-                if _blank(v):
-                    continue
-                s = _as_text(v)
-                if s not in index:
-                    raise ManifestError(f"{self._where(i)}: label {t!r} value {s!r} is not one of {classes}")
-                y[i], mask[i] = index[s], True
-            return TaskSpec(t, kind, classes), y, mask
+            return self._multiclass(t, ts, n)
         # multilabel
         if "columns" in ts:
             cols = list(ts["columns"])
@@ -505,9 +510,6 @@ class ManifestOptions:
     "manifest",
     description="any dataset described by a manifest file and a column spec",
     options=ManifestOptions,
-    image_encoder="microsoft/resnet-34",
-    text_encoder="bert-base-uncased",
-    text_pooling="tokens",
 )
 def build_manifest(opts: ManifestOptions) -> ManifestAdapter:
     """``omnifuse extract --dataset manifest --manifest FILE --spec SPEC``."""

@@ -8,8 +8,7 @@ Each adapter module declares its datasets once, on the function that builds the 
         root: Path | None = option(None, help="Folder of the toy files.", required=True)
         hours: float = option(24.0, help="Window from admission, in hours.")
 
-    @register_dataset("toy", description="A toy folder (--root).", options=ToyOptions,
-                      image_encoder="microsoft/resnet-34", text_encoder="bert-base-uncased", text_pooling="tokens")
+    @register_dataset("toy", description="a toy folder, --root", options=ToyOptions)  # the paper's encoders
     def build_toy(opts: ToyOptions) -> ToyAdapter:
         return ToyAdapter(opts.root, hours=opts.hours)
 
@@ -71,6 +70,9 @@ class DatasetEntry:
 
 
 DATASETS: dict[str, DatasetEntry] = {}
+PAPER_IMAGE_ENCODER = "microsoft/resnet-34"
+PAPER_TEXT_ENCODER = "bert-base-uncased"
+PAPER_TEXT_POOLING = "tokens"
 
 
 def register_dataset(
@@ -78,11 +80,13 @@ def register_dataset(
     *,
     description: str,
     options: type,
-    image_encoder: str,
-    text_encoder: str,
-    text_pooling: str,
+    image_encoder: str = PAPER_IMAGE_ENCODER,
+    text_encoder: str = PAPER_TEXT_ENCODER,
+    text_pooling: str = PAPER_TEXT_POOLING,
 ) -> Callable[[Callable[[Any], Adapter]], Callable[[Any], Adapter]]:
-    """Decorator: ``build(options) -> Adapter`` becomes the dataset ``name`` (see the module docstring)."""
+    """Decorator: ``build(options) -> Adapter`` becomes the dataset ``name`` (see the module docstring). The
+    encoders used when the command names none are the paper's (ResNet34 images, BERT per-token reports)
+    unless the dataset declares others."""
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"dataset {name!r}: options must be a dataclass of omnifuse.options.option fields")
 

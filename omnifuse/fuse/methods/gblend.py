@@ -81,6 +81,7 @@ class GradientBlending(FusionMethod):
     ratio on held-out training rows."""
 
     ignores_masked_inputs = True
+    weights: torch.Tensor  # [K] blending weights (a buffer)
 
     def __init__(self, info: ModelInfo, d: int = 64, holdout: float = 0.2, every: int = 1, eps: float = 1e-4,
                  hidden: int | None = 64, dropout: float = 0.1, seed: int = 0,

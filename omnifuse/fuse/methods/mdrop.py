@@ -132,6 +132,10 @@ class ContrastiveModalityDropout(FusionMethod):
     supervised stage with modality dropout over the views."""
 
     ignores_masked_inputs = True
+    bank_z: torch.Tensor  # [V, K, p] projected keys of each view (buffers of the memory bank)
+    bank_idx: torch.Tensor  # [V, K] their row index (-1: empty slot)
+    bank_y: torch.Tensor  # [V, K, C] their labels
+    bank_ymask: torch.Tensor  # [V, K] whether they are labelled
 
     def __init__(self, info: ModelInfo, d: int = 64, heads: int = 4, layers: int = 1, ff: int = 128,
                  empty: str = "learnable", token_on_present: bool = False, proj_dim: int = 64,

@@ -42,15 +42,15 @@ class MedFuseLSTM(SupervisedFusion):
         if missing not in ("token", "skip", "zero"):
             raise ValueError(f"medfuse missing must be 'token', 'skip' or 'zero', got {missing!r}")
         super().__init__(info, d, "zero" if missing in ("skip", "zero") else "token", dropout, encoder)
-        self.skip = missing == "skip"
         self.lstm = nn.LSTM(self.d, lstm_hidden, num_layers=layers, batch_first=True,
                             dropout=dropout if layers > 1 else 0.0)
-        self.empty = nn.Parameter(torch.randn(self.d) * 0.02) if self.skip else None
+        # the "empty" token of missing="skip" (a row with nothing present); None otherwise
+        self.empty = nn.Parameter(torch.randn(self.d) * 0.02) if missing == "skip" else None
         self._build_head(lstm_hidden, hidden, dropout)
 
     def fuse(self, E: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, M, d] -> last hidden state [B, lstm_hidden]."""
-        if not self.skip:
+        if self.empty is None:  # missing="token" or "zero": M steps, missing slots filled
             _, (h, _) = self.lstm(E)
             return h[-1]
         b, m, d = E.shape

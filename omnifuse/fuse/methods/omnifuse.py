@@ -22,7 +22,7 @@ only, then ``o`` (the paper's figure 3b).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,8 +46,8 @@ class DroppedBatch(Batch):
     """A training batch after the random modality drop; ``source`` is the batch before it (the truth of the
     dropped modalities) and ``dropped`` [B, M] marks the modalities removed on purpose."""
 
-    source: Batch | None = None
-    dropped: torch.Tensor | None = None
+    source: Batch = field(kw_only=True)
+    dropped: torch.Tensor = field(kw_only=True)
 
 
 @register_method(
@@ -191,8 +191,8 @@ class OmniFuse(FusionMethod):
                     sub = batch.select(sup)
                     sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
                     n1, n2 = int(sel.sum()), int(sup.sum())
-                    l2 = tla_loss(self.forward(sub).logits, sub.y, torch.ones_like(sub.y_mask), kind)
-                    l_tla = (l_tla * n1 + l2 * n2) / max(n1 + n2, 1)
+                    l_down = tla_loss(self.forward(sub).logits, sub.y, torch.ones_like(sub.y_mask), kind)
+                    l_tla = (l_tla * n1 + l_down * n2) / max(n1 + n2, 1)
         l1, l2, l3 = self.lambdas
         total = l_fw + l1 * l_bw + l2 * l_dw + l3 * l_tla  # eq. 18
         terms.update({k: float(v.detach()) for k, v in (("forward", l_fw), ("backward", l_bw), ("dwfuse", l_dw),

@@ -75,6 +75,8 @@ class PrototypicalRebalance(FusionMethod):
     regularisation on dominant ones."""
 
     ignores_masked_inputs = True
+    protos: torch.Tensor  # [M, G, K, d] prototypes (a buffer)
+    seen: torch.Tensor  # [M, G, K] whether each prototype has been set
 
     def __init__(self, info: ModelInfo, d: int = 64, alpha: float = 1.0, coef: str = "step", mu: float = 0.1,
                  entropy_epochs: int = 5, prototypes: str = "ema", momentum: float = 0.9,

@@ -185,16 +185,11 @@ class EicuOptions(EicuDemoOptions):
     root: Path | None = option(None, help="eICU-CRD 2.0 folder (its CSV tables, .csv or .csv.gz).", required=True)
 
 
-# Short structured strings: the bundled offline MiniLM (mean-pooled) encodes them; eICU has no images.
-_EICU_ENCODERS = {"image_encoder": "microsoft/resnet-34", "text_encoder": "minilm", "text_pooling": "mean"}
+# eICU's texts are short structured strings: the bundled offline MiniLM, mean-pooled, encodes them (no images).
+DEMO = "the bundled eICU-CRD demo 2.0.1, real data, ODbL; a folder of eICU-CRD is --dataset eicu"
 
 
-@register_dataset(
-    "eicu-demo",
-    options=EicuDemoOptions,
-    **_EICU_ENCODERS,
-    description="the bundled eICU-CRD demo 2.0.1, real data, ODbL; a folder of eICU-CRD is --dataset eicu",
-)
+@register_dataset("eicu-demo", description=DEMO, options=EicuDemoOptions, text_encoder="minilm", text_pooling="mean")
 def build_eicu_demo(opts: EicuDemoOptions) -> EicuDemoAdapter:
     """``omnifuse extract --dataset eicu-demo``: the bundled copy."""
     return EicuDemoAdapter(pre_admission_text=opts.pre_admission_text)
@@ -202,9 +197,10 @@ def build_eicu_demo(opts: EicuDemoOptions) -> EicuDemoAdapter:
 
 @register_dataset(
     "eicu",
-    options=EicuOptions,
-    **_EICU_ENCODERS,
     description="an eICU-CRD 2.0 folder, --root",
+    options=EicuOptions,
+    text_encoder="minilm",
+    text_pooling="mean",
 )
 def build_eicu(opts: EicuOptions) -> EicuAdapter:
     """``omnifuse extract --dataset eicu --root DIR``: an eICU-CRD 2.0 folder."""

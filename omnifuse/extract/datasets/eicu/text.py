@@ -67,39 +67,40 @@ def off_filter(off: pl.Expr, pre_admission: bool) -> pl.Expr:
     return (off <= variables.WINDOW_MIN) if pre_admission else in_window(off)
 
 
-def admission_dx_lines(path: Path, pre_admission: bool) -> dict[int, list[str]]:
-    lf = scan(path)
-    require(
-        lf, "admissionDx", ["patientunitstayid", "admissiondxid", "admitdxenteredoffset", "admitdxpath", "admitdxtext"]
-    )
-    return collect_lines(
-        lf.filter(off_filter(integer("admitdxenteredoffset"), pre_admission)).select(
-            stay=integer("patientunitstayid"),
-            off=integer("admitdxenteredoffset"),
-            key=text("admitdxpath"),
-            ord=integer("admissiondxid"),
-            line=path_line(pl.col("admitdxpath"), pl.col("admitdxtext"), ("admission diagnosis|",), "|"),
-        )
-    )
+ENTRY_COLUMNS: dict[str, tuple[str, str, str]] = {
+    # table -> row id, offset and path columns
+    "admissionDx": ("admissiondxid", "admitdxenteredoffset", "admitdxpath"),
+    "pastHistory": ("pasthistoryid", "pasthistoryenteredoffset", "pasthistorypath"),
+    "physicalExam": ("physicalexamid", "physicalexamoffset", "physicalexampath"),
+}
+ENTRY_VALUES: dict[str, tuple[str, ...]] = {
+    # table -> value columns, the first that is not null is the entry's value
+    "admissionDx": ("admitdxtext",),
+    "pastHistory": ("pasthistoryvaluetext", "pasthistoryvalue"),
+    "physicalExam": ("physicalexamtext", "physicalexamvalue"),
+}
+ENTRY_PATHS: dict[str, tuple[tuple[str, ...], str]] = {
+    # table -> prefixes dropped from the path, and the path's separator
+    "admissionDx": (("admission diagnosis|",), "|"),
+    "pastHistory": (("notes/Progress Notes/Past History/", "Organ Systems/"), "/"),
+    "physicalExam": (("notes/Progress Notes/Physical Exam/", "Physical Exam/"), "/"),
+}
 
 
-def past_history_lines(path: Path, pre_admission: bool) -> dict[int, list[str]]:
+def entry_lines(path: Path, table: str, pre_admission: bool) -> dict[int, list[str]]:
+    """stay -> lines of a table of path entries (``ENTRY_COLUMNS``): admissionDx, pastHistory, physicalExam."""
+    id_col, off_col, path_col = ENTRY_COLUMNS[table]
+    values = ENTRY_VALUES[table]
+    prefixes, sep = ENTRY_PATHS[table]
     lf = scan(path)
-    require(
-        lf,
-        "pastHistory",
-        ["patientunitstayid", "pasthistoryid", "pasthistoryenteredoffset", "pasthistorypath", "pasthistoryvaluetext"],
-    )
-    value = pl.coalesce(pl.col("pasthistoryvaluetext"), pl.col("pasthistoryvalue"))
+    require(lf, table, ["patientunitstayid", id_col, off_col, path_col, *values])
     return collect_lines(
-        lf.filter(off_filter(integer("pasthistoryenteredoffset"), pre_admission)).select(
+        lf.filter(off_filter(integer(off_col), pre_admission)).select(
             stay=integer("patientunitstayid"),
-            off=integer("pasthistoryenteredoffset"),
-            key=text("pasthistorypath"),
-            ord=integer("pasthistoryid"),
-            line=path_line(
-                pl.col("pasthistorypath"), value, ("notes/Progress Notes/Past History/", "Organ Systems/"), "/"
-            ),
+            off=integer(off_col),
+            key=text(path_col),
+            ord=integer(id_col),
+            line=path_line(pl.col(path_col), pl.coalesce([pl.col(c) for c in values]), prefixes, sep),
         )
     )
 
@@ -127,34 +128,6 @@ def diagnosis_lines(path: Path, pre_admission: bool) -> tuple[dict[int, list[str
     return lines, flagged
 
 
-def exam_lines(path: Path, pre_admission: bool) -> dict[int, list[str]]:
-    lf = scan(path)
-    require(
-        lf,
-        "physicalExam",
-        [
-            "patientunitstayid",
-            "physicalexamid",
-            "physicalexamoffset",
-            "physicalexampath",
-            "physicalexamvalue",
-            "physicalexamtext",
-        ],
-    )
-    value = pl.coalesce(pl.col("physicalexamtext"), pl.col("physicalexamvalue"))
-    return collect_lines(
-        lf.filter(off_filter(integer("physicalexamoffset"), pre_admission)).select(
-            stay=integer("patientunitstayid"),
-            off=integer("physicalexamoffset"),
-            key=text("physicalexampath"),
-            ord=integer("physicalexamid"),
-            line=path_line(
-                pl.col("physicalexampath"), value, ("notes/Progress Notes/Physical Exam/", "Physical Exam/"), "/"
-            ),
-        )
-    )
-
-
 def text_modality(
     name: str, texts: dict[int, str], codes: list[str] | None = None, provenance: dict[int, int] | None = None
 ) -> TextModality:
@@ -179,8 +152,8 @@ def join_lines(lines: dict[int, list[str]], stay_index: pl.DataFrame) -> dict[in
 
 def history_modality(tables: dict[str, Path], pre_admission: bool, stay_index: pl.DataFrame) -> TextModality:
     """Admission diagnosis then past history per stay, with which of the two it has as provenance."""
-    adx = admission_dx_lines(tables["admissionDx"], pre_admission) if "admissionDx" in tables else {}
-    phx = past_history_lines(tables["pastHistory"], pre_admission) if "pastHistory" in tables else {}
+    adx = entry_lines(tables["admissionDx"], "admissionDx", pre_admission) if "admissionDx" in tables else {}
+    phx = entry_lines(tables["pastHistory"], "pastHistory", pre_admission) if "pastHistory" in tables else {}
     texts: dict[int, str] = {}
     prov: dict[int, int] = {}
     rows_of = _rows_of(stay_index)
@@ -211,5 +184,6 @@ def text_modalities(
         extra["diagnosis_rows_active_upon_discharge_excluded"] = flagged
         out.append(text_modality("diagnosis", join_lines(lines, stay_index)))
     if "physicalExam" in tables:
-        out.append(text_modality("exam", join_lines(exam_lines(tables["physicalExam"], pre_admission), stay_index)))
+        exam = entry_lines(tables["physicalExam"], "physicalExam", pre_admission)
+        out.append(text_modality("exam", join_lines(exam, stay_index)))
     return out

@@ -9,9 +9,11 @@ variable's ``agg`` (``last`` by offset then row id, or ``sum``). NaN means "not 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -21,7 +23,7 @@ from omnifuse.extract.datasets.eicu import variables
 from omnifuse.extract.datasets.eicu.readers import in_window, integer, not_after_window, num, require, scan, text
 from omnifuse.extract.datasets.eicu.variables import SeriesVar
 
-LONG_SCHEMA = {"stay": pl.Int64, "off": pl.Int64, "ord": pl.Int64, "feat": pl.String, "value": pl.Float64}
+LONG_SCHEMA = pl.Schema({"stay": pl.Int64, "off": pl.Int64, "ord": pl.Int64, "feat": pl.String, "value": pl.Float64})
 _IO = "flowsheet|Flowsheet Cell Labels|I&O|"
 
 
@@ -131,70 +133,51 @@ def _intake_output_totals(base: pl.LazyFrame) -> list[pl.LazyFrame]:
     ]
 
 
-def _mapping(spec: dict[str, SeriesVar]) -> dict[str, str]:
-    return {k: v.name for k, v in spec.items()}
+WIDE_TABLES: dict[str, tuple[str, str, dict[str, SeriesVar]]] = {
+    # table -> row id and offset columns, column -> feature
+    "vitalAperiodic": ("vitalaperiodicid", "observationoffset", variables.VITAL_APERIODIC),
+    "vitalPeriodic": ("vitalperiodicid", "observationoffset", variables.VITAL_PERIODIC),
+}
+KEYED_COLUMNS: dict[str, tuple[str, str, str, str]] = {
+    # table -> row id, offset, entry (or revision) offset and value columns
+    "respiratoryCharting": ("respchartid", "respchartoffset", "respchartentryoffset", "respchartvalue"),
+    "nurseCharting": ("nursingchartid", "nursingchartoffset", "nursingchartentryoffset", "nursingchartvalue"),
+    "lab": ("labid", "labresultoffset", "labresultrevisedoffset", "labresult"),
+}
+KEYED_LABELS: dict[str, tuple[tuple[str, ...], Mapping[Any, SeriesVar]]] = {
+    # table -> label columns, label (a tuple for two columns) -> feature
+    "respiratoryCharting": (("respchartvaluelabel",), variables.RESPIRATORY_CHARTING),
+    "nurseCharting": (("nursingchartcelltypevallabel", "nursingchartcelltypevalname"), variables.NURSE_CHARTING),
+    "lab": (("labname",), variables.LAB),
+}
 
 
-def _respiratory(lf: pl.LazyFrame) -> pl.LazyFrame:
-    return long_keyed(
-        lf,
-        "respiratoryCharting",
-        "respchartid",
-        "respchartoffset",
-        "respchartentryoffset",
-        text("respchartvaluelabel"),
-        ["respchartvaluelabel"],
-        "respchartvalue",
-        _mapping(variables.RESPIRATORY_CHARTING),
-    )
+def read_wide(table: str, lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Long rows of a wide table of ``WIDE_TABLES``."""
+    id_col, off_col, spec = WIDE_TABLES[table]
+    return long_wide(lf, table, id_col, off_col, spec)
 
 
-def _nurse(lf: pl.LazyFrame) -> pl.LazyFrame:
-    mapping = {f"{a}\x1f{b}": v.name for (a, b), v in variables.NURSE_CHARTING.items()}
-    key = pl.concat_str([text("nursingchartcelltypevallabel"), text("nursingchartcelltypevalname")], separator="\x1f")
-    return long_keyed(
-        lf,
-        "nurseCharting",
-        "nursingchartid",
-        "nursingchartoffset",
-        "nursingchartentryoffset",
-        key,
-        ["nursingchartcelltypevallabel", "nursingchartcelltypevalname"],
-        "nursingchartvalue",
-        mapping,
-    )
-
-
-def _lab(lf: pl.LazyFrame) -> pl.LazyFrame:
-    return long_keyed(
-        lf,
-        "lab",
-        "labid",
-        "labresultoffset",
-        "labresultrevisedoffset",
-        text("labname"),
-        ["labname"],
-        "labresult",
-        _mapping(variables.LAB),
-    )
+def read_keyed(table: str, lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Long rows of a label -> value table of ``KEYED_COLUMNS`` (two label columns are joined by \\x1f)."""
+    id_col, off_col, entry_col, value_col = KEYED_COLUMNS[table]
+    key_cols, spec = KEYED_LABELS[table]
+    keys = [text(c) for c in key_cols]
+    key = keys[0] if len(keys) == 1 else pl.concat_str(keys, separator="\x1f")
+    mapping = {k if isinstance(k, str) else "\x1f".join(k): v.name for k, v in spec.items()}
+    return long_keyed(lf, table, id_col, off_col, entry_col, key, list(key_cols), value_col, mapping)
 
 
 SOURCES: dict[str, tuple[Callable[[pl.LazyFrame], pl.LazyFrame], list[SeriesVar]]] = {
-    "vitalAperiodic": (
-        lambda lf: long_wide(lf, "vitalAperiodic", "vitalaperiodicid", "observationoffset", variables.VITAL_APERIODIC),
-        list(variables.VITAL_APERIODIC.values()),
-    ),
-    "respiratoryCharting": (_respiratory, list(variables.RESPIRATORY_CHARTING.values())),
+    "vitalAperiodic": (partial(read_wide, "vitalAperiodic"), list(variables.VITAL_APERIODIC.values())),
+    "respiratoryCharting": (partial(read_keyed, "respiratoryCharting"), list(variables.RESPIRATORY_CHARTING.values())),
     "intakeOutput": (
         long_intake_output,
         [*variables.INTAKE_OUTPUT_TOTALS.values(), variables.URINE, variables.BODYWEIGHT],
     ),
-    "vitalPeriodic": (
-        lambda lf: long_wide(lf, "vitalPeriodic", "vitalperiodicid", "observationoffset", variables.VITAL_PERIODIC),
-        list(variables.VITAL_PERIODIC.values()),
-    ),
-    "nurseCharting": (_nurse, list(variables.NURSE_CHARTING.values())),
-    "lab": (_lab, list(variables.LAB.values())),
+    "vitalPeriodic": (partial(read_wide, "vitalPeriodic"), list(variables.VITAL_PERIODIC.values())),
+    "nurseCharting": (partial(read_keyed, "nurseCharting"), list(variables.NURSE_CHARTING.values())),
+    "lab": (partial(read_keyed, "lab"), list(variables.LAB.values())),
 }
 """Table -> (long rows reader, the features it defines), in feature order (the demo's sources first)."""
 

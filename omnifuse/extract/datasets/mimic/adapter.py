@@ -369,9 +369,6 @@ class MimicOptions:
     "mimic",
     description="MIMIC-III or MIMIC-IV ICU stays, with MIMIC-CXR images and reports",
     options=MimicOptions,
-    image_encoder="microsoft/resnet-34",
-    text_encoder="bert-base-uncased",
-    text_pooling="tokens",
 )
 def build_mimic(opts: MimicOptions) -> MimicAdapter:
     """``omnifuse extract --dataset mimic --root DIR [--cxr-root DIR]``."""

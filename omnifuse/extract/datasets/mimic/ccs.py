@@ -41,23 +41,6 @@ PHENOTYPES: list[str] = [
 ]
 """The benchmark's 25 groups, in its label order (alphabetical, as its phenotyping listfile)."""
 
-ACUTE = {
-    "Acute and unspecified renal failure",
-    "Acute cerebrovascular disease",
-    "Acute myocardial infarction",
-    "Cardiac dysrhythmias",
-    "Complications of surgical procedures or medical care",
-    "Fluid and electrolyte disorders",
-    "Gastrointestinal hemorrhage",
-    "Other lower respiratory disease",
-    "Other upper respiratory disease",
-    "Pleurisy; pneumothorax; pulmonary collapse",
-    "Pneumonia (except that caused by tuberculosis or sexually transmitted disease)",
-    "Respiratory failure; insufficiency; arrest (adult)",
-    "Septicemia (except in labor)",
-    "Shock",
-}
-
 
 def build_ccs_table(definitions_yaml: str | Path, icd10_to_icd9_gem: str | Path) -> pl.DataFrame:
     """Derive the shipped table from the benchmark's ICD-9 group lists and the CMS ICD-10-CM -> ICD-9-CM GEM.

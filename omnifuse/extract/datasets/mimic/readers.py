@@ -108,7 +108,7 @@ def _header(path: Path) -> list[str]:
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", newline="") as f:  # type: ignore[operator]
+    with opener(path, "rt", newline="") as f:
         line = f.readline()
     import csv
 
