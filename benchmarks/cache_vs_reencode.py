@@ -32,11 +32,11 @@ import time
 import numpy as np
 import torch
 
-from omnifuse.experiments.ablation import row_params
-from omnifuse.fuse.base import Batch, build_method
+from omnifuse.fuse.base import Batch
 from omnifuse.fuse.config import resolve_config
 from omnifuse.fuse.data import FuseData, Normalizer, inner_split, load_fuse_data
-from omnifuse.fuse.train import Trainer, seed_everything
+from omnifuse.fuse.methods import build_method
+from omnifuse.fuse.trainer import Trainer, seed_everything
 
 TEXTS = ["history", "diagnosis", "exam"]
 
@@ -99,7 +99,7 @@ def train_once(data: FuseData, rows: np.ndarray, row: str, epochs: int, seed: in
     seed_everything(seed)
     tr, va = inner_split(data, rows, 0.2, seed=seed)
     norm = Normalizer.fit(data, tr)  # statistics of the training rows' features (the same numbers on both paths)
-    model = build_method("omnifuse", data.model_info(norm), **row_params(row))
+    model = build_method(f"ablation_{row}", data.model_info(norm))
     trainer = Trainer(model, data, tr, va, norm, cfg, seed=seed)
     t0 = time.perf_counter()
     trainer.fit()

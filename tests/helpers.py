@@ -134,18 +134,6 @@ TINY_OPTIONS = {"batch_size": 32, "device": "cpu", "mining_rows": 64, "patience"
 
 
 def write_cache_with_reference(path: Path, n: int = 150, seed: int = 0) -> Path:
-    def score(cd):
-        rng = np.random.default_rng(seed + 1)
-        y = cd.labels["mortality"].y[:, 0]
-        s = 1 / (1 + np.exp(-(2.0 * (y - 0.5) + rng.normal(size=n))))
-        return {"score": (s.astype(np.float32), rng.random(n) < 0.7)}
-
-    return write_synthetic_cache(path, references=score, n=n, seed=seed)
-
-
-
-
-def write_cache_with_reference(path: Path, n: int = 150, seed: int = 0) -> Path:
     """:func:`write_synthetic_cache` with a reference score ``score`` (see the module docstring)."""
 
     def score(cd: CacheData) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -1,23 +1,8 @@
 """``omnifuse experiment ablation``: the rows of the paper's table 4, per modality combination.
 
-The OmniFuse network with its switches (``omnifuse.fuse.methods.omnifuse``):
-
-====  ======  ===  ======  ======  ================================================================
-row   DWFuse  TLA  IMP-fw  IMP-bw  reading
-====  ======  ===  ======  ======  ================================================================
-a                                  every component off: encoders, concatenation, the joint head
-b     x                            + DWFuse (the "DWFuse-only" model of table 3)
-c     x       x                    + TLA
-d     x       x    x               + forward imputation (CRA)
-e     x            x       x       DWFuse + IMP-fw + IMP-bw, TLA off (our reading, see below)
-f     x       x    x       x       everything (OmniFuse)
-====  ======  ===  ======  ======  ================================================================
-
-Row (e): the paper's table 4 ticks three of the four components in row (e) but the PDF text loses which.
-IMP-bw needs IMP-fw (the backward CRA reconstructs the forward CRA's output), so "TLA, IMP-bw without
-IMP-fw" is impossible and leaving DWFuse out would break the table's cumulative reading; the remaining
-possibility is DWFuse + IMP-fw + IMP-bw without TLA, i.e. (f) with TLA removed. The paper's numbers agree:
-(e) is mostly below (d) and (f), as removing TLA lowered (c) to (b).
+The OmniFuse network with its switches (DWFuse, TLA, IMP-fw, IMP-bw) set per row: the registry entries
+``ablation_a`` to ``ablation_f`` (``omnifuse.fuse.methods.omnifuse.ABLATION_ROWS`` holds each row's switches
+and reading, row (e)'s included: DWFuse + IMP-fw + IMP-bw with TLA off, because IMP-bw needs IMP-fw).
 """
 
 from __future__ import annotations
@@ -32,11 +17,8 @@ from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_con
 from omnifuse.experiments.runner import StudyError, fold_specs, run_all, study_context, study_record
 from omnifuse.experiments.stats import pick, summarize
 from omnifuse.fuse.methods import get_method
+from omnifuse.fuse.methods.omnifuse import ABLATION_SWITCHES
 from omnifuse.fuse.tla import combination_name
-
-SWITCHES = ("dwfuse", "tla", "imp_fw", "imp_bw")
-"""OmniFuse's component switches, the columns of table 4 (DWFuse, TLA, IMP-fw, IMP-bw)."""
-
 
 def row_params(row: str) -> dict[str, bool]:
     """The OmniFuse switches of one row of table 4: the registry entry ``ablation_<row>``."""
@@ -44,7 +26,7 @@ def row_params(row: str) -> dict[str, bool]:
         params = get_method(f"ablation_{row}").params
     except KeyError as e:
         raise StudyError(f"unknown ablation row {row!r}; rows are a to f") from e
-    return {k: bool(params[k]) for k in SWITCHES}
+    return {k: bool(params[k]) for k in ABLATION_SWITCHES}
 
 
 def ablation(cache: Any, task: str | None = None, rows: Sequence[str] | None = None, *, config: Any = None,

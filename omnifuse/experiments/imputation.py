@@ -52,7 +52,7 @@ def _pairs(model: OmniFuse, data: FuseData, rows: np.ndarray, norm: Normalizer, 
 def measure_imputation(model: Any, data: FuseData, rows: np.ndarray, norm: Normalizer, max_rows: int = 512,
                        ) -> dict[str, dict[str, float]]:
     """``{"cos": {m: mean cos(v'_m, v_m)}, "cos_miss": {m: mean cos(v^miss_m, v_m)}, "n": {m: rows}}``."""
-    if not isinstance(model, OmniFuse) or model.cra_fw is None:
+    if not isinstance(model, OmniFuse) or not model.use_imp_fw:
         raise StudyError("the imputation study needs OmniFuse with forward imputation (imp_fw=True)")
     was = model.training
     model.eval()
