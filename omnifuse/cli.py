@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from omnifuse import __version__
-from omnifuse.fuse.config import TrainConfig
 from omnifuse.experiments.config import AblationConfig, CompareConfig, ImputationConfig, SweepConfig, UnimodalConfig
 from omnifuse.extract.config import extract_cli_parameters
+from omnifuse.fuse.config import TrainConfig
 from omnifuse.options import cli_options, with_parameters
 
 app = typer.Typer(
@@ -34,8 +34,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """omnifuse: OmniFuse (CRA + DWFuse + TLA) and baselines on a frozen-encoder feature cache."""
 
@@ -50,17 +51,19 @@ def _setup_logging(verbose: bool) -> None:
 
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)], force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "huggingface_hub", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()
 @with_parameters(extract_cli_parameters(), config_file=True)
-def extract(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."), **options: Any
-) -> None:
+def extract(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."), **options: Any) -> None:
     """Stage one: run the frozen encoders once and write the feature cache.
 
     Every option (ExtractConfig and each dataset's own) can also stand in a TOML file given with --config;
@@ -99,11 +102,20 @@ def _parse_params(items: list[str] | None) -> dict:
 @cli_options(TrainConfig)
 def train(
     cache: Path = typer.Option(..., "--cache", "-c", help="Cache written by `omnifuse extract`."),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="Method parameter key=value (repeat), "
-                                              "e.g. -p beta=0.5 -p tla=false (OmniFuse ablation switches: "
-                                              "dwfuse, tla, imp_fw, imp_bw)."),
-    grid_search: bool = typer.Option(False, "--grid", help="Cross-validated grid over beta, alpha and the "
-                                     "lambdas (or the [grid] table of --config), chosen on inner validation."),
+    param: list[str] | None = typer.Option(
+        None,
+        "--param",
+        "-p",
+        help="Method parameter key=value (repeat), "
+        "e.g. -p beta=0.5 -p tla=false (OmniFuse ablation switches: "
+        "dwfuse, tla, imp_fw, imp_bw).",
+    ),
+    grid_search: bool = typer.Option(
+        False,
+        "--grid",
+        help="Cross-validated grid over beta, alpha and the "
+        "lambdas (or the [grid] table of --config), chosen on inner validation.",
+    ),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder."),
     **flags: Any,
 ) -> None:
@@ -137,7 +149,7 @@ def predict(
     run: Path = typer.Option(..., "--run", "-r", help="Run folder written by `omnifuse train`."),
     cache: Path = typer.Option(..., "--cache", "-c", help="Cache with the stays to score."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV to write."),
-    fold: Optional[int] = typer.Option(None, "--fold", help="Use this fold's model (default: the mean of all)."),
+    fold: int | None = typer.Option(None, "--fold", help="Use this fold's model (default: the mean of all)."),
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Score stays with a trained run, whatever modalities they have.
@@ -176,12 +188,13 @@ def methods() -> None:
 def demo(
     cache: Path = typer.Option(Path("cache/eicu-demo.zarr"), "--cache", help="Where the demo cache is built."),
     out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="Results folder."),
-    method: Optional[list[str]] = typer.Option(None, "--method", "-m", help="Methods to compare (repeat); "
-                                               "default omnifuse and concat."),
+    method: list[str] | None = typer.Option(
+        None, "--method", "-m", help="Methods to compare (repeat); default omnifuse and concat."
+    ),
     folds: int = typer.Option(5, "--folds"),
     seed: int = typer.Option(0, "--seed"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Maximum epochs (default 30, early stopping)."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", help="Runs trained at once (default: one per CPU core)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 30, early stopping)."),
+    jobs: int | None = typer.Option(None, "--jobs", help="Runs trained at once (default: one per CPU core)."),
 ) -> None:
     """The whole pipeline on the bundled eICU-CRD demo (real data, ODbL): extract, then OmniFuse vs Concat.
 
@@ -195,8 +208,7 @@ def demo(
 
     _setup_logging(False)
     try:
-        res = run_demo(cache, out, methods=method or DEMO_METHODS, folds=folds, seed=seed, epochs=epochs,
-                       n_jobs=jobs)
+        res = run_demo(cache, out, methods=method or DEMO_METHODS, folds=folds, seed=seed, epochs=epochs, n_jobs=jobs)
     except (CacheError, ValueError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(f"results written to {res.out} (results.md, results.csv, reliability.png)")
@@ -204,18 +216,20 @@ def demo(
 
 experiment_app = typer.Typer(
     help="Studies of the paper rerun from one cache: compare (table 3), unimodal (table 2), ablation (table 4), "
-         "sweep (figures 4-6), imputation (figures 7-8). Each writes config.json, results.csv/json, "
-         "results.md and PNG figures into --out, and resumes from the runs it already has.",
+    "sweep (figures 4-6), imputation (figures 7-8). Each writes config.json, results.csv/json, "
+    "results.md and PNG figures into --out, and resumes from the runs it already has.",
     no_args_is_help=True,
 )
 app.add_typer(experiment_app, name="experiment")
 
 
 _CACHE = typer.Option(..., "--cache", "-c", help="Cache written by `omnifuse extract`.")
-_OPTION = typer.Option(None, "--option", help="Training option key=value (a TrainConfig field, e.g. lr=3e-4), "
-                       "repeatable.")
-_PARAM = typer.Option(None, "--param", "-p", help="Method parameter method.key=value (e.g. omnifuse.beta=0.25), "
-                      "repeatable.")
+_OPTION = typer.Option(
+    None, "--option", help="Training option key=value (a TrainConfig field, e.g. lr=3e-4), repeatable."
+)
+_PARAM = typer.Option(
+    None, "--param", "-p", help="Method parameter method.key=value (e.g. omnifuse.beta=0.25), repeatable."
+)
 
 
 def _method_overrides(items: list[str] | None) -> dict[str, dict]:
@@ -229,7 +243,7 @@ def _method_overrides(items: list[str] | None) -> dict[str, dict]:
     return out
 
 
-def _run_study(fn, cache: Path, option: Optional[list[str]], param: Optional[list[str]], flags: dict) -> None:
+def _run_study(fn, cache: Path, option: list[str] | None, param: list[str] | None, flags: dict) -> None:
     """Call a study function with the cache, its ``--config`` file and the given flags; a clear error
     (exit 2) for what the study refuses."""
     from omnifuse.cache import CacheError
@@ -238,8 +252,13 @@ def _run_study(fn, cache: Path, option: Optional[list[str]], param: Optional[lis
     _setup_logging(False)
     config = flags.pop("config", None)
     try:
-        res = fn(cache, config=config, options=_parse_params(option) or None,
-                 method_overrides=_method_overrides(param) or None, **flags)
+        res = fn(
+            cache,
+            config=config,
+            options=_parse_params(option) or None,
+            method_overrides=_method_overrides(param) or None,
+            **flags,
+        )
     except (CacheError, StudyError, ValueError, KeyError, FileNotFoundError) as e:
         _fail(e)
     typer.echo(f"written to {res.out}")
@@ -247,8 +266,9 @@ def _run_study(fn, cache: Path, option: Optional[list[str]], param: Optional[lis
 
 @experiment_app.command("compare")
 @cli_options(CompareConfig)
-def experiment_compare(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
-                       param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
+def experiment_compare(
+    cache: Path = _CACHE, option: list[str] | None = _OPTION, param: list[str] | None = _PARAM, **flags: Any
+) -> None:
     """Table 3: every method on the same folds and missingness masks, per modality combination; mean ± sd,
     paired t-tests against OmniFuse and its DWFuse-only row, bootstrap CIs, Brier, reliability figure, and the
     cache's reference score (APACHE IVa on eICU) on the same rows. All 10 methods x 5 folds on the eICU demo:
@@ -260,8 +280,9 @@ def experiment_compare(cache: Path = _CACHE, option: Optional[list[str]] = _OPTI
 
 @experiment_app.command("unimodal")
 @cli_options(UnimodalConfig)
-def experiment_unimodal(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
-                        param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
+def experiment_unimodal(
+    cache: Path = _CACHE, option: list[str] | None = _OPTION, param: list[str] | None = _PARAM, **flags: Any
+) -> None:
     """Table 2 / figure 2: each modality alone against the fused models given only that modality (modality
     laziness). eICU demo, 5 folds: 12 min measured on 2 shared CPU cores."""
     from omnifuse.experiments.unimodal import unimodal
@@ -271,8 +292,9 @@ def experiment_unimodal(cache: Path = _CACHE, option: Optional[list[str]] = _OPT
 
 @experiment_app.command("ablation")
 @cli_options(AblationConfig)
-def experiment_ablation(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
-                        param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
+def experiment_ablation(
+    cache: Path = _CACHE, option: list[str] | None = _OPTION, param: list[str] | None = _PARAM, **flags: Any
+) -> None:
     """Table 4: the OmniFuse network with its components switched on one by one (the registry entries
     ablation_a to ablation_f), per modality combination. eICU demo, 6 rows x 5 folds: 20 min measured on 2
     shared CPU cores."""
@@ -283,8 +305,9 @@ def experiment_ablation(cache: Path = _CACHE, option: Optional[list[str]] = _OPT
 
 @experiment_app.command("sweep")
 @cli_options(SweepConfig)
-def experiment_sweep(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
-                     param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
+def experiment_sweep(
+    cache: Path = _CACHE, option: list[str] | None = _OPTION, param: list[str] | None = _PARAM, **flags: Any
+) -> None:
     """Figures 4-6: AUROC against the simulated missing rate, with and without imputation. eICU demo, 4 rates x
     3 folds: 24.5 min measured on 2 shared CPU cores (the default 10 rates x 5 folds take about 4 times that)."""
     from omnifuse.experiments.sweep import sweep
@@ -294,8 +317,9 @@ def experiment_sweep(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION
 
 @experiment_app.command("imputation")
 @cli_options(ImputationConfig)
-def experiment_imputation(cache: Path = _CACHE, option: Optional[list[str]] = _OPTION,
-                          param: Optional[list[str]] = _PARAM, **flags: Any) -> None:
+def experiment_imputation(
+    cache: Path = _CACHE, option: list[str] | None = _OPTION, param: list[str] | None = _PARAM, **flags: Any
+) -> None:
     """Figures 7-8: cosine similarity of imputed to true embeddings across epochs, and t-SNE maps of real and
     imputed embeddings per modality. eICU demo: 9.7 min measured on 2 shared CPU cores."""
     from omnifuse.experiments.imputation import imputation
@@ -325,8 +349,9 @@ def encoders(
     for col in ("aliases", "family", "source", "output shape", "licence"):
         t.add_column(col, overflow="fold")
     for entry in entries:
-        t.add_row(entry.name, ", ".join(entry.aliases) or "-", entry.family, entry.source, entry.shape_text(),
-                  entry.licence)
+        t.add_row(
+            entry.name, ", ".join(entry.aliases) or "-", entry.family, entry.source, entry.shape_text(), entry.licence
+        )
     Console().print(t)
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omnifuse.cache import CacheError, open_cache
 
@@ -73,5 +73,16 @@ def run_demo(
     jobs, threads = default_jobs()
     if n_jobs is not None:
         jobs = n_jobs
-    return compare(cache, DEMO_TASK, list(methods), folds=folds, seed=seed, out=out, epochs=epochs,
-                   n_jobs=jobs, threads=threads, progress=progress, combinations="full+single")
+    return compare(
+        cache,
+        DEMO_TASK,
+        list(methods),
+        folds=folds,
+        seed=seed,
+        out=out,
+        epochs=epochs,
+        n_jobs=jobs,
+        threads=threads,
+        progress=progress,
+        combinations="full+single",
+    )

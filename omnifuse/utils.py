@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger("omnifuse.progress")
 
 
@@ -37,6 +39,11 @@ def json_safe(o: Any) -> Any:
     return o
 
 
+def save_arrays(path: Path, arrays: dict[str, Any]) -> None:
+    """``np.savez_compressed(path, **arrays)``: arrays by name in one compressed ``.npz`` file."""
+    np.savez_compressed(path, **arrays)
+
+
 def make_progress(*, rate: bool = False, log_every: float = 30.0, console: Any = None) -> Any:
     """A rich ``Progress`` with description, bar, count, an ``info`` field, and (``rate``) items per second.
 
@@ -55,7 +62,7 @@ def make_progress(*, rate: bool = False, log_every: float = 30.0, console: Any =
 
         _last: dict[Any, float]
 
-        def update(self, task_id: Any, **kw: Any) -> None:  # type: ignore[override]
+        def update(self, task_id: Any, **kw: Any) -> None:
             super().update(task_id, **kw)
             if self.console.is_terminal:
                 return

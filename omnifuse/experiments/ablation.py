@@ -8,8 +8,9 @@ and reading, row (e)'s included: DWFuse + IMP-fw + IMP-bw with TLA off, because 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import AblationConfig, study_config
@@ -20,6 +21,7 @@ from omnifuse.fuse.methods import get_method
 from omnifuse.fuse.methods.omnifuse import ABLATION_SWITCHES
 from omnifuse.fuse.tla import combination_name
 
+
 def row_params(row: str) -> dict[str, bool]:
     """The OmniFuse switches of one row of table 4: the registry entry ``ablation_<row>``."""
     try:
@@ -29,8 +31,9 @@ def row_params(row: str) -> dict[str, bool]:
     return {k: bool(params[k]) for k in ABLATION_SWITCHES}
 
 
-def ablation(cache: Any, task: str | None = None, rows: Sequence[str] | None = None, *, config: Any = None,
-             **overrides: Any) -> StudyResult:
+def ablation(
+    cache: Any, task: str | None = None, rows: Sequence[str] | None = None, *, config: Any = None, **overrides: Any
+) -> StudyResult:
     """The ablation rows (a to f, see the module docstring; the registry entries ``ablation_<row>``) per
     modality combination, mean ± sd over the same folds, paired t-tests of every row against row (f).
     Options: :class:`AblationConfig`; ``method_overrides["omnifuse"]`` (or ``["ablation_<row>"]``) sets
@@ -45,8 +48,14 @@ def ablation(cache: Any, task: str | None = None, rows: Sequence[str] | None = N
     out = Path(cfg.out)
     switches = {r: row_params(r) for r in cfg.rows}
     ctx = study_context(cache, cfg)
-    record = study_record("ablation", cache, ctx, cfg, rows=switches,
-                          row_e_reading="DWFuse + IMP-fw + IMP-bw, TLA off (IMP-bw needs IMP-fw)")
+    record = study_record(
+        "ablation",
+        cache,
+        ctx,
+        cfg,
+        rows=switches,
+        row_e_reading="DWFuse + IMP-fw + IMP-bw, TLA off (IMP-bw needs IMP-fw)",
+    )
     write_config(out, record)
     labels = [f"ablation_{r}" for r in cfg.rows]
     specs = fold_specs(ctx, labels, cfg.method_overrides, rate=cfg.missing_rate, mode=cfg.missing_mode)
@@ -54,12 +63,13 @@ def ablation(cache: Any, task: str | None = None, rows: Sequence[str] | None = N
     preds = collect.collect(ctx, stats.folders, specs, partial=False)
     data = ctx.data()
     against = ["ablation_f"] if "f" in cfg.rows else []
-    summary, recs = summarize(preds, data.task_kind, against=against, n_boot=cfg.n_boot, seed=cfg.seed,
-                              ci_subsets=("as_is",))
+    summary, recs = summarize(
+        preds, data.task_kind, against=against, n_boot=cfg.n_boot, seed=cfg.seed, ci_subsets=("as_is",)
+    )
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]
     tick = lambda b: "✓" if b else ""  # noqa: E731
     table = []
-    for r, lab in zip(cfg.rows, labels):
+    for r, lab in zip(cfg.rows, labels, strict=True):
         cells = [f"({r})", *(tick(v) for v in switches[r].values())]
         for g in ["overall", *names]:
             x = pick(summary, method=lab, group=g, subset="as_is" if g == "overall" else "complete")
@@ -71,14 +81,39 @@ def ablation(cache: Any, task: str | None = None, rows: Sequence[str] | None = N
     for g in names:
         x = pick(summary, method=labels[0], group=g, subset="complete")
         ns.append(f"{g} (n={x[0]['n_rows']})" if x else g)
-    sections = [Section("Ablation (table 4): AUROC mean ± sd over folds; combinations on the test rows holding them, "
-                        "other modalities masked",
-                        ["row", "DWFuse", "TLA", "IMP-fw", "IMP-bw", "overall", *ns, "p overall vs (f)"], table,
-                        "Row (e) reading: DWFuse + IMP-fw + IMP-bw with TLA off (IMP-bw needs IMP-fw).")]
-    bars = [dict(r, method=r["method"].replace("ablation_", "row ")) for r in summary
-            if (r["subset"] == "complete") or (r["group"] == "overall")]
-    figs = [figures.group_bars(out / "ablation.png", bars, [f"row {r}" for r in cfg.rows], ["overall", *names], "auroc",
-                         title="Ablation of OmniFuse's components (table 4)")]
-    res = StudyResult(out=out, config=config, summary=summary, folds=recs, sections=sections, figures=figs,
-                      runs_trained=stats.trained, runs_reused=stats.reused, seconds=time.perf_counter() - t0)
+    sections = [
+        Section(
+            "Ablation (table 4): AUROC mean ± sd over folds; combinations on the test rows holding them, "
+            "other modalities masked",
+            ["row", "DWFuse", "TLA", "IMP-fw", "IMP-bw", "overall", *ns, "p overall vs (f)"],
+            table,
+            "Row (e) reading: DWFuse + IMP-fw + IMP-bw with TLA off (IMP-bw needs IMP-fw).",
+        )
+    ]
+    bars = [
+        dict(r, method=r["method"].replace("ablation_", "row "))
+        for r in summary
+        if (r["subset"] == "complete") or (r["group"] == "overall")
+    ]
+    figs = [
+        figures.group_bars(
+            out / "ablation.png",
+            bars,
+            [f"row {r}" for r in cfg.rows],
+            ["overall", *names],
+            "auroc",
+            title="Ablation of OmniFuse's components (table 4)",
+        )
+    ]
+    res = StudyResult(
+        out=out,
+        config=config,
+        summary=summary,
+        folds=recs,
+        sections=sections,
+        figures=figs,
+        runs_trained=stats.trained,
+        runs_reused=stats.reused,
+        seconds=time.perf_counter() - t0,
+    )
     return write_study(res, cfg.print_table, title=f"ablation: {cfg.task}")

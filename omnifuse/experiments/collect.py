@@ -16,8 +16,9 @@ Groups and subsets (DESIGN.md, "Evaluation"):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,13 +42,22 @@ def load_references(cache: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             return {}
         cache = cache.load(modalities=[])
     if isinstance(cache, CacheData):
-        return {k: (np.asarray(v, dtype=np.float32), np.asarray(m, dtype=bool)) for k, (v, m) in cache.references.items()}
+        return {
+            k: (np.asarray(v, dtype=np.float32), np.asarray(m, dtype=bool)) for k, (v, m) in cache.references.items()
+        }
     return {}
 
 
-def run_preds(ctx: StudyContext, spec: RunSpec, folder: Path, *, label: str | None = None,
-              combos: bool = True, partial: bool = True,
-              references: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> list[FoldPred]:
+def run_preds(
+    ctx: StudyContext,
+    spec: RunSpec,
+    folder: Path,
+    *,
+    label: str | None = None,
+    combos: bool = True,
+    partial: bool = True,
+    references: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> list[FoldPred]:
     """The prediction cells of one finished run (see the module docstring). ``label`` renames the method."""
     arrays, _ = load_run(folder)
     name = label or spec.label
@@ -64,13 +74,24 @@ def run_preds(ctx: StudyContext, spec: RunSpec, folder: Path, *, label: str | No
                     out.append(FoldPred(name, spec.repeat, spec.fold, gname, view, y[sel], arrays[key][sel], spec.rate))
     for ref, (_vals, valid) in (references or {}).items():
         ok = valid[rows]
-        out.append(FoldPred(name, spec.repeat, spec.fold, f"reference_subset:{ref}", "as_is", y[ok],
-                            arrays["overall"][ok], spec.rate))
+        out.append(
+            FoldPred(
+                name,
+                spec.repeat,
+                spec.fold,
+                f"reference_subset:{ref}",
+                "as_is",
+                y[ok],
+                arrays["overall"][ok],
+                spec.rate,
+            )
+        )
     return out
 
 
-def reference_preds(ctx: StudyContext, references: dict[str, tuple[np.ndarray, np.ndarray]],
-                    task_kind: str, rate: float = 0.0) -> list[FoldPred]:
+def reference_preds(
+    ctx: StudyContext, references: dict[str, tuple[np.ndarray, np.ndarray]], task_kind: str, rate: float = 0.0
+) -> list[FoldPred]:
     """The reference scores themselves on every fold's test rows where they are valid (binary tasks only)."""
     if task_kind != "binary":
         if references:
@@ -85,8 +106,18 @@ def reference_preds(ctx: StudyContext, references: dict[str, tuple[np.ndarray, n
         for r, rep in enumerate(ctx.folds):
             for k, (_, te) in enumerate(rep):
                 ok = valid[te]
-                out.append(FoldPred(f"reference:{ref}", r, k, f"reference_subset:{ref}", "as_is",
-                                    data.labels_numpy(te[ok]), v[te[ok]][:, None], rate))
+                out.append(
+                    FoldPred(
+                        f"reference:{ref}",
+                        r,
+                        k,
+                        f"reference_subset:{ref}",
+                        "as_is",
+                        data.labels_numpy(te[ok]),
+                        v[te[ok]][:, None],
+                        rate,
+                    )
+                )
     return out
 
 
@@ -97,8 +128,12 @@ def collect(ctx: StudyContext, folders: dict[RunSpec, Path], specs: Sequence[Run
     return out
 
 
-def pooled(ctx: StudyContext, folders: dict[RunSpec, Path], specs: Sequence[RunSpec], repeat: int = 0,
-           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def pooled(
+    ctx: StudyContext,
+    folders: dict[RunSpec, Path],
+    specs: Sequence[RunSpec],
+    repeat: int = 0,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per method label, the out-of-fold ``(y, overall probabilities)`` of one repeat (every labelled row once)."""
     acc: dict[str, tuple[list, list]] = {}
     for s in specs:

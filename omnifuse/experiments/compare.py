@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import CompareConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fci, fms, fp, write_config, write_study
 from omnifuse.experiments.runner import StudyContext, fold_specs, run_all, study_context, study_record
-from omnifuse.experiments.stats import pick, summarize
+from omnifuse.experiments.stats import pick, pick_one, summarize
 from omnifuse.fuse.methods import METHODS
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ def default_methods() -> list[str]:
     return names + ["dwfuse_only"]
 
 
-def compare(cache: Any, task: str | None = None, methods: Sequence[str] | None = None, *,
-            config: Any = None, **overrides: Any) -> CompareResult:
+def compare(
+    cache: Any, task: str | None = None, methods: Sequence[str] | None = None, *, config: Any = None, **overrides: Any
+) -> CompareResult:
     """Cross-validated comparison of ``methods`` (registry entries, variants included; default: every method and
     ``dwfuse_only``) on ``task`` of ``cache`` (a path or loaded data). Options: :class:`CompareConfig` (file <
     keyword overrides).
@@ -77,14 +79,29 @@ def compare(cache: Any, task: str | None = None, methods: Sequence[str] | None =
     preds = collect.collect(ctx, stats.folders, specs, references=refs)
     preds += collect.reference_preds(ctx, refs, data.task_kind, cfg.missing_rate)
     against = [a for a in AGAINST if a in names] + [f"reference:{r}" for r in refs if data.task_kind == "binary"]
-    summary, fold_recs = summarize(preds, data.task_kind, against=against, n_boot=cfg.n_boot, seed=cfg.seed,
-                                   ci_subsets=("as_is", "complete", "all_masked"))
+    summary, fold_recs = summarize(
+        preds,
+        data.task_kind,
+        against=against,
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        ci_subsets=("as_is", "complete", "all_masked"),
+    )
     sections = compare_sections(summary, names, ctx, against, refs)
     figs = compare_figures(out, ctx, stats.folders, specs, summary, names, refs, data.task_kind)
     seconds = {m: float(np.mean([_run_seconds(stats.folders[s]) for s in specs if s.label == m])) for m in names}
-    res = CompareResult(out=out, config=record, summary=summary, folds=fold_recs, sections=sections, figures=figs,
-                        runs_trained=stats.trained, runs_reused=stats.reused, seconds=time.perf_counter() - t0,
-                        extra={"mean_run_seconds": seconds})
+    res = CompareResult(
+        out=out,
+        config=record,
+        summary=summary,
+        folds=fold_recs,
+        sections=sections,
+        figures=figs,
+        runs_trained=stats.trained,
+        runs_reused=stats.reused,
+        seconds=time.perf_counter() - t0,
+        extra={"mean_run_seconds": seconds},
+    )
     return write_study(res, cfg.print_table, title=f"compare: {cfg.task}")
 
 
@@ -98,12 +115,15 @@ def _p_cols(against: Sequence[str]) -> list[str]:
     return [f"p AUROC vs {a}" for a in against]
 
 
-VIEW_TITLES = {"complete": "test rows holding it",
-               "all_masked": "every test row (the paper's table 3; rows lacking some of it keep what they hold of it)"}
+VIEW_TITLES = {
+    "complete": "test rows holding it",
+    "all_masked": "every test row (the paper's table 3; rows lacking some of it keep what they hold of it)",
+}
 
 
-def _combination_section(summary: list[dict[str, Any]], methods: Sequence[str], names: list[str], view: str,
-                         metric: str, title: str) -> Section:
+def _combination_section(
+    summary: list[dict[str, Any]], methods: Sequence[str], names: list[str], view: str, metric: str, title: str
+) -> Section:
     """One table: a row per method, a column per combination, ``metric`` mean ± sd of ``view``."""
     rows = []
     for m in methods:
@@ -124,58 +144,108 @@ def _combination_section(summary: list[dict[str, Any]], methods: Sequence[str], 
     return Section(title, ["method", *ns], rows, "*: p < 0.05 against omnifuse (paired t-test over folds).")
 
 
-def compare_sections(summary: list[dict[str, Any]], methods: Sequence[str], ctx: StudyContext,
-                     against: Sequence[str], refs: dict) -> list[Section]:
+def compare_sections(
+    summary: list[dict[str, Any]], methods: Sequence[str], ctx: StudyContext, against: Sequence[str], refs: dict
+) -> list[Section]:
     from omnifuse.fuse.tla import combination_name
 
     main = [a for a in against if not a.startswith("reference:")]
     rows = []
     for m in methods:
-        r = pick(summary, method=m, group="overall", subset="as_is")
-        if not r:
+        r = pick_one(summary, method=m, group="overall", subset="as_is")
+        if r is None:
             continue
-        r = r[0]
-        rows.append([m, str(r["n_folds"]), fms(r["auroc_mean"], r["auroc_sd"]), fci(r["auroc_ci"]),
-                     fms(r["auprc_mean"], r["auprc_sd"]), fci(r["auprc_ci"]), fms(r["brier_mean"], r["brier_sd"]),
-                     *(fp(r.get(f"p_auroc_vs_{a}")) for a in main)])
-    secs = [Section("Overall: test rows with the modalities they hold (mean ± sd over folds)",
-                    ["method", "folds", "AUROC", "AUROC 95% CI", "AUPRC (AP)", "AUPRC 95% CI", "Brier", *_p_cols(main)],
-                    rows, "CI: fold bootstrap of the mean over folds; p: paired t-test over the same folds.")]
+        rows.append(
+            [
+                m,
+                str(r["n_folds"]),
+                fms(r["auroc_mean"], r["auroc_sd"]),
+                fci(r["auroc_ci"]),
+                fms(r["auprc_mean"], r["auprc_sd"]),
+                fci(r["auprc_ci"]),
+                fms(r["brier_mean"], r["brier_sd"]),
+                *(fp(r.get(f"p_auroc_vs_{a}")) for a in main),
+            ]
+        )
+    secs = [
+        Section(
+            "Overall: test rows with the modalities they hold (mean ± sd over folds)",
+            ["method", "folds", "AUROC", "AUROC 95% CI", "AUPRC (AP)", "AUPRC 95% CI", "Brier", *_p_cols(main)],
+            rows,
+            "CI: fold bootstrap of the mean over folds; p: paired t-test over the same folds.",
+        )
+    ]
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]
     for view, what in VIEW_TITLES.items():
         for metric, label in (("auroc", "AUROC"), ("auprc", "AUPRC (AP)")):
-            secs.append(_combination_section(summary, methods, names, view, metric, f"{label} per modality "
-                                             f"combination: {what}, the other modalities masked"))
+            secs.append(
+                _combination_section(
+                    summary,
+                    methods,
+                    names,
+                    view,
+                    metric,
+                    f"{label} per modality combination: {what}, the other modalities masked",
+                )
+            )
     rows = []
     for m in methods:
         cells = []
         for g in names:
-            r = pick(summary, method=m, group=g, subset="partial")
-            cells.append(f"{fms(r[0]['auroc_mean'], r[0]['auroc_sd'])} (n={r[0]['n_rows']})" if r and r[0]["n_rows"] else "-")
+            part = pick_one(summary, method=m, group=g, subset="partial")
+            cells.append(
+                f"{fms(part['auroc_mean'], part['auroc_sd'])} (n={part['n_rows']})" if part and part["n_rows"] else "-"
+            )
         rows.append([m, *cells])
     if any(c != "-" for r in rows for c in r[1:]):
-        secs.append(Section("AUROC of the rows lacking some modality of the combination (scored with what they hold "
-                            "of it), reported separately", ["method", *names], rows))
+        secs.append(
+            Section(
+                "AUROC of the rows lacking some modality of the combination (scored with what they hold "
+                "of it), reported separately",
+                ["method", *names],
+                rows,
+            )
+        )
     for ref in refs:
         g = f"reference_subset:{ref}"
         rows = []
         for m in [f"reference:{ref}", *methods]:
-            r = pick(summary, method=m, group=g, subset="as_is")
-            if not r:
+            r = pick_one(summary, method=m, group=g, subset="as_is")
+            if r is None:
                 continue
-            r = r[0]
-            rows.append([m, str(r["n_rows"]), fms(r["auroc_mean"], r["auroc_sd"]), fci(r["auroc_ci"]),
-                         fms(r["auprc_mean"], r["auprc_sd"]), fms(r["brier_mean"], r["brier_sd"]),
-                         fp(r.get(f"p_auroc_vs_reference:{ref}"))])
+            rows.append(
+                [
+                    m,
+                    str(r["n_rows"]),
+                    fms(r["auroc_mean"], r["auroc_sd"]),
+                    fci(r["auroc_ci"]),
+                    fms(r["auprc_mean"], r["auprc_sd"]),
+                    fms(r["brier_mean"], r["brier_sd"]),
+                    fp(r.get(f"p_auroc_vs_reference:{ref}")),
+                ]
+            )
         if rows:
-            secs.append(Section(f"Reference score {ref}: the test rows where it is valid, every method on the same rows",
-                                ["method", "rows", "AUROC", "AUROC 95% CI", "AUPRC (AP)", "Brier", f"p AUROC vs {ref}"],
-                                rows, f"{ref} is a score computed by the source, never an input."))
+            secs.append(
+                Section(
+                    f"Reference score {ref}: the test rows where it is valid, every method on the same rows",
+                    ["method", "rows", "AUROC", "AUROC 95% CI", "AUPRC (AP)", "Brier", f"p AUROC vs {ref}"],
+                    rows,
+                    f"{ref} is a score computed by the source, never an input.",
+                )
+            )
     return secs
 
 
-def compare_figures(out: Path, ctx: StudyContext, folders: dict, specs: list, summary: list[dict[str, Any]],
-                    methods: Sequence[str], refs: dict, kind: str) -> list[Path]:
+def compare_figures(
+    out: Path,
+    ctx: StudyContext,
+    folders: dict,
+    specs: list,
+    summary: list[dict[str, Any]],
+    methods: Sequence[str],
+    refs: dict,
+    kind: str,
+) -> list[Path]:
     from omnifuse.fuse.tla import combination_name
 
     pooled = collect.pooled(ctx, folders, specs)
@@ -183,13 +253,27 @@ def compare_figures(out: Path, ctx: StudyContext, folders: dict, specs: list, su
     data = ctx.data()
     if kind == "binary":
         for ref, (vals, valid) in refs.items():
-            rows = np.concatenate([te for _, te in ctx.folds[0]])
-            rows = rows[valid[rows]]
-            curves[f"reference:{ref} (its rows)"] = (data.labels_numpy(rows), vals[rows][:, None].astype(np.float64))
-    figs = [figures.reliability_figure(out / "reliability.png", curves, kind,
-                                 title=f"Reliability, out-of-fold predictions ({ctx.task})")]
+            tested = np.concatenate([te for _, te in ctx.folds[0]])
+            tested = tested[valid[tested]]
+            curves[f"reference:{ref} (its rows)"] = (
+                data.labels_numpy(tested),
+                vals[tested][:, None].astype(np.float64),
+            )
+    figs = [
+        figures.reliability_figure(
+            out / "reliability.png", curves, kind, title=f"Reliability, out-of-fold predictions ({ctx.task})"
+        )
+    ]
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]
-    rows = [r for r in summary if r["subset"] == "complete"]
-    figs.append(figures.group_bars(out / "auroc_by_combination.png", rows, methods, names, "auroc",
-                             title="AUROC per modality combination (mean ± sd over folds)"))
+    complete = [r for r in summary if r["subset"] == "complete"]
+    figs.append(
+        figures.group_bars(
+            out / "auroc_by_combination.png",
+            complete,
+            methods,
+            names,
+            "auroc",
+            title="AUROC per modality combination (mean ± sd over folds)",
+        )
+    )
     return figs

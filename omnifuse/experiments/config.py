@@ -19,8 +19,10 @@ from omnifuse.options import declared, option, resolve, to_json
 
 ConfigT = TypeVar("ConfigT", bound="StudyConfig")
 
-COMBINATIONS_HELP = ("Modality combinations evaluated: full+single (all, then each alone), full, single, loo (all, "
-                     "then each left out), all (2^M - 1) or names such as vitals+apache (repeat).")
+COMBINATIONS_HELP = (
+    "Modality combinations evaluated: full+single (all, then each alone), full, single, loo (all, "
+    "then each left out), all (2^M - 1) or names such as vitals+apache (repeat)."
+)
 
 
 @dataclass
@@ -28,26 +30,34 @@ class StudyConfig:
     """Options every study shares."""
 
     task: str = option("mortality", help="Task in the cache.", short="-t")
-    out: Path = option(Path("experiments/study"), help="Results folder (finished runs in it are reused).",
-                       short="-o")
-    modalities: list[str] | None = option(None, help="Modalities the study uses (comma-separated or repeated; "
-                                          "default all).", flag="--modalities")
+    out: Path = option(Path("experiments/study"), help="Results folder (finished runs in it are reused).", short="-o")
+    modalities: list[str] | None = option(
+        None, help="Modalities the study uses (comma-separated or repeated; default all).", flag="--modalities"
+    )
     folds: int = option(5, help="Patient-grouped cross-validation folds.")
     repeats: int = option(1, help="Repeated k-fold: repeat r uses folds seeded by seed + r.")
     seed: int = option(0, help="Seed of the folds, the simulated masks and the runs (omnifuse.fuse.fold).")
     epochs: int | None = option(None, help="Maximum epochs per run (default: the trainer's 30, early stopping).")
-    n_jobs: int = option(1, help="Runs trained at once (processes); on 2 CPU cores use 2 with --threads 1.",
-                         flag="--jobs")
+    n_jobs: int = option(
+        1, help="Runs trained at once (processes); on 2 CPU cores use 2 with --threads 1.", flag="--jobs"
+    )
     threads: int | None = option(None, help="Torch threads per run.")
     device: str | None = option(None, help="auto (cuda when present), cpu or cuda.")
     n_boot: int = option(200, help="Bootstrap replicates of the confidence intervals (0: none).")
     progress: bool = option(True, help="Show a progress bar (logged when the output is not a terminal).")
     print_table: bool = option(True, help="Print the tables when done.", cli=False)
-    options: dict[str, Any] = option({}, help="Training options (TrainConfig fields), e.g. {lr = 3e-4}; on the "
-                                     "command line --option key=value.", cli=False)
-    method_overrides: dict[str, dict[str, Any]] = option({}, help="Method parameters per method or variant, e.g. "
-                                                         "{omnifuse = {beta = 0.25}}; on the command line "
-                                                         "--param omnifuse.beta=0.25.", cli=False)
+    options: dict[str, Any] = option(
+        {},
+        help="Training options (TrainConfig fields), e.g. {lr = 3e-4}; on the command line --option key=value.",
+        cli=False,
+    )
+    method_overrides: dict[str, dict[str, Any]] = option(
+        {},
+        help="Method parameters per method or variant, e.g. "
+        "{omnifuse = {beta = 0.25}}; on the command line "
+        "--param omnifuse.beta=0.25.",
+        cli=False,
+    )
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -88,42 +98,52 @@ class CombinationStudyConfig(StudyConfig):
 class CompareConfig(CombinationStudyConfig):
     """``omnifuse experiment compare``: every method on the same folds and masks (the paper's table 3)."""
 
-    out: Path = option(Path("experiments/compare"), help="Results folder (finished runs in it are reused).",
-                       short="-o")
-    methods: list[str] | None = option(None, help="Methods or variants (comma-separated or repeated; default every "
-                                       "registered method and the dwfuse_only variant).", flag="--methods")
+    out: Path = option(Path("experiments/compare"), help="Results folder (finished runs in it are reused).", short="-o")
+    methods: list[str] | None = option(
+        None,
+        help="Methods or variants (comma-separated or repeated; default every "
+        "registered method and the dwfuse_only variant).",
+        flag="--methods",
+    )
 
 
 @dataclass
 class UnimodalConfig(StudyConfig):
     """``omnifuse experiment unimodal``: each modality alone against fused models given only it (table 2)."""
 
-    out: Path = option(Path("experiments/unimodal"), help="Results folder (finished runs in it are reused).",
-                       short="-o")
-    fused: list[str] = option(["concat", "omnifuse"], help="Fused methods set against the unimodal models.",
-                              flag="--fused")
-    unimodal_method: str = option("concat", help="Method of the unimodal models (with one modality: its encoder "
-                                  "and a head).")
+    out: Path = option(
+        Path("experiments/unimodal"), help="Results folder (finished runs in it are reused).", short="-o"
+    )
+    fused: list[str] = option(
+        ["concat", "omnifuse"], help="Fused methods set against the unimodal models.", flag="--fused"
+    )
+    unimodal_method: str = option(
+        "concat", help="Method of the unimodal models (with one modality: its encoder and a head)."
+    )
 
 
 @dataclass
 class AblationConfig(CombinationStudyConfig):
     """``omnifuse experiment ablation``: OmniFuse's components switched on one by one (table 4)."""
 
-    out: Path = option(Path("experiments/ablation"), help="Results folder (finished runs in it are reused).",
-                       short="-o")
-    rows: list[str] = option(["a", "b", "c", "d", "e", "f"], help="Rows of table 4: a none, b +DWFuse, c +TLA, "
-                             "d +IMP-fw, e DWFuse+IMP-fw+IMP-bw (our reading), f all.", flag="--rows")
+    out: Path = option(
+        Path("experiments/ablation"), help="Results folder (finished runs in it are reused).", short="-o"
+    )
+    rows: list[str] = option(
+        ["a", "b", "c", "d", "e", "f"],
+        help="Rows of table 4: a none, b +DWFuse, c +TLA, d +IMP-fw, e DWFuse+IMP-fw+IMP-bw (our reading), f all.",
+        flag="--rows",
+    )
 
 
 @dataclass
 class SweepConfig(StudyConfig):
     """``omnifuse experiment sweep``: AUROC against the simulated missing rate (figures 4-6)."""
 
-    out: Path = option(Path("experiments/sweep"), help="Results folder (finished runs in it are reused).",
-                       short="-o")
-    rates: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], help="Missing rates.",
-                                flag="--rates")
+    out: Path = option(Path("experiments/sweep"), help="Results folder (finished runs in it are reused).", short="-o")
+    rates: list[float] = option(
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], help="Missing rates.", flag="--rates"
+    )
     modality: str = option("random", help="random, or the modality to drop.")
     methods: list[str] = option(["omnifuse", "omnifuse_no_imp"], help="Methods or variants.", flag="--methods")
     n_boot: int = option(0, help="Bootstrap replicates of the confidence intervals (0: none).")
@@ -133,8 +153,9 @@ class SweepConfig(StudyConfig):
 class ImputationConfig(StudyConfig):
     """``omnifuse experiment imputation``: imputed against true embeddings across epochs (figures 7-8)."""
 
-    out: Path = option(Path("experiments/imputation"), help="Results folder (finished runs in it are reused).",
-                       short="-o")
+    out: Path = option(
+        Path("experiments/imputation"), help="Results folder (finished runs in it are reused).", short="-o"
+    )
     fold: int = option(0, help="Which fold's model to follow.")
     max_rows: int = option(512, help="Test rows per modality the cosine similarity is measured on.")
     tsne_rows: int = option(300, help="Test rows per modality in the t-SNE map.")

@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def reliability_figure(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], kind: str = "binary",
-                       n_bins: int = 10, title: str = "Reliability") -> Path:
+def reliability_figure(
+    path: Path,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    kind: str = "binary",
+    n_bins: int = 10,
+    title: str = "Reliability",
+) -> Path:
     """``curves``: label -> (labels, probabilities) pooled over folds. Up to four curves share one panel;
     more get one small panel each (same axes), so every curve stays readable. Marker area follows the bin's
     row count; the legend gives each curve's Brier score."""
@@ -60,10 +66,22 @@ def reliability_figure(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarra
             b = M.brier(y, p, kind)
             cnt = np.asarray(rc["count"], dtype=float)
             color = f"C{j if len(panels) == 1 else i % 10}"
-            ax.plot(rc["mean_predicted"], rc["fraction_positive"], marker="o", ms=3, lw=1.2, color=color,
-                    label=f"{label} (Brier {b:.3f}, n={len(y)})")
-            ax.scatter(rc["mean_predicted"], rc["fraction_positive"], s=8 + 80 * cnt / max(cnt.max(), 1), alpha=0.35,
-                       color=color)
+            ax.plot(
+                rc["mean_predicted"],
+                rc["fraction_positive"],
+                marker="o",
+                ms=3,
+                lw=1.2,
+                color=color,
+                label=f"{label} (Brier {b:.3f}, n={len(y)})",
+            )
+            ax.scatter(
+                rc["mean_predicted"],
+                rc["fraction_positive"],
+                s=8 + 80 * cnt / max(cnt.max(), 1),
+                alpha=0.35,
+                color=color,
+            )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         if len(panels) == 1:
@@ -73,17 +91,29 @@ def reliability_figure(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarra
             ax.legend(fontsize=7, loc="upper left")
         else:
             ax.set_title(group[0][0], fontsize=8)
-            ax.text(0.03, 0.9, f"Brier {M.brier(group[0][1][0], group[0][1][1], kind):.3f}", fontsize=7,
-                    transform=ax.transAxes)
+            ax.text(
+                0.03,
+                0.9,
+                f"Brier {M.brier(group[0][1][0], group[0][1][1], kind):.3f}",
+                fontsize=7,
+                transform=ax.transAxes,
+            )
             ax.tick_params(labelsize=7)
     if len(panels) > 1:
         fig.suptitle(f"{title}: mean predicted probability (x) vs observed fraction of positives (y)", fontsize=9)
     return _save(fig, path)
 
 
-def group_bars(path: Path, rows: Sequence[dict[str, Any]], methods: Sequence[str], groups: Sequence[str],
-               metric: str = "auroc", title: str = "", ylabel: str | None = None,
-               hlines: dict[str, float] | None = None) -> Path:
+def group_bars(
+    path: Path,
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    groups: Sequence[str],
+    metric: str = "auroc",
+    title: str = "",
+    ylabel: str | None = None,
+    hlines: dict[str, float] | None = None,
+) -> Path:
     """Grouped bars: for each group (x) one bar per method, height ``<metric>_mean``, error bar ``_sd``.
     ``rows`` need ``method``, ``group``, ``<metric>_mean`` and ``<metric>_sd``. ``hlines``: label -> y."""
     fig = _figure(min(14.0, max(7.5, 0.22 * len(groups) * max(1, len(methods)) + 2)), 4.6)
@@ -97,7 +127,11 @@ def group_bars(path: Path, rows: Sequence[dict[str, Any]], methods: Sequence[str
             r = next((r for r in rows if r["method"] == m and r["group"] == g), None)
             v = math.nan if r is None else r.get(f"{metric}_mean", math.nan)
             h.append(v)
-            e.append(0.0 if r is None or r.get(f"{metric}_sd") is None or math.isnan(r[f"{metric}_sd"]) else r[f"{metric}_sd"])
+            e.append(
+                0.0
+                if r is None or r.get(f"{metric}_sd") is None or math.isnan(r[f"{metric}_sd"])
+                else r[f"{metric}_sd"]
+            )
             if not math.isnan(v):
                 lo = min(lo, v - e[-1])
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, h, width, yerr=e, capsize=2, label=m)
@@ -110,22 +144,33 @@ def group_bars(path: Path, rows: Sequence[dict[str, Any]], methods: Sequence[str
         ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.set_ylabel(ylabel or metric.upper())
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=2 if len(methods) + len(hlines or {}) > 5 else 1, loc="lower left",
-              bbox_to_anchor=(1.01, 0.0))
+    ax.legend(
+        fontsize=7, ncol=2 if len(methods) + len(hlines or {}) > 5 else 1, loc="lower left", bbox_to_anchor=(1.01, 0.0)
+    )
     return _save(fig, path)
 
 
-def sweep_figure(path: Path, rows: Sequence[dict[str, Any]], methods: Sequence[str], metric: str = "auroc",
-                 group: str = "overall", subset: str = "as_is", title: str = "") -> Path:
+def sweep_figure(
+    path: Path,
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    metric: str = "auroc",
+    group: str = "overall",
+    subset: str = "as_is",
+    title: str = "",
+) -> Path:
     """``metric`` against the missing rate, one line per method with a ± sd band."""
     fig = _figure(6.0, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     for m in methods:
-        pts = sorted((r["rate"], r[f"{metric}_mean"], r[f"{metric}_sd"]) for r in rows
-                     if r["method"] == m and r["group"] == group and r["subset"] == subset)
+        pts = sorted(
+            (r["rate"], r[f"{metric}_mean"], r[f"{metric}_sd"])
+            for r in rows
+            if r["method"] == m and r["group"] == group and r["subset"] == subset
+        )
         if not pts:
             continue
-        xs, mu, sd = (np.array(v, dtype=float) for v in zip(*pts))
+        xs, mu, sd = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
         sd = np.nan_to_num(sd)
         ax.plot(xs, mu, marker="o", label=m)
         ax.fill_between(xs, mu - sd, mu + sd, alpha=0.2)
@@ -137,17 +182,25 @@ def sweep_figure(path: Path, rows: Sequence[dict[str, Any]], methods: Sequence[s
     return _save(fig, path)
 
 
-def imputation_curve(path: Path, records: Sequence[dict[str, Any]], modalities: Sequence[str],
-                     val_auroc: Sequence[float] | None = None, title: str = "") -> Path:
+def imputation_curve(
+    path: Path,
+    records: Sequence[dict[str, Any]],
+    modalities: Sequence[str],
+    val_auroc: Sequence[float] | None = None,
+    title: str = "",
+) -> Path:
     """``records``: per epoch ``{"epoch", "cos": {m: mean cosine}, "cos_miss": {m: ...}}``; solid lines the
     CRA imputation, dotted the no-imputation placeholder v^miss; validation AUROC on the right axis."""
     fig = _figure(6.4, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     ep = [r["epoch"] for r in records]
     for i, m in enumerate(modalities):
-        ax.plot(ep, [r["cos"].get(m, math.nan) for r in records], color=f"C{i}", marker="o", ms=3, label=f"{m}: imputed")
-        ax.plot(ep, [r["cos_miss"].get(m, math.nan) for r in records], color=f"C{i}", ls=":", lw=1,
-                label=f"{m}: v^miss")
+        ax.plot(
+            ep, [r["cos"].get(m, math.nan) for r in records], color=f"C{i}", marker="o", ms=3, label=f"{m}: imputed"
+        )
+        ax.plot(
+            ep, [r["cos_miss"].get(m, math.nan) for r in records], color=f"C{i}", ls=":", lw=1, label=f"{m}: v^miss"
+        )
     ax.set_xlabel("epoch (-1: before training)")
     ax.set_ylabel("cosine similarity to the true embedding")
     ax.grid(alpha=0.3)

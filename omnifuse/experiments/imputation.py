@@ -24,12 +24,20 @@ import torch.nn.functional as Fn
 from omnifuse.experiments import figures
 from omnifuse.experiments.config import ImputationConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fnum, write_config, write_study
-from omnifuse.experiments.runner import (RunSpec, StudyError, freeze_params, method_params, run_all, study_context,
-                                         study_record)
+from omnifuse.experiments.runner import (
+    RunSpec,
+    StudyError,
+    freeze_params,
+    method_params,
+    run_all,
+    study_context,
+    study_record,
+)
 from omnifuse.fuse.data import FuseData, Normalizer
 from omnifuse.fuse.fold import FoldRun
 from omnifuse.fuse.methods.omnifuse import OmniFuse
 from omnifuse.fuse.trainer import Trainer
+from omnifuse.utils import save_arrays
 
 
 def _probe_rows(data: FuseData, rows: np.ndarray, j: int, max_rows: int) -> np.ndarray:
@@ -39,7 +47,9 @@ def _probe_rows(data: FuseData, rows: np.ndarray, j: int, max_rows: int) -> np.n
 
 
 @torch.no_grad()
-def _pairs(model: OmniFuse, data: FuseData, rows: np.ndarray, norm: Normalizer, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pairs(
+    model: OmniFuse, data: FuseData, rows: np.ndarray, norm: Normalizer, j: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(true v_m [n, d], imputed v'_m [n, d]) of modality j on ``rows`` (model in eval mode)."""
     full = data.batch(rows, norm)
     v_true = model.encode(full)[:, j]
@@ -49,8 +59,13 @@ def _pairs(model: OmniFuse, data: FuseData, rows: np.ndarray, norm: Normalizer, 
     return v_true, out.extra["v_prime"][:, j]
 
 
-def measure_imputation(model: Any, data: FuseData, rows: np.ndarray, norm: Normalizer, max_rows: int = 512,
-                       ) -> dict[str, dict[str, float]]:
+def measure_imputation(
+    model: Any,
+    data: FuseData,
+    rows: np.ndarray,
+    norm: Normalizer,
+    max_rows: int = 512,
+) -> dict[str, dict[str, float]]:
     """``{"cos": {m: mean cos(v'_m, v_m)}, "cos_miss": {m: mean cos(v^miss_m, v_m)}, "n": {m: rows}}``."""
     if not isinstance(model, OmniFuse) or not model.use_imp_fw:
         raise StudyError("the imputation study needs OmniFuse with forward imputation (imp_fw=True)")
@@ -83,8 +98,12 @@ class ImputationProbe:
         self.records: list[dict[str, Any]] = []
 
     def _measure(self, trainer: Trainer, epoch: int) -> None:
-        self.records.append({"epoch": epoch, **measure_imputation(trainer.model, trainer.data, self.rows,
-                                                                  trainer.normalizer, self.max_rows)})
+        self.records.append(
+            {
+                "epoch": epoch,
+                **measure_imputation(trainer.model, trainer.data, self.rows, trainer.normalizer, self.max_rows),
+            }
+        )
 
     def on_train_start(self, trainer: Trainer) -> None:
         self._measure(trainer, -1)
@@ -93,12 +112,17 @@ class ImputationProbe:
         self._measure(trainer, epoch)
 
     def finish(self, run: FoldRun, data: FuseData, folder: Path) -> dict[str, Any]:
-        np.savez_compressed(folder / "embeddings.npz", **final_embeddings(run.model, data, self.rows, run.normalizer))
+        save_arrays(folder / "embeddings.npz", final_embeddings(run.model, data, self.rows, run.normalizer))
         return {"imputation": self.records}
 
 
-def final_embeddings(model: OmniFuse, data: FuseData, rows: np.ndarray, norm: Normalizer, max_rows: int = 400,
-                     ) -> dict[str, np.ndarray]:
+def final_embeddings(
+    model: OmniFuse,
+    data: FuseData,
+    rows: np.ndarray,
+    norm: Normalizer,
+    max_rows: int = 400,
+) -> dict[str, np.ndarray]:
     """``real_<m>`` and ``imputed_<m>`` [n, d] float32 of the trained model on ``rows`` (at most ``max_rows``)."""
     out: dict[str, np.ndarray] = {}
     model.eval()
@@ -112,7 +136,9 @@ def final_embeddings(model: OmniFuse, data: FuseData, rows: np.ndarray, norm: No
     return out
 
 
-def tsne_maps(emb: dict[str, np.ndarray], modalities: list[str], seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def tsne_maps(
+    emb: dict[str, np.ndarray], modalities: list[str], seed: int = 0
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per modality, a joint 2-D t-SNE of the real and imputed embeddings -> (real [n, 2], imputed [n, 2])."""
     from sklearn.manifold import TSNE
 
@@ -124,8 +150,12 @@ def tsne_maps(emb: dict[str, np.ndarray], modalities: list[str], seed: int = 0) 
         n = a.shape[0]
         if n < 5:
             continue
-        z = TSNE(n_components=2, perplexity=float(min(30, max(2, (2 * n - 1) // 3))), init="pca", random_state=seed,
-                 ).fit_transform(np.concatenate([a, b]).astype(np.float64))
+        z = TSNE(
+            n_components=2,
+            perplexity=float(min(30, max(2, (2 * n - 1) // 3))),
+            init="pca",
+            random_state=seed,
+        ).fit_transform(np.concatenate([a, b]).astype(np.float64))
         maps[m] = (z[:n], z[n:])
     return maps
 
@@ -151,35 +181,67 @@ def imputation(cache: Any, task: str | None = None, *, config: Any = None, **ove
     record = study_record("imputation", cache, ctx, cfg, method_params=params)
     write_config(out, record)
     spec = RunSpec(label="omnifuse", method="omnifuse", params=freeze_params(params), fold=fold)
-    stats = run_all(ctx, [spec], out, threads=cfg.threads, progress=cfg.progress,
-                    probe=functools.partial(ImputationProbe, max_rows=cfg.max_rows))
+    stats = run_all(
+        ctx,
+        [spec],
+        out,
+        threads=cfg.threads,
+        progress=cfg.progress,
+        probe=functools.partial(ImputationProbe, max_rows=cfg.max_rows),
+    )
     folder = stats.folders[spec]
     run = json.loads((folder / "run.json").read_text())
     recs = run["imputation"]
     with np.load(folder / "embeddings.npz") as z:
-        emb = {k: z[k][:cfg.tsne_rows] for k in z.files}
+        emb = {k: z[k][: cfg.tsne_rows] for k in z.files}
     val = [h.get("val_auroc") for h in run["history"]]
     val = [np.nan if v is None else v for v in val]
-    figs = [figures.imputation_curve(out / "imputation.png", recs, ctx.modalities, val,
-                               title="Imputed vs true embeddings across epochs (figure 7)")]
+    figs = [
+        figures.imputation_curve(
+            out / "imputation.png",
+            recs,
+            ctx.modalities,
+            val,
+            title="Imputed vs true embeddings across epochs (figure 7)",
+        )
+    ]
     maps = tsne_maps(emb, ctx.modalities, cfg.seed)
     figs.append(figures.tsne_figure(out / "tsne.png", maps, title="t-SNE of real and imputed embeddings (figure 8)"))
     summary, table = [], []
     for r in recs:
         for m in ctx.modalities:
             if m in r["cos"]:
-                summary.append({"epoch": r["epoch"], "modality": m, "n": r["n"][m], "cos_imputed": r["cos"][m],
-                                "cos_missing_placeholder": r["cos_miss"][m]})
+                summary.append(
+                    {
+                        "epoch": r["epoch"],
+                        "modality": m,
+                        "n": r["n"][m],
+                        "cos_imputed": r["cos"][m],
+                        "cos_missing_placeholder": r["cos_miss"][m],
+                    }
+                )
     last = recs[-1]
     first = recs[0]
     for m in ctx.modalities:
         if m in last["cos"]:
             table.append([m, str(last["n"][m]), fnum(first["cos"][m]), fnum(last["cos"][m]), fnum(last["cos_miss"][m])])
-    sections = [Section(f"Cosine similarity of imputed to true embeddings (fold {fold} test rows holding the modality "
-                        "and another)", ["modality", "rows", "before training", f"after epoch {last['epoch']}",
-                                         "placeholder v^miss"], table)]
-    res = StudyResult(out=out, config=config, summary=summary, folds=[{"epoch": h["epoch"], "val_auroc": h.get("val_auroc"),
-                                                                     "loss": h.get("loss")} for h in run["history"]],
-                      sections=sections, figures=figs, runs_trained=stats.trained, runs_reused=stats.reused,
-                      seconds=time.perf_counter() - t0, extra={"imputation": recs})
+    sections = [
+        Section(
+            f"Cosine similarity of imputed to true embeddings (fold {fold} test rows holding the modality and another)",
+            ["modality", "rows", "before training", f"after epoch {last['epoch']}", "placeholder v^miss"],
+            table,
+        )
+    ]
+    res = StudyResult(
+        out=out,
+        config=config,
+        summary=summary,
+        folds=[{"epoch": h["epoch"], "val_auroc": h.get("val_auroc"), "loss": h.get("loss")} for h in run["history"]],
+        sections=sections,
+        figures=figs,
+        runs_trained=stats.trained,
+        runs_reused=stats.reused,
+        seconds=time.perf_counter() - t0,
+        extra={"imputation": recs},
+    )
     return write_study(res, cfg.print_table, title=f"imputation: {cfg.task}")

@@ -7,9 +7,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, TypeVar
 
 from omnifuse.utils import json_safe
 
@@ -46,6 +47,9 @@ class StudyResult:
 
     def print(self, console: Any = None) -> None:
         print_sections(self.sections, console)
+
+
+ResultT = TypeVar("ResultT", bound=StudyResult)
 
 
 def fnum(v: Any, digits: int = 3) -> str:
@@ -125,20 +129,26 @@ def write_config(out: Path, config: dict[str, Any]) -> None:
     (out / "config.json").write_text(json.dumps(json_safe(config), indent=1))
 
 
-def write_study(result: StudyResult, print_table: bool = True, title: str = "") -> StudyResult:
+def write_study(result: ResultT, print_table: bool = True, title: str = "") -> ResultT:
     """Write results.csv, folds.csv, results.json and results.md into ``result.out``; print the tables."""
     out = result.out
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", result.summary)
     write_csv(out / "folds.csv", result.folds)
-    payload = {"config": result.config, "summary": result.summary, "folds": result.folds,
-               "figures": [p.name for p in result.figures], "runs_trained": result.runs_trained,
-               "runs_reused": result.runs_reused, "seconds": result.seconds, **result.extra}
+    payload = {
+        "config": result.config,
+        "summary": result.summary,
+        "folds": result.folds,
+        "figures": [p.name for p in result.figures],
+        "runs_trained": result.runs_trained,
+        "runs_reused": result.runs_reused,
+        "seconds": result.seconds,
+        **result.extra,
+    }
     (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1))
     head = f"# {title}\n\n" if title else ""
     figs = "".join(f"![{p.stem}]({p.name})\n\n" for p in result.figures)
-    tail = (f"\n{result.runs_trained} run(s) trained, {result.runs_reused} reused; "
-            f"{result.seconds:.0f} s wall time.\n")
+    tail = f"\n{result.runs_trained} run(s) trained, {result.runs_reused} reused; {result.seconds:.0f} s wall time.\n"
     (out / "results.md").write_text(head + result.markdown() + "\n" + figs + tail)
     if print_table:
         result.print()

@@ -16,6 +16,7 @@ across methods.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from omnifuse.fuse.fold import FoldPlan, FoldRun, fold_data, make_repeated_folds
 from omnifuse.fuse.methods import get_method
 from omnifuse.fuse.tla import all_combinations, combination_name
 from omnifuse.fuse.trainer import TrainerCallback
-from omnifuse.utils import json_safe, make_progress
+from omnifuse.utils import json_safe, make_progress, save_arrays
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,8 @@ def thaw_params(params: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     out = {}
     for k, v in params:
         if isinstance(v, str) and v[:1] in "{[":
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 v = json.loads(v)
-            except json.JSONDecodeError:
-                pass
         out[k] = v
     return out
 
@@ -137,9 +136,13 @@ def combinations_for(names: Sequence[str], which: str | Sequence[str] = "full+si
     full = tuple([True] * n_mod)
     single = [tuple(i == j for i in range(n_mod)) for j in range(n_mod)]
     if isinstance(which, str):
-        named = {"full": [full], "single": single, "full+single": [full] + ([] if n_mod == 1 else single),
-                 "loo": [full] + ([] if n_mod <= 2 else [tuple(i != j for i in range(n_mod)) for j in range(n_mod)]),
-                 "all": sorted(all_combinations(n_mod), key=lambda c: (-sum(c), c))}
+        named = {
+            "full": [full],
+            "single": single,
+            "full+single": [full] + ([] if n_mod == 1 else single),
+            "loo": [full] + ([] if n_mod <= 2 else [tuple(i != j for i in range(n_mod)) for j in range(n_mod)]),
+            "all": sorted(all_combinations(n_mod), key=lambda c: (-sum(c), c)),
+        }
         if which in named:
             return named[which]
         which = [which]
@@ -184,7 +187,7 @@ class StudyContext:
     @property
     def combo_names(self) -> list[list[str]]:
         """The evaluated combinations as lists of modality names."""
-        return [[n for n, k in zip(self.modalities, c) if k] for c in self.combos]
+        return [[n for n, k in zip(self.modalities, c, strict=True) if k] for c in self.combos]
 
     def __getstate__(self) -> dict[str, Any]:
         st = dict(self.__dict__)
@@ -207,9 +210,18 @@ def _load_base(cache: Any, task: str, modalities: list[str], device: str) -> Fus
     return load_fuse_data(cache, task, modalities, device=device)
 
 
-def build_context(cache: Any, task: str, *, modalities: list[str] | None = None, folds: int = 5, repeats: int = 1,
-                  seed: int = 0, combinations: str | Sequence[str] = "full+single", out: Path | None = None,
-                  train_options: dict[str, Any] | None = None) -> StudyContext:
+def build_context(
+    cache: Any,
+    task: str,
+    *,
+    modalities: list[str] | None = None,
+    folds: int = 5,
+    repeats: int = 1,
+    seed: int = 0,
+    combinations: str | Sequence[str] = "full+single",
+    out: Path | None = None,
+    train_options: dict[str, Any] | None = None,
+) -> StudyContext:
     """Load the task once, make the patient-grouped folds of every repeat (the seed policy of
     :mod:`omnifuse.fuse.fold`) and resolve the training options (:class:`TrainConfig` fields; ``progress`` and
     checkpoints off per run). When ``out`` holds a ``folds.json`` from an earlier run of the study, the folds
@@ -229,8 +241,15 @@ def build_context(cache: Any, task: str, *, modalities: list[str] | None = None,
         data = load_fuse_data(cache, task, modalities, device=cfg.device)
     names = list(data.modalities)
     splits = make_repeated_folds(data, folds, repeats, seed)
-    ctx = StudyContext(cache=cache if isinstance(cache, (str, Path)) else data, task=task, modalities=names,
-                       folds=splits, cfg=cfg, combos=combinations_for(names, combinations), seed=seed)
+    ctx = StudyContext(
+        cache=cache if isinstance(cache, (str, Path)) else data,
+        task=task,
+        modalities=names,
+        folds=splits,
+        cfg=cfg,
+        combos=combinations_for(names, combinations),
+        seed=seed,
+    )
     ctx._data["__base__"] = data
     ctx._data[tuple(names)] = data
     if out is not None:
@@ -246,8 +265,11 @@ def _cache_modalities(cache: str | Path) -> list[str]:
 
 def folds_json(data: FuseData, splits: list[list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
     """The test stays of every (repeat, fold): ``{"repeats": [[[stay_id...], ...], ...]}``."""
-    return {"task": data.task, "n_rows": data.n,
-            "repeats": [[data.stay_id[te].tolist() for _, te in rep] for rep in splits]}
+    return {
+        "task": data.task,
+        "n_rows": data.n,
+        "repeats": [[data.stay_id[te].tolist() for _, te in rep] for rep in splits],
+    }
 
 
 def check_folds(out: Path, data: FuseData, splits: list[list[tuple[np.ndarray, np.ndarray]]]) -> None:
@@ -258,8 +280,10 @@ def check_folds(out: Path, data: FuseData, splits: list[list[tuple[np.ndarray, n
     if p.exists():
         old = json.loads(p.read_text())
         if old != cur:
-            raise StudyError(f"{p} holds other folds (another cache, task, seed or number of folds); use a new "
-                             "output folder or remove the old one")
+            raise StudyError(
+                f"{p} holds other folds (another cache, task, seed or number of folds); use a new "
+                "output folder or remove the old one"
+            )
     else:
         p.write_text(json.dumps(cur))
 
@@ -289,25 +313,44 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
     names = list(spec.modalities) if spec.modalities else list(ctx.modalities)
     data = base if names == list(base.modalities) else base.subset_modalities(names)
     train_rows, test_rows = ctx.folds[spec.repeat][spec.fold]
-    plan = FoldPlan(spec.method, train_rows, test_rows, seed=run_seed(ctx.seed, spec.repeat, spec.fold),
-                    fold=spec.fold, params=spec.method_params, train_modality=spec.train_modality,
-                    combos=ctx.combo_names)
+    plan = FoldPlan(
+        spec.method,
+        train_rows,
+        test_rows,
+        seed=run_seed(ctx.seed, spec.repeat, spec.fold),
+        fold=spec.fold,
+        params=spec.method_params,
+        train_modality=spec.train_modality,
+        combos=ctx.combo_names,
+    )
     watcher = probe(spec, test_rows) if probe is not None else None
     run = run_fold(data, plan, ctx.cfg, callbacks=[watcher] if watcher is not None else ())
     arrays: dict[str, np.ndarray] = {
-        "test_rows": run.test_rows, "y": run.y, "overall": run.overall,
+        "test_rows": run.test_rows,
+        "y": run.y,
+        "overall": run.overall,
         "present": base.mask[torch.as_tensor(test_rows, device=base.device)].cpu().numpy(),
-        **{f"combo{i}": p for i, p in run.combos.items()}}
+        **{f"combo{i}": p for i, p in run.combos.items()},
+    }
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / "predictions.npz", **arrays)
-    rec = {"spec": spec.to_json(), "method_params": {**get_method(spec.method).defaults, **spec.method_params},
-           "best_epoch": run.best_epoch, "best_val_auroc": run.best_val_auroc,
-           "n_train": run.n_train, "n_val": run.n_val, "n_test": int(len(test_rows)),
-           "mask_digest": mask_digest(base.mask), "seconds": time.perf_counter() - t0,
-           "cpu_seconds": time.process_time() - c0, "threads": torch.get_num_threads(),
-           "history": run.history, "records": run.records,
-           "combos": [combination_name(c, ctx.modalities) for c in ctx.combos],
-           **(watcher.finish(run, data, folder) if watcher is not None else {})}
+    save_arrays(folder / "predictions.npz", arrays)
+    rec = {
+        "spec": spec.to_json(),
+        "method_params": {**get_method(spec.method).defaults, **spec.method_params},
+        "best_epoch": run.best_epoch,
+        "best_val_auroc": run.best_val_auroc,
+        "n_train": run.n_train,
+        "n_val": run.n_val,
+        "n_test": int(len(test_rows)),
+        "mask_digest": mask_digest(base.mask),
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "threads": torch.get_num_threads(),
+        "history": run.history,
+        "records": run.records,
+        "combos": [combination_name(c, ctx.modalities) for c in ctx.combos],
+        **(watcher.finish(run, data, folder) if watcher is not None else {}),
+    }
     (folder / "run.json").write_text(json.dumps(json_safe(rec), indent=1))
     (folder / DONE).write_text("")
     return rec
@@ -330,11 +373,17 @@ class RunnerStats:
 
 
 def _spec_fingerprint(ctx: StudyContext, spec: RunSpec, probe: ProbeFactory | None) -> dict[str, Any]:
-    return json_safe({
-        "spec": spec.to_json(), "probe": None if probe is None else getattr(probe, "__name__", str(probe)),
-        "train": {k: v for k, v in ctx.cfg.to_json().items() if k not in ("progress", "device", "method",
-                                                                            "method_params")},
-        "combos": [combination_name(c, ctx.modalities) for c in ctx.combos], "modalities": ctx.modalities})
+    return json_safe(
+        {
+            "spec": spec.to_json(),
+            "probe": None if probe is None else getattr(probe, "__name__", str(probe)),
+            "train": {
+                k: v for k, v in ctx.cfg.to_json().items() if k not in ("progress", "device", "method", "method_params")
+            },
+            "combos": [combination_name(c, ctx.modalities) for c in ctx.combos],
+            "modalities": ctx.modalities,
+        }
+    )
 
 
 def is_done(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFactory | None = None) -> bool:
@@ -344,8 +393,9 @@ def is_done(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFactory 
     return json.loads((folder / "spec.json").read_text()) == _spec_fingerprint(ctx, spec, probe)
 
 
-def _worker(ctx: StudyContext, spec: RunSpec, folder: Path, threads: int | None,
-            probe: ProbeFactory | None) -> tuple[RunSpec, float]:
+def _worker(
+    ctx: StudyContext, spec: RunSpec, folder: Path, threads: int | None, probe: ProbeFactory | None
+) -> tuple[RunSpec, float]:
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -357,9 +407,17 @@ def _worker(ctx: StudyContext, spec: RunSpec, folder: Path, threads: int | None,
     return spec, time.perf_counter() - t0
 
 
-def run_all(ctx: StudyContext, specs: Sequence[RunSpec], out: Path, *, n_jobs: int = 1, threads: int | None = None,
-            progress: bool = True, on_done: Callable[[RunSpec], None] | None = None,
-            probe: ProbeFactory | None = None) -> RunnerStats:
+def run_all(
+    ctx: StudyContext,
+    specs: Sequence[RunSpec],
+    out: Path,
+    *,
+    n_jobs: int = 1,
+    threads: int | None = None,
+    progress: bool = True,
+    on_done: Callable[[RunSpec], None] | None = None,
+    probe: ProbeFactory | None = None,
+) -> RunnerStats:
     """Run every spec not finished yet under ``out/runs``; finished ones are reused.
 
     ``n_jobs`` > 1 trains that many runs at once in joblib (loky) processes, each with
@@ -410,8 +468,14 @@ def run_all(ctx: StudyContext, specs: Sequence[RunSpec], out: Path, *, n_jobs: i
     return stats
 
 
-def fold_specs(ctx: StudyContext, labels: Sequence[str], overrides: dict[str, dict[str, Any]] | None = None, *,
-               rate: float = 0.0, mode: str = "random") -> list[RunSpec]:
+def fold_specs(
+    ctx: StudyContext,
+    labels: Sequence[str],
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    rate: float = 0.0,
+    mode: str = "random",
+) -> list[RunSpec]:
     """One :class:`RunSpec` per registry entry (method or variant), repeat and fold, with the study's
     ``overrides`` (see :func:`method_params`)."""
     specs = []
@@ -419,8 +483,9 @@ def fold_specs(ctx: StudyContext, labels: Sequence[str], overrides: dict[str, di
         params = freeze_params(method_params(label, overrides))
         for r, rep in enumerate(ctx.folds):
             for k in range(len(rep)):
-                specs.append(RunSpec(label=label, method=label, params=params, repeat=r, fold=k, rate=float(rate),
-                                     mode=mode))
+                specs.append(
+                    RunSpec(label=label, method=label, params=params, repeat=r, fold=k, rate=float(rate), mode=mode)
+                )
     return specs
 
 
@@ -430,15 +495,30 @@ def study_context(cache: Any, cfg: StudyConfig, combinations: str | Sequence[str
     combos: str | Sequence[str] = combinations or getattr(cfg, "combinations", None) or "full+single"
     if isinstance(combos, list) and len(combos) == 1:
         combos = combos[0]
-    return build_context(cache, cfg.task, modalities=cfg.modalities, folds=cfg.folds, repeats=cfg.repeats,
-                         seed=cfg.seed, combinations=combos, out=Path(cfg.out), train_options=cfg.train_options())
+    return build_context(
+        cache,
+        cfg.task,
+        modalities=cfg.modalities,
+        folds=cfg.folds,
+        repeats=cfg.repeats,
+        seed=cfg.seed,
+        combinations=combos,
+        out=Path(cfg.out),
+        train_options=cfg.train_options(),
+    )
 
 
 def study_record(name: str, cache: Any, ctx: StudyContext, cfg: StudyConfig, **extra: Any) -> dict[str, Any]:
     """What a study writes to ``config.json``: its name, the cache, the resolved configuration, what the
     context resolved (modalities, combinations, training options) and ``extra``."""
-    return json_safe({"study": name, "cache": str(cache) if isinstance(cache, (str, Path)) else None,
-                      "config": cfg.to_json(), "modalities": ctx.modalities,
-                      "combinations": [combination_name(c, ctx.modalities) for c in ctx.combos],
-                      "train": {k: v for k, v in ctx.cfg.to_json().items()
-                                if k not in ("method", "method_params", "task")}, **extra})
+    return json_safe(
+        {
+            "study": name,
+            "cache": str(cache) if isinstance(cache, (str, Path)) else None,
+            "config": cfg.to_json(),
+            "modalities": ctx.modalities,
+            "combinations": [combination_name(c, ctx.modalities) for c in ctx.combos],
+            "train": {k: v for k, v in ctx.cfg.to_json().items() if k not in ("method", "method_params", "task")},
+            **extra,
+        }
+    )

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -36,20 +37,20 @@ class PairedTest:
 
 def paired_ttest(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     """Paired t-test of ``a`` against ``b`` (same length, same folds in the same order); NaN pairs dropped."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples differ in length: {a.shape} vs {b.shape}")
-    ok = ~(np.isnan(a) | np.isnan(b))
-    a, b = a[ok], b[ok]
-    n = int(a.size)
+    x = np.asarray(a, dtype=np.float64)
+    z = np.asarray(b, dtype=np.float64)
+    if x.shape != z.shape:
+        raise ValueError(f"paired samples differ in length: {x.shape} vs {z.shape}")
+    ok = ~(np.isnan(x) | np.isnan(z))
+    x, z = x[ok], z[ok]
+    n = int(x.size)
     if n == 0:
         return PairedTest(math.nan, math.nan, math.nan, 0)
-    d = a - b
+    d = x - z
     md = float(d.mean())
     if n < 2 or float(np.std(d, ddof=1)) <= 1e-12 * max(1.0, abs(md)):  # constant differences: no t
         return PairedTest(math.nan, math.nan, md, n)
-    r = sps.ttest_rel(a, b)
+    r = sps.ttest_rel(x, z)
     return PairedTest(float(r.statistic), float(r.pvalue), md, n)
 
 
@@ -90,23 +91,33 @@ def _interval(per_fold: list[np.ndarray], alpha: float) -> tuple[float, float]:
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
-def fold_bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float],
-                      folds: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 200, alpha: float = 0.05,
-                      seed: int = 0) -> tuple[float, float]:
+def fold_bootstrap_ci(
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    n_boot: int = 200,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over folds of ``metric(y, p)``; ``folds`` = [(y, p)] per fold.
     Replicates where a fold's metric is undefined average the folds that are defined; replicates with none
     are dropped; with none left the interval is (NaN, NaN)."""
     if n_boot <= 0 or not folds:
         return math.nan, math.nan
     per = []
-    for (y, p), idx in zip(folds, _draws(folds, n_boot, seed)):
+    for (y, p), idx in zip(folds, _draws(folds, n_boot, seed), strict=True):
         if idx is not None:
             per.append(np.array([metric(y[i], p[i]) for i in idx], dtype=np.float64))
     return _interval(per, alpha)
 
 
-def fast_fold_bootstrap_ci(name: str, kind: str, folds: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 200,
-                           alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+def fast_fold_bootstrap_ci(
+    name: str,
+    kind: str,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    n_boot: int = 200,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
     """:func:`fold_bootstrap_ci` of ``auroc`` or ``auprc`` computed for all replicates at once (the same draws,
     the same interval up to rounding); binary tasks only, other kinds use the per-replicate loop."""
     if kind != "binary" or name not in ("auroc", "auprc"):
@@ -115,7 +126,7 @@ def fast_fold_bootstrap_ci(name: str, kind: str, folds: Sequence[tuple[np.ndarra
         return math.nan, math.nan
     fn = metrics.binary_auroc_rows if name == "auroc" else metrics.binary_ap_rows
     per = []
-    for (y, p), idx in zip(folds, _draws(folds, n_boot, seed)):
+    for (y, p), idx in zip(folds, _draws(folds, n_boot, seed), strict=True):
         if idx is not None:
             yy = np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, 0]
             pp = np.asarray(p, dtype=np.float64).reshape(len(p), -1)[:, 0]
@@ -143,16 +154,30 @@ def fold_records(preds: Iterable[FoldPred], kind: str) -> list[dict[str, Any]]:
     subset has no row or one class only)."""
     out = []
     for fp in preds:
-        rec: dict[str, Any] = {"method": fp.method, "rate": fp.rate, "repeat": fp.repeat, "fold": fp.fold,
-                               "group": fp.group, "subset": fp.subset, "n": int(fp.y.shape[0])}
+        rec: dict[str, Any] = {
+            "method": fp.method,
+            "rate": fp.rate,
+            "repeat": fp.repeat,
+            "fold": fp.fold,
+            "group": fp.group,
+            "subset": fp.subset,
+            "n": int(fp.y.shape[0]),
+        }
         for m in METRICS:
             rec[m] = metric_fn(m, kind)(fp.y, fp.p) if fp.y.shape[0] else math.nan
         out.append(rec)
     return out
 
 
-def summarize(preds: Sequence[FoldPred], kind: str, *, against: Sequence[str] = (), n_boot: int = 200, seed: int = 0,
-              ci_subsets: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def summarize(
+    preds: Sequence[FoldPred],
+    kind: str,
+    *,
+    against: Sequence[str] = (),
+    n_boot: int = 200,
+    seed: int = 0,
+    ci_subsets: Sequence[str] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(summary rows, fold records) of a study's predictions.
 
     A summary row per (method, rate, group, subset): ``n_folds``, ``n_rows`` (summed over folds),
@@ -170,8 +195,14 @@ def summarize(preds: Sequence[FoldPred], kind: str, *, against: Sequence[str] = 
     for key, idx in cells.items():
         method, rate, group, subset = key
         cell = [recs[i] for i in idx]
-        row: dict[str, Any] = {"method": method, "rate": rate, "group": group, "subset": subset,
-                               "n_folds": len(cell), "n_rows": int(sum(r["n"] for r in cell))}
+        row: dict[str, Any] = {
+            "method": method,
+            "rate": rate,
+            "group": group,
+            "subset": subset,
+            "n_folds": len(cell),
+            "n_rows": int(sum(r["n"] for r in cell)),
+        }
         for m in METRICS:
             mu, sd, k = mean_sd([r[m] for r in cell])
             row[f"{m}_mean"], row[f"{m}_sd"] = mu, sd
@@ -205,3 +236,9 @@ def summarize(preds: Sequence[FoldPred], kind: str, *, against: Sequence[str] = 
 def pick(rows: Sequence[dict[str, Any]], **where: Any) -> list[dict[str, Any]]:
     """The rows whose fields equal ``where``."""
     return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+
+
+def pick_one(rows: Sequence[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
+    """The first row whose fields equal ``where``, or None."""
+    found = pick(rows, **where)
+    return found[0] if found else None

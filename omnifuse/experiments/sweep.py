@@ -12,8 +12,9 @@ encoder's output for an empty input).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import SweepConfig, study_config
@@ -22,8 +23,9 @@ from omnifuse.experiments.runner import StudyError, fold_specs, run_all, study_c
 from omnifuse.experiments.stats import pick, summarize
 
 
-def sweep(cache: Any, task: str | None = None, rates: Sequence[float] | None = None, *, config: Any = None,
-          **overrides: Any) -> StudyResult:
+def sweep(
+    cache: Any, task: str | None = None, rates: Sequence[float] | None = None, *, config: Any = None, **overrides: Any
+) -> StudyResult:
     """Every method at every missing rate on the same folds and masks; AUROC and AUPRC of the test rows as
     they are after the simulated drops, mean ± sd over folds, paired t-test of each method against the first
     one at each rate. Options: :class:`SweepConfig`. Writes config.json, results.csv/json/md, folds.csv and
@@ -65,13 +67,29 @@ def sweep(cache: Any, task: str | None = None, rates: Sequence[float] | None = N
                 cells.append(fp(x[0].get(f"p_auroc_vs_{methods[0]}")) if x else "-")
             rows.append(cells)
     dropped = "every modality at random" if modality == "random" else f"modality {modality}"
-    sections = [Section(f"AUROC against the simulated missing rate ({dropped}), mean ± sd over folds",
-                        ["method", *(f"{r:g}" for r in rates)], rows,
-                        "Test rows scored with the modalities left after the drops; p: paired t-test over folds.")]
-    figs = [figures.sweep_figure(out / "sweep.png", summary, methods, "auroc",
-                           title=f"AUROC vs missing rate ({dropped})"),
-            figures.sweep_figure(out / "sweep_auprc.png", summary, methods, "auprc",
-                           title=f"AUPRC vs missing rate ({dropped})")]
-    res = StudyResult(out=out, config=config, summary=summary, folds=recs, sections=sections, figures=figs,
-                      runs_trained=stats.trained, runs_reused=stats.reused, seconds=time.perf_counter() - t0)
+    sections = [
+        Section(
+            f"AUROC against the simulated missing rate ({dropped}), mean ± sd over folds",
+            ["method", *(f"{r:g}" for r in rates)],
+            rows,
+            "Test rows scored with the modalities left after the drops; p: paired t-test over folds.",
+        )
+    ]
+    figs = [
+        figures.sweep_figure(out / "sweep.png", summary, methods, "auroc", title=f"AUROC vs missing rate ({dropped})"),
+        figures.sweep_figure(
+            out / "sweep_auprc.png", summary, methods, "auprc", title=f"AUPRC vs missing rate ({dropped})"
+        ),
+    ]
+    res = StudyResult(
+        out=out,
+        config=config,
+        summary=summary,
+        folds=recs,
+        sections=sections,
+        figures=figs,
+        runs_trained=stats.trained,
+        runs_reused=stats.reused,
+        seconds=time.perf_counter() - t0,
+    )
     return write_study(res, cfg.print_table, title=f"sweep: {cfg.task}")

@@ -12,19 +12,28 @@ unimodal model of m.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import UnimodalConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config, write_study
-from omnifuse.experiments.runner import (RunSpec, fold_specs, freeze_params, method_params, run_all, study_context,
-                                         study_record)
+from omnifuse.experiments.runner import (
+    RunSpec,
+    fold_specs,
+    freeze_params,
+    method_params,
+    run_all,
+    study_context,
+    study_record,
+)
 from omnifuse.experiments.stats import FoldPred, paired_ttest, pick, summarize
 
 
-def unimodal(cache: Any, task: str | None = None, fused: Sequence[str] | None = None, *, config: Any = None,
-             **overrides: Any) -> StudyResult:
+def unimodal(
+    cache: Any, task: str | None = None, fused: Sequence[str] | None = None, *, config: Any = None, **overrides: Any
+) -> StudyResult:
     """Unimodal models of every modality against the ``fused`` models given that modality alone. Options:
     :class:`UnimodalConfig`.
 
@@ -43,9 +52,20 @@ def unimodal(cache: Any, task: str | None = None, fused: Sequence[str] | None = 
     write_config(out, record)
     fused_specs = fold_specs(ctx, fused, cfg.method_overrides)
     params = freeze_params(method_params(cfg.unimodal_method, cfg.method_overrides))
-    uni_specs = [RunSpec(label=f"unimodal:{m}", method=cfg.unimodal_method, params=params, repeat=r, fold=k,
-                         modalities=(m,), train_modality=m)
-                 for m in ctx.modalities for r, rep in enumerate(ctx.folds) for k in range(len(rep))]
+    uni_specs = [
+        RunSpec(
+            label=f"unimodal:{m}",
+            method=cfg.unimodal_method,
+            params=params,
+            repeat=r,
+            fold=k,
+            modalities=(m,),
+            train_modality=m,
+        )
+        for m in ctx.modalities
+        for r, rep in enumerate(ctx.folds)
+        for k in range(len(rep))
+    ]
     stats = run_all(ctx, fused_specs + uni_specs, out, n_jobs=cfg.n_jobs, threads=cfg.threads, progress=cfg.progress)
     preds = collect.collect(ctx, stats.folders, fused_specs, partial=False)
     for s in uni_specs:
@@ -54,8 +74,9 @@ def unimodal(cache: Any, task: str | None = None, fused: Sequence[str] | None = 
             if p.group == s.train_modality:
                 preds.append(FoldPred("unimodal", p.repeat, p.fold, p.group, p.subset, p.y, p.p))
     data = ctx.data()
-    summary, recs = summarize(preds, data.task_kind, against=["unimodal"], n_boot=cfg.n_boot, seed=cfg.seed,
-                              ci_subsets=("complete",))
+    summary, recs = summarize(
+        preds, data.task_kind, against=["unimodal"], n_boot=cfg.n_boot, seed=cfg.seed, ci_subsets=("complete",)
+    )
     full = "+".join(ctx.modalities)
     rows = []
     for m in ctx.modalities:
@@ -63,35 +84,70 @@ def unimodal(cache: Any, task: str | None = None, fused: Sequence[str] | None = 
         cells = [m, str(u[0]["n_rows"]) if u else "-", fms(u[0]["auroc_mean"], u[0]["auroc_sd"]) if u else "-"]
         for f in fused:
             r = pick(summary, method=f, group=m, subset="complete")
-            cells += [fms(r[0]["auroc_mean"], r[0]["auroc_sd"]) if r else "-",
-                      fp(r[0].get("p_auroc_vs_unimodal")) if r else "-"]
+            cells += [
+                fms(r[0]["auroc_mean"], r[0]["auroc_sd"]) if r else "-",
+                fp(r[0].get("p_auroc_vs_unimodal")) if r else "-",
+            ]
         rows.append(cells)
-    fr = [[f, fms(*(lambda r: (r["auroc_mean"], r["auroc_sd"]))(pick(summary, method=f, group=full, subset="complete")[0]))]
-          for f in fused if pick(summary, method=f, group=full, subset="complete")]
+    fr = [
+        [
+            f,
+            fms(
+                *(lambda r: (r["auroc_mean"], r["auroc_sd"]))(pick(summary, method=f, group=full, subset="complete")[0])
+            ),
+        ]
+        for f in fused
+        if pick(summary, method=f, group=full, subset="complete")
+    ]
     headers = ["modality", "test rows", f"unimodal ({cfg.unimodal_method}) AUROC"]
     for f in fused:
-        headers += [f"{f} given only it", f"p vs unimodal"]
+        headers += [f"{f} given only it", "p vs unimodal"]
     sections = [
-        Section("AUROC per modality: unimodal model against fused models given only that modality "
-                "(test rows holding it, mean ± sd over folds)", headers, rows,
-                "A fused model below the unimodal model on a modality has not learnt to use it alone (laziness)."),
+        Section(
+            "AUROC per modality: unimodal model against fused models given only that modality "
+            "(test rows holding it, mean ± sd over folds)",
+            headers,
+            rows,
+            "A fused model below the unimodal model on a modality has not learnt to use it alone (laziness).",
+        ),
         Section(f"Fused models with every modality ({full}, test rows holding all)", ["method", "AUROC"], fr),
     ]
-    lazy = {}
+    lazy: dict[str, dict[str, dict[str, float]]] = {}
     for f in fused:
         lazy[f] = {}
         for m in ctx.modalities:
-            u = {(r["repeat"], r["fold"]): r["auroc"] for r in recs if r["method"] == "unimodal" and r["group"] == m}
-            v = {(r["repeat"], r["fold"]): r["auroc"] for r in recs if r["method"] == f and r["group"] == m}
-            common = sorted(set(u) & set(v))
-            t = paired_ttest([v[c] for c in common], [u[c] for c in common])
+            uni = {(x["repeat"], x["fold"]): x["auroc"] for x in recs if x["method"] == "unimodal" and x["group"] == m}
+            fus = {(x["repeat"], x["fold"]): x["auroc"] for x in recs if x["method"] == f and x["group"] == m}
+            common = sorted(set(uni) & set(fus))
+            t = paired_ttest([fus[c] for c in common], [uni[c] for c in common])
             lazy[f][m] = {"diff_auroc_fused_minus_unimodal": t.mean_diff, "p": t.p}
     bar_rows = [r for r in summary if r["subset"] == "complete" and r["group"] in ctx.modalities]
-    hl = {f"{f}, all modalities": pick(summary, method=f, group=full, subset="complete")[0]["auroc_mean"]
-          for f in fused if pick(summary, method=f, group=full, subset="complete")}
-    figs = [figures.group_bars(out / "unimodal.png", bar_rows, ["unimodal", *fused], ctx.modalities, "auroc",
-                         title="Unimodal models vs fused models given one modality (figure 2)", hlines=hl)]
-    res = StudyResult(out=out, config=config, summary=summary, folds=recs, sections=sections, figures=figs,
-                      runs_trained=stats.trained, runs_reused=stats.reused, seconds=time.perf_counter() - t0,
-                      extra={"laziness": lazy})
+    hl = {
+        f"{f}, all modalities": pick(summary, method=f, group=full, subset="complete")[0]["auroc_mean"]
+        for f in fused
+        if pick(summary, method=f, group=full, subset="complete")
+    }
+    figs = [
+        figures.group_bars(
+            out / "unimodal.png",
+            bar_rows,
+            ["unimodal", *fused],
+            ctx.modalities,
+            "auroc",
+            title="Unimodal models vs fused models given one modality (figure 2)",
+            hlines=hl,
+        )
+    ]
+    res = StudyResult(
+        out=out,
+        config=config,
+        summary=summary,
+        folds=recs,
+        sections=sections,
+        figures=figs,
+        runs_trained=stats.trained,
+        runs_reused=stats.reused,
+        seconds=time.perf_counter() - t0,
+        extra={"laziness": lazy},
+    )
     return write_study(res, cfg.print_table, title=f"unimodal: {cfg.task}")

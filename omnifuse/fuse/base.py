@@ -97,8 +97,15 @@ class Batch:
             keep = mask[:, i].to(v.dtype).view(-1, *([1] * (v.dim() - 1)))
             x[name] = v * keep
         tm = {k: v & mask[:, list(self.x).index(k)].unsqueeze(1) for k, v in self.tokens_mask.items()}
-        return Batch(x=x, mask=mask, y=self.y, y_mask=self.y_mask, index=self.index, tokens_mask=tm,
-                     natural_mask=self.natural_mask)
+        return Batch(
+            x=x,
+            mask=mask,
+            y=self.y,
+            y_mask=self.y_mask,
+            index=self.index,
+            tokens_mask=tm,
+            natural_mask=self.natural_mask,
+        )
 
 
 @dataclass

@@ -32,13 +32,14 @@ class TrainConfig:
 
     task: str = option("", help="Task in the cache (e.g. mortality).", short="-t")
     method: str = option("omnifuse", help="Fusion method or variant (see `omnifuse methods`).", short="-m")
-    modalities: list[str] | None = option(None, help="Use only this modality (repeat; default all).",
-                                          flag="--modality")
+    modalities: list[str] | None = option(None, help="Use only this modality (repeat; default all).", flag="--modality")
     folds: int = option(5, help="Patient-grouped cross-validation folds.")
-    split: str | None = option(None, help="Use a split stored in the cache (train/val/test values, e.g. "
-                               "benchmark) instead of folds.")
-    missing_rate: float = option(0.0, help="Simulated missing rate r of every row (the same mask for every "
-                                 "method; seeded per fold).")
+    split: str | None = option(
+        None, help="Use a split stored in the cache (train/val/test values, e.g. benchmark) instead of folds."
+    )
+    missing_rate: float = option(
+        0.0, help="Simulated missing rate r of every row (the same mask for every method; seeded per fold)."
+    )
     missing_mode: str = option("random", help="random, or the modality to drop.")
     seed: int = option(0, help="Seed of folds, masks and runs (see omnifuse.fuse.fold).")
     epochs: int = option(30, help="Maximum epochs (early stopping on the inner validation split).")
@@ -48,16 +49,20 @@ class TrainConfig:
     grad_clip: float = option(5.0, help="Gradient norm clipping (0: none).")
     patience: int = option(5, help="Epochs without a better validation score before stopping.")
     val_fraction: float = option(0.1, help="Share of the training rows (patient-grouped) used for validation.")
-    mining_rows: int = option(512, help="Training rows TLA mines its lazy combination on after each epoch "
-                              "(2^M - 1 passes over them: bounded cost).")
+    mining_rows: int = option(
+        512,
+        help="Training rows TLA mines its lazy combination on after each epoch "
+        "(2^M - 1 passes over them: bounded cost).",
+    )
     eval_batch_size: int = option(1024, help="Batch size of evaluation passes.")
     normalize_embeddings: bool = option(True, help="Standardise cached embeddings with training statistics.")
     n_boot: int = option(1000, help="Bootstrap replicates of the per-fold confidence intervals.")
     device: str = option("auto", help="auto (cuda when present), cpu, cuda.")
     progress: bool = option(True, help="Show a progress bar (logged when the output is not a terminal).")
     save_checkpoints: bool = option(True, help="Write each fold's model, normaliser and model.json.", cli=False)
-    method_params: dict[str, Any] = option({}, help="Parameters of the method (over its registry defaults); on "
-                                           "the command line -p key=value.", cli=False)
+    method_params: dict[str, Any] = option(
+        {}, help="Parameters of the method (over its registry defaults); on the command line -p key=value.", cli=False
+    )
 
     def __post_init__(self) -> None:
         if self.folds < 1:

@@ -20,8 +20,9 @@ class ResidualAutoencoder(nn.Module):
 
     def __init__(self, dim: int, hidden: int, latent: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.encoder = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, latent), nn.GELU())
+        self.encoder = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, latent), nn.GELU()
+        )
         self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -85,12 +85,12 @@ class FuseData:
         out = np.argmin(score, axis=1)
         return np.where(np.isfinite(score.min(axis=1)), out, -1).astype(np.int64)
 
-    def model_info(self, normalizer: "Normalizer") -> ModelInfo:
+    def model_info(self, normalizer: Normalizer) -> ModelInfo:
         """The :class:`ModelInfo` a method is built from (shapes after normalisation)."""
         mods = [ModalityInfo(n, self.kinds[n], normalizer.out_shape(n, self.raw_shape(n))) for n in self.modalities]
         return ModelInfo(modalities=mods, task_kind=self.task_kind, num_outputs=self.num_outputs)
 
-    def batch(self, rows: torch.Tensor | np.ndarray, normalizer: "Normalizer", mask: torch.Tensor | None = None) -> Batch:
+    def batch(self, rows: torch.Tensor | np.ndarray, normalizer: Normalizer, mask: torch.Tensor | None = None) -> Batch:
         """Rows ``rows`` [B] as a float32 :class:`Batch` on the data's device, normalised, missing inputs zero.
 
         ``mask`` [B, M] overrides the presence mask (it may only remove modalities)."""
@@ -103,28 +103,46 @@ class FuseData:
             x[name] = t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
             if name in self.tokens_mask:
                 tm[name] = self.tokens_mask[name][idx] & keep[:, None]
-        return Batch(x=x, mask=m, y=self.y[idx], y_mask=self.y_mask[idx], index=idx, tokens_mask=tm,
-                     natural_mask=self.natural_mask[idx])
+        return Batch(
+            x=x,
+            mask=m,
+            y=self.y[idx],
+            y_mask=self.y_mask[idx],
+            index=idx,
+            tokens_mask=tm,
+            natural_mask=self.natural_mask[idx],
+        )
 
-    def iter_batches(self, rows: np.ndarray, batch_size: int, normalizer: "Normalizer",
-                     shuffle: bool = False, generator: torch.Generator | None = None):
+    def iter_batches(
+        self,
+        rows: np.ndarray,
+        batch_size: int,
+        normalizer: Normalizer,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+    ):
         """Batches over ``rows`` (numpy positions), shuffled with ``generator`` when asked."""
         rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         if shuffle:
             rows_t = rows_t[torch.randperm(rows_t.numel(), generator=generator)]
         for s in range(0, rows_t.numel(), batch_size):
-            yield self.batch(rows_t[s:s + batch_size], normalizer)
+            yield self.batch(rows_t[s : s + batch_size], normalizer)
 
-    def subset_modalities(self, names: list[str]) -> "FuseData":
+    def subset_modalities(self, names: list[str]) -> FuseData:
         """The same rows with only the modalities ``names`` (a unimodal model's view of the data)."""
         idx = [self.modalities.index(n) for n in names]
-        return replace(self, modalities=list(names), kinds={n: self.kinds[n] for n in names},
-                       x={n: self.x[n] for n in names},
-                       tokens_mask={n: v for n, v in self.tokens_mask.items() if n in names},
-                       continuous={n: self.continuous.get(n) for n in names}, mask=self.mask[:, idx].clone(),
-                       natural_mask=self.natural_mask[:, idx].clone())
+        return replace(
+            self,
+            modalities=list(names),
+            kinds={n: self.kinds[n] for n in names},
+            x={n: self.x[n] for n in names},
+            tokens_mask={n: v for n, v in self.tokens_mask.items() if n in names},
+            continuous={n: self.continuous.get(n) for n in names},
+            mask=self.mask[:, idx].clone(),
+            natural_mask=self.natural_mask[:, idx].clone(),
+        )
 
-    def with_mask(self, mask: torch.Tensor) -> "FuseData":
+    def with_mask(self, mask: torch.Tensor) -> FuseData:
         """The same data with another presence mask [N, M] (a subset of the natural one)."""
         if tuple(mask.shape) != tuple(self.mask.shape):
             raise DataError(f"mask shape {tuple(mask.shape)} != {tuple(self.mask.shape)}")
@@ -186,8 +204,9 @@ def load_fuse_data(
         if md.kind in ("vector", "sequence"):
             bad = mk & ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
             if bad.any():
-                log.warning("modality %s: %d present rows hold non-finite embeddings; masked as missing",
-                            n, int(bad.sum()))
+                log.warning(
+                    "modality %s: %d present rows hold non-finite embeddings; masked as missing", n, int(bad.sum())
+                )
                 mk = mk & ~bad
                 arr = arr.copy()
                 arr[bad] = 0
@@ -207,10 +226,21 @@ def load_fuse_data(
         y = y[:, None]
     y = y.long() if lab.kind == "multiclass" else y.float()
     return FuseData(
-        modalities=names, kinds=kinds, x=x, mask=mask, natural_mask=mask.clone(), tokens_mask=tm, y=y,
+        modalities=names,
+        kinds=kinds,
+        x=x,
+        mask=mask,
+        natural_mask=mask.clone(),
+        tokens_mask=tm,
+        y=y,
         y_mask=torch.from_numpy(np.asarray(lab.mask, dtype=bool)).to(dev),
-        stay_id=np.asarray(cd.stay_id, dtype=np.int64), subject_id=np.asarray(cd.subject_id).astype(str),
-        task=task, task_kind=lab.kind, classes=list(lab.classes), continuous=cont, splits=dict(cd.splits),
+        stay_id=np.asarray(cd.stay_id, dtype=np.int64),
+        subject_id=np.asarray(cd.subject_id).astype(str),
+        task=task,
+        task_kind=lab.kind,
+        classes=list(lab.classes),
+        continuous=cont,
+        splits=dict(cd.splits),
     )
 
 
@@ -232,7 +262,7 @@ class Normalizer:
         self._t: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     @classmethod
-    def fit(cls, data: FuseData, rows: np.ndarray, embeddings: bool = True, chunk: int = 4096) -> "Normalizer":
+    def fit(cls, data: FuseData, rows: np.ndarray, embeddings: bool = True, chunk: int = 4096) -> Normalizer:
         """Fit on ``rows`` (training positions); only rows where the modality is present count."""
         stats: dict[str, dict[str, Any]] = {}
         rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=data.device)
@@ -245,9 +275,9 @@ class Normalizer:
             cnt = torch.zeros_like(s)
             has_nan = torch.zeros(feat, dtype=torch.bool, device=data.device)
             for a in range(0, r.numel(), chunk):
-                xb = data.x[name][r[a:a + chunk]].double().reshape(-1, feat)
+                xb = data.x[name][r[a : a + chunk]].double().reshape(-1, feat)
                 if kind == "sequence":
-                    xb = xb[data.tokens_mask[name][r[a:a + chunk]].reshape(-1)]
+                    xb = xb[data.tokens_mask[name][r[a : a + chunk]].reshape(-1)]
                 obs = torch.isfinite(xb)
                 has_nan |= (~obs).any(dim=0)
                 xz = torch.where(obs, xb, torch.zeros_like(xb))
@@ -271,8 +301,13 @@ class Normalizer:
                 if not embeddings:
                     mean, std = torch.zeros_like(mean), torch.ones_like(std)
                 indicators = []
-            stats[name] = {"kind": kind, "mean": mean.float().cpu().tolist(), "std": std.float().cpu().tolist(),
-                           "indicators": indicators, "n_rows": int(r.numel())}
+            stats[name] = {
+                "kind": kind,
+                "mean": mean.float().cpu().tolist(),
+                "std": std.float().cpu().tolist(),
+                "indicators": indicators,
+                "n_rows": int(r.numel()),
+            }
         return cls(stats)
 
     def out_shape(self, name: str, raw_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -306,14 +341,14 @@ class Normalizer:
         return {"version": 1, "modalities": self.stats}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Normalizer":
+    def from_json(cls, d: dict[str, Any]) -> Normalizer:
         return cls({k: dict(v) for k, v in d["modalities"].items()})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json()))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Normalizer":
+    def load(cls, path: str | Path) -> Normalizer:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
@@ -337,8 +372,9 @@ def _group_split(strat: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
     return list(GroupKFold(n_splits=n_splits).split(np.zeros(strat.size), strat, perm[inv]))
 
 
-def make_folds(data: FuseData, folds: int = 5, seed: int = 0, stratify: bool = True,
-               test_fraction: float = 0.2) -> list[tuple[np.ndarray, np.ndarray]]:
+def make_folds(
+    data: FuseData, folds: int = 5, seed: int = 0, stratify: bool = True, test_fraction: float = 0.2
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train rows, test rows) per fold over the labelled rows, grouped by ``subject_id``.
 
     ``folds >= 2``: k-fold cross-validation; ``folds == 1``: one grouped hold-out of ``test_fraction``."""
@@ -375,8 +411,9 @@ def split_from_cache(data: FuseData, name: str) -> tuple[np.ndarray, np.ndarray,
     return parts[0], parts[1], parts[2]
 
 
-def inner_split(data: FuseData, train_rows: np.ndarray, val_fraction: float = 0.1,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def inner_split(
+    data: FuseData, train_rows: np.ndarray, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """An inner validation split of training rows (patient-grouped, stratified where possible) for early
     stopping; the test fold never enters it."""
     if not 0 < val_fraction < 1:
@@ -388,8 +425,9 @@ def inner_split(data: FuseData, train_rows: np.ndarray, val_fraction: float = 0.
 
 
 # ----------------------------------------------------------------------------------- missingness
-def simulate_missing(mask: torch.Tensor, rate: float, mode: str = "random", modalities: list[str] | None = None,
-                     seed: int = 0) -> torch.Tensor:
+def simulate_missing(
+    mask: torch.Tensor, rate: float, mode: str = "random", modalities: list[str] | None = None, seed: int = 0
+) -> torch.Tensor:
     """Simulated missingness on a presence mask [N, M] -> [N, M] (a subset, never all modalities of a row).
 
     ``mode="random"``: every present modality of every row is dropped with probability ``rate``; a row
@@ -417,6 +455,6 @@ def simulate_missing(mask: torch.Tensor, rate: float, mode: str = "random", moda
         raise DataError(f"missing mode must be 'random' or one of the modalities {names}, got {mode!r}")
     j = names.index(mode)
     others = np.delete(m, j, axis=1).any(axis=1)
-    drop = (g.random(n) < rate) & others
-    m[:, j] &= ~drop
+    drop = np.asarray((g.random(n) < rate) & others, dtype=bool)
+    m[:, j] = m[:, j] & ~drop
     return torch.from_numpy(m).to(mask.device)

@@ -42,8 +42,13 @@ def down_weights(p_true: torch.Tensor, beta: float) -> torch.Tensor:
 
 
 def dwfuse_loss(
-    per_modality_logits: list[torch.Tensor], joint_logits: torch.Tensor, y: torch.Tensor, task_kind: str,
-    beta: float = 0.5, alpha: float = 0.1, y_mask: torch.Tensor | None = None,
+    per_modality_logits: list[torch.Tensor],
+    joint_logits: torch.Tensor,
+    y: torch.Tensor,
+    task_kind: str,
+    beta: float = 0.5,
+    alpha: float = 0.1,
+    y_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 12-14: ``L_DWFuse = sum_m mean(w_m * CE(p_m, y)) + alpha * CE(o, y)``.
 
@@ -51,7 +56,9 @@ def dwfuse_loss(
     (``ens``, ``rp``, and the mean weight per modality ``w`` [M])."""
     p_true = torch.stack([true_class_probability(z.detach(), y, task_kind) for z in per_modality_logits])
     w = down_weights(p_true, beta)
-    ens = sum((task_loss(z, y, task_kind, y_mask, weight=w[m]) for m, z in enumerate(per_modality_logits)),
-              joint_logits.new_zeros(()))
+    ens = sum(
+        (task_loss(z, y, task_kind, y_mask, weight=w[m]) for m, z in enumerate(per_modality_logits)),
+        joint_logits.new_zeros(()),
+    )
     rp = task_loss(joint_logits, y, task_kind, y_mask)
     return ens + alpha * rp, {"ens": ens, "rp": rp, "w": w.reshape(w.shape[0], -1).mean(1)}

@@ -59,8 +59,12 @@ def run_seed(seed: int, repeat: int = 0, fold: int = 0) -> int:
     return seed * 100 + fold + 1000 * repeat
 
 
-def make_repeated_folds(data: FuseData, folds: int, repeats: int = 1, seed: int = 0,
-                        ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+def make_repeated_folds(
+    data: FuseData,
+    folds: int,
+    repeats: int = 1,
+    seed: int = 0,
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
     """``[repeat][fold] = (train rows, test rows)``: patient-grouped folds of each repeat (:func:`fold_seed`)."""
     return [make_folds(data, folds, seed=fold_seed(seed, r)) for r in range(repeats)]
 
@@ -69,8 +73,7 @@ def fold_data(data: FuseData, rate: float, mode: str, seed: int, repeat: int, fo
     """``data`` with the simulated missingness of one (repeat, fold) (itself when ``rate`` is 0)."""
     if rate <= 0:
         return data
-    m = simulate_missing(data.natural_mask, rate, mode, data.modalities,
-                         seed=mask_seed(seed, repeat, fold, rate, mode))
+    m = simulate_missing(data.natural_mask, rate, mode, data.modalities, seed=mask_seed(seed, repeat, fold, rate, mode))
     return data.with_mask(m)
 
 
@@ -129,8 +132,9 @@ def _training_rows(data: FuseData, plan: FoldPlan) -> np.ndarray:
     return rows
 
 
-def run_fold(data: FuseData, plan: FoldPlan, cfg: TrainConfig, *, progress: Any = None,
-             callbacks: Sequence[TrainerCallback] = ()) -> FoldRun:
+def run_fold(
+    data: FuseData, plan: FoldPlan, cfg: TrainConfig, *, progress: Any = None, callbacks: Sequence[TrainerCallback] = ()
+) -> FoldRun:
     """Train ``plan.method`` on one fold of ``data`` and predict its test rows (see the module docstring).
 
     The normaliser is fitted on all of the fold's training rows (the inner validation rows included, as
@@ -143,8 +147,9 @@ def run_fold(data: FuseData, plan: FoldPlan, cfg: TrainConfig, *, progress: Any 
         inner_tr, val = inner_split(data, train_rows, cfg.val_fraction, seed=plan.seed)
     norm = Normalizer.fit(data, train_rows, embeddings=cfg.normalize_embeddings)
     model = build_method(plan.method, data.model_info(norm), **plan.params).to(data.device)
-    trainer = Trainer(model, data, inner_tr, val, norm, cfg, seed=plan.seed, progress=progress, fold=plan.fold,
-                      callbacks=callbacks)
+    trainer = Trainer(
+        model, data, inner_tr, val, norm, cfg, seed=plan.seed, progress=progress, fold=plan.fold, callbacks=callbacks
+    )
     best_epoch, best_val = trainer.fit()
     test = np.asarray(plan.test_rows, dtype=np.int64)
     combos: dict[int, np.ndarray] = {}
@@ -155,21 +160,34 @@ def run_fold(data: FuseData, plan: FoldPlan, cfg: TrainConfig, *, progress: Any 
         mask = keep.unsqueeze(0).expand(len(test), -1).clone()
         combos[i] = predict_probs(model, data, test, norm, cfg.eval_batch_size, mask)
     return FoldRun(
-        model=model, normalizer=norm, best_epoch=best_epoch, best_val_auroc=best_val, n_train=int(len(inner_tr)),
-        n_val=int(len(val)), history=trainer.history, records=trainer.records, test_rows=test,
-        present=data.mask[torch.as_tensor(test, device=data.device)].cpu().numpy(), y=data.labels_numpy(test),
-        overall=predict_probs(model, data, test, norm, cfg.eval_batch_size), combos=combos)
+        model=model,
+        normalizer=norm,
+        best_epoch=best_epoch,
+        best_val_auroc=best_val,
+        n_train=int(len(inner_tr)),
+        n_val=int(len(val)),
+        history=trainer.history,
+        records=trainer.records,
+        test_rows=test,
+        present=data.mask[torch.as_tensor(test, device=data.device)].cpu().numpy(),
+        y=data.labels_numpy(test),
+        overall=predict_probs(model, data, test, norm, cfg.eval_batch_size),
+        combos=combos,
+    )
 
 
-def combination_views(present: np.ndarray, combo: np.ndarray, probs: np.ndarray,
-                      ) -> dict[str, np.ndarray]:
+def combination_views(
+    present: np.ndarray,
+    combo: np.ndarray,
+    probs: np.ndarray,
+) -> dict[str, np.ndarray]:
     """Row selections of the per-combination views (see the module docstring): ``{view: bool [n]}``.
 
     ``present`` [n, M] bool, ``combo`` [M] bool (the combination), ``probs`` [n, C] (only its length is
     used). ``partial`` is given for combinations of two or more modalities."""
-    has = present[:, combo]
-    complete = has.all(1)
-    views = {"all_masked": np.ones(len(probs), dtype=bool), "complete": complete}
+    has = np.asarray(present[:, combo], dtype=bool)
+    complete = np.asarray(has.all(1), dtype=bool)
+    views: dict[str, np.ndarray] = {"all_masked": np.ones(len(probs), dtype=bool), "complete": complete}
     if int(combo.sum()) > 1:
-        views["partial"] = has.any(1) & ~complete
+        views["partial"] = np.asarray(has.any(1), dtype=bool) & ~complete
     return views

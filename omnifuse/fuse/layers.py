@@ -51,8 +51,9 @@ def check_targets(logits: torch.Tensor, y: torch.Tensor, kind: str) -> None:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {TASK_KINDS}")
 
 
-def true_class_probability(logits: torch.Tensor, y: torch.Tensor, kind: str, *,
-                           mean_labels: bool = False) -> torch.Tensor:
+def true_class_probability(
+    logits: torch.Tensor, y: torch.Tensor, kind: str, *, mean_labels: bool = False
+) -> torch.Tensor:
     """The probability the prediction gives the true class.
 
     Multiclass: softmax of the true class, [B]. Binary and multilabel: per label ``sigmoid(z)`` where
@@ -94,8 +95,15 @@ def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (values * w).sum() / total
 
 
-def task_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, y_mask: torch.Tensor | None = None, *,
-              rows: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+def task_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    kind: str,
+    y_mask: torch.Tensor | None = None,
+    *,
+    rows: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The mean task loss over the labelled rows (``y_mask`` [B] bool), restricted to ``rows`` [B] bool when
     given; the mean over all rows when neither is given.
 
@@ -128,8 +136,9 @@ def _one_present(mask: torch.Tensor, generator: torch.Generator | None) -> torch
     return one
 
 
-def drop_modalities(mask: torch.Tensor, p: float, generator: torch.Generator | None = None, *,
-                    unit: DropUnit = "modality") -> torch.Tensor:
+def drop_modalities(
+    mask: torch.Tensor, p: float, generator: torch.Generator | None = None, *, unit: DropUnit = "modality"
+) -> torch.Tensor:
     """Random modality dropout of a presence mask [B, M] bool -> [B, M] bool, a subset of ``mask``; a row
     never loses all its present modalities, and rows with nothing present stay empty.
 

@@ -10,7 +10,7 @@ mean (and reported as NaN per label); a metric with no defined label at all is N
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.stats import rankdata
@@ -94,8 +94,9 @@ def _macro(v: np.ndarray) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def _averaged(fn: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, p: np.ndarray, kind: str,
-              average: str) -> float:
+def _averaged(
+    fn: Callable[[np.ndarray, np.ndarray], float], y: np.ndarray, p: np.ndarray, kind: str, average: str
+) -> float:
     y2, p2 = _as_2d(y, p, kind)
     if average == "micro":
         return fn(y2.ravel(), p2.ravel())

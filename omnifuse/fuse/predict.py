@@ -24,23 +24,34 @@ from omnifuse.fuse.layers import probabilities
 from omnifuse.fuse.methods import build_method
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu"
-               ) -> tuple[FusionMethod, Normalizer, dict[str, Any]]:
+def load_model(
+    folder: str | Path, device: str | torch.device = "cpu"
+) -> tuple[FusionMethod, Normalizer, dict[str, Any]]:
     """(model in eval mode, normaliser, model.json dict) from a fold folder of a run."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     meta = json.loads((folder / "model.json").read_text())
-    info = ModelInfo([ModalityInfo(m["name"], m["kind"], tuple(m["shape"])) for m in meta["modalities"]],
-                     meta["task_kind"], int(meta["num_outputs"]))
+    info = ModelInfo(
+        [ModalityInfo(m["name"], m["kind"], tuple(m["shape"])) for m in meta["modalities"]],
+        meta["task_kind"],
+        int(meta["num_outputs"]),
+    )
     model = build_method(meta["method"], info, **{k: v for k, v in meta["method_params"].items()})
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.to(device).eval()
     return model, Normalizer.load(folder / "normalizer.json"), meta
 
 
-def predict(run_dir: str | Path, cache: Any, out: str | Path | None = None, *, fold: int | None = None,
-            batch_size: int = 1024, device: str = "cpu") -> dict[str, np.ndarray]:
+def predict(
+    run_dir: str | Path,
+    cache: Any,
+    out: str | Path | None = None,
+    *,
+    fold: int | None = None,
+    batch_size: int = 1024,
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
     """Score every stay of ``cache`` (path, Cache, CacheData) with the run in ``run_dir``.
 
     Returns columns: ``stay_id`` [N], ``score`` [N, C] (fused probabilities), ``p_<m>`` [N, C] and
@@ -68,7 +79,7 @@ def predict(run_dir: str | Path, cache: Any, out: str | Path | None = None, *, f
         cols: dict[str, list[np.ndarray]] = {}
         with torch.no_grad():
             for s in range(0, data.n, batch_size):
-                b = data.batch(rows[s:s + batch_size], norm)
+                b = data.batch(rows[s : s + batch_size], norm)
                 o = model(b)
                 cols.setdefault("score", []).append(probabilities(o.logits, meta["task_kind"]).cpu().numpy())
                 if o.per_modality_logits is not None:

@@ -47,8 +47,9 @@ def _add(entry: MethodEntry) -> None:
     METHODS[entry.name] = entry
 
 
-def register_method(name: str, *, description: str, paper: str,
-                    defaults: dict[str, Any] | None = None) -> Callable[[Builder], Builder]:
+def register_method(
+    name: str, *, description: str, paper: str, defaults: dict[str, Any] | None = None
+) -> Callable[[Builder], Builder]:
     """Register a builder (a :class:`FusionMethod` subclass or ``fn(info, **params)``) under ``name``;
     returns it unchanged. ``defaults`` are the parameters ``build_method`` passes unless overridden."""
 
@@ -59,8 +60,9 @@ def register_method(name: str, *, description: str, paper: str,
     return deco
 
 
-def register_variant(name: str, base: str, params: dict[str, Any], *, description: str,
-                     paper: str | None = None) -> MethodEntry:
+def register_variant(
+    name: str, base: str, params: dict[str, Any], *, description: str, paper: str | None = None
+) -> MethodEntry:
     """Register ``name`` as ``base`` (a registered entry) with ``params`` on top of its defaults. The variant
     builds its base's network (a variant of a variant: the same network, both sets of parameters);
     ``paper`` defaults to the base's. A parameter the network does not take raises when it is built."""
@@ -68,8 +70,9 @@ def register_variant(name: str, base: str, params: dict[str, Any], *, descriptio
         raise KeyError(f"variant {name!r}: base method {base!r} is not registered (register it first)")
     b = METHODS[base]
     own = {**b.params, **params}
-    entry = MethodEntry(name, b.build, description, b.paper if paper is None else paper, {**b.defaults, **own},
-                        b.base, "variant", own)
+    entry = MethodEntry(
+        name, b.build, description, b.paper if paper is None else paper, {**b.defaults, **own}, b.base, "variant", own
+    )
     _add(entry)
     return entry
 

@@ -24,7 +24,7 @@ from omnifuse.fuse.layers import row_loss, task_loss
 
 def all_combinations(M: int) -> list[tuple[bool, ...]]:
     """The ``2^M - 1`` non-empty modality combinations, as presence tuples, by increasing bit pattern."""
-    return [tuple(bool((c >> m) & 1) for m in range(M)) for c in range(1, 2 ** M)]
+    return [tuple(bool((c >> m) & 1) for m in range(M)) for c in range(1, 2**M)]
 
 
 def combination_name(combo: tuple[bool, ...] | list[bool], names: list[str]) -> str:
@@ -96,8 +96,9 @@ def lazy_mask(mask: torch.Tensor, lazy: tuple[bool, ...] | torch.Tensor) -> torc
     return (mask == c.unsqueeze(0)).all(1)
 
 
-def tla_loss(joint_logits: torch.Tensor, y: torch.Tensor, sel: torch.Tensor, task_kind: str,
-             y_mask: torch.Tensor | None = None) -> torch.Tensor:
+def tla_loss(
+    joint_logits: torch.Tensor, y: torch.Tensor, sel: torch.Tensor, task_kind: str, y_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eq. 17: ``CE(o[mask], y[mask])``, mean over the selected (``sel`` [B] bool) labelled rows; zero (with a
     graph) when none."""
     return task_loss(joint_logits, y, task_kind, y_mask, rows=sel)

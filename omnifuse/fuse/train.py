@@ -65,8 +65,12 @@ def _scores(y: np.ndarray, p: np.ndarray, kind: str) -> dict[str, Any]:
     return {"n": int(len(y)), "auroc": metrics.auroc(y, p, kind), "auprc": metrics.auprc(y, p, kind)}
 
 
-def combination_metrics(run: FoldRun, modalities: list[str], combos: list[tuple[bool, ...]], kind: str,
-                        ) -> dict[str, dict[str, Any]]:
+def combination_metrics(
+    run: FoldRun,
+    modalities: list[str],
+    combos: list[tuple[bool, ...]],
+    kind: str,
+) -> dict[str, dict[str, Any]]:
     """Per combination, AUROC and AUPRC of its ``all_masked`` and ``complete`` views (``{name: {view: ...}}``);
     a view without a row is left out."""
     res: dict[str, dict[str, Any]] = {}
@@ -75,8 +79,8 @@ def combination_metrics(run: FoldRun, modalities: list[str], combos: list[tuple[
             continue
         views = combination_views(run.present, np.asarray(combo, dtype=bool), run.combos[i])
         res[combination_name(combo, modalities)] = {
-            v: _scores(run.y[sel], run.combos[i][sel], kind) for v, sel in views.items()
-            if v != "partial" and sel.any()}
+            v: _scores(run.y[sel], run.combos[i][sel], kind) for v, sel in views.items() if v != "partial" and sel.any()
+        }
     return res
 
 
@@ -90,8 +94,9 @@ def pattern_metrics(data: FuseData, run: FoldRun) -> dict[str, Any]:
     return res
 
 
-def _save_checkpoint(run: FoldRun, cfg: TrainConfig, folder: Path, data: FuseData,
-                     method_params: dict[str, Any]) -> None:
+def _save_checkpoint(
+    run: FoldRun, cfg: TrainConfig, folder: Path, data: FuseData, method_params: dict[str, Any]
+) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -99,12 +104,21 @@ def _save_checkpoint(run: FoldRun, cfg: TrainConfig, folder: Path, data: FuseDat
     save_file(state, str(folder / "model.safetensors"))
     run.normalizer.save(folder / "normalizer.json")
     info = run.model.info
-    (folder / "model.json").write_text(json.dumps({
-        "method": cfg.method, "method_params": method_params, "task": data.task, "task_kind": info.task_kind,
-        "classes": data.classes, "num_outputs": info.num_outputs,
-        "modalities": [{"name": m.name, "kind": m.kind, "shape": list(m.shape)} for m in info.modalities],
-        "raw_shapes": {n: list(data.raw_shape(n)) for n in data.modalities},
-    }, indent=1))
+    (folder / "model.json").write_text(
+        json.dumps(
+            {
+                "method": cfg.method,
+                "method_params": method_params,
+                "task": data.task,
+                "task_kind": info.task_kind,
+                "classes": data.classes,
+                "num_outputs": info.num_outputs,
+                "modalities": [{"name": m.name, "kind": m.kind, "shape": list(m.shape)} for m in info.modalities],
+                "raw_shapes": {n: list(data.raw_shape(n)) for n in data.modalities},
+            },
+            indent=1,
+        )
+    )
 
 
 def _mean_metrics(folds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -121,8 +135,10 @@ def _mean_metrics(folds: list[dict[str, Any]]) -> dict[str, Any]:
                 for key in ("auroc", "auprc"):
                     if v[key] is not None and not math.isnan(v[key]):
                         combos.setdefault(name, {}).setdefault(view, {}).setdefault(key, []).append(v[key])
-    out["by_combination"] = {n: {view: {k: float(np.mean(x)) for k, x in d.items()} for view, d in views.items()}
-                             for n, views in combos.items()}
+    out["by_combination"] = {
+        n: {view: {k: float(np.mean(x)) for k, x in d.items()} for view, d in views.items()}
+        for n, views in combos.items()
+    }
     return out
 
 
@@ -157,8 +173,16 @@ def train(
     """Cross-validated training and evaluation of a fusion method on a cache (path, ``Cache``,
     ``CacheData`` or :class:`FuseData`). Options: the fields of :class:`TrainConfig` (file < flags).
     Writes the run folder when ``out`` is given. Returns a :class:`RunResult`."""
-    cfg = resolve_config(config, task=task, method=method, modalities=modalities, folds=folds,
-                         missing_rate=missing_rate, seed=seed, **overrides)
+    cfg = resolve_config(
+        config,
+        task=task,
+        method=method,
+        modalities=modalities,
+        folds=folds,
+        missing_rate=missing_rate,
+        seed=seed,
+        **overrides,
+    )
     if not cfg.task:
         raise ValueError("no task given")
     entry = get_method(cfg.method)
@@ -166,13 +190,23 @@ def train(
     data = load_fuse_data(cache, cfg.task, cfg.modalities, device=cfg.device)
     cfg.modalities = list(data.modalities)
     combos = all_combinations(len(data.modalities))
-    combo_names = [[n for n, k in zip(data.modalities, c) if k] for c in combos]
+    combo_names = [[n for n, k in zip(data.modalities, c, strict=True) if k] for c in combos]
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(
-            json_safe({**cfg.to_json(), "method_params_resolved": method_params, "n_rows": data.n,
-                       "cache": str(cache) if isinstance(cache, (str, Path)) else None}), indent=1))
+        (out_dir / "config.json").write_text(
+            json.dumps(
+                json_safe(
+                    {
+                        **cfg.to_json(),
+                        "method_params_resolved": method_params,
+                        "n_rows": data.n,
+                        "cache": str(cache) if isinstance(cache, (str, Path)) else None,
+                    }
+                ),
+                indent=1,
+            )
+        )
     progress = make_progress() if cfg.progress else None
     if progress is not None:
         progress.start()
@@ -180,28 +214,55 @@ def train(
     try:
         for k, (train_rows, test_rows, val_rows) in enumerate(_splits(data, cfg)):
             fdata = fold_data(data, cfg.missing_rate, cfg.missing_mode, cfg.seed, 0, k)
-            plan = FoldPlan(cfg.method, train_rows, test_rows, seed=run_seed(cfg.seed, 0, k), fold=k,
-                            params=dict(cfg.method_params), val_rows=val_rows, combos=combo_names)
+            plan = FoldPlan(
+                cfg.method,
+                train_rows,
+                test_rows,
+                seed=run_seed(cfg.seed, 0, k),
+                fold=k,
+                params=dict(cfg.method_params),
+                val_rows=val_rows,
+                combos=combo_names,
+            )
             run = run_fold(fdata, plan, cfg, progress=progress)
             fm = metrics.evaluate(run.y, run.overall, data.task_kind, n_boot=cfg.n_boot, seed=plan.seed)
             fm["by_combination"] = combination_metrics(run, data.modalities, combos, data.task_kind)
             fm["by_pattern"] = pattern_metrics(data, run)
-            fm.update({"fold": k, "best_epoch": run.best_epoch, "val_auroc": run.best_val_auroc,
-                       "n_train": run.n_train, "n_val": run.n_val, "n_test": int(len(run.test_rows))})
-            results.append(FoldResult(k, run.test_rows, run.overall, fm, run.best_epoch, run.best_val_auroc,
-                                      run.history, run.records))
+            fm.update(
+                {
+                    "fold": k,
+                    "best_epoch": run.best_epoch,
+                    "val_auroc": run.best_val_auroc,
+                    "n_train": run.n_train,
+                    "n_val": run.n_val,
+                    "n_test": int(len(run.test_rows)),
+                }
+            )
+            results.append(
+                FoldResult(
+                    k, run.test_rows, run.overall, fm, run.best_epoch, run.best_val_auroc, run.history, run.records
+                )
+            )
             if out_dir is not None and cfg.save_checkpoints:
                 _save_checkpoint(run, cfg, out_dir / f"fold{k}", data, method_params)
     finally:
         if progress is not None:
             progress.stop()
-    metrics_json = json_safe({
-        "task": data.task, "task_kind": data.task_kind, "method": cfg.method,
-        "auprc_definition": "average precision (step-wise, scikit-learn's average_precision_score)",
-        "combination_views": {"all_masked": "every test row, the modalities outside the combination masked",
-                              "complete": "the test rows holding every modality of the combination"},
-        "folds": [r.metrics for r in results], "mean": _mean_metrics([r.metrics for r in results]),
-        "history": [r.history for r in results]})
+    metrics_json = json_safe(
+        {
+            "task": data.task,
+            "task_kind": data.task_kind,
+            "method": cfg.method,
+            "auprc_definition": "average precision (step-wise, scikit-learn's average_precision_score)",
+            "combination_views": {
+                "all_masked": "every test row, the modalities outside the combination masked",
+                "complete": "the test rows holding every modality of the combination",
+            },
+            "folds": [r.metrics for r in results],
+            "mean": _mean_metrics([r.metrics for r in results]),
+            "history": [r.history for r in results],
+        }
+    )
     result = RunResult(out_dir, json_safe(cfg.to_json()), metrics_json, results)
     if out_dir is not None:
         _write_run(out_dir, data, results, metrics_json)
@@ -244,20 +305,26 @@ def grid(
     if grid is None and isinstance(config, (str, Path)):
         grid = load_toml(config).get("grid")
     if grid is None:
-        grid = {"beta": [0.25, 0.5, 1.0], "alpha": [0.05, 0.1, 0.5], "lambda_backward": [0.5, 1.0],
-                "lambda_dwfuse": [1.0, 10.0], "lambda_tla": [0.1, 0.5, 1.0]}
+        grid = {
+            "beta": [0.25, 0.5, 1.0],
+            "alpha": [0.05, 0.1, 0.5],
+            "lambda_backward": [0.5, 1.0],
+            "lambda_dwfuse": [1.0, 10.0],
+            "lambda_tla": [0.1, 0.5, 1.0],
+        }
     keys = list(grid)
     points = []
     base = resolve_config(config, task=task, method=method, **{k: v for k, v in overrides.items()})
     out_dir = Path(out) if out is not None else None
     for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values))
+        params = dict(zip(keys, values, strict=True))
         cfg = copy.deepcopy(base)
         cfg.method_params = {**cfg.method_params, **params}
         cfg.save_checkpoints = False
         res = train(cache, config=cfg)
-        points.append({"params": params, "val_auroc": res.mean_val_auroc,
-                       "test_auroc": res.metrics["mean"].get("auroc")})
+        points.append(
+            {"params": params, "val_auroc": res.mean_val_auroc, "test_auroc": res.metrics["mean"].get("auroc")}
+        )
     valid = [p for p in points if p["val_auroc"] is not None and not math.isnan(p["val_auroc"])]
     best = max(valid, key=lambda p: p["val_auroc"])["params"] if valid else None
     summary = json_safe({"best": best, "selection": "mean inner-validation AUROC over folds", "points": points})
@@ -286,11 +353,23 @@ def results_table(result: RunResult | dict[str, Any]):
 
     for fm in m["folds"]:
         ci_a, ci_p = fm.get("auroc_ci") or [None, None], fm.get("auprc_ci") or [None, None]
-        t.add_row(str(fm["fold"]), str(fm["n_test"]), f"{f(fm['auroc'])} [{f(ci_a[0])}, {f(ci_a[1])}]",
-                  f"{f(fm['auprc'])} [{f(ci_p[0])}, {f(ci_p[1])}]", f(fm["brier"]), str(fm["best_epoch"]))
+        t.add_row(
+            str(fm["fold"]),
+            str(fm["n_test"]),
+            f"{f(fm['auroc'])} [{f(ci_a[0])}, {f(ci_a[1])}]",
+            f"{f(fm['auprc'])} [{f(ci_p[0])}, {f(ci_p[1])}]",
+            f(fm["brier"]),
+            str(fm["best_epoch"]),
+        )
     mean = m["mean"]
-    t.add_row("mean", "", f"{f(mean.get('auroc'))} ± {f(mean.get('auroc_std'))}",
-              f"{f(mean.get('auprc'))} ± {f(mean.get('auprc_std'))}", f(mean.get("brier")), "")
+    t.add_row(
+        "mean",
+        "",
+        f"{f(mean.get('auroc'))} ± {f(mean.get('auroc_std'))}",
+        f"{f(mean.get('auprc'))} ± {f(mean.get('auprc_std'))}",
+        f(mean.get("brier")),
+        "",
+    )
     return t
 
 
@@ -304,9 +383,11 @@ def print_results(result: RunResult | dict[str, Any], console: Any = None) -> No
     m = result.metrics if isinstance(result, RunResult) else result
     combos = m["mean"].get("by_combination") or {}
     if len(combos) > 1:
-        t = Table(title="mean over folds, per modality combination (the other modalities masked)",
-                  caption="all test rows: every test row masked down to the combination (the paper's table 3); "
-                          "rows holding it: only the test rows that hold every modality of the combination")
+        t = Table(
+            title="mean over folds, per modality combination (the other modalities masked)",
+            caption="all test rows: every test row masked down to the combination (the paper's table 3); "
+            "rows holding it: only the test rows that hold every modality of the combination",
+        )
         t.add_column("combination")
         for view in ("all test rows", "rows holding it"):
             t.add_column(f"AUROC, {view}")

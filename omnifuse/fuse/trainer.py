@@ -41,16 +41,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def predict_probs(model: FusionMethod, data: FuseData, rows: np.ndarray, norm: Normalizer, batch_size: int,
-                  mask: torch.Tensor | None = None) -> np.ndarray:
+def predict_probs(
+    model: FusionMethod,
+    data: FuseData,
+    rows: np.ndarray,
+    norm: Normalizer,
+    batch_size: int,
+    mask: torch.Tensor | None = None,
+) -> np.ndarray:
     """Probabilities [len(rows), C] of the fused output (eval mode, no gradient). ``mask`` [len(rows), M]
     may remove modalities (they are then imputed by methods that impute)."""
     model.eval()
     out = []
     with torch.no_grad():
         for s in range(0, len(rows), batch_size):
-            r = rows[s:s + batch_size]
-            b = data.batch(r, norm, None if mask is None else mask[s:s + batch_size])
+            r = rows[s : s + batch_size]
+            b = data.batch(r, norm, None if mask is None else mask[s : s + batch_size])
             out.append(probabilities(model(b).logits, data.task_kind).float().cpu())
     if not out:
         return np.zeros((0, data.num_outputs), dtype=np.float32)
@@ -65,9 +71,19 @@ class Trainer:
     ``cfg.mining_rows`` training rows as evaluation batches, seeded by ``seed + 17``) and ``record(key, value)``
     (kept per fold, e.g. TLA's lazy combination)."""
 
-    def __init__(self, model: FusionMethod, data: FuseData, train_rows: np.ndarray, val_rows: np.ndarray,
-                 normalizer: Normalizer, cfg: TrainConfig, seed: int, progress: Any = None, fold: int = 0,
-                 callbacks: Sequence[TrainerCallback] = ()) -> None:
+    def __init__(
+        self,
+        model: FusionMethod,
+        data: FuseData,
+        train_rows: np.ndarray,
+        val_rows: np.ndarray,
+        normalizer: Normalizer,
+        cfg: TrainConfig,
+        seed: int,
+        progress: Any = None,
+        fold: int = 0,
+        callbacks: Sequence[TrainerCallback] = (),
+    ) -> None:
         self.model, self.data, self.cfg = model, data, cfg
         self.train_rows, self.val_rows = train_rows, val_rows
         self.normalizer = normalizer
@@ -91,16 +107,20 @@ class Trainer:
     def mining_batches(self) -> list[Batch]:
         if self._mining is None:
             bs = self.cfg.eval_batch_size
-            self._mining = [self.data.batch(self.mining_rows[s:s + bs], self.normalizer)
-                            for s in range(0, len(self.mining_rows), bs)]
+            self._mining = [
+                self.data.batch(self.mining_rows[s : s + bs], self.normalizer)
+                for s in range(0, len(self.mining_rows), bs)
+            ]
         return self._mining
 
     def _train_epoch(self, opt: torch.optim.Optimizer) -> dict[str, float]:
         """One pass over the shuffled training rows; the mean loss and mean loss terms."""
         model, cfg = self.model, self.cfg
-        tot, nb, term_sums = 0.0, 0, {}
-        for batch in self.data.iter_batches(self.train_rows, cfg.batch_size, self.normalizer, shuffle=True,
-                                            generator=self.generator):
+        tot, nb = 0.0, 0
+        term_sums: dict[str, float] = {}
+        for batch in self.data.iter_batches(
+            self.train_rows, cfg.batch_size, self.normalizer, shuffle=True, generator=self.generator
+        ):
             batch = model.train_drop(batch, self.generator)
             out = model(batch)
             loss, terms = model.loss(batch, out)

@@ -22,5 +22,13 @@ from omnifuse.fuse.registry import (
 METHOD_MODULES = (omnifuse, concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop)
 """The modules that register the entries, in the order they are imported."""
 
-__all__ = ["METHODS", "METHOD_MODULES", "MethodEntry", "build_method", "get_method", "list_methods",
-           "register_method", "register_variant"]
+__all__ = [
+    "METHODS",
+    "METHOD_MODULES",
+    "MethodEntry",
+    "build_method",
+    "get_method",
+    "list_methods",
+    "register_method",
+    "register_variant",
+]

@@ -125,8 +125,7 @@ class SupervisedFusion(FusionMethod):
 
     ignores_masked_inputs = True
 
-    def __init__(self, info: ModelInfo, d: int, missing: str, dropout: float,
-                 encoder: dict[str, Any] | None) -> None:
+    def __init__(self, info: ModelInfo, d: int, missing: str, dropout: float, encoder: dict[str, Any] | None) -> None:
         check_info(info)
         super().__init__(info)
         self.d = int(d)
@@ -162,8 +161,15 @@ class PoolingFusion(SupervisedFusion):
     :meth:`fused_dim` features. Options: ``d``, ``missing`` ("zero" or "token"), ``hidden`` (head width; falsy:
     a linear head), ``dropout``, ``encoder`` (options of ``build_encoder``)."""
 
-    def __init__(self, info: ModelInfo, d: int = 64, missing: str = "zero", hidden: int | None = 64,
-                 dropout: float = 0.1, encoder: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        d: int = 64,
+        missing: str = "zero",
+        hidden: int | None = 64,
+        dropout: float = 0.1,
+        encoder: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(info, d, missing, dropout, encoder)
         self._build_head(self.fused_dim(), hidden, dropout)
 

@@ -14,9 +14,12 @@ from omnifuse.fuse.methods.common import POOLING_DEFAULTS, PoolingFusion
 from omnifuse.fuse.registry import register_method
 
 
-@register_method("concat", description="concatenate the modality embeddings, then a classifier head",
-                 paper="Concatenation baseline (OmniFuse table 3; Baltrusaitis et al., TPAMI 2019)",
-                 defaults=POOLING_DEFAULTS)
+@register_method(
+    "concat",
+    description="concatenate the modality embeddings, then a classifier head",
+    paper="Concatenation baseline (OmniFuse table 3; Baltrusaitis et al., TPAMI 2019)",
+    defaults=POOLING_DEFAULTS,
+)
 class ConcatFusion(PoolingFusion):
     """``logits = head(concat_m u_m)``, ``u_m`` = ``v_m`` if present else 0 or the learned token."""
 

@@ -39,8 +39,16 @@ from omnifuse.fuse.registry import register_method
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {"d": 64, "holdout": 0.2, "every": 1, "eps": 1e-4, "hidden": 64, "dropout": 0.1,
-                            "seed": 0, "encoder": {}}
+DEFAULTS: dict[str, Any] = {
+    "d": 64,
+    "holdout": 0.2,
+    "every": 1,
+    "eps": 1e-4,
+    "hidden": 64,
+    "dropout": 0.1,
+    "seed": 0,
+    "encoder": {},
+}
 
 
 def heldout_rows(index: torch.Tensor, frac: float, seed: int = 0) -> torch.Tensor:
@@ -50,8 +58,9 @@ def heldout_rows(index: torch.Tensor, frac: float, seed: int = 0) -> torch.Tenso
     return (h.to(torch.float64) / 2**32) < frac
 
 
-def gblend_weights(prev: torch.Tensor, now: torch.Tensor, eps: float = 1e-4
-                   ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+def gblend_weights(
+    prev: torch.Tensor, now: torch.Tensor, eps: float = 1e-4
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Blending weights from two checkpoints' losses.
 
     ``prev``, ``now``: [2, K], row 0 the training-part loss L^T and row 1 the held-out loss L^V of each of
@@ -72,10 +81,13 @@ def gblend_weights(prev: torch.Tensor, now: torch.Tensor, eps: float = 1e-4
     return raw / z, G, O_
 
 
-@register_method("gblend", description="Gradient-Blending: unimodal and fused heads weighted by their "
-                 "overfitting-to-generalisation ratio on held-out training rows",
-                 paper="Wang, Tran, Feiszli. What makes training multi-modal classification networks hard? "
-                       "CVPR 2020", defaults=DEFAULTS)
+@register_method(
+    "gblend",
+    description="Gradient-Blending: unimodal and fused heads weighted by their "
+    "overfitting-to-generalisation ratio on held-out training rows",
+    paper="Wang, Tran, Feiszli. What makes training multi-modal classification networks hard? CVPR 2020",
+    defaults=DEFAULTS,
+)
 class GradientBlending(FusionMethod):
     """Unimodal heads and a fused head, loss weights re-estimated from the overfitting-to-generalisation
     ratio on held-out training rows."""
@@ -83,9 +95,18 @@ class GradientBlending(FusionMethod):
     ignores_masked_inputs = True
     weights: torch.Tensor  # [K] blending weights (a buffer)
 
-    def __init__(self, info: ModelInfo, d: int = 64, holdout: float = 0.2, every: int = 1, eps: float = 1e-4,
-                 hidden: int | None = 64, dropout: float = 0.1, seed: int = 0,
-                 encoder: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        d: int = 64,
+        holdout: float = 0.2,
+        every: int = 1,
+        eps: float = 1e-4,
+        hidden: int | None = 64,
+        dropout: float = 0.1,
+        seed: int = 0,
+        encoder: dict[str, Any] | None = None,
+    ) -> None:
         check_info(info)
         super().__init__(info)
         if not 0.0 < holdout < 1.0:
@@ -131,8 +152,11 @@ class GradientBlending(FusionMethod):
 
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
         L, where = self.head_row_losses(batch, out)  # [K, B]
-        held = heldout_rows(batch.index, self.holdout, self.seed).to(L.device) if self.training else \
-            torch.zeros_like(where[0])
+        held = (
+            heldout_rows(batch.index, self.holdout, self.seed).to(L.device)
+            if self.training
+            else torch.zeros_like(where[0])
+        )
         fit = where & ~held.unsqueeze(0)
         w = fit.to(L.dtype)
         per_head = (L * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)  # [K]; 0 where a head has no rows
@@ -170,8 +194,7 @@ class GradientBlending(FusionMethod):
         return torch.where(cnt > 0, tot / cnt.clamp(min=1), torch.full_like(tot, float("nan")))
 
     def running_losses(self) -> torch.Tensor:
-        return torch.where(self._cnt > 0, self._run / self._cnt.clamp(min=1),
-                           torch.full_like(self._run, float("nan")))
+        return torch.where(self._cnt > 0, self._run / self._cnt.clamp(min=1), torch.full_like(self._run, float("nan")))
 
     def on_train_start(self, trainer: TrainerView) -> None:
         self._reset_running()
@@ -193,8 +216,18 @@ class GradientBlending(FusionMethod):
                 self.weights.copy_(w.to(self.weights))
             else:
                 log.info("gblend epoch %d: no head's held-out loss fell; weights kept", epoch)
-            self.history.append({"epoch": int(epoch), "source": source, "G": G.tolist(), "O": O_.tolist(),
-                                 "weights": self.weights.tolist()})
-            log.info("gblend epoch %d weights %s", epoch,
-                     {n: round(float(x), 4) for n, x in zip(self.head_names, self.weights, strict=True)})
+            self.history.append(
+                {
+                    "epoch": int(epoch),
+                    "source": source,
+                    "G": G.tolist(),
+                    "O": O_.tolist(),
+                    "weights": self.weights.tolist(),
+                }
+            )
+            log.info(
+                "gblend epoch %d weights %s",
+                epoch,
+                {n: round(float(x), 4) for n, x in zip(self.head_names, self.weights, strict=True)},
+            )
         self._prev = now

@@ -61,10 +61,27 @@ from omnifuse.fuse.registry import register_method
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "d": 64, "heads": 4, "layers": 1, "ff": 128, "empty": "learnable", "token_on_present": False,
-    "proj_dim": 64, "hidden": 64, "dropout": 0.1, "mode": "two_stage", "contrastive_epochs": 3,
-    "loss": "infonce", "temperature": 0.1, "learn_scale": True, "pairs": "all", "label_aware": False,
-    "memory_bank": 0, "lambda_con": 1.0, "lambda_uni": 1.0, "drop_prob": 0.2, "encoder": {},
+    "d": 64,
+    "heads": 4,
+    "layers": 1,
+    "ff": 128,
+    "empty": "learnable",
+    "token_on_present": False,
+    "proj_dim": 64,
+    "hidden": 64,
+    "dropout": 0.1,
+    "mode": "two_stage",
+    "contrastive_epochs": 3,
+    "loss": "infonce",
+    "temperature": 0.1,
+    "learn_scale": True,
+    "pairs": "all",
+    "label_aware": False,
+    "memory_bank": 0,
+    "lambda_con": 1.0,
+    "lambda_uni": 1.0,
+    "drop_prob": 0.2,
+    "encoder": {},
 }
 
 MODES = ("two_stage", "joint", "supervised")
@@ -75,8 +92,13 @@ PAIRS = ("all", "uni_uni", "uni_fused")
 # --------------------------------------------------------------------------------------------------------
 # contrastive losses (pure functions; tested against hand-computed values)
 # --------------------------------------------------------------------------------------------------------
-def info_nce(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor | float, pos: torch.Tensor | None = None,
-             valid: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor | float,
+    pos: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One direction of InfoNCE: ``q`` [N, p] anchors, ``k`` [Nk, p] keys (the first N are the anchors'
     own views), logits ``scale * q k^T``; ``pos`` [N, Nk] bool positives (default: the diagonal),
     ``valid`` [N, Nk] bool keys that take part (default all). Loss = mean over anchors of
@@ -95,9 +117,14 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor | float, pos:
     return per.mean()
 
 
-def sigmoid_contrastive(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor | float,
-                        bias: torch.Tensor | float, pos: torch.Tensor | None = None,
-                        valid: torch.Tensor | None = None) -> torch.Tensor:
+def sigmoid_contrastive(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: torch.Tensor | float,
+    bias: torch.Tensor | float,
+    pos: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """SigLIP loss: ``-(1/N) sum_{i, j valid} log sigmoid(l_ij (scale q_i.k_j + bias))``, ``l_ij = 1`` for
     positives (default the diagonal) and -1 otherwise; ``q`` [N, p], ``k`` [Nk, p]."""
     n = q.shape[0]
@@ -123,10 +150,14 @@ def same_label(ya: torch.Tensor, ma: torch.Tensor, yb: torch.Tensor, mb: torch.T
 # --------------------------------------------------------------------------------------------------------
 # the method
 # --------------------------------------------------------------------------------------------------------
-@register_method("mdrop", description="contrastive fusion with improved modality dropout (learnable modality "
-                 "tokens, unimodal and fused views)",
-                 paper="Gu, Saito, Ma. Learning contrastive multimodal fusion with improved modality dropout for "
-                       "disease detection and prediction. MICCAI 2025", defaults=DEFAULTS)
+@register_method(
+    "mdrop",
+    description="contrastive fusion with improved modality dropout (learnable modality "
+    "tokens, unimodal and fused views)",
+    paper="Gu, Saito, Ma. Learning contrastive multimodal fusion with improved modality dropout for "
+    "disease detection and prediction. MICCAI 2025",
+    defaults=DEFAULTS,
+)
 class ContrastiveModalityDropout(FusionMethod):
     """One fusion transformer over M modality slots, unimodal and fused views, a contrastive stage and a
     supervised stage with modality dropout over the views."""
@@ -137,13 +168,31 @@ class ContrastiveModalityDropout(FusionMethod):
     bank_y: torch.Tensor  # [V, K, C] their labels
     bank_ymask: torch.Tensor  # [V, K] whether they are labelled
 
-    def __init__(self, info: ModelInfo, d: int = 64, heads: int = 4, layers: int = 1, ff: int = 128,
-                 empty: str = "learnable", token_on_present: bool = False, proj_dim: int = 64,
-                 hidden: int | None = 64, dropout: float = 0.1, mode: str = "two_stage",
-                 contrastive_epochs: int = 3, loss: str = "infonce", temperature: float = 0.1,
-                 learn_scale: bool = True, pairs: str = "all", label_aware: bool = False, memory_bank: int = 0,
-                 lambda_con: float = 1.0, lambda_uni: float = 1.0, drop_prob: float = 0.2,
-                 encoder: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        d: int = 64,
+        heads: int = 4,
+        layers: int = 1,
+        ff: int = 128,
+        empty: str = "learnable",
+        token_on_present: bool = False,
+        proj_dim: int = 64,
+        hidden: int | None = 64,
+        dropout: float = 0.1,
+        mode: str = "two_stage",
+        contrastive_epochs: int = 3,
+        loss: str = "infonce",
+        temperature: float = 0.1,
+        learn_scale: bool = True,
+        pairs: str = "all",
+        label_aware: bool = False,
+        memory_bank: int = 0,
+        lambda_con: float = 1.0,
+        lambda_uni: float = 1.0,
+        drop_prob: float = 0.2,
+        encoder: dict[str, Any] | None = None,
+    ) -> None:
         check_info(info)
         super().__init__(info)
         if d % heads != 0:
@@ -174,8 +223,9 @@ class ContrastiveModalityDropout(FusionMethod):
         self.empty = nn.Parameter(torch.randn(m, self.d) * 0.02) if empty == "learnable" else None
         self.slot_pos = nn.Parameter(torch.randn(m, self.d) * 0.02)
         self.cls = nn.Parameter(torch.randn(1, 1, self.d) * 0.02)
-        layer = nn.TransformerEncoderLayer(self.d, heads, ff, dropout, activation="gelu", batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            self.d, heads, ff, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.fusion = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(self.d)
         self.proj_head = nn.Sequential(nn.Linear(self.d, self.d), nn.GELU(), nn.Linear(self.d, proj_dim))
@@ -199,8 +249,7 @@ class ContrastiveModalityDropout(FusionMethod):
         self.contrastive_possible = m >= 2
         if not self.contrastive_possible and mode != "supervised":
             log.warning("mdrop with one modality has no pairs of views: trained supervised only")
-        self.selection_start_epoch = (self.contrastive_epochs
-                                      if mode == "two_stage" and self.contrastive_possible else 0)
+        self.selection_start_epoch = self.contrastive_epochs if mode == "two_stage" and self.contrastive_possible else 0
         self.stage = self._stage_for(0)
 
     # --- stages ---------------------------------------------------------------------------------------
@@ -257,8 +306,11 @@ class ContrastiveModalityDropout(FusionMethod):
         per = {n: logits_all[i] for i, n in enumerate(self.info.names)}
         avail = shown.any(-1)  # [V, B]
         distinct = mask.sum(1) >= 2
-        return MethodOutput(logits=logits_all[m], per_modality_logits=per,
-                            extra={"reps": R, "view_logits": logits_all, "avail": avail, "distinct": distinct})
+        return MethodOutput(
+            logits=logits_all[m],
+            per_modality_logits=per,
+            extra={"reps": R, "view_logits": logits_all, "avail": avail, "distinct": distinct},
+        )
 
     # --- losses -----------------------------------------------------------------------------------------
     def view_pairs(self, avail: torch.Tensor, distinct: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
@@ -274,8 +326,9 @@ class ContrastiveModalityDropout(FusionMethod):
                 out.append((a, m, avail[a] & distinct))
         return out
 
-    def _bank_keys(self, view: int, idx: torch.Tensor, y: torch.Tensor, ym: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def _bank_keys(
+        self, view: int, idx: torch.Tensor, y: torch.Tensor, ym: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Bank keys of ``view`` [K, p], valid [N, K] (filled, not the anchor's own row), pos [N, K]."""
         if self.bank_size == 0:
             return None
@@ -293,8 +346,9 @@ class ContrastiveModalityDropout(FusionMethod):
             pos = torch.zeros_like(valid)
         return keys, valid, pos
 
-    def pair_loss(self, za: torch.Tensor, zb: torch.Tensor, idx: torch.Tensor, y: torch.Tensor,
-                  ym: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    def pair_loss(
+        self, za: torch.Tensor, zb: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, ym: torch.Tensor, a: int, b: int
+    ) -> torch.Tensor:
         """Contrastive loss between views a and b of the same N rows (projections [N, p])."""
         n = za.shape[0]
         pos = torch.eye(n, dtype=torch.bool, device=za.device)
@@ -335,8 +389,9 @@ class ContrastiveModalityDropout(FusionMethod):
         return torch.stack(losses).mean()
 
     @torch.no_grad()
-    def _push_bank(self, Z: torch.Tensor, avail: torch.Tensor, idx: torch.Tensor, y: torch.Tensor,
-                   ym: torch.Tensor) -> None:
+    def _push_bank(
+        self, Z: torch.Tensor, avail: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, ym: torch.Tensor
+    ) -> None:
         yv = y.view(y.shape[0], -1).to(self.bank_y.dtype)
         for v in range(Z.shape[0]):
             rows = avail[v]
@@ -345,7 +400,7 @@ class ContrastiveModalityDropout(FusionMethod):
             if n == 0:
                 continue
             if n > self.bank_size:
-                z, i, yy, mm = z[-self.bank_size:], i[-self.bank_size:], yy[-self.bank_size:], mm[-self.bank_size:]
+                z, i, yy, mm = z[-self.bank_size :], i[-self.bank_size :], yy[-self.bank_size :], mm[-self.bank_size :]
                 n = self.bank_size
             pos = (self._bank_ptr[v] + torch.arange(n, device=z.device)) % self.bank_size
             self.bank_z[v, pos] = z
@@ -383,4 +438,3 @@ class ContrastiveModalityDropout(FusionMethod):
             total = sup if total is None else total + sup
         assert total is not None
         return total, terms
-

@@ -26,24 +26,44 @@ from omnifuse.fuse.base import ModelInfo
 from omnifuse.fuse.methods.common import SupervisedFusion
 from omnifuse.fuse.registry import register_method
 
-DEFAULTS: dict[str, Any] = {"d": 64, "lstm_hidden": 64, "layers": 1, "missing": "token", "hidden": None,
-                            "dropout": 0.1, "encoder": {}}
+DEFAULTS: dict[str, Any] = {
+    "d": 64,
+    "lstm_hidden": 64,
+    "layers": 1,
+    "missing": "token",
+    "hidden": None,
+    "dropout": 0.1,
+    "encoder": {},
+}
 
 
-@register_method("medfuse", description="LSTM over the sequence of modality embeddings (learned token if missing)",
-                 paper="Hayat, Geras, Shamout. MedFuse: multi-modal fusion with clinical time-series data and "
-                       "chest X-ray images. MLHC 2022", defaults=DEFAULTS)
+@register_method(
+    "medfuse",
+    description="LSTM over the sequence of modality embeddings (learned token if missing)",
+    paper="Hayat, Geras, Shamout. MedFuse: multi-modal fusion with clinical time-series data and "
+    "chest X-ray images. MLHC 2022",
+    defaults=DEFAULTS,
+)
 class MedFuseLSTM(SupervisedFusion):
     """LSTM over the sequence of modality embeddings [B, M, d]; the head reads the last hidden state."""
 
-    def __init__(self, info: ModelInfo, d: int = 64, lstm_hidden: int = 64, layers: int = 1,
-                 missing: str = "token", hidden: int | None = None, dropout: float = 0.1,
-                 encoder: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        d: int = 64,
+        lstm_hidden: int = 64,
+        layers: int = 1,
+        missing: str = "token",
+        hidden: int | None = None,
+        dropout: float = 0.1,
+        encoder: dict[str, Any] | None = None,
+    ) -> None:
         if missing not in ("token", "skip", "zero"):
             raise ValueError(f"medfuse missing must be 'token', 'skip' or 'zero', got {missing!r}")
         super().__init__(info, d, "zero" if missing in ("skip", "zero") else "token", dropout, encoder)
-        self.lstm = nn.LSTM(self.d, lstm_hidden, num_layers=layers, batch_first=True,
-                            dropout=dropout if layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            self.d, lstm_hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         # the "empty" token of missing="skip" (a row with nothing present); None otherwise
         self.empty = nn.Parameter(torch.randn(self.d) * 0.02) if missing == "skip" else None
         self._build_head(lstm_hidden, hidden, dropout)

@@ -35,12 +35,21 @@ from omnifuse.fuse.layers import task_loss, true_class_probability
 from omnifuse.fuse.methods.common import EncoderBank, check_batch, check_info
 from omnifuse.fuse.registry import register_method
 
-DEFAULTS: dict[str, Any] = {"d": 64, "alpha": 0.5, "form": "shifted", "noise": True, "start_epoch": 0,
-                            "end_epoch": None, "dropout": 0.1, "encoder": {}}
+DEFAULTS: dict[str, Any] = {
+    "d": 64,
+    "alpha": 0.5,
+    "form": "shifted",
+    "noise": True,
+    "start_epoch": 0,
+    "end_epoch": None,
+    "dropout": 0.1,
+    "encoder": {},
+}
 
 
-def modality_scores(per_modality_logits: list[torch.Tensor], y: torch.Tensor, y_mask: torch.Tensor,
-                    mask: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def modality_scores(
+    per_modality_logits: list[torch.Tensor], y: torch.Tensor, y_mask: torch.Tensor, mask: torch.Tensor, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores ``s`` [M] (mean true-class probability of each modality's own contribution over the labelled
     rows where it is present) and ``valid`` [M] bool (the modality had such rows)."""
     scores, valid = [], []
@@ -55,8 +64,9 @@ def modality_scores(per_modality_logits: list[torch.Tensor], y: torch.Tensor, y_
     return torch.stack(scores), torch.tensor(valid, device=scores[0].device)
 
 
-def ogm_coefficients(scores: torch.Tensor, valid: torch.Tensor | None = None, alpha: float = 0.5,
-                     form: str = "shifted") -> tuple[torch.Tensor, torch.Tensor]:
+def ogm_coefficients(
+    scores: torch.Tensor, valid: torch.Tensor | None = None, alpha: float = 0.5, form: str = "shifted"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Coefficients ``k`` [M] and ratios ``rho`` [M] from scores ``s`` [M] (eq. 8-9 generalised to M).
 
     ``rho_m = s_m / mean_{n != m, valid} s_n``; a modality without valid rows, or without another valid
@@ -78,17 +88,29 @@ def ogm_coefficients(scores: torch.Tensor, valid: torch.Tensor | None = None, al
     return k, rho
 
 
-@register_method("ogm_ge", description="on-the-fly gradient modulation of each encoder plus Gaussian noise",
-                 paper="Peng, Wei, Deng, Wang, Hu. Balanced multimodal learning via on-the-fly gradient "
-                       "modulation. CVPR 2022", defaults=DEFAULTS)
+@register_method(
+    "ogm_ge",
+    description="on-the-fly gradient modulation of each encoder plus Gaussian noise",
+    paper="Peng, Wei, Deng, Wang, Hu. Balanced multimodal learning via on-the-fly gradient modulation. CVPR 2022",
+    defaults=DEFAULTS,
+)
 class OGMGE(FusionMethod):
     """Concatenation + linear head with per-modality gradient modulation and Gaussian noise."""
 
     ignores_masked_inputs = True
 
-    def __init__(self, info: ModelInfo, d: int = 64, alpha: float = 0.5, form: str = "shifted",
-                 noise: bool = True, start_epoch: int = 0, end_epoch: int | None = None,
-                 dropout: float = 0.1, encoder: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        d: int = 64,
+        alpha: float = 0.5,
+        form: str = "shifted",
+        noise: bool = True,
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        dropout: float = 0.1,
+        encoder: dict[str, Any] | None = None,
+    ) -> None:
         check_info(info)
         super().__init__(info)
         if alpha < 0:

@@ -37,7 +37,12 @@ from omnifuse.fuse.registry import register_method, register_variant
 from omnifuse.fuse.tla import combination_name, lazy_mask, mine_lazy, tla_loss
 
 PAPER_DEFAULTS: dict[str, Any] = {
-    "K": 5, "alpha": 0.1, "beta": 0.5, "lambda_backward": 1.0, "lambda_dwfuse": 10.0, "lambda_tla": 0.5,
+    "K": 5,
+    "alpha": 0.1,
+    "beta": 0.5,
+    "lambda_backward": 1.0,
+    "lambda_dwfuse": 10.0,
+    "lambda_tla": 0.5,
 }
 
 
@@ -53,7 +58,7 @@ class DroppedBatch(Batch):
 @register_method(
     "omnifuse",
     description="OmniFuse: CRA forward/backward imputation, down-weighting fusion (DWFuse), traceable laziness "
-                "activation (TLA)",
+    "activation (TLA)",
     paper="Wu et al., OmniFuse, Information Fusion 117 (2025) 102890",
     defaults=PAPER_DEFAULTS,
 )
@@ -64,11 +69,28 @@ class OmniFuse(FusionMethod):
     extra)``; extra holds ``v``, ``v_prime``, ``v_second`` [B, M, d] and the masks the losses need."""
 
     def __init__(
-        self, info: ModelInfo, *, d: int = 128, K: int = 5, cra_hidden: int = 256, latent: int = 64,
-        head_hidden: int = 128, dropout: float = 0.1, alpha: float = 0.1, beta: float = 0.5,
-        lambda_backward: float = 1.0, lambda_dwfuse: float = 10.0, lambda_tla: float = 0.5,
-        dwfuse: bool = True, tla: bool = True, imp_fw: bool = True, imp_bw: bool = True,
-        train_drop_prob: float = 0.5, tla_mask_down: bool = False, pool: str = "attention", rnn: str = "gru",
+        self,
+        info: ModelInfo,
+        *,
+        d: int = 128,
+        K: int = 5,
+        cra_hidden: int = 256,
+        latent: int = 64,
+        head_hidden: int = 128,
+        dropout: float = 0.1,
+        alpha: float = 0.1,
+        beta: float = 0.5,
+        lambda_backward: float = 1.0,
+        lambda_dwfuse: float = 10.0,
+        lambda_tla: float = 0.5,
+        dwfuse: bool = True,
+        tla: bool = True,
+        imp_fw: bool = True,
+        imp_bw: bool = True,
+        train_drop_prob: float = 0.5,
+        tla_mask_down: bool = False,
+        pool: str = "attention",
+        rnn: str = "gru",
     ) -> None:
         super().__init__(info)
         M, C = info.num_modalities, info.num_outputs
@@ -82,17 +104,27 @@ class OmniFuse(FusionMethod):
         self.use_tla = bool(tla) and M > 1
         self.train_drop_prob = float(train_drop_prob)
         self.tla_mask_down = bool(tla_mask_down)
-        self.encoders = nn.ModuleDict({
-            m.name: build_encoder(m, d, dropout=dropout, **({"pool": pool} if m.kind == "sequence" else {}),
-                                  **({"rnn": rnn} if m.kind == "timeseries" else {}))
-            for m in info.modalities
-        })
+        self.encoders = nn.ModuleDict(
+            {
+                m.name: build_encoder(
+                    m,
+                    d,
+                    dropout=dropout,
+                    **({"pool": pool} if m.kind == "sequence" else {}),
+                    **({"rnn": rnn} if m.kind == "timeseries" else {}),
+                )
+                for m in info.modalities
+            }
+        )
         self.cra_fw = CRA(M * d, K, cra_hidden, latent) if self.use_imp_fw else None
         self.cra_bw = CRA(M * d, K, cra_hidden, latent) if self.use_imp_bw else None
         joint_in = K * latent if self.use_imp_fw else M * d
         self.joint_head = mlp_head(joint_in, C, head_hidden, dropout)  # g_rp, eq. 11
-        self.heads = nn.ModuleDict({m.name: mlp_head(d, C, head_hidden, dropout) for m in info.modalities}) \
-            if self.use_dwfuse else None  # g_m, eq. 9
+        self.heads = (
+            nn.ModuleDict({m.name: mlp_head(d, C, head_hidden, dropout) for m in info.modalities})
+            if self.use_dwfuse
+            else None
+        )  # g_m, eq. 9
         self.lazy: tuple[bool, ...] | None = None
         self.lazy_history: list[dict[str, Any]] = []
 
@@ -114,8 +146,17 @@ class OmniFuse(FusionMethod):
         """Random drops of present modalities (at least one kept); the pre-drop batch travels along."""
         keep = drop_modalities(batch.mask, self.train_drop_prob, generator, unit="row")
         nb = batch.with_mask(keep)
-        return DroppedBatch(x=nb.x, mask=keep, y=nb.y, y_mask=nb.y_mask, index=nb.index, tokens_mask=nb.tokens_mask,
-                            natural_mask=batch.natural_mask, source=batch, dropped=batch.mask & ~keep)
+        return DroppedBatch(
+            x=nb.x,
+            mask=keep,
+            y=nb.y,
+            y_mask=nb.y_mask,
+            index=nb.index,
+            tokens_mask=nb.tokens_mask,
+            natural_mask=batch.natural_mask,
+            source=batch,
+            dropped=batch.mask & ~keep,
+        )
 
     # ------------------------------------------------------------------------------------- forward
     def forward(self, batch: Batch) -> MethodOutput:
@@ -174,8 +215,9 @@ class OmniFuse(FusionMethod):
             l_bw = backward_loss(ex["v_second"], ex["v"], ex["mask"])  # eq. 8
         terms: dict[str, float] = {}
         if out.per_modality_logits is not None:
-            l_dw, t = dwfuse_loss(list(out.per_modality_logits.values()), out.logits, batch.y, kind,
-                                 self.beta, self.alpha, batch.y_mask)  # eq. 12-14
+            l_dw, t = dwfuse_loss(
+                list(out.per_modality_logits.values()), out.logits, batch.y, kind, self.beta, self.alpha, batch.y_mask
+            )  # eq. 12-14
             terms["ens"], terms["rp"] = float(t["ens"].detach()), float(t["rp"].detach())
         else:
             l_dw = task_loss(out.logits, batch.y, kind, batch.y_mask)
@@ -195,8 +237,12 @@ class OmniFuse(FusionMethod):
                     l_tla = (l_tla * n1 + l_down * n2) / max(n1 + n2, 1)
         l1, l2, l3 = self.lambdas
         total = l_fw + l1 * l_bw + l2 * l_dw + l3 * l_tla  # eq. 18
-        terms.update({k: float(v.detach()) for k, v in (("forward", l_fw), ("backward", l_bw), ("dwfuse", l_dw),
-                                                      ("tla", l_tla), ("total", total))})
+        terms.update(
+            {
+                k: float(v.detach())
+                for k, v in (("forward", l_fw), ("backward", l_bw), ("dwfuse", l_dw), ("tla", l_tla), ("total", total))
+            }
+        )
         return total, terms
 
     # --------------------------------------------------------------------------------------- hooks
@@ -205,11 +251,20 @@ class OmniFuse(FusionMethod):
         if not self.use_tla:
             return
         with self.evaluating():
-            lazy, table = mine_lazy(None, trainer.mining_batches(), self.info.names, self.info.task_kind,
-                                    encode=self.encode, fuse=self.fuse_embeddings)
+            lazy, table = mine_lazy(
+                None,
+                trainer.mining_batches(),
+                self.info.names,
+                self.info.task_kind,
+                encode=self.encode,
+                fuse=self.fuse_embeddings,
+            )
         self.lazy = lazy
-        rec = {"epoch": epoch, "lazy": None if lazy is None else combination_name(lazy, self.info.names),
-               "distances": table}
+        rec = {
+            "epoch": epoch,
+            "lazy": None if lazy is None else combination_name(lazy, self.info.names),
+            "distances": table,
+        }
         self.lazy_history.append(rec)
         trainer.record("lazy_combination", rec)
 
@@ -227,11 +282,18 @@ class OmniFuse(FusionMethod):
 
 
 # ------------------------------------------------------------------------------------------------ variants
-register_variant("dwfuse_only", "omnifuse", {"dwfuse": True, "tla": False, "imp_fw": False, "imp_bw": False},
-                 description="OmniFuse with DWFuse only (no TLA, no imputation): the DWFuse row of table 3, "
-                             "row (b) of table 4")
-register_variant("omnifuse_no_imp", "omnifuse", {"imp_fw": False, "imp_bw": False},
-                 description="OmniFuse without forward and backward imputation (DWFuse and TLA kept)")
+register_variant(
+    "dwfuse_only",
+    "omnifuse",
+    {"dwfuse": True, "tla": False, "imp_fw": False, "imp_bw": False},
+    description="OmniFuse with DWFuse only (no TLA, no imputation): the DWFuse row of table 3, row (b) of table 4",
+)
+register_variant(
+    "omnifuse_no_imp",
+    "omnifuse",
+    {"imp_fw": False, "imp_bw": False},
+    description="OmniFuse without forward and backward imputation (DWFuse and TLA kept)",
+)
 
 ABLATION_SWITCHES = ("dwfuse", "tla", "imp_fw", "imp_bw")
 """The OmniFuse switches of table 4's columns (DWFuse, TLA, IMP-fw, IMP-bw)."""
@@ -250,5 +312,9 @@ forward CRA's output) and leaving DWFuse out would break the table's cumulative 
 TLA; the paper's numbers agree ((e) mostly below (d) and (f), as removing TLA lowered (c) to (b))."""
 
 for _row, (_switches, _reading) in ABLATION_ROWS.items():
-    register_variant(f"ablation_{_row}", "omnifuse", dict(zip(ABLATION_SWITCHES, _switches, strict=True)),
-                     description=f"OmniFuse ablation, table 4 row ({_row}): {_reading}")
+    register_variant(
+        f"ablation_{_row}",
+        "omnifuse",
+        dict(zip(ABLATION_SWITCHES, _switches, strict=True)),
+        description=f"OmniFuse ablation, table 4 row ({_row}): {_reading}",
+    )

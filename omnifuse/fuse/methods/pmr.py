@@ -47,9 +47,18 @@ from omnifuse.fuse.methods.common import EncoderBank, batches_on, check_batch, c
 from omnifuse.fuse.methods.ogm_ge import ogm_coefficients
 from omnifuse.fuse.registry import register_method
 
-DEFAULTS: dict[str, Any] = {"d": 64, "alpha": 1.0, "coef": "step", "mu": 0.1, "entropy_epochs": 5,
-                            "prototypes": "ema", "momentum": 0.9, "temperature": 1.0, "dropout": 0.1,
-                            "encoder": {}}
+DEFAULTS: dict[str, Any] = {
+    "d": 64,
+    "alpha": 1.0,
+    "coef": "step",
+    "mu": 0.1,
+    "entropy_epochs": 5,
+    "prototypes": "ema",
+    "momentum": 0.9,
+    "temperature": 1.0,
+    "dropout": 0.1,
+    "encoder": {},
+}
 
 
 def label_groups(y: torch.Tensor, kind: str, num_outputs: int) -> torch.Tensor:
@@ -66,10 +75,13 @@ def prototype_logits(u: torch.Tensor, protos: torch.Tensor, temperature: float =
     return -dist / temperature
 
 
-@register_method("pmr", description="prototypical modal rebalance: prototype cross-entropy on slow modalities, "
-                 "entropy regularisation on dominant ones early on",
-                 paper="Fan, Xu, Wang, Wang, Guo. PMR: Prototypical modal rebalance for multimodal learning. "
-                       "CVPR 2023", defaults=DEFAULTS)
+@register_method(
+    "pmr",
+    description="prototypical modal rebalance: prototype cross-entropy on slow modalities, "
+    "entropy regularisation on dominant ones early on",
+    paper="Fan, Xu, Wang, Wang, Guo. PMR: Prototypical modal rebalance for multimodal learning. CVPR 2023",
+    defaults=DEFAULTS,
+)
 class PrototypicalRebalance(FusionMethod):
     """Concatenation + linear head, with prototype cross-entropy on slow modalities and entropy
     regularisation on dominant ones."""
@@ -78,9 +90,20 @@ class PrototypicalRebalance(FusionMethod):
     protos: torch.Tensor  # [M, G, K, d] prototypes (a buffer)
     seen: torch.Tensor  # [M, G, K] whether each prototype has been set
 
-    def __init__(self, info: ModelInfo, d: int = 64, alpha: float = 1.0, coef: str = "step", mu: float = 0.1,
-                 entropy_epochs: int = 5, prototypes: str = "ema", momentum: float = 0.9,
-                 temperature: float = 1.0, dropout: float = 0.1, encoder: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        d: int = 64,
+        alpha: float = 1.0,
+        coef: str = "step",
+        mu: float = 0.1,
+        entropy_epochs: int = 5,
+        prototypes: str = "ema",
+        momentum: float = 0.9,
+        temperature: float = 1.0,
+        dropout: float = 0.1,
+        encoder: dict[str, Any] | None = None,
+    ) -> None:
         check_info(info)
         super().__init__(info)
         if coef not in ("step", "tanh"):
@@ -114,8 +137,9 @@ class PrototypicalRebalance(FusionMethod):
 
     # --- prototypes --------------------------------------------------------------------------------------
     @staticmethod
-    def class_sums(u: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, classes: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def class_sums(
+        u: torch.Tensor, t: torch.Tensor, rows: torch.Tensor, classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sums [G, K, d] and counts [G, K] of embeddings ``u`` [B, d] per group and class ``t`` [B, G]."""
         onehot = F.one_hot(t, classes).to(u.dtype) * rows.to(u.dtype).view(-1, 1, 1)  # [B, G, K]
         return torch.einsum("bgk,bd->gkd", onehot, u), onehot.sum(0)
@@ -166,8 +190,9 @@ class PrototypicalRebalance(FusionMethod):
                 self._epoch_protos_done = True
 
     # --- loss -------------------------------------------------------------------------------------------
-    def modality_terms(self, U: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor,
-                                                                    torch.Tensor, torch.Tensor]:
+    def modality_terms(
+        self, U: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per modality: PCE [M], score s [M], entropy [M], valid [M] (prototypes ready, rows present)."""
         t = label_groups(batch.y, self.info.task_kind, self.info.num_outputs)  # [B, G]
         lab = batch.y_mask.to(torch.bool)
@@ -211,4 +236,3 @@ class PrototypicalRebalance(FusionMethod):
             terms[f"pce_{n}"] = float(pce[i].detach())
             terms[f"rho_{n}"] = float(rho[i])
         return total, terms
-

@@ -26,18 +26,37 @@ from omnifuse.fuse.base import ModelInfo
 from omnifuse.fuse.methods.common import SupervisedFusion
 from omnifuse.fuse.registry import register_method
 
-DEFAULTS: dict[str, Any] = {"d": 64, "squeeze": 4, "reduction": 2, "missing": "zero", "hidden": 64,
-                            "dropout": 0.1, "encoder": {}}
+DEFAULTS: dict[str, Any] = {
+    "d": 64,
+    "squeeze": 4,
+    "reduction": 2,
+    "missing": "zero",
+    "hidden": 64,
+    "dropout": 0.1,
+    "encoder": {},
+}
 
 
-@register_method("se_gate", description="squeeze-and-excitation gates over the modality embeddings",
-                 paper="Hu, Shen, Sun. Squeeze-and-excitation networks. CVPR 2018", defaults=DEFAULTS)
+@register_method(
+    "se_gate",
+    description="squeeze-and-excitation gates over the modality embeddings",
+    paper="Hu, Shen, Sun. Squeeze-and-excitation networks. CVPR 2018",
+    defaults=DEFAULTS,
+)
 class SEGateFusion(SupervisedFusion):
     """Per-modality sigmoid gates from a squeeze-excitation block, then concatenation and a head."""
 
-    def __init__(self, info: ModelInfo, d: int = 64, squeeze: int = 4, reduction: int = 2,
-                 missing: str = "zero", hidden: int | None = 64, dropout: float = 0.1,
-                 encoder: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        d: int = 64,
+        squeeze: int = 4,
+        reduction: int = 2,
+        missing: str = "zero",
+        hidden: int | None = 64,
+        dropout: float = 0.1,
+        encoder: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(info, d, missing, dropout, encoder)
         if squeeze < 1 or reduction < 1:
             raise ValueError(f"squeeze and reduction must be >= 1, got {squeeze}, {reduction}")

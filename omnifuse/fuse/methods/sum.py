@@ -13,8 +13,12 @@ from omnifuse.fuse.methods.common import POOLING_DEFAULTS, PoolingFusion
 from omnifuse.fuse.registry import register_method
 
 
-@register_method("sum", description="sum the modality embeddings, then a classifier head",
-                 paper="Summation baseline (OmniFuse table 3)", defaults=POOLING_DEFAULTS)
+@register_method(
+    "sum",
+    description="sum the modality embeddings, then a classifier head",
+    paper="Summation baseline (OmniFuse table 3)",
+    defaults=POOLING_DEFAULTS,
+)
 class SumFusion(PoolingFusion):
     """``logits = head(sum_m u_m)``, ``u_m`` = ``v_m`` if present else 0 or the learned token."""
 
