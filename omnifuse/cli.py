@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,24 @@ def main(
 
 
 def _fail(e: Exception, code: int = 2) -> None:
-    typer.secho(f"error: {e}", fg="red", err=True)
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    typer.secho(f"error: {msg}", fg="red", err=True)
     raise typer.Exit(code) from e
+
+
+USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
+"""What a command reports as ``error: ...`` with exit code 2 instead of a traceback: refused input or options
+(``ValueError`` and its subclasses: ``CacheError``, ``DataError``, ``StudyError``, ``CheckpointError``,
+``PredictionError``), unknown names, files that cannot be read or written, a training that diverged."""
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Run the body; :data:`USER_ERRORS` become a one-line ``error: ...`` and exit code 2."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        _fail(e)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -126,20 +144,17 @@ def train(
     (OmniFuse's TLA trace) and a checkpoint per fold. Every option below is a TrainConfig field; a --config
     TOML file may set them all, and flags override it.
     """
-    from omnifuse.cache import CacheError
     from omnifuse.fuse.train import grid, print_results
     from omnifuse.fuse.train import train as run_train
 
     _setup_logging(False)
     kw = dict(flags, out=out, method_params=_parse_params(param) or None)
-    try:
+    with _reported():
         if grid_search:
             res = grid(cache, **kw)
             typer.echo(f"best parameters (mean inner-validation AUROC): {res['best']}; written to {out}/grid.json")
             return
         result = run_train(cache, **kw)
-    except (CacheError, ValueError, KeyError, FileNotFoundError) as e:
-        _fail(e)
     print_results(result)
     typer.echo(f"run written to {out}")
 
@@ -151,19 +166,21 @@ def predict(
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV to write."),
     fold: int | None = typer.Option(None, "--fold", help="Use this fold's model (default: the mean of all)."),
     device: str = typer.Option("cpu", "--device"),
+    allow_incomplete: bool = typer.Option(
+        False,
+        "--allow-incomplete",
+        help="Accept a cache whose extraction did not finish (missing blocks read as missing modalities).",
+    ),
 ) -> None:
-    """Score stays with a trained run, whatever modalities they have.
+    """Score stays with a trained run, whatever modalities they have (the cache needs no labels).
 
     Columns: stay_id, the fused probability, and per modality its own probability and the label-free weight
     (eq. 10 computed with the predicted class, since the true label is unknown at inference).
     """
-    from omnifuse.cache import CacheError
     from omnifuse.fuse.predict import predict as run_predict
 
-    try:
-        res = run_predict(run, cache, out, fold=fold, device=device)
-    except (CacheError, ValueError, KeyError, FileNotFoundError) as e:
-        _fail(e)
+    with _reported():
+        res = run_predict(run, cache, out, fold=fold, device=device, allow_incomplete=allow_incomplete)
     typer.echo(f"scored {len(res['stay_id']):,} stays into {out}")
 
 
@@ -203,14 +220,11 @@ def demo(
     2 CPU cores: 2.5 to 5 minutes from scratch (extraction 1 to 3, by CPU; training 2); rerunning reuses the
     cache and finished runs.
     """
-    from omnifuse.cache import CacheError
     from omnifuse.demo import DEMO_METHODS, run_demo
 
     _setup_logging(False)
-    try:
+    with _reported():
         res = run_demo(cache, out, methods=method or DEMO_METHODS, folds=folds, seed=seed, epochs=epochs, n_jobs=jobs)
-    except (CacheError, ValueError, FileNotFoundError) as e:
-        _fail(e)
     typer.echo(f"results written to {res.out} (results.md, results.csv, reliability.png)")
 
 
@@ -246,12 +260,9 @@ def _method_overrides(items: list[str] | None) -> dict[str, dict]:
 def _run_study(fn, cache: Path, option: list[str] | None, param: list[str] | None, flags: dict) -> None:
     """Call a study function with the cache, its ``--config`` file and the given flags; a clear error
     (exit 2) for what the study refuses."""
-    from omnifuse.cache import CacheError
-    from omnifuse.experiments.runner import StudyError
-
     _setup_logging(False)
     config = flags.pop("config", None)
-    try:
+    with _reported():
         res = fn(
             cache,
             config=config,
@@ -259,8 +270,6 @@ def _run_study(fn, cache: Path, option: list[str] | None, param: list[str] | Non
             method_overrides=_method_overrides(param) or None,
             **flags,
         )
-    except (CacheError, StudyError, ValueError, KeyError, FileNotFoundError) as e:
-        _fail(e)
     typer.echo(f"written to {res.out}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,19 @@ def json_safe(o: Any) -> Any:
     if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
         return None
     return o
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create ``folder`` (and its parents) and check a file can be written in it, before any work is done;
+    ``PermissionError`` with a one-line message naming the folder otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".omnifuse-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"cannot write to {folder} ({e.strerror or e}); choose another folder") from e
+    return folder
 
 
 def save_arrays(path: Path, arrays: dict[str, Any]) -> None:

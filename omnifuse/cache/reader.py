@@ -13,6 +13,9 @@ from omnifuse.cache import store
 from omnifuse.cache.meta import read_meta
 from omnifuse.cache.schema import CacheError, CacheSpec, IncompleteCacheError
 
+ALLOW_INCOMPLETE = "pass --allow-incomplete (allow_incomplete=True)"
+"""How a user accepts a store that is not complete, on the command line and in Python."""
+
 
 @dataclass
 class ModalityData:
@@ -51,6 +54,7 @@ class CacheData:
     splits: dict[str, np.ndarray]
     spec: CacheSpec
     attrs: dict[str, Any]
+    path: Path | None = None  # the store it was loaded from (None for data built in memory)
 
     @property
     def n(self) -> int:
@@ -91,6 +95,16 @@ class Cache:
     def completeness(self) -> dict[str, float]:
         return {m.name: float(1 - self.incomplete_rows(m.name).mean()) for m in self.spec.modalities}
 
+    def _check_written(self, name: str, sel: np.ndarray | slice, allow_incomplete: bool) -> None:
+        """Raise :class:`IncompleteCacheError` when rows ``sel`` of ``name`` are not all written."""
+        missing = int(self.incomplete_rows(name)[sel].sum())
+        if missing and not allow_incomplete:
+            raise IncompleteCacheError(
+                f"{self.path}: modality {name!r} has {missing} rows not yet written (an extraction still "
+                "running or stopped); re-run `omnifuse extract` with the same options to finish it, or "
+                f"{ALLOW_INCOMPLETE} to treat them as missing"
+            )
+
     def load(
         self,
         modalities: list[str] | None = None,
@@ -99,13 +113,22 @@ class Cache:
     ) -> CacheData:
         """Load the chosen modalities (default all) and rows (default all) into numpy arrays.
 
-        Raises :class:`IncompleteCacheError` when a chosen modality has rows not yet written, unless
-        ``allow_incomplete``: then those rows are reported missing (mask False).
+        Raises :class:`IncompleteCacheError` when a chosen modality has rows not yet written, or when the
+        store is not finalized (every block written but the extraction did not finish, or it is being
+        updated), unless ``allow_incomplete``: then rows not written are reported missing (mask False).
         """
         names = [m.name for m in self.spec.modalities] if modalities is None else list(modalities)
         for name in names:
             self.spec.modality(name)  # KeyError with the list of names
         sel = _normalise_rows(rows, self.n)
+        for name in names:
+            self._check_written(name, sel, allow_incomplete)
+        if not allow_incomplete and not read_meta(self.path).get("finalized", False):  # now, not when opened
+            raise IncompleteCacheError(
+                f"{self.path} is not finalized: its extraction did not finish (killed, run with --modality, or "
+                "being updated); re-run `omnifuse extract` with the same options to finish it, or "
+                f"{ALLOW_INCOMPLETE} to use it as it is"
+            )
 
         def take(arr: zarr.Array) -> np.ndarray:
             if isinstance(sel, slice):
@@ -117,12 +140,6 @@ class Cache:
             ms = self.spec.modality(name)
             g = store.subgroup(self.group, name)
             incomplete = self.incomplete_rows(name)[sel]
-            if incomplete.any() and not allow_incomplete:
-                raise IncompleteCacheError(
-                    f"{self.path}: modality {name!r} has {int(incomplete.sum())} rows not yet written (an "
-                    "extraction still running or stopped); re-run `omnifuse extract` with the same options to "
-                    "finish it, or pass allow_incomplete=True to treat them as missing"
-                )
             mask = take(store.array(g, "mask")).astype(bool) & ~incomplete
             x = take(store.array(g, "x"))
             tm = take(store.array(g, "tokens_mask")).astype(bool) & mask[:, None] if ms.has_tokens_mask else None
@@ -169,6 +186,7 @@ class Cache:
             splits=splits,
             spec=self.spec,
             attrs=self.meta,
+            path=self.path,
         )
 
 

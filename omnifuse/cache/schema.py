@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
-"""Bumped whenever array names, shapes or attribute meanings change; readers refuse other versions."""
+SCHEMA_VERSION = 2
+"""Bumped whenever array names, shapes or attribute meanings change; readers refuse other versions.
+Version 2 added, per modality, ``input_hash`` (each row's input fingerprint) and ``counts`` (each block's
+skips and masked values)."""
 
 MODALITY_KINDS = ("vector", "sequence", "timeseries", "tabular")
 TASK_KINDS = ("binary", "multilabel", "multiclass")
@@ -21,7 +23,8 @@ class SchemaMismatchError(CacheError):
 
 
 class IncompleteCacheError(CacheError):
-    """Some rows of a modality have not been written yet (an extraction still running or killed)."""
+    """Some rows of a modality have not been written yet, or the store was never finalized (an extraction
+    still running, killed, or run for some modalities only)."""
 
 
 @dataclass

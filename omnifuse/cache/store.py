@@ -2,12 +2,18 @@
 
 Chunking rule (so that no two writers ever touch the same chunk): every modality ``m`` has a block size
 ``B_m`` (rows). ``m/x`` is chunked by ``r_m`` rows, a power of two that divides ``B_m`` and keeps one chunk
-near :data:`TARGET_CHUNK_BYTES`; ``m/mask``, ``m/tokens_mask`` and ``m/provenance`` are chunked by exactly
-``B_m`` rows. Writers write whole blocks ``[k B_m, (k+1) B_m)``, so every chunk of a modality's arrays lies
-inside one block, and each block belongs to one writer (a rank, or the single process). Arrays shared by all
-modalities (``stay_id``, ``subject_id``, labels, references, splits) are written once, by the creator,
-before any block. ``m/done`` [n_blocks] uint8, one uncompressed chunk per block, is set after the block's
-data: a block whose marker is 0 is "not written", whatever its data chunks hold.
+near :data:`TARGET_CHUNK_BYTES`; ``m/mask``, ``m/tokens_mask``, ``m/provenance`` and ``m/input_hash`` are
+chunked by exactly ``B_m`` rows. Writers write whole blocks ``[k B_m, (k+1) B_m)``, so every chunk of a
+modality's arrays lies inside one block, and each block belongs to one writer (a rank, or the single process).
+Arrays shared by all modalities (``stay_id``, ``subject_id``, labels, references, splits) are written once, by
+the creator, before any block. ``m/done`` [n_blocks] uint8, one uncompressed chunk per block, is set after the
+block's data: a block whose marker is 0 is "not written", whatever its data chunks hold.
+
+``m/input_hash`` [N] uint64 is each row's input fingerprint (a file's path, size and modification time, a
+text's or an array's content, or the reason it is missing; 0 = not recorded), written with the block: a
+resumed extraction compares it with the inputs it sees now. ``m/counts`` [n_blocks] (JSON strings, one
+chunk per block) holds each block's skips and masked values by reason, so the whole store's counts survive a
+killed and resumed run.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ MAX_BLOCK_ROWS = 4096
 ZSTD_LEVEL = 3
 
 ATTR_KEY = "omnifuse"
+HASH_NOT_RECORDED = 0
+"""``m/input_hash`` of a row written without an input fingerprint (a block written outside ``extract``)."""
 
 
 def _pow2_floor(v: float) -> int:

@@ -4,10 +4,18 @@ A run killed at any moment (even SIGKILL) leaves a readable store: the metadata 
 :meth:`CacheWriter.create` on, and each block of a modality is marked done only after its data is written.
 Starting again with the same spec and stay ids resumes: :meth:`CacheWriter.pending_blocks` lists only the
 blocks without a done marker, so nothing finished is recomputed or rewritten.
+
+A finalized store is never changed in place while it still says so: any write (a block, labels that differ
+from the stored ones, a block invalidated because its inputs changed) first marks it not finalized, so a
+reader never takes a half-updated store for a finished one. A write that fails on the file system (disk
+full, read-only folder) raises :class:`CacheError` naming the store; the blocks already marked done stay
+valid, so the same command resumes once the cause is fixed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import shutil
 from collections.abc import Iterator
@@ -42,6 +50,32 @@ def _check_ids(stay_ids: np.ndarray, subject_ids: np.ndarray) -> tuple[np.ndarra
     return stay_ids, subject_ids
 
 
+def io_error_cause(e: OSError, folder: Path) -> str:
+    """Why a write into ``folder`` failed and what to do, in a few words (no traceback)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device; free some space, then run the same command again: it resumes"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"the folder {folder} is read-only or not writable ({e.strerror}); choose another output folder"
+    return f"{e.strerror or e or type(e).__name__}"
+
+
+@contextlib.contextmanager
+def _writing(path: Path, what: str) -> Iterator[None]:
+    """Turn a file-system error while writing ``what`` into the store ``path`` into a one-line
+    :class:`CacheError` naming the store."""
+    try:
+        yield
+    except OSError as e:
+        raise CacheError(f"{path}: cannot write {what}: {io_error_cause(e, path)}") from e
+
+
+def _changed_rows(old_values: np.ndarray, old_mask: np.ndarray, values: np.ndarray, mask: np.ndarray) -> int:
+    """Rows whose mask, or whose value where present, differs between the stored and the new arrays."""
+    axes = tuple(range(1, values.ndim))
+    differ = ~np.all(old_values == values, axis=axes) if axes else old_values != values
+    return int(((old_mask != mask) | (mask & differ)).sum())
+
+
 class CacheWriter:
     """Writes one store. Several writers (ranks) may hold the same store and write disjoint blocks."""
 
@@ -51,6 +85,12 @@ class CacheWriter:
         self.spec = spec
         self.n = n
         self._blocks = {m.name: store.modality_block_rows(group, m.name) for m in spec.modalities}
+        self._finalized = bool(group_meta(group).get("finalized", False))
+
+    @property
+    def finalized(self) -> bool:
+        """Whether the store is marked finalized (as this writer last saw or set it)."""
+        return self._finalized
 
     # ------------------------------------------------------------------ creation / resume
     @classmethod
@@ -72,16 +112,33 @@ class CacheWriter:
         """
         path = Path(path)
         stay_ids, subject_ids = _check_ids(stay_ids, subject_ids)
-        if path.exists():
-            if overwrite:
+        if path.exists() and not overwrite:
+            w = cls.open(path)
+            w._check_same(spec, stay_ids, subject_ids)
+            return w
+        tmp = path.with_name(path.name + ".creating")
+        try:
+            if path.exists():
                 shutil.rmtree(path)
-            else:
-                w = cls.open(path)
-                w._check_same(spec, stay_ids, subject_ids)
-                return w
+            cls._create(path, tmp, spec, stay_ids, subject_ids, rows_per_block)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp)
+            raise CacheError(f"cannot create the cache {path}: {io_error_cause(e, path.parent)}") from e
+        return cls(path, zarr.open_group(str(path), mode="r+", zarr_format=3), spec, int(stay_ids.size))
+
+    @staticmethod
+    def _create(
+        path: Path,
+        tmp: Path,
+        spec: CacheSpec,
+        stay_ids: np.ndarray,
+        subject_ids: np.ndarray,
+        rows_per_block: int | dict[str, int] | None,
+    ) -> None:
+        """Write every array (empty) under ``tmp``, then rename it to ``path``."""
         n = int(stay_ids.size)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".creating")
         if tmp.exists():
             shutil.rmtree(tmp)
         g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -111,8 +168,16 @@ class CacheWriter:
             if m.provenance_codes:
                 mg.create_array("provenance", shape=(n,), dtype="int8", chunks=(b,), compressors=zstd, fill_value=-1)
             mg.create_array(
-                "done", shape=(store.n_blocks(n, b),), dtype="uint8", chunks=(1,), compressors=None, fill_value=0
+                "input_hash",
+                shape=(n,),
+                dtype="uint64",
+                chunks=(b,),
+                compressors=zstd,
+                fill_value=store.HASH_NOT_RECORDED,
             )
+            nb = store.n_blocks(n, b)
+            mg.create_array("counts", shape=(nb,), dtype=str, chunks=(1,), compressors=None)
+            mg.create_array("done", shape=(nb,), dtype="uint8", chunks=(1,), compressors=None, fill_value=0)
         lg = g.create_group("labels")
         for t in spec.tasks:
             shape = (n,) if t.kind == "multiclass" else (n, len(t.classes))
@@ -132,7 +197,6 @@ class CacheWriter:
         g.attrs[store.ATTR_KEY] = new_meta(spec, n)
         # The store appears under its final name only once all metadata exists: readable at every moment.
         tmp.rename(path)
-        return cls(path, zarr.open_group(str(path), mode="r+", zarr_format=3), spec, n)
 
     @classmethod
     def open(cls, path: str | Path) -> CacheWriter:
@@ -161,9 +225,32 @@ class CacheWriter:
         """The stay id of ``row``, for error messages."""
         return int(np.asarray(store.array(self.group, "stay_id")[row]))
 
+    # ------------------------------------------------------------------ finalized flag
+    def _set_finalized(self, value: bool, extra: dict[str, Any] | None = None) -> None:
+        meta = group_meta(self.group)
+        meta["finalized"] = value
+        if value:
+            meta["finished"] = utc_now()
+        else:
+            meta.pop("finished", None)
+        if extra:  # run summary (coverage, skips, cohort counts): kept apart from the spec, which resuming compares
+            meta["summary"] = {**meta.get("summary", {}), **extra}
+        with _writing(self.path, "the store's attributes"):
+            self.group.attrs[store.ATTR_KEY] = meta
+        self._finalized = value
+
+    def _before_change(self) -> None:
+        """Mark a finalized store not finalized before anything in it changes (a reader then refuses it)."""
+        if self._finalized:
+            self._set_finalized(False)
+
     # ------------------------------------------------------------------ shared arrays
-    def write_labels(self, task: str, values: np.ndarray, mask: np.ndarray) -> None:
-        """Labels of ``task``: [N, C] 0/1 (binary, multilabel) or [N] class index (multiclass)."""
+    def write_labels(self, task: str, values: np.ndarray, mask: np.ndarray) -> int:
+        """Labels of ``task``: [N, C] 0/1 (binary, multilabel) or [N] class index (multiclass).
+
+        Returns the number of rows whose label (or whether it has one) differs from what the store held;
+        nothing is written when none does.
+        """
         t = self.spec.task(task)
         mask = np.asarray(mask, dtype=bool)
         values = np.asarray(values)
@@ -187,35 +274,60 @@ class CacheWriter:
                 )
         elif not np.isin(v, (0, 1)).all():
             raise CacheError(f"labels {task!r}: {t.kind} labels must be 0/1")
-        values = np.where(mask.reshape(-1, *([1] * (values.ndim - 1))), np.nan_to_num(values), 0)
         labels = store.array(self.group, f"labels/{task}")
-        labels[:] = values.astype(labels.dtype)
-        store.array(self.group, f"labels/{task}_mask")[:] = mask
+        values = np.where(mask.reshape(-1, *([1] * (values.ndim - 1))), np.nan_to_num(values), 0).astype(labels.dtype)
+        return self._replace(f"labels {task!r}", f"labels/{task}", values, mask)
 
-    def write_reference(self, name: str, values: np.ndarray, mask: np.ndarray) -> None:
-        """A score that is not an input (e.g. APACHE IVa predicted mortality) with its validity mask."""
+    def _replace(self, what: str, path: str, values: np.ndarray, mask: np.ndarray) -> int:
+        """Write ``values`` and ``mask`` to ``path`` and ``path_mask`` when they differ from the stored ones;
+        the number of rows that differ."""
+        arr, mask_arr = store.array(self.group, path), store.array(self.group, f"{path}_mask")
+        changed = _changed_rows(np.asarray(arr[:]), np.asarray(mask_arr[:]).astype(bool), values, mask)
+        if changed:
+            self._before_change()
+            with _writing(self.path, what):
+                arr[:] = values
+                mask_arr[:] = mask
+        return changed
+
+    def write_reference(self, name: str, values: np.ndarray, mask: np.ndarray) -> int:
+        """A score that is not an input (e.g. APACHE IVa predicted mortality) with its validity mask.
+
+        Returns the number of rows that differ from what the store held (nothing is written when none does).
+        """
         if name not in self.spec.references:
             raise CacheError(f"reference {name!r} is not in the spec ({self.spec.references})")
         values = np.asarray(values, dtype=np.float32)
         mask = np.asarray(mask, dtype=bool) & np.isfinite(values)
-        store.array(self.group, f"reference/{name}")[:] = np.where(mask, values, 0)
-        store.array(self.group, f"reference/{name}_mask")[:] = mask
+        return self._replace(f"reference {name!r}", f"reference/{name}", np.where(mask, values, 0), mask)
 
-    def write_split(self, name: str, values: np.ndarray) -> None:
-        """An official split, [N] strings (``train``/``test``...) or integers."""
+    def write_split(self, name: str, values: np.ndarray) -> int:
+        """An official split, [N] strings (``train``/``test``...) or integers.
+
+        Returns the number of rows that differ from what the store held (all of them for a new split).
+        """
         if name not in self.spec.splits:
             raise CacheError(f"split {name!r} is not in the spec ({self.spec.splits})")
         values = np.asarray(values)
         if values.shape != (self.n,):
             raise CacheError(f"split {name!r}: expected shape ({self.n},), got {values.shape}")
         sg = store.subgroup(self.group, "splits")
+        integer = np.issubdtype(values.dtype, np.integer)
+        values = values.astype(np.int64) if integer else values.astype(str)
+        changed = self.n
+        if name in sg:
+            old = np.asarray(store.array(sg, name)[:])
+            old = old if np.issubdtype(old.dtype, np.integer) else store.as_str_array(old)
+            if old.dtype.kind == values.dtype.kind:
+                changed = int((old != values).sum())
+        if not changed:
+            return 0
+        self._before_change()
         big = max(1, min(self.n, 1 << 17))
-        if np.issubdtype(values.dtype, np.integer):
-            a = sg.create_array(name, shape=(self.n,), dtype="int64", chunks=(big,), overwrite=True)
-            a[:] = values.astype(np.int64)
-        else:
-            a = sg.create_array(name, shape=(self.n,), dtype=str, chunks=(big,), overwrite=True)
-            a[:] = values.astype(str)
+        with _writing(self.path, f"split {name!r}"):
+            a = sg.create_array(name, shape=(self.n,), dtype="int64" if integer else str, chunks=(big,), overwrite=True)
+            a[:] = values
+        return changed
 
     # ------------------------------------------------------------------ modality blocks
     def block_rows(self, modality: str) -> int:
@@ -237,6 +349,34 @@ class CacheWriter:
         for k in range(store.n_blocks(self.n, b)):
             yield store.block_bounds(k, b, self.n)
 
+    def input_hashes(self, modality: str) -> np.ndarray:
+        """uint64 [N]: each row's recorded input fingerprint (0 where not recorded or not written yet)."""
+        return np.asarray(store.array(self.group, f"{modality}/input_hash")[:])
+
+    def block_counts(self, modality: str) -> list[dict[str, Any]]:
+        """Per block of ``modality``: the counts recorded with it (skips and masked values by reason), ``{}``
+        for a block not done."""
+        done = self.done_blocks(modality)
+        raw = store.as_str_array(store.array(self.group, f"{modality}/counts")[:])
+        return [json.loads(c) if d and c else {} for c, d in zip(raw.tolist(), done.tolist(), strict=True)]
+
+    def invalidate_blocks(self, modality: str, starts: list[int]) -> None:
+        """Mark the blocks starting at ``starts`` not done (their inputs changed): the next pass rewrites them.
+
+        The store is marked not finalized first, so a run killed in between leaves a store the reader
+        refuses, never a finalized one holding stale rows.
+        """
+        if not starts:
+            return
+        self._before_change()
+        b = self._blocks[modality]
+        done = store.array(self.group, f"{modality}/done")
+        with _writing(self.path, f"the done markers of {modality!r}"):
+            for start in starts:
+                if start % b:
+                    raise CacheError(f"{modality}: row {start} does not start a block of {b} rows")
+                done[start // b] = 0
+
     def write_block(
         self,
         modality: str,
@@ -246,12 +386,18 @@ class CacheWriter:
         mask: np.ndarray,
         tokens_mask: np.ndarray | None = None,
         provenance: np.ndarray | None = None,
+        input_hash: np.ndarray | None = None,
+        counts: dict[str, Any] | None = None,
     ) -> None:
         """Write rows ``[start, stop)`` of a modality (one whole block), then mark the block done.
 
         ``x`` [stop-start, *shape]; rows with ``mask`` False are stored as zeros; ``tokens_mask``
         [rows, L] is required for sequence modalities; non-finite values in present rows of an embedding
-        modality are an error (raw tabular/time-series modalities keep NaN as "not observed").
+        modality, and infinite values in a raw tabular/time-series one, are an error (raw modalities keep
+        NaN as "not observed"). ``input_hash`` uint64 [rows]: each row's input fingerprint (default 0, not
+        recorded); ``counts``: JSON-ready counts of the block (skips, masked values), summed over the store
+        by ``extract``. A file-system error raises :class:`CacheError` naming the store; the block then stays
+        not done.
         """
         m: ModalitySpec = self.spec.modality(modality)
         b = self._blocks[modality]
@@ -265,18 +411,21 @@ class CacheWriter:
                 f"{modality}: block [{start}, {stop}) expects x {(rows, *m.shape)} and mask "
                 f"({rows},), got {x.shape} and {mask.shape}"
             )
+        hashes = np.zeros(rows, np.uint64) if input_hash is None else np.asarray(input_hash, dtype=np.uint64)
+        if hashes.shape != (rows,):
+            raise CacheError(f"{modality}: block [{start}, {stop}) expects input_hash ({rows},), got {hashes.shape}")
         # one cast into a fresh array (the caller's buffer is never modified), then zeroing in place: the
         # block write stays a small fraction of the encoder's time even for per-token [rows, L, D] blocks
         xk = np.array(x, dtype=m.dtype)
-        if m.kind in ("vector", "sequence"):
-            bad = mask & ~np.isfinite(xk).reshape(rows, -1).all(axis=1)
-            if bad.any():
-                row = start + int(np.flatnonzero(bad)[0])
-                raise CacheError(
-                    f"{modality}: non-finite embedding in present row {row} (stay_id {self._stay_id(row)})"
-                )
+        flat = xk.reshape(rows, -1)
+        bad = mask & (~np.isfinite(flat) if m.kind in ("vector", "sequence") else np.isinf(flat)).any(axis=1)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            what = "non-finite embedding" if m.kind in ("vector", "sequence") else "infinite value"
+            raise CacheError(f"{modality}: {what} in present row {row} (stay_id {self._stay_id(row)})")
         xk[~mask] = 0
         mg = store.subgroup(self.group, modality)
+        tm = None
         if m.has_tokens_mask:
             if tokens_mask is None:
                 raise CacheError(f"{modality}: sequence modality needs tokens_mask")
@@ -284,13 +433,18 @@ class CacheWriter:
             if tm.shape != (rows, m.shape[0]):
                 raise CacheError(f"{modality}: tokens_mask shape {tm.shape} != {(rows, m.shape[0])}")
             xk[~tm] = 0  # zero the padding so it compresses and never leaks into a pooled mean
-            store.array(mg, "tokens_mask")[start:stop] = tm
-        if m.provenance_codes:
-            p = np.full(rows, -1, dtype=np.int8) if provenance is None else np.asarray(provenance, np.int8)
-            store.array(mg, "provenance")[start:stop] = np.where(mask, p, -1)
-        store.array(mg, "x")[start:stop] = xk
-        store.array(mg, "mask")[start:stop] = mask
-        store.array(mg, "done")[start // b] = 1
+        self._before_change()
+        with _writing(self.path, f"block [{start}, {stop}) of {modality!r}"):
+            if tm is not None:
+                store.array(mg, "tokens_mask")[start:stop] = tm
+            if m.provenance_codes:
+                p = np.full(rows, -1, dtype=np.int8) if provenance is None else np.asarray(provenance, np.int8)
+                store.array(mg, "provenance")[start:stop] = np.where(mask, p, -1)
+            store.array(mg, "x")[start:stop] = xk
+            store.array(mg, "mask")[start:stop] = mask
+            store.array(mg, "input_hash")[start:stop] = hashes
+            store.array(mg, "counts")[start // b] = json.dumps(counts or {}, sort_keys=True)
+            store.array(mg, "done")[start // b] = 1
 
     def finalize(self, extra: dict[str, Any] | None = None) -> None:
         """Check every block of every modality is done and record the completion (and ``extra``)."""
@@ -298,9 +452,4 @@ class CacheWriter:
         missing = {k: v for k, v in missing.items() if v}
         if missing:
             raise CacheError(f"cannot finalize {self.path}: blocks not written: {missing}")
-        meta = group_meta(self.group)
-        meta["finalized"] = True
-        meta["finished"] = utc_now()
-        if extra:  # run summary (coverage, skips, cohort counts): kept apart from the spec, which resuming compares
-            meta["summary"] = {**meta.get("summary", {}), **extra}
-        self.group.attrs[store.ATTR_KEY] = meta
+        self._set_finalized(True, extra)

@@ -45,6 +45,8 @@ class StudyConfig:
     device: str | None = option(None, help="auto (cuda when present), cpu or cuda.")
     n_boot: int = option(200, help="Bootstrap replicates of the confidence intervals (0: none).")
     progress: bool = option(True, help="Show a progress bar (logged when the output is not a terminal).")
+    allow_incomplete: bool = option(False, help="Accept a cache whose extraction did not finish (its missing "
+                                    "blocks read as missing modalities).")
     print_table: bool = option(True, help="Print the tables when done.", cli=False)
     options: dict[str, Any] = option(
         {},
@@ -79,6 +81,8 @@ class StudyConfig:
             opts["epochs"] = int(self.epochs)
         if self.device is not None:
             opts["device"] = self.device
+        if self.allow_incomplete:
+            opts["allow_incomplete"] = True
         return opts
 
     def to_json(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,14 +32,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from omnifuse.cache.reader import open_cache
 from omnifuse.experiments.config import StudyConfig
 from omnifuse.fuse.config import TrainConfig, resolve_config
 from omnifuse.fuse.data import FuseData, load_fuse_data
 from omnifuse.fuse.fold import FoldPlan, FoldRun, fold_data, make_repeated_folds, run_fold, run_seed
-from omnifuse.fuse.methods import get_method
+from omnifuse.fuse.methods import check_params, get_method
 from omnifuse.fuse.tla import all_combinations, combination_name
 from omnifuse.fuse.trainer import TrainerCallback
-from omnifuse.utils import json_safe, make_progress, save_arrays
+from omnifuse.utils import ensure_writable, json_safe, make_progress, save_arrays
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,10 @@ def method_params(label: str, overrides: dict[str, dict[str, Any]] | None = None
     params = dict(overrides.get(entry.base, {}))
     if label != entry.base:
         params.update(overrides.get(label, {}))
+    try:
+        check_params(label, params)
+    except ValueError as e:
+        raise StudyError(str(e)) from e
     return params
 
 
@@ -178,7 +184,7 @@ class StudyContext:
         if d is None:
             base = self._data.get("__base__")
             if base is None:
-                base = _load_base(self.cache, self.task, self.modalities, self.cfg.device)
+                base = _load_base(self.cache, self.task, self.modalities, self.cfg)
                 self._data["__base__"] = base
             d = base if key == tuple(self.modalities) else base.subset_modalities(list(key))
             self._data[key] = d
@@ -198,16 +204,17 @@ class StudyContext:
 _PROCESS_DATA: dict[tuple, FuseData] = {}
 
 
-def _load_base(cache: Any, task: str, modalities: list[str], device: str) -> FuseData:
+def _load_base(cache: Any, task: str, modalities: list[str], cfg: TrainConfig) -> FuseData:
     if isinstance(cache, FuseData):
         return cache
+    kw = {"device": cfg.device, "allow_incomplete": cfg.allow_incomplete}
     if isinstance(cache, (str, Path)):
-        key = (str(Path(cache).resolve()), task, tuple(modalities), device)
+        key = (str(Path(cache).resolve()), task, tuple(modalities), cfg.device, cfg.allow_incomplete)
         if key not in _PROCESS_DATA:
             _PROCESS_DATA.clear()
-            _PROCESS_DATA[key] = load_fuse_data(cache, task, modalities, device=device)
+            _PROCESS_DATA[key] = load_fuse_data(cache, task, modalities, **kw)
         return _PROCESS_DATA[key]
-    return load_fuse_data(cache, task, modalities, device=device)
+    return load_fuse_data(cache, task, modalities, **kw)
 
 
 def build_context(
@@ -235,10 +242,12 @@ def build_context(
     opts.setdefault("progress", False)
     opts["save_checkpoints"] = False
     cfg = resolve_config(None, task=task, seed=seed, folds=folds, **opts)
+    if out is not None:
+        ensure_writable(Path(out))
     if isinstance(cache, (str, Path)):
-        data = _load_base(cache, task, modalities or _cache_modalities(cache), cfg.device)
+        data = _load_base(cache, task, modalities or _cache_modalities(cache), cfg)
     else:
-        data = load_fuse_data(cache, task, modalities, device=cfg.device)
+        data = load_fuse_data(cache, task, modalities, device=cfg.device, allow_incomplete=cfg.allow_incomplete)
     names = list(data.modalities)
     splits = make_repeated_folds(data, folds, repeats, seed)
     ctx = StudyContext(
@@ -258,8 +267,6 @@ def build_context(
 
 
 def _cache_modalities(cache: str | Path) -> list[str]:
-    from omnifuse.cache.reader import open_cache
-
     return [m.name for m in open_cache(cache).spec.modalities]
 
 
@@ -393,9 +400,36 @@ def is_done(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFactory 
     return json.loads((folder / "spec.json").read_text()) == _spec_fingerprint(ctx, spec, probe)
 
 
+_WATCHED: list[int] = []
+
+
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """In a worker process: a daemon thread ends this process (``os._exit``) as soon as its parent ``parent``
+    is gone, so a killed study leaves no worker running and writing into its folder. Started once per
+    process."""
+    if parent in _WATCHED or parent == os.getpid():
+        return
+    _WATCHED.append(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        log.warning("study process %d is gone: worker %d stops", parent, os.getpid())
+        os._exit(3)
+
+    threading.Thread(target=watch, name="omnifuse-parent-watch", daemon=True).start()
+
+
 def _worker(
-    ctx: StudyContext, spec: RunSpec, folder: Path, threads: int | None, probe: ProbeFactory | None
+    ctx: StudyContext,
+    spec: RunSpec,
+    folder: Path,
+    threads: int | None,
+    probe: ProbeFactory | None,
+    parent: int | None = None,
 ) -> tuple[RunSpec, float]:
+    if parent is not None:
+        exit_with_parent(parent)
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -459,7 +493,8 @@ def run_all(
 
             nt = threads or max(1, (os.cpu_count() or 1) // n_jobs)
             par = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
-            for s, sec in par(delayed(_worker)(ctx, s, stats.folders[s], nt, probe) for s in todo):
+            main = os.getpid()
+            for s, sec in par(delayed(_worker)(ctx, s, stats.folders[s], nt, probe, main) for s in todo):
                 done(s, sec)
     finally:
         if bar is not None:

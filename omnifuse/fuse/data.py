@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnifuse.cache.reader import Cache, LabelData, open_cache
 from omnifuse.fuse.base import Batch, ModalityInfo, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -157,19 +159,27 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+def _no_labels(task: str, n: int, kind: str, classes: list[str]) -> LabelData:
+    """Labels of ``task`` for ``n`` rows none of which is labelled (scoring new stays)."""
+    y = np.zeros(n, dtype=np.int64) if kind == "multiclass" else np.zeros((n, len(classes)), dtype=np.float32)
+    return LabelData(task, kind, list(classes), y, np.zeros(n, dtype=bool))
+
+
 def load_fuse_data(
     cache: Any,
     task: str,
     modalities: list[str] | None = None,
     device: str | torch.device | None = "auto",
     allow_incomplete: bool = False,
+    unlabelled: tuple[str, list[str]] | None = None,
 ) -> FuseData:
     """Load ``cache`` (a path, an opened cache or a loaded ``CacheData``) for ``task`` and ``modalities``.
 
-    Rows without a label stay (``y_mask`` False): they can be scored but never train or evaluate.
+    Rows without a label stay (``y_mask`` False): they can be scored but never train or evaluate. A cache
+    without ``task`` at all (new stays to score, any adapter) is accepted when ``unlabelled`` gives the task's
+    ``(kind, classes)`` (what the run was trained for): every row is then unlabelled. ``allow_incomplete``
+    accepts a cache that is not finalised (an interrupted extraction): its missing blocks read as missing.
     """
-    from omnifuse.cache.reader import Cache, open_cache
-
     if isinstance(cache, FuseData):
         return cache
     if isinstance(cache, (str, Path)):
@@ -181,8 +191,8 @@ def load_fuse_data(
                 raise DataError(f"no modality {n!r} in cache; it has {[m.name for m in cache.spec.modalities]}")
         cache = cache.load(modalities=names, allow_incomplete=allow_incomplete)
     cd = cache
-    if task not in cd.labels:
-        raise DataError(f"no task {task!r} in cache; it has {sorted(cd.labels)}")
+    if task not in cd.labels and unlabelled is None:
+        raise DataError(f"no task {task!r} in cache; it has {sorted(cd.labels) or 'no labels'}")
     names = list(cd.modalities) if modalities is None else list(modalities)
     if not names:
         raise DataError("no modality chosen")
@@ -190,7 +200,7 @@ def load_fuse_data(
         if n not in cd.modalities:
             raise DataError(f"no modality {n!r} in the loaded data; it has {sorted(cd.modalities)}")
     dev = _device(device)
-    lab = cd.labels[task]
+    lab = cd.labels[task] if task in cd.labels else _no_labels(task, len(cd.stay_id), *(unlabelled or ("", [])))
     x, tm, kinds, cont = {}, {}, {}, {}
     masks = []
     for n in names:
@@ -245,21 +255,120 @@ def load_fuse_data(
 
 
 # --------------------------------------------------------------------------------------- normalizer
+CLIP_QUANTILES = (0.001, 0.999)
+"""Tabular and time-series values are clipped to these quantiles of their observed training values before the
+statistics are computed and whenever the normaliser is applied: one absurd value (1e30) can neither flatten
+a feature for every other stay nor turn a test row's prediction into NaN."""
+
+QUANTILE_SAMPLE = 200_000
+"""The clip quantiles of a column are estimated on at most this many of its observed training values (a
+seeded sample): bounded cost on any cohort size."""
+
+IQR_FENCE = 20.0
+"""Clip bounds never lie further than this many interquartile ranges outside the quartiles (a lognormal
+variable of log-sd 1, as skewed as day-1 urine output, is not clipped by it below its 99.9th percentile)."""
+
+SD_FLOOR = 1e-6
+"""A standard deviation below this (a constant column) is replaced by 1: its standardised values are 0."""
+
+
+def _clip_bounds(values: torch.Tensor, observed: torch.Tensor) -> tuple[float, float] | None:
+    """(low, high) clip bounds of the observed values of one column (None without an observed value): the
+    :data:`CLIP_QUANTILES` taken without interpolation towards the extremes (so a single absurd value is never
+    a bound), tightened to the quartiles -/+ :data:`IQR_FENCE` interquartile ranges when that range is not 0
+    (so a few absurd values in a small cohort are not either)."""
+    v = values[observed].double()
+    if v.numel() == 0:
+        return None
+    if v.numel() > QUANTILE_SAMPLE:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        v = v[torch.randperm(v.numel(), generator=g)[:QUANTILE_SAMPLE].to(v.device)]
+    lo = float(torch.quantile(v, CLIP_QUANTILES[0], interpolation="higher"))
+    hi = float(torch.quantile(v, CLIP_QUANTILES[1], interpolation="lower"))
+    q1, q3 = (float(q) for q in torch.quantile(v, torch.tensor([0.25, 0.75], dtype=v.dtype, device=v.device)))
+    if q3 > q1:
+        lo, hi = max(lo, q1 - IQR_FENCE * (q3 - q1)), min(hi, q3 + IQR_FENCE * (q3 - q1))
+    return lo, hi
+
+
+def _column_values(data: FuseData, name: str, rows: torch.Tensor) -> torch.Tensor:
+    """The training values of modality ``name`` as [n_values, F] (sequences: valid tokens only)."""
+    feat = data.x[name].shape[-1]
+    xb = data.x[name][rows].float().reshape(-1, feat)
+    if data.kinds[name] == "sequence":
+        xb = xb[data.tokens_mask[name][rows].reshape(-1)]
+    return xb
+
+
+def _fit_modality(data: FuseData, name: str, rows: torch.Tensor, embeddings: bool, chunk: int) -> dict[str, Any]:
+    """The statistics of one modality (see :class:`Normalizer`)."""
+    kind = data.kinds[name]
+    feat = data.x[name].shape[-1]
+    raw = kind in ("tabular", "timeseries")
+    sel = torch.zeros(feat, dtype=torch.bool, device=data.device)
+    lo = torch.full((feat,), -math.inf, dtype=torch.float64, device=data.device)
+    hi = torch.full((feat,), math.inf, dtype=torch.float64, device=data.device)
+    if raw:
+        cols = data.continuous.get(name)
+        if cols is not None and any(c < 0 or c >= feat for c in cols):
+            raise DataError(f"modality {name!r}: continuous column index outside 0..{feat - 1}")
+        sel[list(range(feat)) if cols is None else cols] = True
+        values = _column_values(data, name, rows)
+        finite = torch.isfinite(values)
+        for c in torch.nonzero(sel).flatten().tolist():
+            bounds = _clip_bounds(values[:, c], finite[:, c])
+            if bounds is not None:
+                lo[c], hi[c] = bounds
+        del values, finite
+    s = torch.zeros(feat, dtype=torch.float64, device=data.device)
+    ss = torch.zeros_like(s)
+    cnt = torch.zeros_like(s)
+    has_nan = torch.zeros(feat, dtype=torch.bool, device=data.device)
+    for a in range(0, rows.numel(), chunk):
+        xb = _column_values(data, name, rows[a : a + chunk]).double()
+        obs = torch.isfinite(xb)
+        has_nan |= (~obs).any(dim=0)
+        xz = torch.where(obs, torch.minimum(torch.maximum(xb, lo), hi), torch.zeros_like(xb))
+        s += xz.sum(0)
+        ss += (xz * xz).sum(0)
+        cnt += obs.sum(0)
+    mean = s / cnt.clamp(min=1)
+    std = (ss / cnt.clamp(min=1) - mean * mean).clamp(min=0).sqrt()
+    std = torch.where(std > SD_FLOOR, std, torch.ones_like(std))
+    if raw:
+        mean = torch.where(sel, mean, torch.zeros_like(mean))
+        std = torch.where(sel, std, torch.ones_like(std))
+        indicators = torch.nonzero(has_nan).flatten().tolist()
+    else:
+        if not embeddings:
+            mean, std = torch.zeros_like(mean), torch.ones_like(std)
+        indicators = []
+
+    def bound(t: torch.Tensor) -> list[float | None]:
+        return [None if math.isinf(v) else v for v in t.float().cpu().tolist()]
+
+    return {"kind": kind, "mean": mean.float().cpu().tolist(), "std": std.float().cpu().tolist(),
+            "low": bound(lo), "high": bound(hi), "indicators": indicators, "n_rows": int(rows.numel())}
+
+
 class Normalizer:
     """Per-modality normalisation fitted on training rows only, saved with the checkpoint as JSON.
 
-    - tabular [F] / time series [T, F]: the ``continuous`` columns (all when not given) are standardised
-      with the mean and standard deviation of their observed (non-NaN) training values; then NaN becomes 0,
-      and one observed-indicator column (1 observed, 0 not) is appended for every column that had a NaN in
-      the training rows. The encoder's input is [F + k] or [T, F + k].
+    - tabular [F] / time series [T, F]: the ``continuous`` columns (all when not given) are clipped to the
+      :data:`CLIP_QUANTILES` of their observed (finite) training values, then standardised with the mean and
+      standard deviation of the clipped training values (a constant column: sd 1, see :data:`SD_FLOOR`); then
+      non-finite values (NaN, inf) become 0, and one observed-indicator column (1 observed, 0 not) is
+      appended for every column that had a non-finite value in the training rows. The encoder's input is
+      [F + k] or [T, F + k].
     - vector [D] / sequence [L, D] embeddings: optional standardisation per dimension (``embeddings=True``),
       over present rows (sequences: over valid tokens).
-    Rows of a missing modality are zeroed after normalisation by :meth:`FuseData.batch`.
+    Rows of a missing modality are zeroed after normalisation by :meth:`FuseData.batch`. The statistics are
+    checked when loaded (finite, sd > 0): a hand-edited or corrupt ``normalizer.json`` is refused by name.
     """
 
     def __init__(self, stats: dict[str, dict[str, Any]] | None = None) -> None:
         self.stats: dict[str, dict[str, Any]] = stats or {}
-        self._t: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        self._t: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def fit(cls, data: FuseData, rows: np.ndarray, embeddings: bool = True, chunk: int = 4096) -> Normalizer:
@@ -267,47 +376,8 @@ class Normalizer:
         stats: dict[str, dict[str, Any]] = {}
         rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=data.device)
         for j, name in enumerate(data.modalities):
-            kind = data.kinds[name]
             r = rows_t[data.mask[rows_t, j]]
-            feat = data.x[name].shape[-1]
-            s = torch.zeros(feat, dtype=torch.float64, device=data.device)
-            ss = torch.zeros_like(s)
-            cnt = torch.zeros_like(s)
-            has_nan = torch.zeros(feat, dtype=torch.bool, device=data.device)
-            for a in range(0, r.numel(), chunk):
-                xb = data.x[name][r[a : a + chunk]].double().reshape(-1, feat)
-                if kind == "sequence":
-                    xb = xb[data.tokens_mask[name][r[a : a + chunk]].reshape(-1)]
-                obs = torch.isfinite(xb)
-                has_nan |= (~obs).any(dim=0)
-                xz = torch.where(obs, xb, torch.zeros_like(xb))
-                s += xz.sum(0)
-                ss += (xz * xz).sum(0)
-                cnt += obs.sum(0)
-            mean = s / cnt.clamp(min=1)
-            var = (ss / cnt.clamp(min=1) - mean * mean).clamp(min=0)
-            std = var.sqrt()
-            std = torch.where(std > 1e-6, std, torch.ones_like(std))
-            if kind in ("tabular", "timeseries"):
-                cols = data.continuous.get(name)
-                sel = torch.zeros(feat, dtype=torch.bool, device=data.device)
-                sel[list(range(feat)) if cols is None else cols] = True
-                if cols is not None and any(c < 0 or c >= feat for c in cols):
-                    raise DataError(f"modality {name!r}: continuous column index outside 0..{feat - 1}")
-                mean = torch.where(sel, mean, torch.zeros_like(mean))
-                std = torch.where(sel, std, torch.ones_like(std))
-                indicators = torch.nonzero(has_nan).flatten().tolist()
-            else:
-                if not embeddings:
-                    mean, std = torch.zeros_like(mean), torch.ones_like(std)
-                indicators = []
-            stats[name] = {
-                "kind": kind,
-                "mean": mean.float().cpu().tolist(),
-                "std": std.float().cpu().tolist(),
-                "indicators": indicators,
-                "n_rows": int(r.numel()),
-            }
+            stats[name] = _fit_modality(data, name, r, embeddings, chunk)
         return cls(stats)
 
     def out_shape(self, name: str, raw_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -319,7 +389,12 @@ class Normalizer:
         if t is None or t[0].device != device:
             st = self.stats[name]
             ind = torch.tensor(st["indicators"], dtype=torch.long, device=device) if st["indicators"] else None
-            t = (torch.tensor(st["mean"], device=device), torch.tensor(st["std"], device=device), ind)
+            n = len(st["mean"])
+            low = st.get("low") or [None] * n
+            high = st.get("high") or [None] * n
+            lo = torch.tensor([-math.inf if v is None else v for v in low], dtype=torch.float32, device=device)
+            hi = torch.tensor([math.inf if v is None else v for v in high], dtype=torch.float32, device=device)
+            t = (torch.tensor(st["mean"], device=device), torch.tensor(st["std"], device=device), ind, lo, hi)
             self._t[name] = t
         return t
 
@@ -327,29 +402,50 @@ class Normalizer:
         """[B, *raw_shape] stored dtype -> [B, *out_shape] float32, finite."""
         if name not in self.stats:
             raise DataError(f"normalizer has no statistics for modality {name!r}")
-        mean, std, ind = self._tensors(name, x.device)
+        mean, std, ind, lo, hi = self._tensors(name, x.device)
         x = x.float()
         if x.shape[-1] != mean.numel():
             raise DataError(f"modality {name!r}: {x.shape[-1]} features, normalizer fitted on {mean.numel()}")
         obs = torch.isfinite(x)
-        z = torch.where(obs, (x - mean) / std, torch.zeros_like(x))
+        z = torch.where(obs, (torch.minimum(torch.maximum(x, lo), hi) - mean) / std, torch.zeros_like(x))
         if ind is not None:
             z = torch.cat([z, obs.index_select(-1, ind).float()], dim=-1)
         return z
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": 1, "modalities": self.stats}
+        return {"version": 2, "clip_quantiles": list(CLIP_QUANTILES), "modalities": self.stats}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Normalizer:
-        return cls({k: dict(v) for k, v in d["modalities"].items()})
+    def from_json(cls, d: dict[str, Any], source: str = "normalizer") -> Normalizer:
+        """The normaliser of ``d`` (version 1 has no clip bounds); ``DataError`` naming ``source`` when a
+        statistic is missing, not finite, or a standard deviation is not positive."""
+        try:
+            stats = {k: dict(v) for k, v in d["modalities"].items()}
+            for name, st in stats.items():
+                mean = np.asarray(st["mean"], dtype=np.float64)
+                std = np.asarray(st["std"], dtype=np.float64)
+                bad = mean.shape != std.shape or not np.isfinite(mean).all() or not np.isfinite(std).all()
+                if bad:
+                    raise DataError(f"{source}: modality {name!r} has missing or non-finite statistics")
+                if (std <= 0).any():
+                    raise DataError(f"{source}: modality {name!r} has a standard deviation <= 0")
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"{source}: not a normaliser ({type(e).__name__}: {e})") from e
+        return cls(stats)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json()))
 
     @classmethod
     def load(cls, path: str | Path) -> Normalizer:
-        return cls.from_json(json.loads(Path(path).read_text()))
+        """The normaliser saved at ``path``; ``DataError`` naming the file when it is not one."""
+        try:
+            d = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path} is not valid JSON ({e})") from e
+        return cls.from_json(d, str(path))
 
 
 # ------------------------------------------------------------------------------------------- splits

@@ -22,23 +22,71 @@ from omnifuse.fuse.base import FusionMethod, ModalityInfo, ModelInfo
 from omnifuse.fuse.data import DataError, FuseData, Normalizer, load_fuse_data
 from omnifuse.fuse.layers import probabilities
 from omnifuse.fuse.methods import build_method
+from omnifuse.fuse.trainer import check_finite
+
+MAX_PARAMETERS = 200_000_000
+"""The most parameters a checkpoint's ``model.json`` may ask for (the largest registered network at its
+defaults holds a few million): a corrupt or hostile file is refused before anything is allocated."""
+
+
+class CheckpointError(ValueError):
+    """A run folder's checkpoint cannot be used (not JSON, not safetensors, out of bounds...)."""
+
+
+def read_model_json(folder: Path) -> dict[str, Any]:
+    """``folder/model.json``, checked: JSON, the keys a checkpoint needs, sizes within bounds."""
+    path = folder / "model.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+    need = ("method", "method_params", "task", "task_kind", "num_outputs", "modalities", "raw_shapes")
+    missing = [k for k in need if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    sizes = [meta["num_outputs"], *(d for m in meta["modalities"] for d in m.get("shape", []))]
+    if not all(isinstance(v, int) and 0 < v <= 10_000_000 for v in sizes):
+        raise CheckpointError(f"{path}: output and input sizes must be whole numbers in 1..10,000,000")
+    return meta
+
+
+def _model_info(meta: dict[str, Any]) -> ModelInfo:
+    return ModelInfo(
+        [ModalityInfo(m["name"], m["kind"], tuple(m["shape"])) for m in meta["modalities"]],
+        meta["task_kind"],
+        int(meta["num_outputs"]),
+    )
 
 
 def load_model(
     folder: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[FusionMethod, Normalizer, dict[str, Any]]:
-    """(model in eval mode, normaliser, model.json dict) from a fold folder of a run."""
+    """(model in eval mode, normaliser, model.json dict) from a fold folder of a run. The network is first
+    built without memory (torch's meta device) to check its size against :data:`MAX_PARAMETERS`; a file that
+    is not what it should be raises :class:`CheckpointError` (or ``DataError`` for the normaliser) naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    meta = json.loads((folder / "model.json").read_text())
-    info = ModelInfo(
-        [ModalityInfo(m["name"], m["kind"], tuple(m["shape"])) for m in meta["modalities"]],
-        meta["task_kind"],
-        int(meta["num_outputs"]),
-    )
-    model = build_method(meta["method"], info, **{k: v for k, v in meta["method_params"].items()})
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    meta = read_model_json(folder)
+    info, params = _model_info(meta), dict(meta["method_params"])
+    try:
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in build_method(meta["method"], info, **params).parameters())
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'model.json'}: cannot build {meta['method']!r} ({e})") from e
+    if n_params > MAX_PARAMETERS:
+        raise CheckpointError(
+            f"{folder / 'model.json'} asks for {n_params:,} parameters (at most {MAX_PARAMETERS:,}): refused"
+        )
+    model = build_method(meta["method"], info, **params)
+    weights = folder / "model.safetensors"
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{weights} is not a checkpoint of this run's model ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from e
     model.to(device).eval()
     return model, Normalizer.load(folder / "normalizer.json"), meta
 
@@ -51,12 +99,14 @@ def predict(
     fold: int | None = None,
     batch_size: int = 1024,
     device: str = "cpu",
+    allow_incomplete: bool = False,
 ) -> dict[str, np.ndarray]:
     """Score every stay of ``cache`` (path, Cache, CacheData) with the run in ``run_dir``.
 
     Returns columns: ``stay_id`` [N], ``score`` [N, C] (fused probabilities), ``p_<m>`` [N, C] and
     ``weight_predicted_class_<m>`` ([N] or [N, C] multilabel) per modality when the method has per-modality
-    heads, ``present_<m>`` [N]. Writes a CSV to ``out`` when given."""
+    heads, ``present_<m>`` [N]. Writes a CSV to ``out`` when given. The cache needs no labels (new stays);
+    a NaN or infinite score raises :class:`omnifuse.fuse.trainer.PredictionError` naming the stays."""
     run_dir = Path(run_dir)
     folders = sorted(run_dir.glob("fold*/model.json"))
     if not folders:
@@ -65,9 +115,20 @@ def predict(
         folders = [f for f in folders if f.parent.name == f"fold{fold}"]
         if not folders:
             raise FileNotFoundError(f"no fold{fold} checkpoint in {run_dir}")
-    meta0 = json.loads(folders[0].read_text())
+    meta0 = read_model_json(folders[0].parent)
     names = [m["name"] for m in meta0["modalities"]]
-    data = cache if isinstance(cache, FuseData) else load_fuse_data(cache, meta0["task"], names, device=device)
+    data = (
+        cache
+        if isinstance(cache, FuseData)
+        else load_fuse_data(
+            cache,
+            meta0["task"],
+            names,
+            device=device,
+            allow_incomplete=allow_incomplete,
+            unlabelled=(meta0["task_kind"], list(meta0.get("classes", []))),
+        )
+    )
     for n in names:
         want, got = meta0["raw_shapes"][n], list(data.raw_shape(n))
         if want != got:
@@ -89,7 +150,9 @@ def predict(
                     for n, w in (weights or {}).items():
                         cols.setdefault(f"weight_predicted_class_{n}", []).append(w.cpu().numpy())
         for k, v in cols.items():
-            acc[k] = acc.get(k, 0) + np.concatenate(v) / len(folders)
+            acc[k] = acc.get(k, 0) + check_finite(np.concatenate(v), data.stay_id, f"{k} of {f.parent.name}") / len(
+                folders
+            )
     res: dict[str, np.ndarray] = {"stay_id": data.stay_id}
     res.update(acc)
     present = data.mask.cpu().numpy()

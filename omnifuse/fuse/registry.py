@@ -9,6 +9,7 @@ method module explicitly and exports this module's API: import it from there, so
 from __future__ import annotations
 
 from collections.abc import Callable
+import inspect
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -84,10 +85,28 @@ def get_method(name: str) -> MethodEntry:
     return METHODS[name]
 
 
+def method_parameters(name: str) -> list[str] | None:
+    """The parameter names entry ``name``'s builder takes (None when it takes any keyword)."""
+    sig = inspect.signature(get_method(name).build)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return [p for p in sig.parameters if p not in ("self", "info")]
+
+
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """``ValueError`` naming the parameters of ``params`` that entry ``name`` does not take, and its own."""
+    known = method_parameters(name)
+    unknown = sorted(set(params) - set(known)) if known is not None else []
+    if unknown:
+        raise ValueError(f"fusion method {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters: {', '.join(known or [])}")
+
+
 def build_method(name: str, info: ModelInfo, **params: Any) -> FusionMethod:
     """The network of entry ``name`` for ``info``: its defaults, then ``params`` (an unknown parameter raises
-    ``TypeError`` from the builder)."""
+    ``ValueError`` naming it and the known ones)."""
     entry = get_method(name)
+    check_params(name, params)
     return entry.build(info, **{**entry.defaults, **params})
 
 

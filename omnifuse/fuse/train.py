@@ -27,9 +27,9 @@ from omnifuse.fuse import metrics
 from omnifuse.fuse.config import TrainConfig, load_toml, resolve_config
 from omnifuse.fuse.data import FuseData, load_fuse_data, split_from_cache
 from omnifuse.fuse.fold import FoldPlan, FoldRun, combination_views, fold_data, make_repeated_folds, run_fold, run_seed
-from omnifuse.fuse.methods import get_method
+from omnifuse.fuse.methods import check_params, get_method
 from omnifuse.fuse.tla import all_combinations, combination_name
-from omnifuse.utils import json_safe, make_progress
+from omnifuse.utils import ensure_writable, json_safe, make_progress
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,11 @@ def train(
     if not cfg.task:
         raise ValueError("no task given")
     entry = get_method(cfg.method)
+    check_params(cfg.method, cfg.method_params)
     method_params = {**entry.defaults, **cfg.method_params}
-    data = load_fuse_data(cache, cfg.task, cfg.modalities, device=cfg.device)
+    if out is not None:
+        ensure_writable(Path(out))
+    data = load_fuse_data(cache, cfg.task, cfg.modalities, device=cfg.device, allow_incomplete=cfg.allow_incomplete)
     cfg.modalities = list(data.modalities)
     combos = all_combinations(len(data.modalities))
     combo_names = [[n for n, k in zip(data.modalities, c, strict=True) if k] for c in combos]

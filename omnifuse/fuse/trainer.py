@@ -41,6 +41,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class PredictionError(ValueError):
+    """A model gave a non-finite (NaN or infinite) prediction: never a silent wrong number."""
+
+
+def check_finite(probs: np.ndarray, stay_ids: np.ndarray, what: str = "prediction") -> np.ndarray:
+    """``probs`` [n, C] unchanged when every value is finite; else :class:`PredictionError` naming the stays
+    (their ``stay_ids``, at most ten)."""
+    ok = np.isfinite(probs).reshape(len(probs), -1).all(1)
+    if not ok.all():
+        bad = stay_ids[~ok]
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise PredictionError(f"non-finite {what} for {len(bad)} stay(s): stay_id {shown}")
+    return probs
+
+
 def predict_probs(
     model: FusionMethod,
     data: FuseData,
@@ -50,7 +65,8 @@ def predict_probs(
     mask: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Probabilities [len(rows), C] of the fused output (eval mode, no gradient). ``mask`` [len(rows), M]
-    may remove modalities (they are then imputed by methods that impute)."""
+    may remove modalities (they are then imputed by methods that impute). A NaN or infinite probability
+    raises :class:`PredictionError` naming the stays."""
     model.eval()
     out = []
     with torch.no_grad():
@@ -60,7 +76,7 @@ def predict_probs(
             out.append(probabilities(model(b).logits, data.task_kind).float().cpu())
     if not out:
         return np.zeros((0, data.num_outputs), dtype=np.float32)
-    return torch.cat(out).numpy()
+    return check_finite(torch.cat(out).numpy(), data.stay_id[rows])
 
 
 class Trainer:

@@ -1,8 +1,11 @@
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from omnifuse.fuse.data import DataError, Normalizer, inner_split, load_fuse_data, make_folds, simulate_missing
+from omnifuse.fuse.data import CLIP_QUANTILES, DataError, Normalizer, inner_split, load_fuse_data, make_folds, simulate_missing
 
 
 def test_load_from_written_cache_keeps_float16(tiny_cache):
@@ -37,7 +40,12 @@ def test_normalizer_uses_training_rows_and_adds_indicators(tiny_data):
     st = norm.stats["ehr"]
     present = rows[d.mask[rows, 2].numpy()]
     raw = d.x["ehr"][present].numpy().reshape(-1, 4)
-    assert st["mean"][0] == pytest.approx(np.nanmean(raw[:, 0]), rel=1e-4)
+    col = raw[:, 0].astype(np.float64)
+    lo = np.nanquantile(col, CLIP_QUANTILES[0], method="higher")
+    hi = np.nanquantile(col, CLIP_QUANTILES[1], method="lower")
+    assert (st["low"][0], st["high"][0]) == (pytest.approx(lo, rel=1e-5), pytest.approx(hi, rel=1e-5))
+    assert st["mean"][0] == pytest.approx(np.nanmean(np.clip(raw[:, 0], lo, hi)), rel=1e-4)
+    assert st["low"][3] is None and st["high"][3] is None  # not standardised: not clipped
     assert st["mean"][3] == 0.0 and st["std"][3] == 1.0  # not in "continuous": passes as is
     assert st["indicators"] == [1, 2, 3]  # column 0 is never NaN
     b = d.batch(np.arange(10), norm)
@@ -61,3 +69,41 @@ def test_simulated_missingness_rate_and_never_all():
     assert torch.equal(simulate_missing(only_b, 0.9, "b", ["a", "b", "c"]), only_b)
     with pytest.raises(DataError):
         simulate_missing(mask, 0.5, "xray", ["a", "b", "c"])
+
+
+def test_one_absurd_value_neither_flattens_a_feature_nor_reaches_a_prediction(tiny_data):
+    """A value of 1e30 in a training row: the feature's statistics stay those of the other rows (clip at the
+    training quantiles); in a test row: clipped, finite (issue: mean 6.6e27, sd 8.1e28, NaN scores)."""
+    d = load_fuse_data(tiny_data, "mortality", device="cpu")
+    rows = np.arange(80)
+    clean = Normalizer.fit(d, rows).stats["ehr"]
+    present = rows[d.mask[rows, 2].numpy()]
+    x = d.x["ehr"].clone()
+    x[present[0], 0, 0] = 1e30
+    x[present[1], 1, 0] = float("inf")  # inf is not observed, like NaN
+    bad = replace(d, x={**d.x, "ehr": x})
+    st = Normalizer.fit(bad, rows).stats["ehr"]
+    assert st["mean"][0] == pytest.approx(clean["mean"][0], abs=0.05 * clean["std"][0])
+    assert st["std"][0] == pytest.approx(clean["std"][0], rel=0.1)
+    norm = Normalizer.fit(d, rows)
+    test = torch.zeros((1, 5, 4))
+    test[0, 0, 0] = 1e30
+    z = norm.apply("ehr", test)
+    assert torch.isfinite(z).all() and z[0, 0, 0] == pytest.approx((clean["high"][0] - clean["mean"][0]) /
+                                                                    clean["std"][0], rel=1e-4)
+
+
+def test_a_corrupt_normalizer_is_refused_by_name(tiny_data, tmp_path):
+    d = load_fuse_data(tiny_data, "mortality", device="cpu")
+    js = Normalizer.fit(d, np.arange(80)).to_json()
+    js["modalities"]["ehr"]["std"][0] = 0.0
+    p = tmp_path / "normalizer.json"
+    p.write_text(json.dumps(js))
+    with pytest.raises(DataError, match=r"normalizer.json: modality 'ehr' has a standard deviation <= 0"):
+        Normalizer.load(p)
+    p.write_text("{not json")
+    with pytest.raises(DataError, match="normalizer.json is not valid JSON"):
+        Normalizer.load(p)
+    legacy = {"version": 1, "modalities": {k: {kk: vv for kk, vv in v.items() if kk not in ("low", "high")}
+                                           for k, v in Normalizer.fit(d, np.arange(80)).stats.items()}}
+    assert torch.isfinite(Normalizer.from_json(legacy).apply("ehr", d.x["ehr"][:3])).all()
