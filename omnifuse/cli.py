@@ -95,7 +95,7 @@ def extract(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at 
     _setup_logging(verbose)
     try:
         summary = extract_dataset(config=options.pop("config"), **options)
-    except (CacheError, ValueError, FileNotFoundError) as e:
+    except (CacheError, ValueError, OSError) as e:  # OSError: a file-system error outside the store
         _fail(e)
     from rich.console import Console
 

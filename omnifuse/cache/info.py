@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from omnifuse.cache import store
+from omnifuse.cache.fingerprint import cache_fingerprint
 from omnifuse.cache.reader import open_cache
 
 
@@ -27,7 +28,9 @@ def cache_info(path: str | Path) -> dict[str, Any]:
     """A JSON-ready description of the cache at ``path``.
 
     Missing-modality patterns are strings over the modality order, e.g. ``"vitals+apache"``; rows of blocks
-    not yet written count as missing and are reported under ``incomplete_rows``.
+    not yet written count as missing and are reported under ``incomplete_rows``. ``fingerprint`` is
+    :func:`omnifuse.cache.cache_fingerprint`; ``values_masked`` and ``skipped`` per modality are the whole
+    store's counts recorded by ``extract``.
     """
     c = open_cache(path)
     g = c.group
@@ -50,6 +53,7 @@ def cache_info(path: str | Path) -> dict[str, Any]:
                 "coverage": float(mask.mean()),
                 "incomplete_rows": int(incomplete.sum()),
                 "preprocessing": m.preprocessing,
+                **{"skipped": {}, "values_masked": {}, **store.total_counts(store.block_counts(g, m.name))},
             }
         )
     names = [m.name for m in c.spec.modalities]
@@ -90,6 +94,7 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         "extra": c.spec.extra,
         "summary": c.meta.get("summary", {}),
         "size_bytes": _dir_size(c.path),
+        "fingerprint": cache_fingerprint(c),
     }
 
 
@@ -109,6 +114,14 @@ def format_info(info: dict[str, Any]) -> str:
             f"{m['coverage']:>10.1%}  {m['encoder'] or '-'}"
             + (f"  ({m['incomplete_rows']} rows not written)" if m["incomplete_rows"] else "")
         )
+    masked = [(m["name"], m["values_masked"]) for m in info["modalities"] if m.get("values_masked")]
+    skipped = [(m["name"], m["skipped"]) for m in info["modalities"] if m.get("skipped")]
+    if masked or skipped:
+        lines += ["", "inputs masked at extraction (whole store)"]
+        for name, counts in skipped:
+            lines.append(f"  {name}: rows skipped: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        for name, counts in masked:
+            lines.append(f"  {name}: values masked: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     lines += ["", "missing-modality patterns (present modalities: rows)"]
     for p, c in info["patterns"].items():
         lines.append(f"  {p:<60}{c:>8,}")
@@ -139,4 +152,6 @@ def format_info(info: dict[str, Any]) -> str:
                     lines.append(f"  {r}")
     if info["license"]:
         lines += ["", f"licence: {info['license']}"]
+    fp = info["fingerprint"]
+    lines += ["", f"fingerprint {fp['digest']}", f"encoders    {fp['encoders_digest']}"]
     return "\n".join(lines)

@@ -18,7 +18,10 @@ killed and resumed run.
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
+from typing import Any
 
 import numpy as np
 import zarr
@@ -101,3 +104,19 @@ def modality_block_rows(group: zarr.Group, modality: str) -> int:
     if not isinstance(value, int):
         raise CacheError(f"{group.store_path}: {modality}/block_rows is {value!r}, not an integer")
     return value
+
+
+def block_counts(group: zarr.Group, modality: str) -> list[dict[str, Any]]:
+    """The counts recorded with each block of ``modality`` (``m/counts``); ``{}`` for a block not done."""
+    done = np.asarray(array(group, f"{modality}/done")[:]).astype(bool)
+    raw = as_str_array(array(group, f"{modality}/counts")[:])
+    return [json.loads(text) if ok and text else {} for text, ok in zip(raw.tolist(), done.tolist(), strict=True)]
+
+
+def total_counts(blocks: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Blocks' counts (``{"skipped": {reason: n}, "values_masked": {reason: n}, ...}``) summed per key."""
+    total: dict[str, Counter[str]] = {}
+    for counts in blocks:
+        for key, tally in counts.items():
+            total.setdefault(key, Counter()).update(tally)
+    return {key: dict(sorted(tally.items())) for key, tally in sorted(total.items())}

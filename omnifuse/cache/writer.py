@@ -356,9 +356,7 @@ class CacheWriter:
     def block_counts(self, modality: str) -> list[dict[str, Any]]:
         """Per block of ``modality``: the counts recorded with it (skips and masked values by reason), ``{}``
         for a block not done."""
-        done = self.done_blocks(modality)
-        raw = store.as_str_array(store.array(self.group, f"{modality}/counts")[:])
-        return [json.loads(c) if d and c else {} for c, d in zip(raw.tolist(), done.tolist(), strict=True)]
+        return store.block_counts(self.group, modality)
 
     def invalidate_blocks(self, modality: str, starts: list[int]) -> None:
         """Mark the blocks starting at ``starts`` not done (their inputs changed): the next pass rewrites them.

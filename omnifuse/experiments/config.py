@@ -45,8 +45,9 @@ class StudyConfig:
     device: str | None = option(None, help="auto (cuda when present), cpu or cuda.")
     n_boot: int = option(200, help="Bootstrap replicates of the confidence intervals (0: none).")
     progress: bool = option(True, help="Show a progress bar (logged when the output is not a terminal).")
-    allow_incomplete: bool = option(False, help="Accept a cache whose extraction did not finish (its missing "
-                                    "blocks read as missing modalities).")
+    allow_incomplete: bool = option(
+        False, help="Accept a cache whose extraction did not finish (its missing blocks read as missing modalities)."
+    )
     print_table: bool = option(True, help="Print the tables when done.", cli=False)
     options: dict[str, Any] = option(
         {},

@@ -9,6 +9,11 @@ with the encoder's per-channel mean and std (ImageNet by default).
 this is faster than resizing float planes and differs from it only by the 8-bit rounding of the resized
 pixels (at most one grey level, 1/255 before normalisation). 16-bit and float images, and volume slices, are
 resized as float32 planes.
+
+An image of more than :data:`MAX_IMAGE_PIXELS` pixels (width times height, read from the file's header
+before any pixel is decoded) is refused as an ``InputError``: a decompression bomb, such as a 20,000 x 20,000
+PNG of a few hundred kilobytes that would take 400 MB or more once decoded, is masked like any unreadable
+image. Importing this module sets PIL's own limit (``PIL.Image.MAX_IMAGE_PIXELS``) to the same value.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+MAX_IMAGE_PIXELS = 180_000_000
+"""Largest image decoded, in pixels: about 13,400 x 13,400, ten times a large chest X-ray (4,280 x 3,520 is
+15 million pixels); PIL's default refuses from 179 million pixels on (twice its warning limit)."""
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL warns above this and refuses above twice it
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -128,13 +138,16 @@ def open_image(path: str | Path, size_hint: int = 224) -> Image.Image:
     16-bit, 32-bit integer and float images in their own mode.
 
     JPEGs much larger than ``2 * size_hint`` are decoded at a reduced DCT scale (exact, and several times
-    faster for chest X-ray sized files). Raises ``InputError`` for a missing, unreadable or truncated file.
+    faster for chest X-ray sized files). Raises ``InputError`` for a missing, unreadable or truncated file,
+    and for an image of more than :data:`MAX_IMAGE_PIXELS` pixels (before decoding it).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found")
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise InputError(f"image larger than the pixel limit ({MAX_IMAGE_PIXELS:,} pixels)")
             if img.format == "JPEG":
                 img.draft(img.mode, (size_hint * 2, size_hint * 2))
             img.load()
@@ -148,6 +161,8 @@ def open_image(path: str | Path, size_hint: int = 224) -> Image.Image:
             if out.width < 1 or out.height < 1:
                 raise InputError("empty image")
             return out
+    except Image.DecompressionBombError:
+        raise InputError(f"image larger than the pixel limit ({MAX_IMAGE_PIXELS:,} pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"unreadable image ({type(e).__name__})") from None
 

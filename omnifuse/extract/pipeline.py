@@ -4,27 +4,37 @@
 hashes, preprocessing), creates the store or resumes it, and for every modality encodes the blocks this rank
 has not written yet. A block is written (then marked done) as soon as all its rows are resolved, so a killed
 run loses at most the blocks in flight. Inputs that exist but cannot be used (unreadable image, empty report,
-mixed DICOM series...) are masked, logged by stay_id and reason (never report text) and counted.
+mixed DICOM series...) are masked, logged by stay_id and reason (never report text) and counted; any
+exception while reading or decoding one item masks that item only (``docs/guarantees.md``).
+
+Resuming a store checks that it still describes the inputs: every row's input fingerprint
+(``omnifuse.extract.inputs``) is compared with the one stored with it, and each done block holding a changed
+row is encoded again; labels, references and splits that changed are rewritten. Raw array inputs go through
+``omnifuse.extract.values`` (infinite, too large or implausible values masked and counted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from omnifuse.cache import CacheError, CacheSpec, CacheWriter, ModalitySpec
+from omnifuse.cache import CacheError, CacheSpec, CacheWriter, ModalitySpec, store
+from omnifuse.cache.meta import read_meta
 from omnifuse.extract.config import ExtractConfig
 from omnifuse.extract.datasets.base import Adapter, Cohort, Item, RawModality, Skip
 from omnifuse.extract.distributed import DistContext, init_distributed
@@ -39,6 +49,9 @@ from omnifuse.extract.encoders import (
     resolve_device,
 )
 from omnifuse.extract.images import ImagePreprocess, InputError, load_image
+from omnifuse.extract.inputs import input_hashes, stale_blocks
+from omnifuse.extract.values import Checked, ValueGuard, check_ranges
+from omnifuse.extract.volumes import volume_slices
 from omnifuse.options import resolve, to_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +64,12 @@ MAX_SKIP_LOGS = 20  # per modality and reason; the rest go to DEBUG (the counts 
 
 @dataclass
 class ModalityReport:
-    """One modality after extraction. ``present``/``missing`` count the whole store; the rest this run."""
+    """One modality after extraction.
+
+    The whole store: ``present``/``missing`` rows, ``skipped`` inputs by reason, ``values_masked`` cells by
+    reason and ``masked_features`` (cells masked per feature). This run: blocks written, items encoded,
+    ``rows_changed`` (rows whose input changed since the store was written) and ``blocks_reencoded``.
+    """
 
     name: str
     input: str
@@ -63,6 +81,10 @@ class ModalityReport:
     blocks_already_done: int = 0
     items_encoded: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    values_masked: dict[str, int] = field(default_factory=dict)
+    masked_features: dict[str, int] = field(default_factory=dict)
+    rows_changed: int = 0
+    blocks_reencoded: int = 0
     seconds: float = 0.0
 
     @property
@@ -72,7 +94,11 @@ class ModalityReport:
 
 @dataclass
 class ExtractSummary:
-    """What ``extract`` did: rows, per-modality coverage and skipped inputs counted by reason."""
+    """What ``extract`` did: rows, per-modality coverage, skipped inputs and masked values counted by reason.
+
+    ``changed``: rows of labels, references and splits that differed from the resumed store's (rewritten);
+    ``seconds``: wall time of this run.
+    """
 
     out: Path
     rows: int
@@ -81,10 +107,15 @@ class ExtractSummary:
     finalized: bool
     world_size: int = 1
     seconds: float = 0.0
+    changed: dict[str, int] = field(default_factory=dict)
 
     @property
     def skipped(self) -> dict[str, dict[str, int]]:
         return {m: dict(r.skipped) for m, r in self.modalities.items() if r.skipped}
+
+    @property
+    def values_masked(self) -> dict[str, dict[str, int]]:
+        return {m: dict(r.values_masked) for m, r in self.modalities.items() if r.values_masked}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,25 +123,39 @@ class ExtractSummary:
             "resumed": self.resumed,
             "world_size": self.world_size,
             "seconds": round(self.seconds, 3),
+            "changed": dict(self.changed),
             "modalities": {
                 m: {**asdict(r), "shape": list(r.shape), "items_per_s": round(r.items_per_s, 3)}
                 for m, r in self.modalities.items()
             },
         }
 
-    def render(self) -> "Any":
-        """A rich table: modality, coverage, items encoded this run, items/s and skips by reason."""
+    def render(self) -> Any:
+        """A rich table: modality, coverage, items encoded this run, items/s, skips and masked values."""
         from rich.table import Table
 
-        t = Table(title=f"extracted {self.rows} rows into {self.out}" + (" (resumed)" if self.resumed else ""))
-        for col in ("modality", "input", "shape", "present", "coverage", "encoded now", "items/s", "skipped"):
-            t.add_column(col, justify="left" if col in ("modality", "input", "skipped") else "right")
+        title = f"extracted {self.rows} rows into {self.out} in {self.seconds:.1f} s"
+        if self.resumed:
+            changed = sum(r.rows_changed for r in self.modalities.values())
+            title += f" (resumed; {changed} rows with changed inputs re-encoded)" if changed else " (resumed)"
+        t = Table(title=title)
+        cols = ("modality", "input", "shape", "present", "coverage", "encoded now", "items/s", "skipped", "masked")
+        for col in cols:
+            t.add_column(col, justify="left" if col in ("modality", "input", "skipped", "masked") else "right")
         for r in self.modalities.values():
             cov = f"{100.0 * r.present / self.rows:.1f}%" if self.rows else "-"
             skips = ", ".join(f"{k}: {v}" for k, v in sorted(r.skipped.items())) or "-"
+            masked = ", ".join(f"{k}: {v} values" for k, v in sorted(r.values_masked.items())) or "-"
             t.add_row(
-                r.name, r.input, "x".join(map(str, r.shape)), str(r.present), cov, str(r.items_encoded),
-                f"{r.items_per_s:.1f}", skips,
+                r.name,
+                r.input,
+                "x".join(map(str, r.shape)),
+                str(r.present),
+                cov,
+                str(r.items_encoded),
+                f"{r.items_per_s:.1f}",
+                skips,
+                masked,
             )
         return t
 
@@ -135,14 +180,16 @@ class _FileDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+        """One decoded input, or a short reason. Any exception (a decompression bomb, a decoder bug, memory)
+        masks this item only: the reason names the exception's type, never its message."""
         try:
             if self.is_volume:
-                from omnifuse.extract.volumes import volume_slices
-
                 return i, volume_slices(self.paths[i], self.prep, self.max_slices, self.window)
             return i, load_image(self.paths[i], self.prep)
         except InputError as e:
             return i, str(e)
+        except Exception as e:  # noqa: BLE001 - per-item isolation: one bad file never stops the extraction
+            return i, f"unreadable {'volume' if self.is_volume else 'image'} ({type(e).__name__})"
 
 
 def _collate_images(batch: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], torch.Tensor | None, list]:
@@ -186,21 +233,27 @@ DECODE_THREADS = 2
 
 def _lowest_priority() -> None:
     """Run the calling thread at nice 19 (Linux sets niceness per thread; elsewhere this does nothing)."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):  # not Linux
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        pass
 
 
-def _thread_batches(ds: Dataset, batch_size: int, collate: Any, threads: int, ahead: int = 2) -> Iterator[Any]:
+class _Items(Protocol):
+    """What ``_thread_batches`` decodes from: ``len`` and items by index (``_FileDataset``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> Any: ...
+
+
+def _thread_batches(ds: _Items, batch_size: int, collate: Any, threads: int, ahead: int = 2) -> Iterator[Any]:
     """Batches of ``ds`` in order, decoded by ``threads`` background threads at the lowest CPU priority.
 
     For the CPU encoder, which keeps every core busy: at nice 19 the decoding takes only the time the
     encoder's threads leave idle between and inside its operations, and while the encoder waits for a batch
     the threads decode at full speed on all cores. Measured on 2 cores with 1.6 MB chest X-ray JPEGs, a
     nice-19 decoding thread beside the ResNet34 forward decoded 7.7 images/s while the forward kept its
-    15.1 images/s. Up to ``ahead`` batches are decoded beyond the one being encoded; decoding errors other
-    than ``InputError`` (which ``ds`` returns as reasons) surface here.
+    15.1 images/s. Up to ``ahead`` batches are decoded beyond the one being encoded; ``_FileDataset`` returns
+    every per-item error as a reason, an exception raised by ``ds`` itself surfaces here.
     """
     n = len(ds)
     starts = iter(range(0, n, batch_size))
@@ -227,13 +280,14 @@ def _thread_batches(ds: Dataset, batch_size: int, collate: Any, threads: int, ah
 
 
 class _Block:
-    """Rows [start, stop) of one modality being filled."""
+    """Rows [start, stop) of one modality being filled, with each row's input fingerprint and the block's
+    counts (skips and masked values by reason), which are stored with it."""
 
     def __init__(self, start: int, stop: int, spec: ModalitySpec) -> None:
         n = stop - start
         self.start, self.stop = start, stop
         # in the store's dtype (float16 embeddings): half the memory of a float32 block, and the writer's cast
-        # becomes a plain copy; a value beyond float16's range becomes inf and the writer refuses the row
+        # becomes a plain copy; a value beyond float16's range becomes inf and the row is masked before writing
         dtype = np.dtype(spec.dtype)
         if spec.kind in ("tabular", "timeseries"):
             self.x = np.full((n, *spec.shape), np.nan, dtype=dtype)
@@ -242,10 +296,17 @@ class _Block:
         self.mask = np.zeros(n, dtype=bool)
         self.tokens_mask = np.zeros((n, spec.shape[0]), dtype=bool) if spec.has_tokens_mask else None
         self.provenance = np.full(n, -1, dtype=np.int8) if spec.provenance_codes else None
+        self.input_hash = np.zeros(n, dtype=np.uint64)
+        self.counts: dict[str, Counter[str]] = {"skipped": Counter(), "values_masked": Counter()}
         self.remaining = n
 
     def resolve(self, offset: int) -> None:
         self.remaining -= 1
+
+
+def _merge(into: dict[str, int], counts: Counter[str] | dict[str, int]) -> None:
+    for k, v in counts.items():
+        into[k] = into.get(k, 0) + int(v)
 
 
 class _Run:
@@ -258,26 +319,59 @@ class _Run:
         self.show = show
         self.logged: Counter = Counter()
 
-    def skip(self, report: ModalityReport, row: int, reason: str) -> None:
-        report.skipped[reason] = report.skipped.get(reason, 0) + 1
-        key = (report.name, reason)
-        self.logged[key] += 1
-        level = logging.WARNING if self.logged[key] <= MAX_SKIP_LOGS else logging.DEBUG
-        log.log(level, "%s: stay_id %d masked: %s", report.name, int(self.stay_id[row]), reason)
-        if self.logged[key] == MAX_SKIP_LOGS + 1:
-            log.warning("%s: further %r skips are logged at DEBUG level only", report.name, reason)
+    def _log(self, name: str, key: str, row: int, message: str) -> None:
+        """Log one masked input by stay id: the first ``MAX_SKIP_LOGS`` per modality and key as warnings."""
+        self.logged[(name, key)] += 1
+        count = self.logged[(name, key)]
+        level = logging.WARNING if count <= MAX_SKIP_LOGS else logging.DEBUG
+        log.log(level, "%s: stay_id %d %s", name, int(self.stay_id[row]), message)
+        if count == MAX_SKIP_LOGS + 1:
+            log.warning("%s: further %r messages are logged at DEBUG level only", name, key)
+
+    def skip(self, report: ModalityReport, block: _Block, off: int, reason: str) -> None:
+        """Row ``off`` of ``block`` is masked for ``reason`` (short, never report text)."""
+        _merge(report.skipped, {reason: 1})
+        block.counts["skipped"][reason] += 1
+        self._log(report.name, reason, block.start + off, f"masked: {reason}")
+
+    def masked(self, report: ModalityReport, block: _Block, off: int, checked: Checked) -> None:
+        """Cells of row ``off`` set to NaN (or the row skipped) by the value checks, counted and logged."""
+        if not checked.masked:
+            return
+        _merge(report.values_masked, checked.masked)
+        _merge(report.masked_features, checked.features)
+        block.counts["values_masked"].update(checked.masked)
+        block.counts.setdefault("masked_features", Counter()).update(checked.features)
+        reasons = "; ".join(f"{n} {r}" for r, n in sorted(checked.masked.items()))
+        features = ", ".join(sorted(checked.features))
+        self._log(report.name, "values masked", block.start + off, f"values masked: {reasons} ({features})")
 
     def add_total(self, task: Any, n: int) -> None:
         if self.show and n:
             t = self.progress.tasks[task]
             self.progress.update(task, total=(t.total or 0) + n)
 
-    def flush(self, name: str, blocks: dict[int, _Block], report: ModalityReport) -> None:
-        """Write every block whose rows are all resolved."""
+    def flush(self, spec: ModalitySpec, blocks: dict[int, _Block], report: ModalityReport) -> None:
+        """Write every block whose rows are all resolved (with its input fingerprints and counts). A present
+        embedding with a non-finite value (an encoder overflow) is masked and counted first."""
         for k in [k for k, b in blocks.items() if b.remaining == 0]:
             b = blocks.pop(k)
+            if spec.kind in ("vector", "sequence"):
+                bad = b.mask & ~np.isfinite(b.x.reshape(len(b.mask), -1)).all(axis=1)
+                for off in np.flatnonzero(bad).tolist():
+                    b.mask[off] = False
+                    self.skip(report, b, off, "non-finite embedding")
+            counts = {key: dict(sorted(c.items())) for key, c in b.counts.items() if c}
             self.writer.write_block(
-                name, b.start, b.stop, x=b.x, mask=b.mask, tokens_mask=b.tokens_mask, provenance=b.provenance
+                spec.name,
+                b.start,
+                b.stop,
+                x=b.x,
+                mask=b.mask,
+                tokens_mask=b.tokens_mask,
+                provenance=b.provenance,
+                input_hash=b.input_hash,
+                counts=counts,
             )
             report.blocks_written += 1
 
@@ -290,109 +384,131 @@ def _inputs(adapter: Adapter, name: str, start: int, stop: int) -> list[Item | S
     return got
 
 
-def _prepare_blocks(
-    run: _Run, adapter: Adapter, name: str, spec: ModalitySpec, pending: list[tuple[int, int]],
-    report: ModalityReport,
-) -> tuple[dict[int, _Block], list[tuple[int, int, Item]]]:
-    """Blocks to fill and the present items ``(block, offset, item)``; missing and skipped rows resolved."""
-    blocks: dict[int, _Block] = {}
-    work: list[tuple[int, int, Item]] = []
+@dataclass
+class _Pass:
+    """One modality's pass over its pending blocks: the run, the adapter, the modality (its spec and the
+    adapter's input kind), its report and its progress task."""
+
+    run: _Run
+    adapter: Adapter
+    spec: ModalitySpec
+    input: str
+    report: ModalityReport
+    task: Any
+
+    def prepare(self, pending: list[tuple[int, int]]) -> tuple[dict[int, _Block], list[tuple[int, int, Item]]]:
+        """Blocks to fill and the present items ``(block, offset, item)``; missing and skipped rows resolved,
+        every row's input fingerprint recorded."""
+        blocks: dict[int, _Block] = {}
+        work: list[tuple[int, int, Item]] = []
+        for start, stop in pending:
+            b = _Block(start, stop, self.spec)
+            blocks[start] = b
+            got = _inputs(self.adapter, self.spec.name, start, stop)
+            b.input_hash[:] = input_hashes(self.input, got)
+            for off, it in enumerate(got):
+                if it is None:
+                    b.resolve(off)
+                elif isinstance(it, Skip):
+                    self.skip(b, off, it.reason)
+                elif isinstance(it, Item):
+                    work.append((start, off, it))
+                else:
+                    raise TypeError(
+                        f"adapter returned {type(it).__name__} for {self.spec.name!r}; expected Item, Skip or None"
+                    )
+        self.run.add_total(self.task, len(work))
+        return blocks, work
+
+    def skip(self, b: _Block, off: int, reason: str) -> None:
+        """Mask row ``off`` of ``b`` for ``reason`` and resolve it."""
+        self.run.skip(self.report, b, off, reason)
+        b.resolve(off)
+
+    def store(self, b: _Block, off: int, it: Item, x: np.ndarray, tokens: np.ndarray | None = None) -> None:
+        """Row ``off`` of ``b`` is present with features ``x`` (and ``tokens`` mask)."""
+        b.x[off] = x
+        if tokens is not None:
+            assert b.tokens_mask is not None
+            b.tokens_mask[off] = tokens
+        b.mask[off] = True
+        if b.provenance is not None and it.provenance is not None:
+            if not 0 <= it.provenance < len(self.spec.provenance_codes or []):
+                raise ValueError(f"provenance code {it.provenance} out of range for {self.spec.name!r}")
+            b.provenance[off] = it.provenance
+        b.resolve(off)
+
+    def flush(self, blocks: dict[int, _Block]) -> None:
+        self.run.flush(self.spec, blocks, self.report)
+
+    def advance(self, n: int) -> None:
+        if self.run.show and n:
+            self.run.progress.advance(self.task, n)
+
+
+def _run_arrays(p: _Pass, pending: list[tuple[int, int]]) -> None:
+    """Array inputs pass through ``ValueGuard`` (masked and counted values) into the store unchanged."""
+    guard = ValueGuard(p.spec)
     for start, stop in pending:
-        b = _Block(start, stop, spec)
-        blocks[start] = b
-        for off, it in enumerate(_inputs(adapter, name, start, stop)):
-            if it is None:
-                b.resolve(off)
-            elif isinstance(it, Skip):
-                run.skip(report, start + off, it.reason)
-                b.resolve(off)
-            elif isinstance(it, Item):
-                work.append((start, off, it))
-            else:
-                raise TypeError(f"adapter returned {type(it).__name__} for {name!r}; expected Item, Skip or None")
-    return blocks, work
-
-
-def _prepare(run: _Run, adapter: Adapter, spec: ModalitySpec, pending, report: ModalityReport, task):
-    blocks, work = _prepare_blocks(run, adapter, spec.name, spec, pending, report)
-    run.add_total(task, len(work))
-    return blocks, work
-
-
-def _set_provenance(b: _Block, off: int, it: Item, spec: ModalitySpec) -> None:
-    if b.provenance is not None and it.provenance is not None:
-        if not 0 <= it.provenance < len(spec.provenance_codes or []):
-            raise ValueError(f"provenance code {it.provenance} out of range for {spec.name!r}")
-        b.provenance[off] = it.provenance
-
-
-def _run_arrays(run: _Run, adapter: Adapter, spec: ModalitySpec, pending, report: ModalityReport, task) -> None:
-    for start, stop in pending:
-        blocks, work = _prepare(run, adapter, spec, [(start, stop)], report, task)
+        blocks, work = p.prepare([(start, stop)])
         b = blocks[start]
         for _, off, it in work:
             try:
-                arr = np.asarray(it.value, dtype=np.float32)
-            except (TypeError, ValueError):
-                run.skip(report, start + off, "array is not numeric")
-                b.resolve(off)
+                arr = np.asarray(it.value, dtype=np.float64)
+            except Exception:  # noqa: BLE001 - per-item isolation: whatever the value is, only this row is masked
+                p.skip(b, off, "array is not numeric")
                 continue
-            if arr.shape != spec.shape:
-                run.skip(report, start + off, f"array shape {arr.shape} != {spec.shape}")
-            elif spec.kind == "vector" and not np.isfinite(arr).all():
-                run.skip(report, start + off, "non-finite values in a vector input")
-            else:
-                b.x[off] = arr
-                b.mask[off] = True
-                _set_provenance(b, off, it, spec)
-                report.items_encoded += 1
-            b.resolve(off)
-        run.flush(spec.name, blocks, report)
-        if run.show:
-            run.progress.advance(task, len(work))
+            if arr.shape != p.spec.shape:
+                p.skip(b, off, f"array shape {arr.shape} != {p.spec.shape}")
+                continue
+            checked = guard.check(arr)
+            p.run.masked(p.report, b, off, checked)
+            if checked.skip is not None:
+                p.skip(b, off, checked.skip)
+                continue
+            p.store(b, off, it, checked.values)
+            p.report.items_encoded += 1
+        p.flush(blocks)
+        p.advance(len(work))
 
 
-def _run_text(
-    run: _Run, adapter: Adapter, spec: ModalitySpec, pending, report: ModalityReport, task,
-    enc: TextEncoder, batch_size: int,
-) -> None:
+def _run_text(p: _Pass, pending: list[tuple[int, int]], enc: TextEncoder, batch_size: int) -> None:
     for start, stop in pending:
-        blocks, work = _prepare(run, adapter, spec, [(start, stop)], report, task)
+        blocks, work = p.prepare([(start, stop)])
         b = blocks[start]
         ready: list[tuple[int, str, Item]] = []
         for _, off, it in work:
             try:
                 ready.append((off, enc.prepare(it.value), it))
             except InputError as e:
-                run.skip(report, start + off, str(e))
-                b.resolve(off)
+                p.skip(b, off, str(e))
+            except Exception as e:  # noqa: BLE001 - per-item isolation; the type only, never the text
+                p.skip(b, off, f"text cannot be prepared ({type(e).__name__})")
         ready.sort(key=lambda r: len(r[1]))  # similar lengths share a batch: less padding
         for i in range(0, len(ready), batch_size):
             chunk = ready[i : i + batch_size]
             x, tm = enc.encode([t for _, t, _ in chunk])
             for j, (off, _, it) in enumerate(chunk):
-                b.x[off] = x[j].numpy()
-                if tm is not None:
-                    b.tokens_mask[off] = tm[j].numpy()
-                b.mask[off] = True
-                _set_provenance(b, off, it, spec)
-                b.resolve(off)
-            report.items_encoded += len(chunk)
-            if run.show:
-                run.progress.advance(task, len(chunk))
-        if run.show and len(work) > len(ready):
-            run.progress.advance(task, len(work) - len(ready))
-        run.flush(spec.name, blocks, report)
+                p.store(b, off, it, x[j].numpy(), None if tm is None else tm[j].numpy())
+            p.report.items_encoded += len(chunk)
+            p.advance(len(chunk))
+        p.advance(len(work) - len(ready))
+        p.flush(blocks)
 
 
 def _run_files(
-    run: _Run, adapter: Adapter, spec: ModalitySpec, pending, report: ModalityReport, task,
-    image: ImageEncoder, volume: VolumeEncoder | None, batch_size: int, num_workers: int, decode_threads: int,
+    p: _Pass,
+    pending: list[tuple[int, int]],
+    image: ImageEncoder,
+    volume: VolumeEncoder | None,
+    batch_size: int,
+    num_workers: int,
+    decode_threads: int,
 ) -> None:
     """Images or volumes: decoded in DataLoader worker processes (``num_workers`` > 0), else in background
     threads of this process (``decode_threads`` > 0), else inline; encoded in batches, blocks written in order."""
-    blocks, work = _prepare(run, adapter, spec, pending, report, task)
-    run.flush(spec.name, blocks, report)  # blocks with nothing to encode
+    blocks, work = p.prepare(pending)
+    p.flush(blocks)  # blocks with nothing to encode
     if not work:
         return
     ds = _FileDataset([it.value for _, _, it in work], image.prep, volume)
@@ -400,8 +516,14 @@ def _run_files(
     collate = _collate_volumes if volume is not None else _collate_images
     if num_workers > 0:
         loader: Any = DataLoader(
-            ds, batch_size=per_batch, shuffle=False, num_workers=num_workers, collate_fn=collate,
-            pin_memory=image.device.type == "cuda", prefetch_factor=4, persistent_workers=False,
+            ds,
+            batch_size=per_batch,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=image.device.type == "cuda",
+            prefetch_factor=4,
+            persistent_workers=False,
         )
     elif decode_threads > 0:
         loader = _thread_batches(ds, per_batch, collate, decode_threads)
@@ -411,8 +533,7 @@ def _run_files(
     for idx, x, bad in loader:
         for i, reason in bad:
             start, off, _ = work[i]
-            run.skip(report, start + off, reason)
-            blocks[start].resolve(off)
+            p.skip(blocks[start], off, reason)
         if volume is not None:
             outs = [volume.encode_volume(v, batch_size) for v in x]
         elif x is not None:
@@ -420,21 +541,14 @@ def _run_files(
             outs = [(y[j], None) for j in range(len(idx))]
         else:
             outs = []
-        for i, (emb, smask) in zip(idx, outs):
+        for i, (emb, smask) in zip(idx, outs, strict=True):
             start, off, it = work[i]
-            b = blocks[start]
-            b.x[off] = emb.numpy()
-            if smask is not None:
-                b.tokens_mask[off] = smask.numpy()
-            b.mask[off] = True
-            _set_provenance(b, off, it, spec)
-            b.resolve(off)
-        report.items_encoded += len(idx)
-        if run.show:
-            run.progress.advance(task, len(idx) + len(bad))
-        run.flush(spec.name, blocks, report)
+            p.store(blocks[start], off, it, emb.numpy(), None if smask is None else smask.numpy())
+        p.report.items_encoded += len(idx)
+        p.advance(len(idx) + len(bad))
+        p.flush(blocks)
     if blocks:
-        raise RuntimeError(f"{spec.name}: blocks left unresolved: {sorted(blocks)}")
+        raise RuntimeError(f"{p.spec.name}: blocks left unresolved: {sorted(blocks)}")
 
 
 # ------------------------------------------------------------------------------------------- extract
@@ -445,7 +559,9 @@ def _limit_cohort(c: Cohort, n: int) -> Cohort:
         return c
     cut = lambda pair: (pair[0][:n], pair[1][:n])  # noqa: E731
     return Cohort(
-        stay_id=c.stay_id[:n], subject_id=c.subject_id[:n], tasks=c.tasks,
+        stay_id=c.stay_id[:n],
+        subject_id=c.subject_id[:n],
+        tasks=c.tasks,
         labels={k: cut(v) for k, v in c.labels.items()},
         references={k: cut(v) for k, v in c.references.items()},
         splits={k: v[:n] for k, v in c.splits.items()},
@@ -453,58 +569,140 @@ def _limit_cohort(c: Cohort, n: int) -> Cohort:
     )
 
 
-def build_spec(
-    adapter: Adapter, cohort: Cohort, raws: list[RawModality], encoders: dict[str, Any]
-) -> CacheSpec:
+def _bound(value: float | None) -> float | None:
+    """A range bound as JSON holds it: ``None`` for none (an infinite bound too)."""
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def build_spec(adapter: Adapter, cohort: Cohort, raws: list[RawModality], encoders: dict[str, Any]) -> CacheSpec:
     """The ``CacheSpec``: adapter identity and options, tasks, and per modality the encoder id, its weights
-    hash, output shape and preprocessing (``encoders`` maps modality name -> encoder, absent for arrays)."""
+    hash, output shape and preprocessing (``encoders`` maps modality name -> encoder, absent for arrays). An
+    array modality's plausible ranges (``RawModality.ranges``) go into its ``preprocessing["ranges"]``."""
     mods = []
     for r in raws:
         enc = encoders.get(r.name)
         if r.input == "array":
             if r.shape is None or r.kind is None:
                 raise ValueError(f"array modality {r.name!r} needs shape and kind from the adapter")
-            mods.append(ModalitySpec(
-                name=r.name, kind=r.kind, shape=tuple(r.shape), dtype=r.dtype or "float32",
-                encoder="passthrough", preprocessing=dict(r.preprocessing), feature_names=r.feature_names,
-                provenance_codes=r.provenance_codes,
-            ))
+            pre = dict(r.preprocessing)
+            if r.ranges:
+                check_ranges(r.ranges, r.feature_names, f"adapter {adapter.name!r}, modality {r.name!r}")
+                pre["ranges"] = {k: [_bound(lo), _bound(hi)] for k, (lo, hi) in r.ranges.items()}
+            mods.append(
+                ModalitySpec(
+                    name=r.name,
+                    kind=r.kind,
+                    shape=tuple(r.shape),
+                    dtype=r.dtype or "float32",
+                    encoder="passthrough",
+                    preprocessing=pre,
+                    feature_names=r.feature_names,
+                    provenance_codes=r.provenance_codes,
+                )
+            )
             continue
         if enc is None:
             raise ValueError(f"modality {r.name!r} ({r.input}) has no encoder")
         shape = tuple(enc.shape)
-        mods.append(ModalitySpec(
-            name=r.name, kind="sequence" if len(shape) == 2 else "vector", shape=shape,
-            dtype=r.dtype or "float16", encoder=enc.name, encoder_hash=enc.weights_hash,
-            preprocessing={**enc.preprocessing(), **dict(r.preprocessing)}, provenance_codes=r.provenance_codes,
-        ))
+        mods.append(
+            ModalitySpec(
+                name=r.name,
+                kind="sequence" if len(shape) == 2 else "vector",
+                shape=shape,
+                dtype=r.dtype or "float16",
+                encoder=enc.name,
+                encoder_hash=enc.weights_hash,
+                preprocessing={**enc.preprocessing(), **dict(r.preprocessing)},
+                provenance_codes=r.provenance_codes,
+            )
+        )
     return CacheSpec(
-        dataset=adapter.name, dataset_version=str(adapter.version), modalities=mods, tasks=list(cohort.tasks),
-        references=sorted(cohort.references), splits=sorted(cohort.splits), adapter_options=adapter.options(),
-        license=str(getattr(adapter, "license", "") or ""), extra=dict(cohort.extra),
+        dataset=adapter.name,
+        dataset_version=str(adapter.version),
+        modalities=mods,
+        tasks=list(cohort.tasks),
+        references=sorted(cohort.references),
+        splits=sorted(cohort.splits),
+        adapter_options=adapter.options(),
+        license=str(getattr(adapter, "license", "") or ""),
+        extra=dict(cohort.extra),
     )
 
 
+def _write_cohort(writer: CacheWriter, cohort: Cohort, existed: bool) -> dict[str, int]:
+    """Write labels, references and splits where they differ from the store's; when resuming, the rows that
+    changed per array (logged: the store held other values, now rewritten)."""
+    changed: dict[str, int] = {}
+    for t in cohort.tasks:
+        y, m = cohort.labels[t.name]
+        changed[f"labels {t.name}"] = writer.write_labels(t.name, y, m)
+    for r, (v, m) in cohort.references.items():
+        changed[f"reference {r}"] = writer.write_reference(r, v, m)
+    for s, v in cohort.splits.items():
+        changed[f"split {s}"] = writer.write_split(s, v)
+    if not existed:
+        return {}
+    changed = {k: n for k, n in changed.items() if n}
+    for k, n in changed.items():
+        log.warning("%s: %d rows differ from what the store held; rewritten", k, n)
+    return changed
+
+
+def _invalidate_changed(writer: CacheWriter, adapter: Adapter, raws: list[RawModality]) -> dict[str, tuple[int, int]]:
+    """Compare every done block's stored input fingerprints with the adapter's inputs now; mark the blocks
+    holding a changed row not done, so this run encodes them again. ``{modality: (rows, blocks)}``."""
+    out = {}
+    for r in raws:
+        starts, rows = stale_blocks(writer, r.name, r.input, partial(_inputs, adapter, r.name))
+        if starts:
+            log.warning(
+                "%s: inputs of %d rows changed since the store was written; encoding their %d blocks again",
+                r.name,
+                rows,
+                len(starts),
+            )
+            writer.invalidate_blocks(r.name, starts)
+            out[r.name] = (rows, len(starts))
+    return out
+
+
+@dataclass
+class _Opened:
+    """The store this rank writes, whether it existed, and what rank 0 found changed in it."""
+
+    writer: CacheWriter
+    existed: bool
+    changed: dict[str, int] = field(default_factory=dict)
+    inputs_changed: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
 def _open_or_create(
-    dist: DistContext, out: Path, spec: CacheSpec, cohort: Cohort, overwrite: bool, rows_per_block
-) -> tuple[CacheWriter, bool]:
-    """Rank 0 creates (or resumes) the store and writes labels, references and splits; the others wait,
-    then open it. Returns the writer and whether the store existed before."""
-    existed = out.exists() and not overwrite
+    dist: DistContext,
+    out: Path,
+    spec: CacheSpec,
+    cohort: Cohort,
+    cfg: ExtractConfig,
+    adapter: Adapter,
+    selected: list[RawModality],
+) -> _Opened:
+    """Rank 0 creates (or resumes) the store, writes labels, references and splits, and when resuming marks
+    the blocks of ``selected`` modalities whose inputs changed not done; the others wait, then open it."""
+    existed = out.exists() and not cfg.overwrite
     err = None
-    writer = None
+    opened = None
     if dist.is_main:
         try:
             writer = CacheWriter.create(
-                out, spec, cohort.stay_id, cohort.subject_id, overwrite=overwrite, rows_per_block=rows_per_block
+                out,
+                spec,
+                cohort.stay_id,
+                cohort.subject_id,
+                overwrite=cfg.overwrite,
+                rows_per_block=cfg.rows_per_block,
             )
-            for t in cohort.tasks:
-                y, m = cohort.labels[t.name]
-                writer.write_labels(t.name, y, m)
-            for r, (v, m) in cohort.references.items():
-                writer.write_reference(r, v, m)
-            for s, v in cohort.splits.items():
-                writer.write_split(s, v)
+            opened = _Opened(writer, existed, _write_cohort(writer, cohort, existed))
+            if existed:
+                opened.inputs_changed = _invalidate_changed(writer, adapter, selected)
         except Exception as e:  # tell the other ranks before raising here
             err = f"{type(e).__name__}: {e}"
             dist.broadcast(err)
@@ -512,12 +710,13 @@ def _open_or_create(
     err = dist.broadcast(err)
     if err is not None:
         raise CacheError(f"rank 0 could not create {out}: {err}")
-    if writer is None:
+    if opened is None:
         writer = CacheWriter.open(out)
         mine = json.dumps(spec.to_json(), sort_keys=True, default=str)
         if json.dumps(writer.spec.to_json(), sort_keys=True, default=str) != mine:
             raise CacheError(f"rank {dist.rank}: the store at {out} has another specification than this rank's")
-    return writer, existed
+        opened = _Opened(writer, existed)
+    return opened
 
 
 def _resolve_config(
@@ -547,8 +746,14 @@ def _build_encoders(
     if txt is None and "text" in kinds:
         if cfg.text_encoder is None or cfg.text_pooling is None:
             raise ValueError("text_encoder and text_pooling must be set (extract_dataset takes the dataset's)")
-        txt = build_text_encoder(cfg.text_encoder, pooling=cfg.text_pooling, max_words=cfg.max_words,
-                                 max_tokens=cfg.max_tokens, device=dev, precision=cfg.precision)
+        txt = build_text_encoder(
+            cfg.text_encoder,
+            pooling=cfg.text_pooling,
+            max_words=cfg.max_words,
+            max_tokens=cfg.max_tokens,
+            device=dev,
+            precision=cfg.precision,
+        )
     vol = None
     if img is not None and "volume" in kinds:
         vol = build_volume_encoder(img, max_slices=cfg.max_slices, pooling=cfg.volume_pooling, window=cfg.volume_window)
@@ -599,25 +804,30 @@ def extract(
         if absent:
             spec.extra["absent_modalities"] = absent
         assert cfg.out is not None
-        writer, existed = _open_or_create(dist, Path(cfg.out), spec, cohort, cfg.overwrite, cfg.rows_per_block)
         if cfg.modalities is not None:
             unknown = set(cfg.modalities) - {r.name for r in raws_all}
             if unknown:
                 raise ValueError(f"unknown modalities {sorted(unknown)}; the adapter has {[r.name for r in raws]}")
         selected = [r for r in raws if cfg.modalities is None or r.name in cfg.modalities]
-        encoders = _Encoders(img, txt, vol, cfg.batch_size,
-                             default_num_workers(dev) if cfg.num_workers is None else cfg.num_workers,
-                             DECODE_THREADS if cfg.decode_threads is None else cfg.decode_threads)
+        opened = _open_or_create(dist, Path(cfg.out), spec, cohort, cfg, adapter, selected)
+        encoders = _Encoders(
+            img,
+            txt,
+            vol,
+            cfg.batch_size,
+            default_num_workers(dev) if cfg.num_workers is None else cfg.num_workers,
+            DECODE_THREADS if cfg.decode_threads is None else cfg.decode_threads,
+        )
         show = cfg.progress and dist.is_main
         prog = _make_progress() if show else None
-        run = _Run(writer, cohort.stay_id, prog, show)
-        with prog if prog is not None else _nullcontext():
+        run = _Run(opened.writer, cohort.stay_id, prog, show)
+        with prog if prog is not None else contextlib.nullcontext():
             reports = {
                 r.name: _encode_modality(run, adapter, spec.modality(r.name), r, encoders, dist) for r in selected
             }
-        summary = _finish(dist, writer, reports, existed, cfg.modalities is None, to_json(cfg))
-        summary.seconds = time.perf_counter() - t0
-        return summary
+        for name, (rows, blocks) in opened.inputs_changed.items():
+            reports[name].rows_changed, reports[name].blocks_reencoded = rows, blocks
+        return _finish(dist, opened, reports, cfg.modalities is None, to_json(cfg), t0)
     finally:
         dist.close()
 
@@ -645,16 +855,17 @@ def _encode_modality(
     pending = writer.pending_blocks(raw.name, dist.rank, dist.world_size)
     task = prog.add_task(f"{raw.name} ({raw.input})", total=None) if run.show else None
     t1 = time.perf_counter()
+    p = _Pass(run, adapter, mspec, raw.input, rep, task)
     if pending:
         if raw.input == "array":
-            _run_arrays(run, adapter, mspec, pending, rep, task)
+            _run_arrays(p, pending)
         elif raw.input == "text":
             assert enc.text is not None  # built for every text modality
-            _run_text(run, adapter, mspec, pending, rep, task, enc.text, enc.batch_size)
+            _run_text(p, pending, enc.text, enc.batch_size)
         else:
             assert enc.image is not None  # built for every image or volume modality
-            _run_files(run, adapter, mspec, pending, rep, task, enc.image, enc.volume if raw.input == "volume"
-                       else None, enc.batch_size, enc.workers, enc.threads)
+            volume = enc.volume if raw.input == "volume" else None
+            _run_files(p, pending, enc.image, volume, enc.batch_size, enc.workers, enc.threads)
     rep.seconds = time.perf_counter() - t1
     if run.show:
         prog.update(task, total=prog.tasks[task].completed or 0)
@@ -664,28 +875,35 @@ def _encode_modality(
 
 def _finish(
     dist: DistContext,
-    writer: CacheWriter,
+    opened: _Opened,
     reports: dict[str, ModalityReport],
-    existed: bool,
     complete: bool,
     config: dict[str, Any],
+    t0: float,
 ) -> ExtractSummary:
-    """Gather the ranks' reports, count coverage from the store, and finalise it (rank 0) with the run's
-    summary and its configuration ``config`` (JSON)."""
+    """Gather the ranks' reports, count coverage, skips and masked values from the store, and finalise it
+    (rank 0) with the run's summary and its configuration ``config`` (JSON) unless it is finalized already
+    (a rerun that changed nothing leaves the store as it was). ``t0``: the run's start (``perf_counter``)."""
+    writer = opened.writer
     dist.barrier()
     gathered = dist.gather(reports)
     merged: dict[str, ModalityReport] = {}
     for name, rep in reports.items():
-        m = ModalityReport(name=rep.name, input=rep.input, kind=rep.kind, shape=rep.shape,
-                           blocks_already_done=rep.blocks_already_done)
+        m = ModalityReport(
+            name=rep.name, input=rep.input, kind=rep.kind, shape=rep.shape, blocks_already_done=rep.blocks_already_done
+        )
         for g in gathered:
             o = g[name]
             m.blocks_written += o.blocks_written
             m.items_encoded += o.items_encoded
+            m.rows_changed += o.rows_changed
+            m.blocks_reencoded += o.blocks_reencoded
             m.seconds = max(m.seconds, o.seconds)
-            for k, v in o.skipped.items():
-                m.skipped[k] = m.skipped.get(k, 0) + v
-        mask = np.asarray(writer.group[name]["mask"][:])
+        totals = store.total_counts(writer.block_counts(name))
+        m.skipped = totals.get("skipped", {})
+        m.values_masked = totals.get("values_masked", {})
+        m.masked_features = totals.get("masked_features", {})
+        mask = np.asarray(store.array(writer.group, f"{name}/mask")[:]).astype(bool)
         done = writer.done_blocks(name)
         done_rows = np.zeros(writer.n, dtype=bool)
         for k, (a, b) in enumerate(writer.iter_blocks(name)):
@@ -693,22 +911,16 @@ def _finish(
         m.present = int((mask & done_rows).sum())
         m.missing = int((~mask & done_rows).sum())
         merged[name] = m
-    finalized = False
+    summary = ExtractSummary(
+        writer.path, writer.n, merged, opened.existed, False, dist.world_size, changed=dict(opened.changed)
+    )
     all_done = all(writer.done_blocks(ms.name).all() for ms in writer.spec.modalities)
-    if dist.is_main and complete and all_done:
-        summ = ExtractSummary(writer.path, writer.n, merged, existed, True, dist.world_size)
-        writer.finalize(extra={"extract": summ.to_json(), "extract_config": config})
-        finalized = True
+    summary.seconds = time.perf_counter() - t0
+    if dist.is_main and complete and all_done and not writer.finalized:
+        writer.finalize(extra={"extract": summary.to_json(), "extract_config": config})
     dist.barrier()
-    return ExtractSummary(writer.path, writer.n, merged, existed, finalized, dist.world_size)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
+    summary.finalized = bool(read_meta(writer.path).get("finalized", False))
+    return summary
 
 
 def _make_progress() -> Any:
@@ -720,6 +932,10 @@ def _make_progress() -> Any:
             return Text(f"{task.speed:.1f} items/s" if task.speed else "- items/s")
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeElapsedColumn(),
         transient=False,
     )

@@ -59,8 +59,9 @@ class TrainConfig:
     n_boot: int = option(1000, help="Bootstrap replicates of the per-fold confidence intervals.")
     device: str = option("auto", help="auto (cuda when present), cpu, cuda.")
     progress: bool = option(True, help="Show a progress bar (logged when the output is not a terminal).")
-    allow_incomplete: bool = option(False, help="Accept a cache whose extraction did not finish (its missing "
-                                    "blocks read as missing modalities).")
+    allow_incomplete: bool = option(
+        False, help="Accept a cache whose extraction did not finish (its missing blocks read as missing modalities)."
+    )
     save_checkpoints: bool = option(True, help="Write each fold's model, normaliser and model.json.", cli=False)
     method_params: dict[str, Any] = option(
         {}, help="Parameters of the method (over its registry defaults); on the command line -p key=value.", cli=False

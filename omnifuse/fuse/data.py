@@ -347,8 +347,15 @@ def _fit_modality(data: FuseData, name: str, rows: torch.Tensor, embeddings: boo
     def bound(t: torch.Tensor) -> list[float | None]:
         return [None if math.isinf(v) else v for v in t.float().cpu().tolist()]
 
-    return {"kind": kind, "mean": mean.float().cpu().tolist(), "std": std.float().cpu().tolist(),
-            "low": bound(lo), "high": bound(hi), "indicators": indicators, "n_rows": int(rows.numel())}
+    return {
+        "kind": kind,
+        "mean": mean.float().cpu().tolist(),
+        "std": std.float().cpu().tolist(),
+        "low": bound(lo),
+        "high": bound(hi),
+        "indicators": indicators,
+        "n_rows": int(rows.numel()),
+    }
 
 
 class Normalizer:

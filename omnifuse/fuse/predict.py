@@ -29,6 +29,11 @@ MAX_PARAMETERS = 200_000_000
 defaults holds a few million): a corrupt or hostile file is refused before anything is allocated."""
 
 
+MAX_PARAMETER_VALUE = 1_000_000
+"""The largest number a checkpoint's method parameter may hold (widths, depths, counts): K = 1e9 cascade blocks
+would be refused here, before anything is built."""
+
+
 class CheckpointError(ValueError):
     """A run folder's checkpoint cannot be used (not JSON, not safetensors, out of bounds...)."""
 
@@ -47,6 +52,20 @@ def read_model_json(folder: Path) -> dict[str, Any]:
     sizes = [meta["num_outputs"], *(d for m in meta["modalities"] for d in m.get("shape", []))]
     if not all(isinstance(v, int) and 0 < v <= 10_000_000 for v in sizes):
         raise CheckpointError(f"{path}: output and input sizes must be whole numbers in 1..10,000,000")
+    params = meta["method_params"]
+    big = (
+        sorted(
+            k
+            for k, v in params.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) > MAX_PARAMETER_VALUE
+        )
+        if isinstance(params, dict)
+        else ["method_params"]
+    )
+    if big:
+        raise CheckpointError(
+            f"{path}: method parameter(s) {', '.join(big)} out of bounds (at most {MAX_PARAMETER_VALUE:,}): refused"
+        )
     return meta
 
 

@@ -8,8 +8,8 @@ method module explicitly and exports this module's API: import it from there, so
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -98,8 +98,10 @@ def check_params(name: str, params: dict[str, Any]) -> None:
     known = method_parameters(name)
     unknown = sorted(set(params) - set(known)) if known is not None else []
     if unknown:
-        raise ValueError(f"fusion method {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                         f"its parameters: {', '.join(known or [])}")
+        raise ValueError(
+            f"fusion method {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+            f"its parameters: {', '.join(known or [])}"
+        )
 
 
 def build_method(name: str, info: ModelInfo, **params: Any) -> FusionMethod:

@@ -16,6 +16,7 @@ import pytest
 import zarr
 
 from omnifuse.cache import (
+    SCHEMA_VERSION,
     CacheError,
     CacheSpec,
     CacheWriter,
@@ -123,7 +124,7 @@ def test_attributes_describe_the_cache(tmp_path):
     path = tmp_path / "c.zarr"
     _fill(path)
     c = open_cache(path)
-    assert c.meta["schema_version"] == 1 and c.meta["finalized"] is True
+    assert c.meta["schema_version"] == SCHEMA_VERSION == 2 and c.meta["finalized"] is True
     assert c.spec.modality("img").encoder == "resnet34" and c.spec.modality("img").encoder_hash == "abc"
     assert {"python", "zarr", "numpy"} <= set(c.meta["software"])
     assert c.meta["created"] and c.spec.license == "ODbL"

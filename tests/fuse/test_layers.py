@@ -17,14 +17,11 @@ from omnifuse.fuse.layers import (
     task_loss,
     true_class_probability,
 )
-
-
-def _sig(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
+from tests.helpers import sigmoid
 
 
 def _bce(z: float, y: float) -> float:
-    return -math.log(_sig(z)) if y else -math.log(1 - _sig(z))
+    return -math.log(sigmoid(z)) if y else -math.log(1 - sigmoid(z))
 
 
 def test_mlp_head_forms() -> None:
@@ -49,7 +46,7 @@ def test_probabilities_per_kind() -> None:
 def test_true_class_probability_per_kind() -> None:
     z = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
     y = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    want = torch.tensor([[_sig(2.0), 1 - _sig(-1.0)], [1 - _sig(0.5), 0.5]])
+    want = torch.tensor([[sigmoid(2.0), 1 - sigmoid(-1.0)], [1 - sigmoid(0.5), 0.5]])
     torch.testing.assert_close(true_class_probability(z, y, "multilabel"), want)
     torch.testing.assert_close(true_class_probability(z, y, "multilabel", mean_labels=True), want.mean(1))
     zc = torch.tensor([[0.0, math.log(3.0)], [math.log(4.0), 0.0]])
@@ -61,6 +58,14 @@ def test_true_class_probability_per_kind() -> None:
         true_class_probability(z, y[:, :1], "binary")
     with pytest.raises(ValueError, match="unknown task kind 'regression'"):
         true_class_probability(z, y, "regression")
+
+
+def test_true_class_probability_binary_mean_and_multiclass_softmax() -> None:
+    z = torch.tensor([[2.0, -1.0]])
+    p = true_class_probability(z, torch.tensor([[1.0, 0.0]]), "multilabel", mean_labels=True)
+    torch.testing.assert_close(p, torch.tensor([(sigmoid(2.0) + 1 - sigmoid(-1.0)) / 2]))
+    p = true_class_probability(z, torch.tensor([1]), "multiclass")
+    torch.testing.assert_close(p, torch.tensor([math.exp(-1) / (math.exp(2) + math.exp(-1))]))
 
 
 def test_row_loss_and_label_weights() -> None:
@@ -104,6 +109,30 @@ def test_masked_mean_with_float_weights() -> None:
     assert float(masked_mean(v, torch.tensor([0.5, 0.5, 0.0]))) == pytest.approx(1.5)
     assert float(masked_mean(v, torch.tensor([1.0, 0.0, 3.0]))) == pytest.approx(13.0 / 4)
     assert float(masked_mean(v, torch.zeros(3))) == 0.0
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.9, 1.0])
+def test_modality_dropout_never_drops_all(p: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(4000, 4, generator=g) < 0.7
+    mask[:50] = False  # rows with nothing stay empty
+    out = drop_modalities(mask, p, torch.Generator().manual_seed(1))
+    assert not (out & ~mask).any()
+    assert torch.equal(out.any(1), mask.any(1))
+    if p == 0.0:
+        assert torch.equal(out, mask)
+    if p == 1.0:
+        assert torch.equal(out.sum(1), mask.any(1).long())
+        # the kept one is uniform over the present ones: each slot is kept in rows holding all four
+        full = mask.all(1)
+        share = out[full].float().mean(0)
+        assert float(share.min()) > 0.15
+    if p == 0.3:
+        multi = mask.sum(1) >= 3  # rows where "all dropped" is rare, the rate is close to p
+        rate = 1 - out[multi].sum() / mask[multi].sum()
+        assert abs(float(rate) - 0.3) < 0.03
+    with pytest.raises(ValueError):
+        drop_modalities(mask, 1.5)
 
 
 def test_row_dropout_draws_the_six_patterns() -> None:

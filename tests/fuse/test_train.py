@@ -1,12 +1,14 @@
+"""``omnifuse train`` (omnifuse.fuse.train): the run folder and its files, reproducible metrics, the three task
+kinds with simulated missingness, variants of the registry, the grid search, and the real MIMIC-IV demo."""
+
 import csv
 import json
 
 import numpy as np
 import pytest
 
-from omnifuse.fuse.config import resolve_config
 from omnifuse.fuse.train import grid, print_results, train
-
+from tests.helpers import synthetic_cache_data
 
 
 def test_run_folder_contents_and_loss_goes_down(tiny_cache, tmp_path, fast):
@@ -46,13 +48,20 @@ def test_multilabel_and_multiclass_and_missing_rate(tiny_data, task, fast):
         np.testing.assert_allclose(r.folds[0].probs.sum(1), 1.0, rtol=1e-5)
 
 
-def test_config_file_and_flags(tmp_path, tiny_data):
-    p = tmp_path / "c.toml"
-    p.write_text('task = "mortality"\nepochs = 7\n[method_params]\nbeta = 0.25\nd = 16\n[grid]\nbeta = [0.5]\n')
-    cfg = resolve_config(p, epochs=2, method_params={"alpha": 0.3})
-    assert cfg.epochs == 2 and cfg.method_params == {"beta": 0.25, "d": 16, "alpha": 0.3}
-    with pytest.raises(ValueError, match="unknown TrainConfig option"):
-        resolve_config({"epochs": 1, "learning_rate": 3})
+@pytest.mark.parametrize("variant", ["dwfuse_only", "ablation_e"])
+def test_train_accepts_a_variant(variant, tmp_path):
+    """``omnifuse train -m dwfuse_only`` (and any variant): the run trains the variant's network and the
+    run folder names it with its resolved switches."""
+    res = train(synthetic_cache_data(n=120, seed=2), "mortality", variant, folds=2, epochs=2, batch_size=32,
+                n_boot=5, progress=False, device="cpu", mining_rows=32, out=tmp_path / "run",
+                method_params={"d": 8, "K": 2, "cra_hidden": 16, "latent": 4, "head_hidden": 8})
+    assert res.metrics["method"] == variant and len(res.metrics["folds"]) == 2
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["method_params_resolved"]
+    switches = {"dwfuse_only": (True, False, False, False), "ablation_e": (True, False, True, True)}[variant]
+    assert tuple(resolved[k] for k in ("dwfuse", "tla", "imp_fw", "imp_bw")) == switches
+    # no TLA: no lazy combination was mined in any epoch
+    lazy = json.loads((tmp_path / "run" / "lazy_combinations.json").read_text())
+    assert all(v == [] for v in lazy.values())
 
 
 def test_grid_selects_on_validation(tiny_data, tmp_path, fast):

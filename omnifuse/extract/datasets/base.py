@@ -17,7 +17,10 @@ class RawModality:
     """One modality as the adapter provides it, before encoding.
 
     ``input`` says which encoder family handles it; ``array`` inputs pass through unchanged and then need
-    ``shape`` (per row, without N) and ``kind`` (``tabular``, ``timeseries`` or ``vector``).
+    ``shape`` (per row, without N) and ``kind`` (``tabular``, ``timeseries`` or ``vector``). ``ranges``
+    (array inputs with ``feature_names``): the plausible range ``(low, high)`` of features by name, either
+    bound ``None`` for none; the pipeline masks a value outside it (NaN, counted) and records the ranges in
+    the modality's ``preprocessing["ranges"]``.
     """
 
     name: str
@@ -30,6 +33,7 @@ class RawModality:
     dtype: str | None = None  # "float32" for raw arrays by default, "float16" for embeddings
     available: bool = True  # False when the dataset's source for this modality is absent altogether
     absent_reason: str = ""  # why, said once by the pipeline and kept in the cache attributes
+    ranges: dict[str, tuple[float | None, float | None]] | None = None  # feature name -> (low, high)
 
 
 @dataclass

@@ -19,9 +19,11 @@ means the modality is missing for that row. The spec says which column is which:
     [modalities.labs]
     input = "tabular"
     columns = ["age", "sbp"]      # inline numeric columns; or column = "path" (.npy / .csv) and shape
+    ranges = { sbp = [20, 300] }  # plausible range per feature (optional; see below)
     [modalities.vitals]
     input = "timeseries"
     column = "vitals_path"        # .npy [T, F] or .csv with a header; shape = [T, F] (else the first file's)
+    feature_names = ["hr", "sbp"] # needed for ranges when the files are .npy
 
     [tasks.mortality]
     kind = "binary"               # values 0/1, true/false, yes/no; empty = no label
@@ -38,9 +40,20 @@ means the modality is missing for that row. The spec says which column is which:
     apache = "apache_score"       # scores that are not inputs
     [splits]
     official = "split"
+    [ranges]                      # plausible ranges for every tabular / time-series / vector modality
+    hr = [0, 300]                 # with a feature of that name (a modality's own ranges take precedence)
+    lactate = [0, inf]            # inf / -inf leave a side open
 
-A bad spec, a duplicate or non-integer ``stay_id`` and a label outside its classes stop the run with a message
-naming the manifest row. A missing file, an unreadable array file or an empty report is a ``Skip``.
+Ranges: ``[low, high]``, bounds included; ``-inf`` / ``inf`` (``.inf`` or ``null`` in YAML) leave a side
+open. At extraction a value outside its feature's range is masked (stored as NaN, "not observed") and
+counted in the summary's ``values_masked`` (``outside the plausible range``), as are infinite values and
+values too large for float32 (``docs/guarantees.md``); a modality's ranges are recorded in its
+``preprocessing["ranges"]``. A range naming a feature the modality does not have, or with low > high, stops
+the run naming the key.
+
+A bad spec, a duplicate or non-integer ``stay_id``, a label outside its classes and bytes that are not UTF-8
+(the line is named) stop the run with a message naming the manifest row or line. A missing file, an
+unreadable array file or an empty report is a ``Skip``.
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ import numpy as np
 from omnifuse.cache.schema import TaskSpec
 from omnifuse.extract.datasets.base import Cohort, Item, RawModality, Skip
 from omnifuse.extract.datasets.registry import register_dataset
+from omnifuse.extract.values import check_ranges
 from omnifuse.options import option
 
 INPUTS = ("image", "volume", "text", "tabular", "timeseries", "vector")
@@ -74,7 +88,7 @@ def load_spec(spec: str | Path | dict) -> dict[str, Any]:
     path = Path(spec)
     if not path.is_file():
         raise ManifestError(f"spec file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = _utf8(path.read_bytes(), f"spec {path}")
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
@@ -95,21 +109,48 @@ def load_spec(spec: str | Path | dict) -> dict[str, Any]:
     return data
 
 
+def _utf8(data: bytes, where: str) -> str:
+    """``data`` decoded as UTF-8, or :class:`ManifestError` naming ``where``, the line and the bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ManifestError(
+            f"{where}: line {line} is not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from None
+
+
 def _read_table(path: Path) -> Any:
+    """The manifest as a polars frame of strings (CSV, TSV) or typed columns (Parquet). A file that cannot be
+    read raises :class:`ManifestError` naming it (and the line, for bytes that are not UTF-8)."""
+    import gzip
+
     import polars as pl
 
     suffix = path.suffix.lower()
-    if suffix == ".csv" or path.name.lower().endswith(".csv.gz"):
-        return pl.read_csv(path, infer_schema=False)
-    if suffix == ".tsv":
-        return pl.read_csv(path, infer_schema=False, separator="\t")
-    if suffix in (".parquet", ".pq"):
-        return pl.read_parquet(path)
-    raise ManifestError(f"manifest {path}: expected .csv, .csv.gz, .tsv or .parquet")
+    text = suffix in (".csv", ".tsv") or path.name.lower().endswith(".csv.gz")
+    if not text and suffix not in (".parquet", ".pq"):
+        raise ManifestError(f"manifest {path}: expected .csv, .csv.gz, .tsv or .parquet")
+    try:
+        if not text:
+            return pl.read_parquet(path)
+        return pl.read_csv(path, infer_schema=False, separator="\t" if suffix == ".tsv" else ",")
+    except (pl.exceptions.PolarsError, OSError) as e:
+        if text:  # name the first line that is not UTF-8, the usual cause (a file saved as Latin-1)
+            raw = path.read_bytes()
+            _utf8(gzip.decompress(raw) if path.name.lower().endswith(".gz") else raw, f"manifest {path}")
+        raise ManifestError(f"manifest {path} cannot be read: {str(e).splitlines()[0] if str(e) else e!r}") from e
 
 
 def _blank(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def _open_bound(v: float | None) -> float | None:
+    """A range bound of the spec: ``None`` for an open side (``inf``, ``-inf`` or null)."""
+    return None if v is None or math.isinf(v) else float(v)
 
 
 def _as_text(v: Any) -> str:
@@ -163,6 +204,7 @@ class ManifestAdapter:
             "tasks",
             "references",
             "splits",
+            "ranges",
         }
         extra = set(self.spec) - known
         if extra:
@@ -175,13 +217,17 @@ class ManifestAdapter:
                 raise ManifestError(f"spec modalities.{m}: must be a table")
             if ms.get("input") not in INPUTS:
                 raise ManifestError(f"spec modalities.{m}: input must be one of {INPUTS}, got {ms.get('input')!r}")
-            allowed = {"input", "column", "columns", "file", "shape", "feature_names"}
+            allowed = {"input", "column", "columns", "file", "shape", "feature_names", "ranges"}
             if set(ms) - allowed:
                 raise ManifestError(f"spec modalities.{m}: unknown keys {sorted(set(ms) - allowed)}")
             if ("column" in ms) == ("columns" in ms):
                 raise ManifestError(f"spec modalities.{m}: give exactly one of column or columns")
             if "columns" in ms and ms["input"] not in ("tabular", "vector"):
                 raise ManifestError(f"spec modalities.{m}: inline columns are only for tabular or vector inputs")
+            if "ranges" in ms and (ms["input"] not in ARRAY_INPUTS or not isinstance(ms["ranges"], dict)):
+                raise ManifestError(f"spec modalities.{m}: ranges must be a table, for {', '.join(ARRAY_INPUTS)}")
+        if not isinstance(self.spec.get("ranges", {}), dict):
+            raise ManifestError("spec: [ranges] must be a table of feature = [low, high]")
         for t, ts in (self.spec.get("tasks") or {}).items():
             if not isinstance(ts, dict) or ts.get("kind") not in ("binary", "multilabel", "multiclass"):
                 raise ManifestError(f"spec tasks.{t}: kind must be binary, multilabel or multiclass")
@@ -277,7 +323,7 @@ class ManifestAdapter:
         vals = [self._cols[c][i] for c in columns]
         if all(_blank(v) for v in vals):
             return None
-        out = np.full(len(vals), np.nan, dtype=np.float32)
+        out = np.full(len(vals), np.nan, dtype=np.float64)  # float64: 1e39 is counted as too large, not as inf
         for k, v in enumerate(vals):
             if _blank(v):
                 continue
@@ -290,17 +336,17 @@ class ManifestAdapter:
         return Item(out)
 
     def _load_array(self, p: Path) -> tuple[np.ndarray, list[str] | None]:
-        """.npy or .csv (with a header) -> float32 array and the csv's column names."""
+        """.npy or .csv (with a header) -> float64 array and the csv's column names."""
         name = p.name.lower()
         if name.endswith(".npy"):
-            return np.asarray(np.load(p, allow_pickle=False), dtype=np.float32), None
+            return np.asarray(np.load(p, allow_pickle=False), dtype=np.float64), None
         if name.endswith((".csv", ".csv.gz")):
             import polars as pl
 
             t = pl.read_csv(p, infer_schema=False)
             cols = list(t.columns)
             arr = np.array(
-                [[np.nan if _blank(v) else float(v) for v in row] for row in t.iter_rows()], dtype=np.float32
+                [[np.nan if _blank(v) else float(v) for v in row] for row in t.iter_rows()], dtype=np.float64
             ).reshape(t.height, len(cols))
             return arr, cols
         raise ValueError("unknown array file type")
@@ -325,7 +371,7 @@ class ManifestAdapter:
                 return Skip(f"time series has shape {arr.shape}, expected [T, {shape[1]}]")
             if arr.shape[0] >= shape[0]:
                 return Item(arr[: shape[0]])
-            pad = np.full((shape[0] - arr.shape[0], shape[1]), np.nan, dtype=np.float32)
+            pad = np.full((shape[0] - arr.shape[0], shape[1]), np.nan, dtype=np.float64)
             return Item(np.concatenate([arr, pad], 0))
         if raw.kind == "tabular" and arr.ndim == 2 and arr.shape[0] == 1:
             arr = arr[0]
@@ -343,6 +389,7 @@ class ManifestAdapter:
                 for c in cols:
                     self._col(c, f"modalities.{m}")
                 out[m] = RawModality(m, "array", shape=(len(cols),), kind=inp, feature_names=cols)
+                out[m].ranges = self._ranges(m, ms, cols)
                 continue
             self._col(ms["column"], f"modalities.{m}")
             if inp in ("image", "volume", "text"):
@@ -361,7 +408,26 @@ class ManifestAdapter:
                 raise ManifestError(f"spec modalities.{m}: {len(names)} feature names for {shape[-1]} features")
             pre = {"source": "array files", "time_steps": "first T, NaN padded"} if inp == "timeseries" else {}
             out[m] = RawModality(m, "array", shape=shape, kind=inp, feature_names=names, preprocessing=pre)
+            out[m].ranges = self._ranges(m, ms, names)
+        used = {f for r in out.values() if r.input == "array" for f in r.feature_names or []}
+        unknown = sorted(set(self.spec.get("ranges") or {}) - used)
+        if unknown:
+            raise ManifestError(f"spec [ranges]: no tabular, time-series or vector modality has features {unknown}")
         return out
+
+    def _ranges(
+        self, m: str, ms: dict[str, Any], names: list[str] | None
+    ) -> dict[str, tuple[float | None, float | None]] | None:
+        """The plausible ranges of modality ``m``: the spec's ``[ranges]`` for its features, then its own."""
+        shared = {k: v for k, v in (self.spec.get("ranges") or {}).items() if names is not None and k in names}
+        ranges = {**shared, **(ms.get("ranges") or {})}
+        if not ranges:
+            return None
+        try:
+            check_ranges(ranges, names, f"spec modalities.{m}")
+        except ValueError as e:
+            raise ManifestError(str(e)) from None
+        return {k: (_open_bound(lo), _open_bound(hi)) for k, (lo, hi) in ranges.items()}
 
     def _infer_array(self, m: str, column: str) -> tuple[tuple[int, ...] | None, list[str] | None]:
         """Shape and column names from the first readable file of the column."""

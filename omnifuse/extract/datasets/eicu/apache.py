@@ -2,8 +2,10 @@
 
 APACHE IV day-1 physiology (``apacheApsVar``, ``aps_*``), admission comorbidities and day-1 interventions
 (``apachePredVar``, ``pred_*``), then age, admission height and weight, sex and the unit type and admission
-source one-hot from ``patient``. -1 and empty cells, and values outside the plausibility ranges, are NaN.
-A stay is present when it has a row in either APACHE table.
+source one-hot from ``patient``. -1 and empty cells, and values outside the plausibility ranges, are NaN:
+the patient's height, weight and age are range-checked here, every column (``variables.APACHE_RANGES``,
+0/1 flags and one-hots [0, 1]) by the pipeline, which counts what it masks. A stay is present when it has a
+row in either APACHE table.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class _Columns:
     names: list[str] = field(default_factory=list)
     units: dict[str, str] = field(default_factory=dict)
     continuous: list[str] = field(default_factory=list)
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
 
 def patient_features(pat: pl.DataFrame) -> tuple[pl.DataFrame, list[str], list[str], dict[str, str]]:
@@ -90,6 +93,7 @@ def _apache_tables(tables: dict[str, Path], cols: _Columns) -> list[pl.DataFrame
             cols.units[prefix + c] = unit
             if not unit.startswith("0/1"):
                 cols.continuous.append(prefix + c)
+            cols.ranges[prefix + c] = (0, 1) if unit.startswith("0/1") else variables.APACHE_RANGES[c]
     return parts
 
 
@@ -107,6 +111,8 @@ def build_apache(
     wide = wide.join(pfeat, on="stay", how="left").join(stay_index, on="stay", how="inner")
     names = cols.names + numeric + ["sex_male"] + onehot
     cols.units.update(punits)
+    cols.ranges.update({name: (lo, hi) for name, _, lo, hi in variables.PATIENT_NUMERIC.values()})
+    cols.ranges.update({name: (0, 1) for name in ["sex_male", *onehot]})
     continuous = cols.continuous + numeric
     n = stay_index.height
     x = np.full((n, len(names)), np.nan, np.float32)
@@ -127,5 +133,6 @@ def build_apache(
             "missing": "NaN (-1, empty or out of range in the source)",
             "age_top_code": "'> 89' read as 90",
         },
+        ranges={name: cols.ranges[name] for name in names},
     )
     return x, present, raw

@@ -231,6 +231,34 @@ APACHE_PRED: dict[str, str] = {
     "ejectfx": "%",
     "visitnumber": "count",
 }
+APACHE_RANGES: dict[str, tuple[float | None, float | None]] = {
+    # column -> plausible (low, high), bounds included, for the APACHE columns that are not 0/1 flags (those
+    # are checked against [0, 1]). Physical limits, wide on purpose: the pipeline masks (NaN, counted) a value
+    # outside, and no value of the demo is (its extremes: urine 42,207 mL/day, temperature 22.2 degC).
+    "eyes": (1, 4),
+    "motor": (1, 6),
+    "verbal": (1, 5),
+    "urine": (0, 50000),
+    "wbc": (0, 500),
+    "temperature": (15, 46),
+    "respiratoryrate": (0, 100),
+    "sodium": (90, 215),
+    "heartrate": (0, 300),
+    "meanbp": (0, 300),
+    "ph": (6.5, 8.0),
+    "hematocrit": (5, 75),
+    "creatinine": (0, 30),
+    "albumin": (0.5, 6.5),
+    "pao2": (10, 800),
+    "pco2": (5, 200),
+    "bun": (1, 300),
+    "glucose": (10, 2000),
+    "bilirubin": (0, 80),
+    "fio2": (21, 100),
+    "graftcount": (0, 10),
+    "ejectfx": (0, 100),
+    "visitnumber": (1, None),
+}
 PATIENT_NUMERIC: dict[str, tuple[str, str, float, float]] = {
     # column -> (feature name, unit, lo, hi); admission values only (dischargeweight is never read)
     "age": ("age", "years", 0, 90),
@@ -265,3 +293,5 @@ UNIT_ADMIT_SOURCES: tuple[str, ...] = (
     "Observation",
     "Other",
 )
+
+assert set(APACHE_RANGES) == {c for c, unit in {**APACHE_APS, **APACHE_PRED}.items() if not unit.startswith("0/1")}

@@ -4,7 +4,9 @@ Sources, in this order (the demo's first, so that on the full database the demo'
 of the feature list): vitalAperiodic, respiratoryCharting, intakeOutput, vitalPeriodic, nurseCharting, lab.
 Each source becomes long rows ``(stay, off, ord, feat, value)`` inside the window; values outside a
 variable's plausibility range are dropped (never clipped); several values in one bin combine by the
-variable's ``agg`` (``last`` by offset then row id, or ``sum``). NaN means "not observed in the hour".
+variable's ``agg`` (``last`` by offset then row id, or ``sum``). NaN means "not observed in the hour". The
+hourly values are checked again by the pipeline (``RawModality.ranges``): a level against its range, a
+summed volume against 0 when its entries cannot be negative (an hour's sum may exceed one entry's range).
 """
 
 from __future__ import annotations
@@ -294,4 +296,17 @@ def vitals_modality(sources: list[tuple[str, pl.LazyFrame]], feats: list[SeriesV
             "sources": [s for s, _ in sources],
             "missing": "NaN (not observed in the hour)",
         },
+        ranges=hourly_ranges(feats),
     )
+
+
+def hourly_ranges(feats: list[SeriesVar]) -> dict[str, tuple[float | None, float | None]]:
+    """The plausible range of each hourly value: a level's own range; a sum's lower bound when it is 0 (the
+    sum of entries in [0, hi] is at least 0 but may exceed hi); none for a sum that may be negative."""
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for f in feats:
+        if f.agg == "last":
+            out[f.name] = (f.lo, f.hi)
+        elif f.lo == 0:
+            out[f.name] = (0, None)
+    return out

@@ -22,7 +22,14 @@ from omnifuse.extract.datasets.mimic.ccs import PHENOTYPES
 from omnifuse.extract.datasets.mimic.discretize import discretize, n_bins
 from omnifuse.extract.datasets.mimic.events import MORTALITY_HOURS, collect_events
 from omnifuse.extract.datasets.mimic.readers import MimicLayout
-from omnifuse.extract.datasets.mimic.variables import N_FEATURES, continuous_indices, feature_names
+from omnifuse.extract.datasets.mimic.variables import (
+    CATEGORIES,
+    CONTINUOUS,
+    N_FEATURES,
+    RANGES,
+    continuous_indices,
+    feature_names,
+)
 from omnifuse.extract.datasets.registry import register_dataset
 from omnifuse.options import option
 
@@ -127,6 +134,7 @@ class MimicAdapter:
                     "imputation": "previous, normal value before the first observation",
                     "layout": "mimic3-benchmarks discretiser: 59 value columns then 17 masks",
                 },
+                ranges=ehr_ranges(self.outlier_ranges),
             ),
             RawModality(
                 name="cxr",
@@ -343,6 +351,20 @@ class MimicAdapter:
                 ev, self._stays.height, self.timestep, self.hours, end_hours=self._stays["los_h"].to_numpy()
             )
         return self._ehr
+
+
+def ehr_ranges(outlier_ranges: bool) -> dict[str, tuple[float | None, float | None]]:
+    """Plausible ranges of the 76 EHR columns, checked again by the pipeline: one-hot and mask columns [0, 1];
+    with ``outlier_ranges`` the continuous channels' valid bounds (the cleaning already removed or clipped
+    every value to them, so nothing is masked unless a stage before went wrong); without, none (the benchmark
+    keeps every readable value)."""
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for v, cats in CATEGORIES.items():
+        out.update({f"{v}->{c}": (0, 1) for c in cats})
+    out.update({f"mask->{v}": (0, 1) for v in [*CATEGORIES, *CONTINUOUS]})
+    if outlier_ranges:
+        out.update({v: (RANGES[v][1], RANGES[v][2]) for v in CONTINUOUS})
+    return out
 
 
 @dataclass

@@ -1,4 +1,8 @@
-import json
+"""OmniFuse (omnifuse.fuse.methods.omnifuse): outputs and label-free weights for every missingness pattern,
+v^miss for missing rows, training drops entering L_forward only, the ablation switches' loss terms, one
+modality, the fast TLA mining path, and the epoch-end mining on the trainer's rows."""
+
+from __future__ import annotations
 
 import pytest
 import torch
@@ -7,8 +11,7 @@ from omnifuse.fuse.base import Batch, ModalityInfo, ModelInfo
 from omnifuse.fuse.methods import build_method
 from omnifuse.fuse.methods.omnifuse import DroppedBatch, OmniFuse
 from omnifuse.fuse.tla import all_combinations, mine_lazy
-from omnifuse.fuse.train import train
-from tests.helpers import FakeTrainer, synthetic_cache_data
+from tests.helpers import FakeTrainer
 
 SMALL = dict(d=8, K=2, cra_hidden=16, latent=4, head_hidden=8, dropout=0.0)
 MODS = [ModalityInfo("img", "vector", (6,)), ModalityInfo("rep", "sequence", (4, 5)),
@@ -151,20 +154,3 @@ def test_epoch_end_mines_on_the_trainer_rows_and_records_the_lazy_combination():
     off = OmniFuse(info, tla=False, **SMALL)
     off.on_epoch_end(trainer, 1)
     assert len(trainer.records["lazy_combination"]) == 1 and off.lazy is None
-
-
-@pytest.mark.parametrize("variant", ["dwfuse_only", "ablation_e"])
-def test_train_accepts_a_variant(variant, tmp_path):
-    """``omnifuse train -m dwfuse_only`` (and any variant): the run trains the variant's network and the
-    run folder names it with its resolved switches."""
-    res = train(synthetic_cache_data(n=120, seed=2), "mortality", variant, folds=2, epochs=2, batch_size=32,
-                n_boot=5, progress=False, device="cpu", mining_rows=32, out=tmp_path / "run",
-                method_params={"d": 8, "K": 2, "cra_hidden": 16, "latent": 4, "head_hidden": 8})
-    assert res.metrics["method"] == variant and len(res.metrics["folds"]) == 2
-    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["method_params_resolved"]
-    switches = {"dwfuse_only": (True, False, False, False), "ablation_e": (True, False, True, True)}[variant]
-    assert tuple(resolved[k] for k in ("dwfuse", "tla", "imp_fw", "imp_bw")) == switches
-    # no TLA: no lazy combination was mined in any epoch
-    lazy = json.loads((tmp_path / "run" / "lazy_combinations.json").read_text())
-    assert all(v == [] for v in lazy.values())
-
