@@ -207,14 +207,15 @@ _PROCESS_DATA: dict[tuple, FuseData] = {}
 def _load_base(cache: Any, task: str, modalities: list[str], cfg: TrainConfig) -> FuseData:
     if isinstance(cache, FuseData):
         return cache
-    kw = {"device": cfg.device, "allow_incomplete": cfg.allow_incomplete}
     if isinstance(cache, (str, Path)):
         key = (str(Path(cache).resolve()), task, tuple(modalities), cfg.device, cfg.allow_incomplete)
         if key not in _PROCESS_DATA:
             _PROCESS_DATA.clear()
-            _PROCESS_DATA[key] = load_fuse_data(cache, task, modalities, **kw)
+            _PROCESS_DATA[key] = load_fuse_data(
+                cache, task, modalities, device=cfg.device, allow_incomplete=cfg.allow_incomplete
+            )
         return _PROCESS_DATA[key]
-    return load_fuse_data(cache, task, modalities, **kw)
+    return load_fuse_data(cache, task, modalities, device=cfg.device, allow_incomplete=cfg.allow_incomplete)
 
 
 def build_context(
