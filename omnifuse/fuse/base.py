@@ -109,6 +109,33 @@ class Batch:
 
 
 @dataclass
+class DroppedBatch(Batch):
+    """A training batch after a modality drop: ``mask`` [B, M] what the method may see, ``source`` the batch
+    before the drop (the truth of the dropped modalities, e.g. OmniFuse's imputation targets) and ``dropped``
+    [B, M] the modalities removed on purpose (present in ``source``, absent in ``mask``). The Trainer's shared
+    drop (``TrainConfig.modality_drop``) makes one; a method's own ``train_drop`` returns it unchanged."""
+
+    source: Batch = field(kw_only=True)
+    dropped: torch.Tensor = field(kw_only=True)
+
+    @classmethod
+    def drop(cls, batch: Batch, keep: torch.Tensor) -> DroppedBatch:
+        """``batch`` with only the modalities in ``keep`` [B, M] (a subset of ``batch.mask``)."""
+        nb = batch.with_mask(keep)
+        return cls(
+            x=nb.x,
+            mask=keep,
+            y=nb.y,
+            y_mask=nb.y_mask,
+            index=nb.index,
+            tokens_mask=nb.tokens_mask,
+            natural_mask=batch.natural_mask,
+            source=batch,
+            dropped=batch.mask & ~keep,
+        )
+
+
+@dataclass
 class MethodOutput:
     """``logits``: the fused prediction [B, C] (multiclass) or [B, C] per-label logits (binary: C = 1)."""
 

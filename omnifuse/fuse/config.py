@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from omnifuse.options import load_toml, option, resolve, to_json
 
@@ -47,8 +47,28 @@ class TrainConfig:
     lr: float = option(1e-3, help="Learning rate.")
     weight_decay: float = option(1e-2, help="Weight decay of the default AdamW optimiser.")
     grad_clip: float = option(5.0, help="Gradient norm clipping (0: none).")
-    patience: int = option(5, help="Epochs without a better validation score before stopping.")
-    val_fraction: float = option(0.1, help="Share of the training rows (patient-grouped) used for validation.")
+    patience: int = option(10, help="Epochs without a better validation score before stopping.")
+    val_fraction: float = option(
+        0.2, help="Share of the training rows (patient-grouped, stratified) used for validation and model selection."
+    )
+    selection: str = option(
+        "loss",
+        help="Model selection on the validation loss (cross-entropy) or the validation AUROC.",
+        choices=("loss", "auroc"),
+    )
+    modality_drop: float = option(
+        0.5,
+        help="Training-time modality drop applied identically to every method (the same masks in a fold); 0 "
+        "turns it off (methods then use their own drop, if any).",
+    )
+    modality_drop_unit: Literal["row", "modality"] = option(
+        "row",
+        help="row: with probability --modality-drop a row keeps a uniformly drawn non-empty proper subset of "
+        "its modalities (1.0: the paper's table 1); modality: each present modality dropped with that probability, "
+        "at least one kept.",
+        choices=("row", "modality"),
+    )
+    ensemble: int = option(1, help="Models per fold, with different seeds; their probabilities are averaged.")
     mining_rows: int = option(
         512,
         help="Training rows TLA mines its lazy combination on after each epoch "
@@ -72,6 +92,10 @@ class TrainConfig:
             raise ValueError(f"folds must be >= 1, got {self.folds}")
         if not 0.0 <= self.missing_rate <= 1.0:
             raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
+        if not 0.0 <= self.modality_drop <= 1.0:
+            raise ValueError(f"modality_drop must be in [0, 1], got {self.modality_drop}")
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {self.ensemble}")
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)

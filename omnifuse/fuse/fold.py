@@ -25,6 +25,7 @@ Seed policy (written once, here; ``seed`` is the run's or study's ``--seed``):
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,10 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnifuse.fuse.base import FusionMethod
 from omnifuse.fuse.config import TrainConfig
 from omnifuse.fuse.data import FuseData, Normalizer, inner_split, make_folds, simulate_missing
-from omnifuse.fuse.methods import build_method
-from omnifuse.fuse.trainer import Trainer, TrainerCallback, predict_probs, seed_everything
+from omnifuse.fuse.methods import build_method, get_method
+from omnifuse.fuse.trainer import Trainer, TrainerCallback, check_finite, predict_probs, seed_everything
 
 VIEWS = ("all_masked", "complete")
 """The per-combination views of :func:`combination_views` that every command reports (``partial`` too in
@@ -115,6 +117,8 @@ class FoldRun:
     y: np.ndarray
     overall: np.ndarray
     combos: dict[int, np.ndarray]
+    members: list[Any] = field(default_factory=list)
+    best_is_last: list[bool] = field(default_factory=list)
 
 
 class FoldError(ValueError):
@@ -132,13 +136,46 @@ def _training_rows(data: FuseData, plan: FoldPlan) -> np.ndarray:
     return rows
 
 
+def _combination_masks(data: FuseData, plan: FoldPlan, n: int) -> dict[int, torch.Tensor]:
+    """Per evaluated combination the model can see, the [n, M] mask keeping only its modalities."""
+    out = {}
+    for i, combo in enumerate(plan.combos):
+        if set(combo) <= set(data.modalities):
+            keep = torch.tensor([name in combo for name in data.modalities], dtype=torch.bool)
+            out[i] = keep.unsqueeze(0).expand(n, -1).clone()
+    return out
+
+
+def _fit_network(
+    data: FuseData,
+    plan: FoldPlan,
+    cfg: TrainConfig,
+    rows: tuple[np.ndarray, np.ndarray],
+    norm: Normalizer,
+    seed: int,
+    progress: Any,
+    callbacks: Sequence[TrainerCallback],
+) -> tuple[FusionMethod, Trainer]:
+    inner_tr, val = rows
+    seed_everything(seed)
+    model = build_method(plan.method, data.model_info(norm), **plan.params).to(data.device)
+    trainer = Trainer(
+        model, data, inner_tr, val, norm, cfg, seed=seed, progress=progress, fold=plan.fold, callbacks=callbacks
+    )
+    trainer.fit()
+    return model, trainer
+
+
 def run_fold(
     data: FuseData, plan: FoldPlan, cfg: TrainConfig, *, progress: Any = None, callbacks: Sequence[TrainerCallback] = ()
 ) -> FoldRun:
     """Train ``plan.method`` on one fold of ``data`` and predict its test rows (see the module docstring).
 
     The normaliser is fitted on all of the fold's training rows (the inner validation rows included, as
-    ``plan.train_rows`` says); the test rows never reach the fit, the normaliser or model selection."""
+    ``plan.train_rows`` says); the test rows never reach the fit, the normaliser or model selection. With
+    ``cfg.ensemble`` = n, n networks with seeds ``plan.seed + 7919 i`` (the same inner split) are trained and
+    their probabilities averaged. A reference learner (registry kind ``"reference"``) is fitted on all the
+    fold's training rows, without an inner split."""
     train_rows = _training_rows(data, plan)
     seed_everything(plan.seed)
     if plan.val_rows is not None:
@@ -146,33 +183,49 @@ def run_fold(
     else:
         inner_tr, val = inner_split(data, train_rows, cfg.val_fraction, seed=plan.seed)
     norm = Normalizer.fit(data, train_rows, embeddings=cfg.normalize_embeddings)
-    model = build_method(plan.method, data.model_info(norm), **plan.params).to(data.device)
-    trainer = Trainer(
-        model, data, inner_tr, val, norm, cfg, seed=plan.seed, progress=progress, fold=plan.fold, callbacks=callbacks
-    )
-    best_epoch, best_val = trainer.fit()
     test = np.asarray(plan.test_rows, dtype=np.int64)
-    combos: dict[int, np.ndarray] = {}
-    for i, combo in enumerate(plan.combos):
-        if not set(combo) <= set(data.modalities):
-            continue
-        keep = torch.tensor([n in combo for n in data.modalities], dtype=torch.bool)
-        mask = keep.unsqueeze(0).expand(len(test), -1).clone()
-        combos[i] = predict_probs(model, data, test, norm, cfg.eval_batch_size, mask)
+    masks = _combination_masks(data, plan, len(test))
+    if get_method(plan.method).kind == "reference":
+        learner: Any = build_method(plan.method, data.model_info(norm), **{"seed": plan.seed, **plan.params})
+        learner.fit(data, train_rows, norm)
+
+        def predict(mask: torch.Tensor | None) -> np.ndarray:
+            return check_finite(learner.predict_proba(data, test, norm, mask), data.stay_id[test])
+
+        members: list[Any] = [learner]
+        trainers: list[Trainer] = []
+        inner_tr, val = train_rows, train_rows[:0]
+    else:
+        fitted = [
+            _fit_network(
+                data, plan, cfg, (inner_tr, val), norm, plan.seed + 7919 * i, progress, callbacks if i == 0 else ()
+            )
+            for i in range(cfg.ensemble)
+        ]
+        members = [m for m, _ in fitted]
+        trainers = [t for _, t in fitted]
+
+        def predict(mask: torch.Tensor | None) -> np.ndarray:
+            probs = [predict_probs(m, data, test, norm, cfg.eval_batch_size, mask) for m in members]
+            return np.mean(probs, axis=0).astype(np.float32) if len(probs) > 1 else probs[0]
+
+    first = trainers[0] if trainers else None
     return FoldRun(
-        model=model,
+        model=members[0],
         normalizer=norm,
-        best_epoch=best_epoch,
-        best_val_auroc=best_val,
+        best_epoch=first.best_epoch if first else -1,
+        best_val_auroc=first.best_val_auroc if first else math.nan,
         n_train=int(len(inner_tr)),
         n_val=int(len(val)),
-        history=trainer.history,
-        records=trainer.records,
+        history=first.history if first else [],
+        records=first.records if first else {},
         test_rows=test,
         present=data.mask[torch.as_tensor(test, device=data.device)].cpu().numpy(),
         y=data.labels_numpy(test),
-        overall=predict_probs(model, data, test, norm, cfg.eval_batch_size),
-        combos=combos,
+        overall=predict(None),
+        combos={i: predict(m) for i, m in masks.items()},
+        members=members,
+        best_is_last=[t.best_is_last for t in trainers],
     )
 
 

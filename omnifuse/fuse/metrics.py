@@ -126,6 +126,19 @@ def brier(y: np.ndarray, p: np.ndarray, kind: str = "binary") -> float:
     return float(np.mean((p2 - y2) ** 2))
 
 
+def log_loss(y: np.ndarray, p: np.ndarray, kind: str = "binary", eps: float = 1e-7) -> float:
+    """Mean cross-entropy of probabilities ``p``: binary and multilabel, the binary cross-entropy averaged over
+    rows and labels; multiclass, the categorical cross-entropy of the true class. Probabilities are clipped to
+    [eps, 1 - eps]. NaN for no row."""
+    y2, p2 = _as_2d(y, p, kind)
+    if y2.shape[0] == 0:
+        return float("nan")
+    q = np.clip(p2, eps, 1 - eps)
+    if kind == "multiclass":
+        return float(-np.mean(np.log((q * y2).sum(1))))
+    return float(-np.mean(y2 * np.log(q) + (1 - y2) * np.log(1 - q)))
+
+
 def per_label_auroc(y: np.ndarray, p: np.ndarray, kind: str = "binary") -> list[float]:
     y2, p2 = _as_2d(y, p, kind)
     return _per_label(_binary_auroc, y2, p2).tolist()

@@ -127,11 +127,11 @@ def predict(
     heads, ``present_<m>`` [N]. Writes a CSV to ``out`` when given. The cache needs no labels (new stays);
     a NaN or infinite score raises :class:`omnifuse.fuse.trainer.PredictionError` naming the stays."""
     run_dir = Path(run_dir)
-    folders = sorted(run_dir.glob("fold*/model.json"))
+    folders = sorted(run_dir.glob("fold*/model.json")) + sorted(run_dir.glob("fold*/member*/model.json"))
     if not folders:
         raise FileNotFoundError(f"no checkpoint (fold*/model.json) in {run_dir}; was the run saved?")
     if fold is not None:
-        folders = [f for f in folders if f.parent.name == f"fold{fold}"]
+        folders = [f for f in folders if f"fold{fold}" in (f.parent.name, f.parent.parent.name)]
         if not folders:
             raise FileNotFoundError(f"no fold{fold} checkpoint in {run_dir}")
     meta0 = read_model_json(folders[0].parent)

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from omnifuse.fuse.base import FusionMethod, ModelInfo
 
-EntryKind = Literal["method", "variant"]
+EntryKind = Literal["method", "variant", "reference"]
 Builder = TypeVar("Builder", bound=Callable[..., FusionMethod])
 
 
@@ -30,7 +30,7 @@ class MethodEntry:
     """
 
     name: str
-    build: Callable[..., FusionMethod]
+    build: Callable[..., Any]
     description: str
     paper: str
     defaults: dict[str, Any]
@@ -59,6 +59,16 @@ def register_method(
         return build
 
     return deco
+
+
+def register_reference(name: str, build: Callable[..., Any], *, description: str, paper: str) -> MethodEntry:
+    """Register a reference learner (not a network: ``build(info, **params)`` returns an object with
+    ``fit(data, rows, normalizer)`` and ``predict_proba(data, rows, normalizer, mask)``, see
+    :mod:`omnifuse.fuse.reference`). Reference learners run on the same folds, rows and masks as the methods
+    (:func:`omnifuse.fuse.fold.run_fold`), so every table treats them alike."""
+    entry = MethodEntry(name, build, description, paper, {}, name, "reference", {})
+    _add(entry)
+    return entry
 
 
 def register_variant(

@@ -94,16 +94,28 @@ def pattern_metrics(data: FuseData, run: FoldRun) -> dict[str, Any]:
     return res
 
 
-def _save_checkpoint(
+def save_checkpoints(
     run: FoldRun, cfg: TrainConfig, folder: Path, data: FuseData, method_params: dict[str, Any]
+) -> None:
+    """``folder``/model.safetensors, model.json, normalizer.json of the fold's network (ensemble members 2..n
+    in ``folder/member<i>``). Reference learners are not saved (safetensors holds tensors, and nothing is ever
+    pickled): their predictions are in the run's predictions.csv."""
+    if get_method(cfg.method).kind == "reference":
+        return
+    for i, member in enumerate(run.members or [run.model]):
+        _save_network(member, run.normalizer, cfg, folder if i == 0 else folder / f"member{i}", data, method_params)
+
+
+def _save_network(
+    model: Any, norm: Any, cfg: TrainConfig, folder: Path, data: FuseData, method_params: dict[str, Any]
 ) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in run.model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
-    run.normalizer.save(folder / "normalizer.json")
-    info = run.model.info
+    norm.save(folder / "normalizer.json")
+    info = model.info
     (folder / "model.json").write_text(
         json.dumps(
             {
@@ -235,6 +247,7 @@ def train(
                 {
                     "fold": k,
                     "best_epoch": run.best_epoch,
+                    "best_epoch_is_last": any(run.best_is_last),
                     "val_auroc": run.best_val_auroc,
                     "n_train": run.n_train,
                     "n_val": run.n_val,
@@ -247,7 +260,7 @@ def train(
                 )
             )
             if out_dir is not None and cfg.save_checkpoints:
-                _save_checkpoint(run, cfg, out_dir / f"fold{k}", data, method_params)
+                save_checkpoints(run, cfg, out_dir / f"fold{k}", data, method_params)
     finally:
         if progress is not None:
             progress.stop()

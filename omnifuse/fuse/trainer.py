@@ -10,6 +10,7 @@ inner validation split. The best state is restored at the end.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 import time
@@ -20,10 +21,12 @@ import numpy as np
 import torch
 
 from omnifuse.fuse import metrics
-from omnifuse.fuse.base import Batch, FusionMethod
+from omnifuse.fuse.base import Batch, DroppedBatch, FusionMethod
 from omnifuse.fuse.config import TrainConfig
 from omnifuse.fuse.data import FuseData, Normalizer
-from omnifuse.fuse.layers import probabilities
+from omnifuse.fuse.layers import drop_modalities, probabilities
+
+log = logging.getLogger(__name__)
 
 
 class TrainerCallback(Protocol):
@@ -107,7 +110,11 @@ class Trainer:
         self.seed = seed
         self.fold = fold
         self.epoch = 0
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # the method's own draws
+        self.shuffle_generator = torch.Generator().manual_seed(seed + 1)  # batch order: the same for every method
+        self.drop_generator = torch.Generator().manual_seed(seed + 2)  # the shared drop: the same masks too
+        self.best_is_last = False
+        self.best_epoch, self.best_val_auroc = -1, math.nan
         self.records: dict[str, list[Any]] = {}
         self.history: list[dict[str, Any]] = []
         self.callbacks = list(callbacks)
@@ -135,8 +142,11 @@ class Trainer:
         tot, nb = 0.0, 0
         term_sums: dict[str, float] = {}
         for batch in self.data.iter_batches(
-            self.train_rows, cfg.batch_size, self.normalizer, shuffle=True, generator=self.generator
+            self.train_rows, cfg.batch_size, self.normalizer, shuffle=True, generator=self.shuffle_generator
         ):
+            if cfg.modality_drop > 0:
+                keep = drop_modalities(batch.mask, cfg.modality_drop, self.drop_generator, unit=cfg.modality_drop_unit)
+                batch = DroppedBatch.drop(batch, keep)
             batch = model.train_drop(batch, self.generator)
             out = model(batch)
             loss, terms = model.loss(batch, out)
@@ -154,18 +164,30 @@ class Trainer:
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
         return {"loss": tot / max(nb, 1), **{f"loss_{k}": v / max(nb, 1) for k, v in term_sums.items()}}
 
-    def _validate(self) -> tuple[float, float]:
-        """(validation AUROC, validation Brier score) of the current model."""
+    def _validate(self) -> dict[str, float]:
+        """Validation AUROC, Brier score and loss (the task's cross-entropy) of the current model."""
         vp = predict_probs(self.model, self.data, self.val_rows, self.normalizer, self.cfg.eval_batch_size)
         yv = self.data.labels_numpy(self.val_rows)
-        auroc = metrics.auroc(yv, vp, self.data.task_kind)
-        brier = metrics.brier(yv, vp, self.data.task_kind) if len(self.val_rows) else math.nan
-        return auroc, brier
+        kind = self.data.task_kind
+        some = len(self.val_rows) > 0
+        return {
+            "val_auroc": metrics.auroc(yv, vp, kind),
+            "val_brier": metrics.brier(yv, vp, kind) if some else math.nan,
+            "val_loss": metrics.log_loss(yv, vp, kind) if some else math.nan,
+        }
+
+    def _score(self, val: dict[str, float]) -> float:
+        """The model-selection score of a validation (higher is better): ``-val_loss`` (``selection="loss"``),
+        or the validation AUROC (``"auroc"``; the Brier score where AUROC is undefined)."""
+        if self.cfg.selection == "loss":
+            return -val["val_loss"]
+        return val["val_auroc"] if not math.isnan(val["val_auroc"]) else -val["val_brier"]
 
     def fit(self) -> tuple[int, float]:
-        """Train with early stopping on validation AUROC (Brier when AUROC is undefined); restores the best
-        weights. Model selection and patience start at the method's ``selection_start_epoch``. Returns
-        (best epoch, best validation AUROC)."""
+        """Train with early stopping on the validation score (:meth:`_score`: the validation loss by default);
+        restores the best weights. Model selection and patience start at the method's
+        ``selection_start_epoch``. A best epoch that is the last one allowed is logged as a warning and kept in
+        ``best_is_last``. Returns (best epoch, its validation AUROC)."""
         cfg, model = self.cfg, self.model
         opt = model.configure_optimizer(cfg.lr, cfg.weight_decay)
         model.on_train_start(self)
@@ -184,14 +206,15 @@ class Trainer:
             model.on_epoch_end(self, epoch)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, epoch)
-            val_auroc, val_brier = self._validate()
-            rec.update(val_auroc=val_auroc, val_brier=val_brier, seconds=time.perf_counter() - t0)
+            val = self._validate()
+            val_auroc = val["val_auroc"]
+            rec.update(**val, seconds=time.perf_counter() - t0)
             self.history.append(rec)
             if task is not None:
                 self.progress.update(task, advance=1, info=f"loss {rec['loss']:.4f}  val AUROC {val_auroc:.4f}")
             if epoch < start:
                 continue  # e.g. mdrop's contrastive stage: the classifier is not trained yet, nothing to select
-            score = val_auroc if not math.isnan(val_auroc) else -val_brier
+            score = self._score(val)
             if score > best_score + 1e-6:
                 best_score, best_auroc, best_epoch, bad = score, val_auroc, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -201,6 +224,15 @@ class Trainer:
                     break
         if best_state is not None:
             model.load_state_dict(best_state)
+        self.best_epoch, self.best_val_auroc = best_epoch, best_auroc
+        self.best_is_last = best_epoch == cfg.epochs - 1 and cfg.epochs > 1
+        if self.best_is_last:
+            log.warning(
+                "fold %d: the best epoch is the last one allowed (%d): the model may be undertrained; "
+                "consider more --epochs",
+                self.fold,
+                best_epoch,
+            )
         if task is not None:
             self.progress.update(task, completed=cfg.epochs)
         return best_epoch, best_auroc

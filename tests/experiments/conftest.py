@@ -20,8 +20,13 @@ def ref_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny() -> dict:
     """Keyword arguments every study accepts: tiny models, 2 epochs, no progress bar, no printing."""
-    return {"epochs": 2, "progress": False, "print_table": False,
-            "method_overrides": copy.deepcopy(TINY_OVERRIDES), "options": dict(TINY_OPTIONS)}
+    return {
+        "epochs": 2,
+        "progress": False,
+        "print_table": False,
+        "method_overrides": copy.deepcopy(TINY_OVERRIDES),
+        "options": dict(TINY_OPTIONS),
+    }
 
 
 @pytest.fixture(autouse=True)

@@ -7,15 +7,27 @@ import numpy as np
 import pytest
 import torch
 
-from omnifuse.experiments.runner import (DONE, StudyError, build_context, combinations_for, fold_specs, load_run,
-                                         method_params, run_all)
+from omnifuse.experiments.runner import (
+    DONE,
+    StudyError,
+    build_context,
+    combinations_for,
+    fold_specs,
+    load_run,
+    method_params,
+    run_all,
+)
 from tests.helpers import TINY_OPTIONS, TINY_OVERRIDES
 
 
 def test_combinations_for():
     names = ["a", "b", "c"]
-    assert combinations_for(names, "full+single") == [(True, True, True), (True, False, False), (False, True, False),
-                                                      (False, False, True)]
+    assert combinations_for(names, "full+single") == [
+        (True, True, True),
+        (True, False, False),
+        (False, True, False),
+        (False, False, True),
+    ]
     allc = combinations_for(names, "all")
     assert len(allc) == 7 and len(set(allc)) == 7 and allc[0] == (True, True, True)
     assert combinations_for(names, "loo")[1:] == [(False, True, True), (True, False, True), (True, True, False)]
@@ -37,8 +49,9 @@ def test_method_params_of_variants_and_overrides():
 
 
 def test_folds_are_patient_grouped_partitions_and_checked_on_resume(ref_cache, tmp_path):
-    ctx = build_context(ref_cache, "mortality", folds=3, repeats=2, seed=5, out=tmp_path / "s",
-                        train_options=TINY_OPTIONS)
+    ctx = build_context(
+        ref_cache, "mortality", folds=3, repeats=2, seed=5, out=tmp_path / "s", train_options=TINY_OPTIONS
+    )
     data = ctx.data()
     labelled = np.flatnonzero(data.y_mask.numpy())
     for rep in ctx.folds:
@@ -47,17 +60,21 @@ def test_folds_are_patient_grouped_partitions_and_checked_on_resume(ref_cache, t
         for tr, te in rep:
             assert not set(data.subject_id[tr]) & set(data.subject_id[te])
             assert np.array_equal(np.sort(np.concatenate([tr, te])), labelled)
-    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(ctx.folds[0], ctx.folds[1]))  # repeats differ
+    # repeats differ
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(ctx.folds[0], ctx.folds[1], strict=True))
     saved = json.loads((tmp_path / "s" / "folds.json").read_text())
     assert saved["repeats"][1][2] == data.stay_id[ctx.folds[1][2][1]].tolist()
     build_context(ref_cache, "mortality", folds=3, repeats=2, seed=5, out=tmp_path / "s", train_options=TINY_OPTIONS)
     with pytest.raises(StudyError, match="other folds"):
-        build_context(ref_cache, "mortality", folds=3, repeats=2, seed=6, out=tmp_path / "s", train_options=TINY_OPTIONS)
+        build_context(
+            ref_cache, "mortality", folds=3, repeats=2, seed=6, out=tmp_path / "s", train_options=TINY_OPTIONS
+        )
 
 
 def test_same_folds_and_same_masks_for_every_method(ref_cache, tmp_path):
-    ctx = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full",
-                        train_options={**TINY_OPTIONS, "epochs": 1})
+    ctx = build_context(
+        ref_cache, "mortality", folds=2, seed=0, combinations="full", train_options={**TINY_OPTIONS, "epochs": 1}
+    )
     methods = ["omnifuse", "concat", "dwfuse_only"]
     specs = fold_specs(ctx, methods, TINY_OVERRIDES, rate=0.4)
     st = run_all(ctx, specs, tmp_path / "s", progress=False)
@@ -81,8 +98,9 @@ def test_same_folds_and_same_masks_for_every_method(ref_cache, tmp_path):
 
 
 def test_resume_after_interruption(ref_cache, tmp_path):
-    ctx = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full",
-                        train_options={**TINY_OPTIONS, "epochs": 1})
+    ctx = build_context(
+        ref_cache, "mortality", folds=2, seed=0, combinations="full", train_options={**TINY_OPTIONS, "epochs": 1}
+    )
     specs = fold_specs(ctx, ["concat", "sum"], TINY_OVERRIDES)
     out = tmp_path / "s"
     done = []
@@ -111,15 +129,17 @@ def test_resume_after_interruption(ref_cache, tmp_path):
     st = run_all(ctx, specs, out, progress=False)
     assert (st.trained, st.reused) == (0, 4)
     # other training options: the old runs are not reused
-    ctx2 = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full",
-                         train_options={**TINY_OPTIONS, "epochs": 2})
+    ctx2 = build_context(
+        ref_cache, "mortality", folds=2, seed=0, combinations="full", train_options={**TINY_OPTIONS, "epochs": 2}
+    )
     st = run_all(ctx2, fold_specs(ctx2, ["concat"], TINY_OVERRIDES), out, progress=False)
     assert (st.trained, st.reused) == (2, 0)
 
 
 def test_parallel_runs_match_sequential(ref_cache, tmp_path):
-    ctx = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full",
-                        train_options={**TINY_OPTIONS, "epochs": 1})
+    ctx = build_context(
+        ref_cache, "mortality", folds=2, seed=0, combinations="full", train_options={**TINY_OPTIONS, "epochs": 1}
+    )
     specs = fold_specs(ctx, ["concat"], TINY_OVERRIDES)
     a = run_all(ctx, specs, tmp_path / "seq", progress=False)
     b = run_all(ctx, specs, tmp_path / "par", n_jobs=2, threads=1, progress=False)
@@ -132,10 +152,17 @@ def test_parallel_runs_match_sequential(ref_cache, tmp_path):
 def test_unimodal_run_trains_only_on_rows_holding_the_modality(ref_cache, tmp_path):
     from omnifuse.experiments.runner import RunSpec, freeze_params
 
-    ctx = build_context(ref_cache, "mortality", folds=2, seed=0, combinations="full+single",
-                        train_options={**TINY_OPTIONS, "epochs": 1})
-    spec = RunSpec("unimodal:rep", "concat", freeze_params(TINY_OVERRIDES["concat"]), fold=1, modalities=("rep",),
-                   train_modality="rep")
+    ctx = build_context(
+        ref_cache, "mortality", folds=2, seed=0, combinations="full+single", train_options={**TINY_OPTIONS, "epochs": 1}
+    )
+    spec = RunSpec(
+        "unimodal:rep",
+        "concat",
+        freeze_params(TINY_OVERRIDES["concat"]),
+        fold=1,
+        modalities=("rep",),
+        train_modality="rep",
+    )
     st = run_all(ctx, [spec], tmp_path / "u", progress=False)
     arrays, run = load_run(st.folders[spec])
     tr = ctx.folds[0][1][0]

@@ -7,8 +7,7 @@ import pytest
 from scipy import special
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from omnifuse.experiments.stats import (FoldPred, fold_bootstrap_ci, mean_sd, metric_fn, paired_ttest, pick,
-                                        summarize)
+from omnifuse.experiments.stats import FoldPred, fold_bootstrap_ci, mean_sd, metric_fn, paired_ttest, pick, summarize
 
 A = [0.80, 0.82, 0.78, 0.85, 0.81]
 B = [0.78, 0.80, 0.79, 0.80, 0.78]
@@ -88,15 +87,22 @@ def test_summarize_fold_bookkeeping_by_hand():
     row = pick(summary, method="x")[0]
     d = np.array([0.25, 0.25, 0.5])
     t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
-    assert row["t_auroc_vs_ref"] == pytest.approx(t) and row["p_auroc_vs_ref"] == pytest.approx(2 * special.stdtr(2, -t))
+    assert row["t_auroc_vs_ref"] == pytest.approx(t) and row["p_auroc_vs_ref"] == pytest.approx(
+        2 * special.stdtr(2, -t)
+    )
     assert row["n_pairs_vs_ref"] == 3
 
 
 def test_summarize_pairs_only_common_folds_and_cells():
     # x: 0.75, 1.0, 0.5; ref: 0.5 (fold 0), none (fold 1), 0.0 (fold 2)
-    preds = [_fp("x", 0, [0.1, 0.4, 0.35, 0.8]), _fp("x", 1, [0.1, 0.2, 0.3, 0.4]), _fp("x", 2, [0.1, 0.6, 0.2, 0.5]),
-             _fp("ref", 0, [0.1, 0.6, 0.2, 0.5]), _fp("ref", 2, [0.9, 0.8, 0.1, 0.2]),
-             _fp("x", 0, [0.1, 0.2, 0.3, 0.4], group="a+b", subset="complete")]
+    preds = [
+        _fp("x", 0, [0.1, 0.4, 0.35, 0.8]),
+        _fp("x", 1, [0.1, 0.2, 0.3, 0.4]),
+        _fp("x", 2, [0.1, 0.6, 0.2, 0.5]),
+        _fp("ref", 0, [0.1, 0.6, 0.2, 0.5]),
+        _fp("ref", 2, [0.9, 0.8, 0.1, 0.2]),
+        _fp("x", 0, [0.1, 0.2, 0.3, 0.4], group="a+b", subset="complete"),
+    ]
     summary, _ = summarize(preds, "binary", against=["ref"], n_boot=0)
     row = pick(summary, method="x", group="overall")[0]
     assert row["n_pairs_vs_ref"] == 2  # fold 1 has no ref

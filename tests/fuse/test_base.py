@@ -8,18 +8,29 @@ import torch
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModalityInfo, ModelInfo
 from tests.helpers import FakeTrainer
 
-MODS = [ModalityInfo("img", "vector", (3,)), ModalityInfo("rep", "sequence", (4, 2)),
-        ModalityInfo("ehr", "timeseries", (2, 2))]
+MODS = [
+    ModalityInfo("img", "vector", (3,)),
+    ModalityInfo("rep", "sequence", (4, 2)),
+    ModalityInfo("ehr", "timeseries", (2, 2)),
+]
 
 
 def _batch(n: int = 4) -> Batch:
     """Rows 10.. of three modalities, every value 1 + row position, all present; token masks all True."""
-    x = {m.name: (torch.arange(n, dtype=torch.float32) + 1).view(-1, *([1] * len(m.shape))).expand(n, *m.shape).clone()
-         for m in MODS}
+    x = {
+        m.name: (torch.arange(n, dtype=torch.float32) + 1).view(-1, *([1] * len(m.shape))).expand(n, *m.shape).clone()
+        for m in MODS
+    }
     mask = torch.ones(n, 3, dtype=torch.bool)
-    return Batch(x=x, mask=mask, y=torch.arange(n, dtype=torch.float32).view(-1, 1) % 2,
-                 y_mask=torch.tensor([True] * (n - 1) + [False]), index=torch.arange(10, 10 + n),
-                 tokens_mask={"rep": torch.ones(n, 4, dtype=torch.bool)}, natural_mask=mask.clone())
+    return Batch(
+        x=x,
+        mask=mask,
+        y=torch.arange(n, dtype=torch.float32).view(-1, 1) % 2,
+        y_mask=torch.tensor([True] * (n - 1) + [False]),
+        index=torch.arange(10, 10 + n),
+        tokens_mask={"rep": torch.ones(n, 4, dtype=torch.bool)},
+        natural_mask=mask.clone(),
+    )
 
 
 def test_model_info_names_and_count() -> None:
@@ -94,8 +105,13 @@ def test_protocol_defaults() -> None:
     assert {id(p) for p in params} == {id(p) for p in model.w.parameters()}
     assert opt.param_groups[0]["lr"] == 0.003 and opt.param_groups[0]["weight_decay"] == 0.02
     assert model.selection_start_epoch == 0 and not model.ignores_masked_inputs
-    batch = Batch(x={"a": torch.ones(2, 3)}, mask=torch.ones(2, 1, dtype=torch.bool), y=torch.zeros(2, 1),
-                  y_mask=torch.ones(2, dtype=torch.bool), index=torch.arange(2))
+    batch = Batch(
+        x={"a": torch.ones(2, 3)},
+        mask=torch.ones(2, 1, dtype=torch.bool),
+        y=torch.zeros(2, 1),
+        y_mask=torch.ones(2, dtype=torch.bool),
+        index=torch.arange(2),
+    )
     out = model(batch)
     assert model.label_free_weights(out) is None
     assert model.train_drop(batch, torch.Generator()) is batch

@@ -52,5 +52,5 @@ def test_cra_reconstructs_held_out_better_than_zero_fill():
     with torch.no_grad():
         vp, _ = cra(torch.cat([a, torch.zeros_like(b)], 1))
     err_cra = ((vp[:, d:] - b) ** 2).mean()
-    err_zero = (b ** 2).mean()
+    err_zero = (b**2).mean()
     assert err_cra < 0.3 * err_zero

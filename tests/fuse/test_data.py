@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from omnifuse.fuse.data import CLIP_QUANTILES, DataError, Normalizer, inner_split, load_fuse_data, make_folds, simulate_missing
+from omnifuse.fuse.data import (
+    CLIP_QUANTILES,
+    DataError,
+    Normalizer,
+    inner_split,
+    load_fuse_data,
+    make_folds,
+    simulate_missing,
+)
 
 
 def test_load_from_written_cache_keeps_float16(tiny_cache):
@@ -89,8 +97,9 @@ def test_one_absurd_value_neither_flattens_a_feature_nor_reaches_a_prediction(ti
     test = torch.zeros((1, 5, 4))
     test[0, 0, 0] = 1e30
     z = norm.apply("ehr", test)
-    assert torch.isfinite(z).all() and z[0, 0, 0] == pytest.approx((clean["high"][0] - clean["mean"][0]) /
-                                                                    clean["std"][0], rel=1e-4)
+    assert torch.isfinite(z).all() and z[0, 0, 0] == pytest.approx(
+        (clean["high"][0] - clean["mean"][0]) / clean["std"][0], rel=1e-4
+    )
 
 
 def test_a_corrupt_normalizer_is_refused_by_name(tiny_data, tmp_path):
@@ -104,6 +113,11 @@ def test_a_corrupt_normalizer_is_refused_by_name(tiny_data, tmp_path):
     p.write_text("{not json")
     with pytest.raises(DataError, match="normalizer.json is not valid JSON"):
         Normalizer.load(p)
-    legacy = {"version": 1, "modalities": {k: {kk: vv for kk, vv in v.items() if kk not in ("low", "high")}
-                                           for k, v in Normalizer.fit(d, np.arange(80)).stats.items()}}
+    legacy = {
+        "version": 1,
+        "modalities": {
+            k: {kk: vv for kk, vv in v.items() if kk not in ("low", "high")}
+            for k, v in Normalizer.fit(d, np.arange(80)).stats.items()
+        },
+    }
     assert torch.isfinite(Normalizer.from_json(legacy).apply("ehr", d.x["ehr"][:3])).all()

@@ -42,8 +42,7 @@ def test_multilabel_weights_per_label_and_no_gradient():
     # w for head 2 per label: 1 - p1_true = [1 - sig(3), 1 - sig(-3)]
     s = torch.sigmoid(torch.tensor(3.0)).item()
     bce2 = math.log(2)
-    ens = (((1 - 0.5) * (-math.log(s)) + (1 - 0.5) * (-math.log(1 - s))) / 2 +
-           ((1 - s) * bce2 + s * bce2) / 2)
+    ens = ((1 - 0.5) * (-math.log(s)) + (1 - 0.5) * (-math.log(1 - s))) / 2 + ((1 - s) * bce2 + s * bce2) / 2
     assert float(t["ens"].detach()) == pytest.approx(ens, rel=1e-5)
     loss.backward()
     assert l1.grad is not None and torch.isfinite(l1.grad).all()
@@ -76,10 +75,11 @@ def test_weighted_loss_divides_by_labelled_rows_not_by_weights():
 
     p1 = [sig(2.0), 1 - sig(-1.0)]  # true-class probabilities of rows 0, 1
     p2 = [sig(1.0), 1 - sig(0.0)]
-    ens = sum((1 - p2[i]) * ce(z1[i, 0].item(), y[i, 0].item()) for i in range(2)) / 2 + \
-        sum((1 - p1[i]) * ce(z2[i, 0].item(), y[i, 0].item()) for i in range(2)) / 2
+    ens = (
+        sum((1 - p2[i]) * ce(z1[i, 0].item(), y[i, 0].item()) for i in range(2)) / 2
+        + sum((1 - p1[i]) * ce(z2[i, 0].item(), y[i, 0].item()) for i in range(2)) / 2
+    )
     rp = (ce(0.2, 1.0) + ce(-0.3, 0.0)) / 2
     assert float(t["ens"]) == pytest.approx(ens, rel=1e-5)
     assert float(t["rp"]) == pytest.approx(rp, rel=1e-5)
     assert float(loss) == pytest.approx(ens + 0.5 * rp, rel=1e-5)
-

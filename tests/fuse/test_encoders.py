@@ -4,9 +4,14 @@ import torch
 from omnifuse.fuse.base import ModalityInfo
 from omnifuse.fuse.encoders import build_encoder
 
-CASES = [("vector", (10,), {}), ("tabular", (7,), {}), ("sequence", (5, 6), {"pool": "attention"}),
-         ("sequence", (5, 6), {"pool": "mean"}), ("timeseries", (4, 3), {"rnn": "gru"}),
-         ("timeseries", (4, 3), {"rnn": "lstm"})]
+CASES = [
+    ("vector", (10,), {}),
+    ("tabular", (7,), {}),
+    ("sequence", (5, 6), {"pool": "attention"}),
+    ("sequence", (5, 6), {"pool": "mean"}),
+    ("timeseries", (4, 3), {"rnn": "gru"}),
+    ("timeseries", (4, 3), {"rnn": "lstm"}),
+]
 
 
 @pytest.mark.parametrize("kind,shape,kw", CASES)

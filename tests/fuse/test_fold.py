@@ -5,10 +5,18 @@ import numpy as np
 import pytest
 
 from omnifuse.experiments.compare import compare
-from omnifuse.fuse.fold import (FoldPlan, combination_views, fold_data, fold_seed, make_repeated_folds, mask_seed,
-                                run_fold, run_seed)
 from omnifuse.fuse.config import resolve_config
 from omnifuse.fuse.data import load_fuse_data
+from omnifuse.fuse.fold import (
+    FoldPlan,
+    combination_views,
+    fold_data,
+    fold_seed,
+    make_repeated_folds,
+    mask_seed,
+    run_fold,
+    run_seed,
+)
 from omnifuse.fuse.train import train
 from tests.helpers import TINY_OPTIONS, TINY_OVERRIDES
 
@@ -18,8 +26,13 @@ def test_seed_policy():
     assert run_seed(2, 0, 1) == 201 and run_seed(2, 1, 1) == 1201
     s = mask_seed(0, 0, 1, 0.3, "random")
     assert s == mask_seed(0, 0, 1, 0.3, "random")
-    others = {mask_seed(0, 0, 2, 0.3, "random"), mask_seed(0, 0, 1, 0.4, "random"), mask_seed(0, 1, 1, 0.3, "random"),
-              mask_seed(1, 0, 1, 0.3, "random"), mask_seed(0, 0, 1, 0.3, "img")}
+    others = {
+        mask_seed(0, 0, 2, 0.3, "random"),
+        mask_seed(0, 0, 1, 0.4, "random"),
+        mask_seed(0, 1, 1, 0.3, "random"),
+        mask_seed(1, 0, 1, 0.3, "random"),
+        mask_seed(0, 0, 1, 0.3, "img"),
+    }
     assert s not in others and len(others) == 5
 
 
@@ -43,7 +56,7 @@ def test_fold_data_masks_per_fold_and_keeps_the_natural_mask(ref_cache):
 
 def test_run_fold_predicts_every_combination_on_every_test_row(ref_cache):
     data = load_fuse_data(ref_cache, "mortality", device="cpu")
-    (tr, te), = make_repeated_folds(data, 3, 1, 0)[0][:1]
+    ((tr, te),) = make_repeated_folds(data, 3, 1, 0)[0][:1]
     cfg = resolve_config(None, task="mortality", epochs=1, progress=False, **TINY_OPTIONS)
     combos = [data.modalities, data.modalities[:1], ["nonesuch"]]
     run = run_fold(data, FoldPlan("concat", tr, te, seed=5, params=TINY_OVERRIDES["concat"], combos=combos), cfg)
@@ -57,11 +70,33 @@ def test_train_and_compare_give_identical_fold_metrics(ref_cache, tmp_path, meth
     """The same options through ``train`` and ``experiment compare``: the same per-fold AUROC and AUPRC, overall
     and per combination in both views (simulated missingness included)."""
     opts = {**TINY_OPTIONS, "epochs": 2}
-    r = train(ref_cache, "mortality", method, folds=3, seed=4, missing_rate=0.3, progress=False, n_boot=0,
-              method_params=TINY_OVERRIDES[method], **opts)
-    c = compare(ref_cache, "mortality", [method], folds=3, seed=4, missing_rate=0.3, out=tmp_path / method,
-                combinations="all", progress=False, print_table=False, n_boot=0,
-                method_overrides={method: TINY_OVERRIDES[method]}, options=opts)
+    r = train(
+        ref_cache,
+        "mortality",
+        method,
+        folds=3,
+        seed=4,
+        missing_rate=0.3,
+        progress=False,
+        n_boot=0,
+        method_params=TINY_OVERRIDES[method],
+        **opts,
+    )
+    c = compare(
+        ref_cache,
+        "mortality",
+        [method],
+        folds=3,
+        seed=4,
+        missing_rate=0.3,
+        out=tmp_path / method,
+        combinations="all",
+        progress=False,
+        print_table=False,
+        n_boot=0,
+        method_overrides={method: TINY_OVERRIDES[method]},
+        options=opts,
+    )
     recs = {(x["fold"], x["group"], x["subset"]): x for x in c.folds if x["method"] == method}
     checked = 0
     for k, fm in enumerate(r.metrics["folds"]):

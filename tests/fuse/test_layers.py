@@ -50,8 +50,9 @@ def test_true_class_probability_per_kind() -> None:
     torch.testing.assert_close(true_class_probability(z, y, "multilabel"), want)
     torch.testing.assert_close(true_class_probability(z, y, "multilabel", mean_labels=True), want.mean(1))
     zc = torch.tensor([[0.0, math.log(3.0)], [math.log(4.0), 0.0]])
-    torch.testing.assert_close(true_class_probability(zc, torch.tensor([1, 1]), "multiclass"),
-                               torch.tensor([0.75, 0.2]))
+    torch.testing.assert_close(
+        true_class_probability(zc, torch.tensor([1, 1]), "multiclass"), torch.tensor([0.75, 0.2])
+    )
     with pytest.raises(ValueError, match="multiclass labels must be"):
         true_class_probability(zc, torch.tensor([[1], [1]]), "multiclass")
     with pytest.raises(ValueError, match="binary labels must match logits"):
@@ -96,7 +97,8 @@ def test_task_loss_selection_and_weights() -> None:
         # weights scale the losses, the count stays the number of labelled rows (DWFuse's eq. 12)
         w = torch.tensor([0.5, 0.0, 2.0, 7.0])
         assert float(task_loss(z, y, "binary", y_mask, weight=w)) == pytest.approx(
-            (0.5 * per[0] + 2.0 * per[2]) / 3, rel=1e-6)
+            (0.5 * per[0] + 2.0 * per[2]) / 3, rel=1e-6
+        )
     # nothing selected: a zero that keeps the graph
     none = task_loss(z, y, "binary", torch.zeros(4, dtype=torch.bool))
     assert float(none.detach()) == 0.0
@@ -146,8 +148,9 @@ def test_row_dropout_draws_the_six_patterns() -> None:
     assert min(counts.values()) > 3000 / 6 * 0.8
     single = torch.tensor([[False, True, False]])
     assert torch.equal(drop_modalities(single, 1.0, unit="row"), single)
-    assert torch.equal(drop_modalities(torch.ones(5, 1, dtype=torch.bool), 1.0, unit="row"),
-                       torch.ones(5, 1, dtype=torch.bool))
+    assert torch.equal(
+        drop_modalities(torch.ones(5, 1, dtype=torch.bool), 1.0, unit="row"), torch.ones(5, 1, dtype=torch.bool)
+    )
 
 
 @pytest.mark.parametrize("unit", ["modality", "row"])

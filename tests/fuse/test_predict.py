@@ -22,8 +22,9 @@ def test_predict_scores_any_stays_with_traceable_columns(tiny_cache, tmp_path, f
     # the label-free weight is eq. 10 with the predicted class
     yhat = res["score"][:, 0] > 0.5
     pt = np.stack([np.where(yhat, res[f"p_{m}"][:, 0], 1 - res[f"p_{m}"][:, 0]) for m in ("img", "rep", "ehr")])
-    np.testing.assert_allclose(down_weights(torch.tensor(pt), 0.5).numpy()[0], res["weight_predicted_class_img"][:, 0],
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        down_weights(torch.tensor(pt), 0.5).numpy()[0], res["weight_predicted_class_img"][:, 0], rtol=1e-4, atol=1e-6
+    )
     # fold-0 test rows get the same scores as in training
     d = load_fuse_data(tiny_cache, "mortality", device="cpu")
     te = r.folds[0].test_rows
@@ -43,4 +44,3 @@ def test_predict_without_label_free_weights(tiny_cache, tmp_path, fast):
     res = predict(run, tiny_cache, fold=1)
     assert set(res) == {"stay_id", "score", "present_img", "present_rep", "present_ehr"}
     assert res["score"].shape == (160, 1) and np.isfinite(res["score"]).all()
-

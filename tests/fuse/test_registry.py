@@ -31,8 +31,11 @@ from omnifuse.fuse.registry import register_method, register_variant
 from tests.helpers import FakeTrainer
 
 B = 6
-MODS3 = [ModalityInfo("img", "vector", (10,)), ModalityInfo("rep", "sequence", (5, 6)),
-         ModalityInfo("ehr", "timeseries", (4, 3))]
+MODS3 = [
+    ModalityInfo("img", "vector", (10,)),
+    ModalityInfo("rep", "sequence", (5, 6)),
+    ModalityInfo("ehr", "timeseries", (4, 3)),
+]
 MODS1 = [ModalityInfo("rep", "sequence", (5, 6))]
 KINDS = {"binary": 1, "multilabel": 3, "multiclass": 3}
 
@@ -40,15 +43,21 @@ KINDS = {"binary": 1, "multilabel": 3, "multiclass": 3}
 SMALL: dict[str, dict[str, Any]] = {
     "omnifuse": {"d": 16, "K": 2, "cra_hidden": 32, "latent": 8, "head_hidden": 16},
     "mdrop": {"d": 16, "heads": 2, "ff": 32, "proj_dim": 8, "hidden": 16, "contrastive_epochs": 1},
-    "concat": {"d": 16, "hidden": 16}, "sum": {"d": 16, "hidden": 16}, "se_gate": {"d": 16, "hidden": 16},
-    "gblend": {"d": 16, "hidden": 16}, "ogm_ge": {"d": 16}, "pmr": {"d": 16, "entropy_epochs": 2},
+    "concat": {"d": 16, "hidden": 16},
+    "sum": {"d": 16, "hidden": 16},
+    "se_gate": {"d": 16, "hidden": 16},
+    "gblend": {"d": 16, "hidden": 16},
+    "ogm_ge": {"d": 16},
+    "pmr": {"d": 16, "entropy_epochs": 2},
     "medfuse": {"d": 16, "lstm_hidden": 16},
 }
 # option sets of the baselines, each on one task kind and M = 3
 OPTIONS: list[tuple[str, dict[str, Any], str]] = [
-    ("concat", {"missing": "token"}, "binary"), ("sum", {"missing": "token"}, "multilabel"),
+    ("concat", {"missing": "token"}, "binary"),
+    ("sum", {"missing": "token"}, "multilabel"),
     ("se_gate", {"missing": "token"}, "multiclass"),
-    ("medfuse", {"missing": "skip"}, "binary"), ("medfuse", {"missing": "zero"}, "multiclass"),
+    ("medfuse", {"missing": "skip"}, "binary"),
+    ("medfuse", {"missing": "zero"}, "multiclass"),
     ("ogm_ge", {"form": "paper", "noise": False}, "multiclass"),
     ("pmr", {"prototypes": "epoch", "coef": "tanh"}, "multilabel"),
     ("gblend", {"every": 2}, "binary"),
@@ -64,8 +73,9 @@ BASELINES = {"concat", "sum", "se_gate", "gblend", "ogm_ge", "pmr", "medfuse", "
 def _cases() -> list:
     """(name, options, kind, M): every registered method x kind x M in {1, 3}, then the baselines' option
     sets, then every registered variant on M = 3 (one task kind each, in turn)."""
-    cases = [pytest.param(n, {}, k, m, id=f"{n}-{k}-M{m}") for n in list_methods("method") for k in KINDS
-             for m in (1, 3)]
+    cases = [
+        pytest.param(n, {}, k, m, id=f"{n}-{k}-M{m}") for n in list_methods("method") for k in KINDS for m in (1, 3)
+    ]
     for n, v, k in OPTIONS:
         vid = "-".join(f"{a}={b}" for a, b in v.items())
         cases.append(pytest.param(n, v, k, 3, id=f"{n}-{vid}-{k}-M3"))
@@ -79,8 +89,9 @@ def _patterns(m: int) -> list[tuple[bool, ...]]:
     return [p for p in itertools.product([True, False], repeat=m) if any(p)]
 
 
-def _batch(mods: list[ModalityInfo], kind: str, c: int, pattern: tuple[bool, ...], seed: int,
-           index_start: int = 0) -> Batch:
+def _batch(
+    mods: list[ModalityInfo], kind: str, c: int, pattern: tuple[bool, ...], seed: int, index_start: int = 0
+) -> Batch:
     g = torch.Generator().manual_seed(seed)
     mask = torch.tensor(pattern, dtype=torch.bool).expand(B, len(mods)).clone()
     x, tm = {}, {}
@@ -99,8 +110,15 @@ def _batch(mods: list[ModalityInfo], kind: str, c: int, pattern: tuple[bool, ...
         y[0], y[1] = 1.0, 0.0  # both classes in every batch
     y_mask = torch.ones(B, dtype=torch.bool)
     y_mask[-1] = False  # one unlabelled row
-    return Batch(x=x, mask=mask, y=y, y_mask=y_mask, index=torch.arange(index_start, index_start + B),
-                 tokens_mask=tm, natural_mask=mask.clone())
+    return Batch(
+        x=x,
+        mask=mask,
+        y=y,
+        y_mask=y_mask,
+        index=torch.arange(index_start, index_start + B),
+        tokens_mask=tm,
+        natural_mask=mask.clone(),
+    )
 
 
 def _encoder_grad_norms(method: torch.nn.Module) -> list[float] | None:
@@ -129,8 +147,15 @@ def _perturb_masked(batch: Batch, seed: int) -> Batch:
     for name, t in batch.tokens_mask.items():
         j = list(batch.x).index(name)
         tm[name] = torch.where(batch.mask[:, j : j + 1], t, torch.rand(t.shape, generator=g) > 0.5)
-    return Batch(x=x, mask=batch.mask, y=batch.y, y_mask=batch.y_mask, index=batch.index, tokens_mask=tm,
-                 natural_mask=batch.natural_mask)
+    return Batch(
+        x=x,
+        mask=batch.mask,
+        y=batch.y,
+        y_mask=batch.y_mask,
+        index=batch.index,
+        tokens_mask=tm,
+        natural_mask=batch.natural_mask,
+    )
 
 
 def test_registry_entries_are_documented() -> None:
@@ -146,7 +171,8 @@ def test_registry_entries_are_documented() -> None:
         # the registry defaults are exactly options the builder accepts
         method = build_method(n, info)
         assert isinstance(method, FusionMethod) and method.info is info
-    with pytest.raises(ValueError, match="method 'concat' has no parameter 'no_such_option'; its parameters: d, missing"):
+    unknown = "fusion method 'concat' has no parameter 'no_such_option'; its parameters: d, missing"
+    with pytest.raises(ValueError, match=unknown):
         build_method("concat", info, no_such_option=1)
     with pytest.raises(KeyError, match="unknown fusion method 'nope'; known: ablation_a"):
         get_method("nope")
@@ -191,8 +217,11 @@ def test_method_sweep(name: str, options: dict[str, Any], kind: str, m: int) -> 
             grads = [p.grad for p in method.parameters() if p.grad is not None]
             assert all(torch.isfinite(g).all() for g in grads)
             present = b.mask.any(dim=0).tolist()
-            no_pairs = (isinstance(method, ContrastiveModalityDropout) and method.stage == "contrastive"
-                        and int(b.mask.sum(1).max()) < 2)
+            no_pairs = (
+                isinstance(method, ContrastiveModalityDropout)
+                and method.stage == "contrastive"
+                and int(b.mask.sum(1).max()) < 2
+            )
             if no_pairs:
                 # contrastive stage with single-modality rows: no pair of views, nothing to learn
                 assert float(loss.detach()) == 0.0
@@ -240,8 +269,7 @@ def test_masked_input_check_can_fail() -> None:
 # variants
 # ------------------------------------------------------------------------------------------------------
 def _switches(model: OmniFuse) -> dict[str, bool]:
-    return {"dwfuse": model.use_dwfuse, "tla": model.use_tla, "imp_fw": model.use_imp_fw,
-            "imp_bw": model.use_imp_bw}
+    return {"dwfuse": model.use_dwfuse, "tla": model.use_tla, "imp_fw": model.use_imp_fw, "imp_bw": model.use_imp_bw}
 
 
 @pytest.mark.parametrize("name", list_methods("variant"))
@@ -274,8 +302,14 @@ def test_variant_builds_its_base_network_with_its_switches(name: str) -> None:
 def test_named_variants_and_ablation_rows() -> None:
     assert get_method("dwfuse_only").params == {"dwfuse": True, "tla": False, "imp_fw": False, "imp_bw": False}
     assert get_method("omnifuse_no_imp").params == {"imp_fw": False, "imp_bw": False}
-    table4 = {"a": (False, False, False, False), "b": (True, False, False, False), "c": (True, True, False, False),
-              "d": (True, True, True, False), "e": (True, False, True, True), "f": (True, True, True, True)}
+    table4 = {
+        "a": (False, False, False, False),
+        "b": (True, False, False, False),
+        "c": (True, True, False, False),
+        "d": (True, True, True, False),
+        "e": (True, False, True, True),
+        "f": (True, True, True, True),
+    }
     assert ABLATION_SWITCHES == ("dwfuse", "tla", "imp_fw", "imp_bw")
     assert {r: sw for r, (sw, _) in ABLATION_ROWS.items()} == table4
     for row, switches in table4.items():
@@ -337,4 +371,3 @@ def test_protocol_of_the_registered_methods() -> None:
     frozen = build_method("mdrop", info, d=8, heads=2, learn_scale=False)
     ids = {id(p) for p in frozen.configure_optimizer(1e-3, 0.0).param_groups[0]["params"]}
     assert id(frozen.logit_scale) not in ids and id(frozen.cls_head[0].weight) in ids
-

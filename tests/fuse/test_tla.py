@@ -6,9 +6,13 @@ from omnifuse.fuse.tla import all_combinations, combination_name, lazy_mask, min
 
 def _batch(n=12, M=3):
     torch.manual_seed(0)
-    return Batch(x={f"m{j}": torch.randn(n, 2) for j in range(M)}, mask=torch.ones(n, M, dtype=torch.bool),
-                 y=(torch.arange(n) % 2).float()[:, None], y_mask=torch.ones(n, dtype=torch.bool),
-                 index=torch.arange(n))
+    return Batch(
+        x={f"m{j}": torch.randn(n, 2) for j in range(M)},
+        mask=torch.ones(n, M, dtype=torch.bool),
+        y=(torch.arange(n) % 2).float()[:, None],
+        y_mask=torch.ones(n, dtype=torch.bool),
+        index=torch.arange(n),
+    )
 
 
 def test_all_combinations_count_and_names():

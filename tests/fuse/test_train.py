@@ -1,14 +1,13 @@
 """``omnifuse train`` (omnifuse.fuse.train): the run folder and its files, reproducible metrics, the three task
 kinds with simulated missingness, variants of the registry, the grid search, and the real MIMIC-IV demo."""
 
-import csv
 import json
 
 import numpy as np
 import pytest
 
 from omnifuse.fuse.train import grid, print_results, train
-from tests.helpers import synthetic_cache_data
+from tests.helpers import read_csv_rows, synthetic_cache_data
 
 
 def test_run_folder_contents_and_loss_goes_down(tiny_cache, tmp_path, fast):
@@ -21,7 +20,7 @@ def test_run_folder_contents_and_loss_goes_down(tiny_cache, tmp_path, fast):
     assert "img+rep+ehr" in m["folds"][0]["by_combination"] and m["folds"][0]["by_pattern"]
     for h in r.folds[0].history, r.folds[1].history:
         assert h[-1]["loss"] < h[0]["loss"]
-    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    rows = read_csv_rows(out / "predictions.csv")
     assert len(rows) == sum(f["n_test"] for f in m["folds"])
     assert {"stay_id", "fold", "label", "score"} <= set(rows[0])
     lazy = json.loads((out / "lazy_combinations.json").read_text())
@@ -52,9 +51,20 @@ def test_multilabel_and_multiclass_and_missing_rate(tiny_data, task, fast):
 def test_train_accepts_a_variant(variant, tmp_path):
     """``omnifuse train -m dwfuse_only`` (and any variant): the run trains the variant's network and the
     run folder names it with its resolved switches."""
-    res = train(synthetic_cache_data(n=120, seed=2), "mortality", variant, folds=2, epochs=2, batch_size=32,
-                n_boot=5, progress=False, device="cpu", mining_rows=32, out=tmp_path / "run",
-                method_params={"d": 8, "K": 2, "cra_hidden": 16, "latent": 4, "head_hidden": 8})
+    res = train(
+        synthetic_cache_data(n=120, seed=2),
+        "mortality",
+        variant,
+        folds=2,
+        epochs=2,
+        batch_size=32,
+        n_boot=5,
+        progress=False,
+        device="cpu",
+        mining_rows=32,
+        out=tmp_path / "run",
+        method_params={"d": 8, "K": 2, "cra_hidden": 16, "latent": 4, "head_hidden": 8},
+    )
     assert res.metrics["method"] == variant and len(res.metrics["folds"]) == 2
     resolved = json.loads((tmp_path / "run" / "config.json").read_text())["method_params_resolved"]
     switches = {"dwfuse_only": (True, False, False, False), "ablation_e": (True, False, True, True)}[variant]
@@ -65,8 +75,15 @@ def test_train_accepts_a_variant(variant, tmp_path):
 
 
 def test_grid_selects_on_validation(tiny_data, tmp_path, fast):
-    s = grid(tiny_data, "mortality", "omnifuse", grid={"beta": [0.25, 1.0]}, folds=2, out=tmp_path / "g",
-             **{**fast, "epochs": 2})
+    s = grid(
+        tiny_data,
+        "mortality",
+        "omnifuse",
+        grid={"beta": [0.25, 1.0]},
+        folds=2,
+        out=tmp_path / "g",
+        **{**fast, "epochs": 2},
+    )
     assert len(s["points"]) == 2 and s["best"]["beta"] in (0.25, 1.0)
     best = max(s["points"], key=lambda p: p["val_auroc"])
     assert s["best"] == best["params"]

@@ -51,8 +51,16 @@ def norm(data: FuseData, rows: tuple[np.ndarray, np.ndarray]) -> Normalizer:
 
 
 def _cfg(**kw: Any) -> TrainConfig:
-    base = {"task": "mortality", "epochs": 3, "batch_size": BATCH, "patience": 10, "mining_rows": 16, "lr": 1e-2,
-            "progress": False, "device": "cpu"}
+    base = {
+        "task": "mortality",
+        "epochs": 3,
+        "batch_size": BATCH,
+        "patience": 10,
+        "mining_rows": 16,
+        "lr": 1e-2,
+        "progress": False,
+        "device": "cpu",
+    }
     return resolve_config(None, **{**base, **kw})
 
 
@@ -61,8 +69,14 @@ class Scripted(FusionMethod):
     as trained where ``script`` is None). The loss ``mean((logits - 1)^2)`` becomes NaN from epoch ``nan_from``.
     Its hooks append to ``log``."""
 
-    def __init__(self, info: ModelInfo, script: list[float] | None = None, selection_start_epoch: int = 0,
-                 nan_from: int | None = None, log: list[tuple[Any, ...]] | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        script: list[float] | None = None,
+        selection_start_epoch: int = 0,
+        nan_from: int | None = None,
+        log: list[tuple[Any, ...]] | None = None,
+    ) -> None:
         super().__init__(info)
         self.w = nn.Parameter(torch.tensor(0.5))
         self.script = script
@@ -98,8 +112,16 @@ def _scripted(data: FuseData, norm: Normalizer, **kw: Any) -> Scripted:
     return Scripted(data.model_info(norm), **kw)
 
 
-def _trainer(model: FusionMethod, data: FuseData, rows: tuple[np.ndarray, np.ndarray], norm: Normalizer,
-             seed: int = 0, fold: int = 0, callbacks: tuple[Any, ...] = (), **cfg: Any) -> Trainer:
+def _trainer(
+    model: FusionMethod,
+    data: FuseData,
+    rows: tuple[np.ndarray, np.ndarray],
+    norm: Normalizer,
+    seed: int = 0,
+    fold: int = 0,
+    callbacks: tuple[Any, ...] = (),
+    **cfg: Any,
+) -> Trainer:
     return Trainer(model, data, rows[0], rows[1], norm, _cfg(**cfg), seed=seed, fold=fold, callbacks=callbacks)
 
 
@@ -179,8 +201,9 @@ def test_selection_starts_at_the_methods_selection_start_epoch(data, rows, norm)
 def test_a_two_stage_method_is_never_selected_before_its_classifier_trains(data, rows, norm) -> None:
     """mdrop with 3 contrastive epochs (``selection_start_epoch`` 3): the best epoch is 3 or later."""
     torch.manual_seed(0)
-    model = build_method("mdrop", data.model_info(norm), d=8, heads=2, ff=16, proj_dim=8, hidden=8,
-                         contrastive_epochs=3)
+    model = build_method(
+        "mdrop", data.model_info(norm), d=8, heads=2, ff=16, proj_dim=8, hidden=8, contrastive_epochs=3
+    )
     assert model.selection_start_epoch == 3
     best_epoch, _ = _trainer(model, data, rows, norm, epochs=5).fit()
     assert best_epoch >= 3
@@ -222,8 +245,12 @@ def test_callbacks_are_called_once_at_the_start_and_once_per_epoch_in_order(data
     want: list[tuple[Any, ...]] = [("method.on_train_start",), ("cb1.on_train_start",), ("cb2.on_train_start",)]
     for e in range(3):
         # the method's epoch-end hook, then the callbacks in order, then validation (history grows after them)
-        want += [("method.on_epoch_start", e), ("method.on_epoch_end", e), ("cb1.on_epoch_end", e, e),
-                 ("cb2.on_epoch_end", e, e)]
+        want += [
+            ("method.on_epoch_start", e),
+            ("method.on_epoch_end", e),
+            ("cb1.on_epoch_end", e, e),
+            ("cb2.on_epoch_end", e, e),
+        ]
     assert log == want
 
 

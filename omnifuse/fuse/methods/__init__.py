@@ -8,6 +8,7 @@ here: ``from omnifuse.fuse.methods import build_method, get_method, list_methods
 
 from __future__ import annotations
 
+from omnifuse.fuse import reference  # the reference learners logreg and gbm
 from omnifuse.fuse.methods import concat, gblend, mdrop, medfuse, ogm_ge, omnifuse, pmr, se_gate, sum
 from omnifuse.fuse.registry import (
     METHODS,
@@ -20,7 +21,7 @@ from omnifuse.fuse.registry import (
     register_variant,
 )
 
-METHOD_MODULES = (omnifuse, concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop)
+METHOD_MODULES = (reference, omnifuse, concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop)
 """The modules that register the entries, in the order they are imported."""
 
 __all__ = [

@@ -22,13 +22,12 @@ only, then ``o`` (the paper's figure 3b).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.base import Batch, DroppedBatch, FusionMethod, MethodOutput, ModelInfo, TrainerView
 from omnifuse.fuse.cra import CRA, backward_loss, forward_loss
 from omnifuse.fuse.dwfuse import down_weights, dwfuse_loss, predicted_class_probability
 from omnifuse.fuse.encoders import build_encoder
@@ -44,15 +43,6 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "lambda_dwfuse": 10.0,
     "lambda_tla": 0.5,
 }
-
-
-@dataclass
-class DroppedBatch(Batch):
-    """A training batch after the random modality drop; ``source`` is the batch before it (the truth of the
-    dropped modalities) and ``dropped`` [B, M] marks the modalities removed on purpose."""
-
-    source: Batch = field(kw_only=True)
-    dropped: torch.Tensor = field(kw_only=True)
 
 
 @register_method(
@@ -144,19 +134,9 @@ class OmniFuse(FusionMethod):
 
     def train_drop(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         """Random drops of present modalities (at least one kept); the pre-drop batch travels along."""
-        keep = drop_modalities(batch.mask, self.train_drop_prob, generator, unit="row")
-        nb = batch.with_mask(keep)
-        return DroppedBatch(
-            x=nb.x,
-            mask=keep,
-            y=nb.y,
-            y_mask=nb.y_mask,
-            index=nb.index,
-            tokens_mask=nb.tokens_mask,
-            natural_mask=batch.natural_mask,
-            source=batch,
-            dropped=batch.mask & ~keep,
-        )
+        if isinstance(batch, DroppedBatch):  # the trainer's shared drop: its masks are the ones to learn from
+            return batch
+        return DroppedBatch.drop(batch, drop_modalities(batch.mask, self.train_drop_prob, generator, unit="row"))
 
     # ------------------------------------------------------------------------------------- forward
     def forward(self, batch: Batch) -> MethodOutput:

@@ -52,8 +52,9 @@ def test_check_batch_names_what_does_not_match() -> None:
     wide = Batch(x=batch.x, mask=torch.ones(3, 3, dtype=torch.bool), y=batch.y, y_mask=batch.y_mask, index=batch.index)
     with pytest.raises(ValueError, match=r"batch.mask must be \[B, 2\] \(one column per modality\), got \(3, 3\)"):
         check_batch(info, wide)
-    swapped = Batch(x={"b": batch.x["b"], "a": batch.x["a"]}, mask=batch.mask, y=batch.y, y_mask=batch.y_mask,
-                    index=batch.index)
+    swapped = Batch(
+        x={"b": batch.x["b"], "a": batch.x["a"]}, mask=batch.mask, y=batch.y, y_mask=batch.y_mask, index=batch.index
+    )
     with pytest.raises(ValueError, match=r"in the order \['a', 'b'\], got \['b', 'a'\]"):
         check_batch(info, swapped)
     # a method's forward runs the check
@@ -74,16 +75,27 @@ def test_encoder_bank_stacks_one_encoder_per_modality() -> None:
     mods = [ModalityInfo("a", "vector", (6,)), ModalityInfo("s", "sequence", (3, 5))]
     bank = EncoderBank(ModelInfo(mods, "binary", 1), 8).eval()
     g = torch.Generator().manual_seed(1)
-    batch = Batch(x={"a": torch.randn(4, 6, generator=g), "s": torch.randn(4, 3, 5, generator=g)},
-                  mask=torch.ones(4, 2, dtype=torch.bool), y=torch.zeros(4, 1), y_mask=torch.ones(4, dtype=torch.bool),
-                  index=torch.arange(4), tokens_mask={"s": torch.tensor([[True, True, False]] * 4)})
+    batch = Batch(
+        x={"a": torch.randn(4, 6, generator=g), "s": torch.randn(4, 3, 5, generator=g)},
+        mask=torch.ones(4, 2, dtype=torch.bool),
+        y=torch.zeros(4, 1),
+        y_mask=torch.ones(4, dtype=torch.bool),
+        index=torch.arange(4),
+        tokens_mask={"s": torch.tensor([[True, True, False]] * 4)},
+    )
     E = bank(batch)
     assert E.shape == (4, 2, 8) and len(bank.encoders) == 2 and bank.names == ["a", "s"]
     torch.testing.assert_close(E[:, 0], bank.encoders[0](batch.x["a"], None))
     torch.testing.assert_close(E[:, 1], bank.encode(batch, 1))
     # the sequence encoder reads the token mask: a masked token's values do not matter
-    moved = Batch(x={"a": batch.x["a"], "s": batch.x["s"].clone()}, mask=batch.mask, y=batch.y, y_mask=batch.y_mask,
-                  index=batch.index, tokens_mask=batch.tokens_mask)
+    moved = Batch(
+        x={"a": batch.x["a"], "s": batch.x["s"].clone()},
+        mask=batch.mask,
+        y=batch.y,
+        y_mask=batch.y_mask,
+        index=batch.index,
+        tokens_mask=batch.tokens_mask,
+    )
     moved.x["s"][:, 2] += 100.0
     torch.testing.assert_close(bank(moved), E)
 

@@ -35,13 +35,17 @@ def test_gblend_heldout_rows_are_stable_and_excluded_from_training_loss() -> Non
     assert torch.equal(h, heldout_rows(idx, 0.2))
     assert not torch.equal(h, heldout_rows(idx, 0.2, seed=1))
     torch.manual_seed(0)
-    model = build_method("gblend", ModelInfo(TWO, "binary", 1), d=8, hidden=8, dropout=0.0,
-                         encoder={"dropout": 0.0})
+    model = build_method("gblend", ModelInfo(TWO, "binary", 1), d=8, hidden=8, dropout=0.0, encoder={"dropout": 0.0})
     batch = vector_batch(torch.ones(40, 2, dtype=torch.bool), (torch.arange(40) % 2).float().view(-1, 1))
     held = heldout_rows(batch.index, 0.2)
     assert 0 < int(held.sum()) < 40
-    flipped = Batch(x=batch.x, mask=batch.mask, y=torch.where(held.view(-1, 1), 1 - batch.y, batch.y),
-                    y_mask=batch.y_mask, index=batch.index)
+    flipped = Batch(
+        x=batch.x,
+        mask=batch.mask,
+        y=torch.where(held.view(-1, 1), 1 - batch.y, batch.y),
+        y_mask=batch.y_mask,
+        index=batch.index,
+    )
     model.train()
     l1 = model.loss(batch, model(batch))[0]
     l2 = model.loss(flipped, model(flipped))[0]
@@ -59,9 +63,15 @@ def test_gblend_reestimates_weights_on_schedule() -> None:
     for i in range(3):
         xa = torch.randn(40, 6, generator=g)
         y = (xa[:, 0] > 0).float().view(-1, 1)
-        batches.append(Batch(x={"a": xa, "b": torch.randn(40, 6, generator=g)},
-                             mask=torch.ones(40, 2, dtype=torch.bool), y=y, y_mask=torch.ones(40, dtype=torch.bool),
-                             index=torch.arange(40 * i, 40 * i + 40)))
+        batches.append(
+            Batch(
+                x={"a": xa, "b": torch.randn(40, 6, generator=g)},
+                mask=torch.ones(40, 2, dtype=torch.bool),
+                y=y,
+                y_mask=torch.ones(40, dtype=torch.bool),
+                index=torch.arange(40 * i, 40 * i + 40),
+            )
+        )
     trainer = FakeTrainer(batches)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     model.on_train_start(trainer)

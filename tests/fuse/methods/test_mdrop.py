@@ -39,8 +39,9 @@ def test_info_nce_hand_computed() -> None:
     # label-aware: both keys positive for anchor 0 -> mean of its two log-probabilities
     pos = torch.tensor([[True, True], [False, True]])
     lp01 = math.log(math.exp(1.2) / (math.exp(2) + math.exp(1.2)))
-    assert float(info_nce(Q, K, 2.0, pos)) == pytest.approx((-(math.log(math.exp(2) / (math.exp(2) + math.exp(1.2)))
-                                                               + lp01) / 2 + row1) / 2, rel=1e-6)
+    assert float(info_nce(Q, K, 2.0, pos)) == pytest.approx(
+        (-(math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) + lp01) / 2 + row1) / 2, rel=1e-6
+    )
     # an invalid key leaves the softmax
     valid = torch.tensor([[True, False], [True, True]])
     assert float(info_nce(Q, K, 2.0, valid=valid)) == pytest.approx((0.0 + row1) / 2, abs=1e-6)
@@ -55,7 +56,8 @@ def test_sigmoid_contrastive_hand_computed() -> None:
     assert float(sigmoid_contrastive(Q, K, 2.0, -1.0)) == pytest.approx(want, rel=1e-6)
     valid = torch.tensor([[True, False], [True, True]])
     assert float(sigmoid_contrastive(Q, K, 2.0, -1.0, valid=valid)) == pytest.approx(
-        -(ls(1.0) + ls(1.0) + ls(0.6)) / 2, rel=1e-6)
+        -(ls(1.0) + ls(1.0) + ls(0.6)) / 2, rel=1e-6
+    )
 
 
 def test_mdrop_sigmoid_init_and_pairs_on_a_batch() -> None:

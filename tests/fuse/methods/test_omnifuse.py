@@ -7,15 +7,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from omnifuse.fuse.base import Batch, ModalityInfo, ModelInfo
+from omnifuse.fuse.base import Batch, DroppedBatch, ModalityInfo, ModelInfo
 from omnifuse.fuse.methods import build_method
-from omnifuse.fuse.methods.omnifuse import DroppedBatch, OmniFuse
+from omnifuse.fuse.methods.omnifuse import OmniFuse
 from omnifuse.fuse.tla import all_combinations, mine_lazy
 from tests.helpers import FakeTrainer
 
 SMALL = dict(d=8, K=2, cra_hidden=16, latent=4, head_hidden=8, dropout=0.0)
-MODS = [ModalityInfo("img", "vector", (6,)), ModalityInfo("rep", "sequence", (4, 5)),
-        ModalityInfo("ehr", "timeseries", (3, 4))]
+MODS = [
+    ModalityInfo("img", "vector", (6,)),
+    ModalityInfo("rep", "sequence", (4, 5)),
+    ModalityInfo("ehr", "timeseries", (3, 4)),
+]
 
 
 def make_batch(info: ModelInfo, n=10, seed=0) -> Batch:
@@ -27,8 +30,15 @@ def make_batch(info: ModelInfo, n=10, seed=0) -> Batch:
     else:
         y = (torch.rand(n, info.num_outputs, generator=g) > 0.5).float()
     mask = torch.ones(n, info.num_modalities, dtype=torch.bool)
-    return Batch(x=x, mask=mask, y=y, y_mask=torch.ones(n, dtype=torch.bool), index=torch.arange(n),
-                 tokens_mask=tm, natural_mask=mask.clone())
+    return Batch(
+        x=x,
+        mask=mask,
+        y=y,
+        y_mask=torch.ones(n, dtype=torch.bool),
+        index=torch.arange(n),
+        tokens_mask=tm,
+        natural_mask=mask.clone(),
+    )
 
 
 @pytest.mark.parametrize("kind,C", [("binary", 1), ("multilabel", 3), ("multiclass", 3)])
@@ -128,8 +138,14 @@ def test_fast_tla_mining_equals_masking_every_combination(kind, C):
     info = ModelInfo(MODS, kind, C)
     model = OmniFuse(info, **SMALL).eval()
     b = make_batch(info, n=24, seed=3)
-    b = Batch(x=b.x, mask=torch.rand(24, 3, generator=torch.Generator().manual_seed(5)) > 0.3, y=b.y,
-              y_mask=b.y_mask, index=b.index, tokens_mask=b.tokens_mask)
+    b = Batch(
+        x=b.x,
+        mask=torch.rand(24, 3, generator=torch.Generator().manual_seed(5)) > 0.3,
+        y=b.y,
+        y_mask=b.y_mask,
+        index=b.index,
+        tokens_mask=b.tokens_mask,
+    )
     b = b.with_mask(b.mask)  # inputs of absent modalities are zeros, as in the data
     slow = mine_lazy(model.joint_logits, [b], info.names, kind)
     fast = mine_lazy(None, [b], info.names, kind, encode=model.encode, fuse=model.fuse_embeddings)

@@ -117,7 +117,8 @@ def build_apache(
     n = stay_index.height
     x = np.full((n, len(names)), np.nan, np.float32)
     rows = wide["row"].to_numpy()
-    x[rows] = wide.select(names).to_numpy().astype(np.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: the pipeline masks and counts it
+        x[rows] = wide.select(names).to_numpy().astype(np.float32)
     present = np.zeros(n, bool)
     present[rows] = True
     raw = RawModality(
