@@ -166,6 +166,12 @@ def predict(
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV to write."),
     fold: int | None = typer.Option(None, "--fold", help="Use this fold's model (default: the mean of all)."),
     device: str = typer.Option("cpu", "--device"),
+    allow_other_encoders: bool = typer.Option(
+        False,
+        "--allow-other-encoders",
+        help="Score a cache encoded with other encoders, weights or preprocessing than the run's training cache "
+        "(experts only: the scores may be wrong).",
+    ),
     allow_incomplete: bool = typer.Option(
         False,
         "--allow-incomplete",
@@ -180,7 +186,15 @@ def predict(
     from omnifuse.fuse.predict import predict as run_predict
 
     with _reported():
-        res = run_predict(run, cache, out, fold=fold, device=device, allow_incomplete=allow_incomplete)
+        res = run_predict(
+            run,
+            cache,
+            out,
+            fold=fold,
+            device=device,
+            allow_incomplete=allow_incomplete,
+            allow_other_encoders=allow_other_encoders,
+        )
     typer.echo(f"scored {len(res['stay_id']):,} stays into {out}")
 
 

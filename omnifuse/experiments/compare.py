@@ -21,10 +21,19 @@ import numpy as np
 
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import CompareConfig, study_config
-from omnifuse.experiments.report import Section, StudyResult, fci, fms, fp, write_config, write_study
-from omnifuse.experiments.runner import StudyContext, fold_specs, run_all, study_context, study_record
+from omnifuse.experiments.report import Section, StudyResult, fci, fms, fnum, fp, write_config, write_study
+from omnifuse.experiments.runner import (
+    StudyContext,
+    fold_specs,
+    load_run,
+    run_all,
+    study_context,
+    study_record,
+    test_train_ratio,
+)
 from omnifuse.experiments.stats import pick, pick_one, summarize
 from omnifuse.fuse.methods import METHODS
+from omnifuse.fuse.tla import combination_name
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +45,10 @@ class CompareResult(StudyResult):
 
 
 def default_methods() -> list[str]:
-    """Every registered method (not the variants), then the DWFuse-only OmniFuse variant."""
+    """Every registered method (not the variants), the DWFuse-only OmniFuse variant, then the reference
+    learners."""
     names = sorted((n for n, e in METHODS.items() if e.kind == "method"), key=lambda n: (n != "omnifuse", n))
-    return names + ["dwfuse_only"]
+    return [*names, "dwfuse_only", *sorted(n for n, e in METHODS.items() if e.kind == "reference")]
 
 
 def compare(
@@ -86,10 +96,11 @@ def compare(
         n_boot=cfg.n_boot,
         seed=cfg.seed,
         ci_subsets=("as_is", "complete", "all_masked"),
+        test_train_ratio=test_train_ratio(ctx),
     )
-    sections = compare_sections(summary, names, ctx, against, refs)
+    per_method = {m: _run_summary([stats.folders[s] for s in specs if s.label == m]) for m in names}
+    sections = compare_sections(summary, names, ctx, against, refs, per_method)
     figs = compare_figures(out, ctx, stats.folders, specs, summary, names, refs, data.task_kind)
-    seconds = {m: float(np.mean([_run_seconds(stats.folders[s]) for s in specs if s.label == m])) for m in names}
     res = CompareResult(
         out=out,
         config=record,
@@ -99,20 +110,26 @@ def compare(
         figures=figs,
         runs_trained=stats.trained,
         runs_reused=stats.reused,
+        runs_stale=stats.stale,
         seconds=time.perf_counter() - t0,
-        extra={"mean_run_seconds": seconds},
+        extra={"per_method": per_method},
     )
     return write_study(res, cfg.print_table, title=f"compare: {cfg.task}")
 
 
-def _run_seconds(folder: Path) -> float:
-    import json
-
-    return float(json.loads((folder / "run.json").read_text())["seconds"])
+def _run_summary(folders: list[Path]) -> dict[str, Any]:
+    """Mean wall seconds per run, the parameter count and how many runs ended on their last allowed epoch."""
+    runs = [load_run(f)[1] for f in folders]
+    return {
+        "seconds": float(np.mean([r["seconds"] for r in runs])),
+        "parameters": runs[0].get("parameters"),
+        "best_epoch_is_last": int(sum(bool(r.get("best_epoch_is_last")) for r in runs)),
+        "runs": len(runs),
+    }
 
 
 def _p_cols(against: Sequence[str]) -> list[str]:
-    return [f"p AUROC vs {a}" for a in against]
+    return [f"p AUROC vs {a} (corrected)" for a in against]
 
 
 VIEW_TITLES = {
@@ -133,7 +150,7 @@ def _combination_section(
             if not r:
                 cells.append("-")
                 continue
-            p = r[0].get(f"p_{metric}_vs_omnifuse")
+            p = r[0].get(f"pc_{metric}_vs_omnifuse")
             mark = " *" if p is not None and p == p and p < 0.05 else ""
             cells.append(fms(r[0][f"{metric}_mean"], r[0][f"{metric}_sd"]) + mark)
         rows.append([m, *cells])
@@ -141,38 +158,65 @@ def _combination_section(
     for g in names:
         r = pick(summary, method=methods[0], group=g, subset=view)
         ns.append(f"{g} (n={r[0]['n_rows']})" if r else g)
-    return Section(title, ["method", *ns], rows, "*: p < 0.05 against omnifuse (paired t-test over folds).")
+    return Section(
+        title, ["method", *ns], rows, "*: p < 0.05 against omnifuse (corrected resampled t-test over folds)."
+    )
 
 
 def compare_sections(
-    summary: list[dict[str, Any]], methods: Sequence[str], ctx: StudyContext, against: Sequence[str], refs: dict
+    summary: list[dict[str, Any]],
+    methods: Sequence[str],
+    ctx: StudyContext,
+    against: Sequence[str],
+    refs: dict,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> list[Section]:
-    from omnifuse.fuse.tla import combination_name
-
+    """The tables of :func:`compare`; ``extra[method]`` holds ``parameters`` and ``seconds`` (mean per run)."""
+    extra = extra or {}
     main = [a for a in against if not a.startswith("reference:")]
     rows = []
     for m in methods:
         r = pick_one(summary, method=m, group="overall", subset="as_is")
         if r is None:
             continue
+        e = extra.get(m, {})
         rows.append(
             [
                 m,
+                "-" if e.get("parameters") is None else f"{e['parameters']:,}",
                 str(r["n_folds"]),
                 fms(r["auroc_mean"], r["auroc_sd"]),
                 fci(r["auroc_ci"]),
+                fnum(r["auroc_pooled"]),
                 fms(r["auprc_mean"], r["auprc_sd"]),
-                fci(r["auprc_ci"]),
+                fnum(r["auprc_pooled"]),
                 fms(r["brier_mean"], r["brier_sd"]),
-                *(fp(r.get(f"p_auroc_vs_{a}")) for a in main),
+                *(fp(r.get(f"pc_auroc_vs_{a}")) for a in main),
+                fnum(e.get("seconds"), 1),
             ]
         )
     secs = [
         Section(
-            "Overall: test rows with the modalities they hold (mean ± sd over folds)",
-            ["method", "folds", "AUROC", "AUROC 95% CI", "AUPRC (AP)", "AUPRC 95% CI", "Brier", *_p_cols(main)],
+            "Overall: test rows with the modalities they hold (mean ± sd over folds; pooled: all out-of-fold "
+            "predictions of a repeat scored together, mean over repeats)",
+            [
+                "method",
+                "parameters",
+                "folds",
+                "AUROC",
+                "AUROC 95% CI",
+                "AUROC pooled",
+                "AUPRC (AP)",
+                "AUPRC pooled",
+                "Brier",
+                *_p_cols(main),
+                "s / run",
+            ],
             rows,
-            "CI: fold bootstrap of the mean over folds; p: paired t-test over the same folds.",
+            "CI: fold bootstrap of the mean over folds; p: the corrected resampled t-test (Nadeau and Bengio 2003) "
+            "over the same repeats x folds (results.csv also holds the plain paired t-test, p_auroc_vs_*, "
+            "optimistic over overlapping training sets). logreg and gbm are reference learners on the cached "
+            "features.",
         )
     ]
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]
@@ -246,8 +290,6 @@ def compare_figures(
     refs: dict,
     kind: str,
 ) -> list[Path]:
-    from omnifuse.fuse.tla import combination_name
-
     pooled = collect.pooled(ctx, folders, specs)
     curves = {m: pooled[m] for m in methods if m in pooled}
     data = ctx.data()

@@ -241,6 +241,7 @@ def imputation(cache: Any, task: str | None = None, *, config: Any = None, **ove
         figures=figs,
         runs_trained=stats.trained,
         runs_reused=stats.reused,
+        runs_stale=stats.stale,
         seconds=time.perf_counter() - t0,
         extra={"imputation": recs},
     )

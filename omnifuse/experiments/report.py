@@ -29,7 +29,8 @@ class Section:
 class StudyResult:
     """What every study function returns: its folder, the resolved config, the summary rows (those of
     ``results.csv``), the per-fold records, the tables and the figures written; ``runs_trained`` and
-    ``runs_reused`` tell what a resumed study recomputed; ``seconds`` is the study's wall time."""
+    ``runs_reused`` tell what a resumed study recomputed (``runs_stale``: finished runs retrained because the
+    cache they were made from changed); ``seconds`` is the study's wall time."""
 
     out: Path
     config: dict[str, Any]
@@ -39,6 +40,7 @@ class StudyResult:
     figures: list[Path] = field(default_factory=list)
     runs_trained: int = 0
     runs_reused: int = 0
+    runs_stale: int = 0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -142,13 +144,18 @@ def write_study(result: ResultT, print_table: bool = True, title: str = "") -> R
         "figures": [p.name for p in result.figures],
         "runs_trained": result.runs_trained,
         "runs_reused": result.runs_reused,
+        "runs_stale": result.runs_stale,
         "seconds": result.seconds,
         **result.extra,
     }
     (out / "results.json").write_text(json.dumps(json_safe(payload), indent=1))
     head = f"# {title}\n\n" if title else ""
     figs = "".join(f"![{p.stem}]({p.name})\n\n" for p in result.figures)
-    tail = f"\n{result.runs_trained} run(s) trained, {result.runs_reused} reused; {result.seconds:.0f} s wall time.\n"
+    stale = f" ({result.runs_stale} retrained: the cache changed)" if result.runs_stale else ""
+    tail = (
+        f"\n{result.runs_trained} run(s) trained{stale}, {result.runs_reused} reused; "
+        f"{result.seconds:.0f} s wall time.\n"
+    )
     (out / "results.md").write_text(head + result.markdown() + "\n" + figs + tail)
     if print_table:
         result.print()

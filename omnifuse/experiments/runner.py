@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from omnifuse.cache.reader import open_cache
-from omnifuse.experiments.config import StudyConfig
+from omnifuse.experiments.config import CombinationStudyConfig, StudyConfig
 from omnifuse.fuse.config import TrainConfig, resolve_config
 from omnifuse.fuse.data import FuseData, load_fuse_data
-from omnifuse.fuse.fold import FoldPlan, FoldRun, fold_data, make_repeated_folds, run_fold, run_seed
+from omnifuse.fuse.fold import FoldPlan, FoldRun, data_fingerprint, fold_data, make_repeated_folds, run_fold, run_seed
 from omnifuse.fuse.methods import check_params, get_method
 from omnifuse.fuse.tla import all_combinations, combination_name
 from omnifuse.fuse.trainer import TrainerCallback
@@ -175,6 +175,7 @@ class StudyContext:
     cfg: TrainConfig
     combos: list[tuple[bool, ...]]
     seed: int = 0
+    fingerprint: str | None = None  # the cache's fingerprint digest: finished runs are reused only for it
     _data: dict = field(default_factory=dict, repr=False)
 
     def data(self, modalities: Sequence[str] | None = None) -> FuseData:
@@ -264,6 +265,8 @@ def build_context(
     ctx._data[tuple(names)] = data
     if out is not None:
         check_folds(Path(out), data, splits)
+    fp = data_fingerprint(cache)
+    ctx.fingerprint = None if fp is None else fp["digest"]
     return ctx
 
 
@@ -345,7 +348,9 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
     rec = {
         "spec": spec.to_json(),
         "method_params": {**get_method(spec.method).defaults, **spec.method_params},
+        "parameters": parameter_count(run.model),
         "best_epoch": run.best_epoch,
+        "best_epoch_is_last": any(run.best_is_last),
         "best_val_auroc": run.best_val_auroc,
         "n_train": run.n_train,
         "n_val": run.n_val,
@@ -364,6 +369,20 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
     return rec
 
 
+def parameter_count(model: Any) -> int | None:
+    """The trainable parameters of a network (None for a reference learner)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_train_ratio(ctx: StudyContext) -> float:
+    """n_test / n_train of the study's folds (the correction of :func:`omnifuse.experiments.stats.corrected_ttest`)."""
+    te = np.mean([len(t) for rep in ctx.folds for _, t in rep])
+    tr = np.mean([len(t) for rep in ctx.folds for t, _ in rep])
+    return float(te / tr) if tr else 0.0
+
+
 def load_run(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(predictions.npz arrays, run.json) of a finished run."""
     with np.load(folder / "predictions.npz") as z:
@@ -376,6 +395,7 @@ def load_run(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 class RunnerStats:
     trained: int = 0
     reused: int = 0
+    stale: int = 0  # finished runs of this spec made from another cache (fingerprint): retrained
     seconds: float = 0.0
     folders: dict[RunSpec, Path] = field(default_factory=dict)
 
@@ -384,21 +404,38 @@ def _spec_fingerprint(ctx: StudyContext, spec: RunSpec, probe: ProbeFactory | No
     return json_safe(
         {
             "spec": spec.to_json(),
-            "probe": None if probe is None else getattr(probe, "__name__", str(probe)),
+            "probe": None if probe is None else str(probe),
             "train": {
                 k: v for k, v in ctx.cfg.to_json().items() if k not in ("progress", "device", "method", "method_params")
             },
             "combos": [combination_name(c, ctx.modalities) for c in ctx.combos],
             "modalities": ctx.modalities,
+            "cache": ctx.fingerprint,
         }
     )
 
 
 def is_done(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFactory | None = None) -> bool:
-    """True when ``folder`` holds a finished run of exactly this spec and these training options."""
+    """True when ``folder`` holds a finished run of exactly this spec, these training options and this cache
+    (its fingerprint)."""
+    return _finished(folder) == _spec_fingerprint(ctx, spec, probe)
+
+
+def _finished(folder: Path) -> dict[str, Any] | None:
+    """The fingerprint a finished run in ``folder`` was made for (None when there is no finished run)."""
     if not (folder / DONE).exists() or not (folder / "spec.json").exists():
-        return False
-    return json.loads((folder / "spec.json").read_text()) == _spec_fingerprint(ctx, spec, probe)
+        return None
+    try:
+        return dict(json.loads((folder / "spec.json").read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError):
+        return None
+
+
+def _stale(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFactory | None) -> bool:
+    """A finished run of the same spec and options made from another cache."""
+    old = _finished(folder)
+    new = _spec_fingerprint(ctx, spec, probe)
+    return old is not None and old.get("cache") != new["cache"] and {**old, "cache": None} == {**new, "cache": None}
 
 
 _WATCHED: list[int] = []
@@ -468,9 +505,16 @@ def run_all(
         if is_done(ctx, s, folder, probe):
             stats.reused += 1
         else:
+            stats.stale += _stale(ctx, s, folder, probe)
             todo.append(s)
     if stats.reused:
         log.info("reusing %d finished run(s) in %s", stats.reused, out)
+    if stats.stale:
+        log.warning(
+            "%d finished run(s) in %s were made from another cache (its fingerprint changed): retraining them",
+            stats.stale,
+            out,
+        )
     bar = make_progress() if progress and todo else None
     task = bar.add_task("runs", total=len(todo), info=f"{stats.reused} reused") if bar is not None else None
 
@@ -528,7 +572,8 @@ def fold_specs(
 # ----------------------------------------------------------------------------------- study helpers
 def study_context(cache: Any, cfg: StudyConfig, combinations: str | Sequence[str] | None = None) -> StudyContext:
     """:func:`build_context` from a study's configuration (``combinations`` overrides the configuration's)."""
-    combos: str | Sequence[str] = combinations or getattr(cfg, "combinations", None) or "full+single"
+    given = cfg.combinations if isinstance(cfg, CombinationStudyConfig) else None
+    combos: str | Sequence[str] = combinations or given or "full+single"
     if isinstance(combos, list) and len(combos) == 1:
         combos = combos[0]
     return build_context(

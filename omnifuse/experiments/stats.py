@@ -54,6 +54,47 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> PairedTest:
     return PairedTest(float(r.statistic), float(r.pvalue), md, n)
 
 
+def corrected_ttest(a: Sequence[float], b: Sequence[float], test_train_ratio: float) -> PairedTest:
+    """The corrected resampled t-test of Nadeau and Bengio (Machine Learning 52, 2003, eq. for the "corrected
+    resampled t"), for differences over J = repeats x folds resampled train/test splits whose training sets
+    overlap: ``t = mean(d) / sqrt((1 / J + n_test / n_train) * var(d))`` with ``J - 1`` degrees of freedom,
+    two-sided. The plain paired t-test ignores the overlap (``n_test / n_train`` = 0) and is optimistic.
+    NaN pairs are dropped; fewer than two pairs or constant differences give NaN."""
+    x = np.asarray(a, dtype=np.float64)
+    z = np.asarray(b, dtype=np.float64)
+    if x.shape != z.shape:
+        raise ValueError(f"paired samples differ in length: {x.shape} vs {z.shape}")
+    ok = ~(np.isnan(x) | np.isnan(z))
+    d = x[ok] - z[ok]
+    n = int(d.size)
+    if n == 0:
+        return PairedTest(math.nan, math.nan, math.nan, 0)
+    md = float(d.mean())
+    var = float(d.var(ddof=1)) if n > 1 else 0.0
+    if n < 2 or math.sqrt(var) <= 1e-12 * max(1.0, abs(md)):
+        return PairedTest(math.nan, math.nan, md, n)
+    t = md / math.sqrt((1.0 / n + test_train_ratio) * var)
+    return PairedTest(t, float(2 * sps.t.sf(abs(t), n - 1)), md, n)
+
+
+def pooled_metrics(preds: Sequence[FoldPred], kind: str) -> dict[str, float]:
+    """AUROC and AUPRC of the out-of-fold predictions pooled over the folds of each repeat, averaged over the
+    repeats (``auroc_pooled``, ``auprc_pooled``): one score for every row, unlike the mean over folds, which
+    hides folds on different probability scales."""
+    by_repeat: dict[int, list[FoldPred]] = defaultdict(list)
+    for fp in preds:
+        by_repeat[fp.repeat].append(fp)
+    out: dict[str, float] = {}
+    for m in ("auroc", "auprc"):
+        vals = []
+        for cells in by_repeat.values():
+            y = np.concatenate([c.y for c in cells])
+            p = np.concatenate([c.p for c in cells])
+            vals.append(metric_fn(m, kind)(y, p) if len(y) else math.nan)
+        out[f"{m}_pooled"] = mean_sd(vals)[0]
+    return out
+
+
 def mean_sd(v: Sequence[float]) -> tuple[float, float, int]:
     """(mean, sample sd with ddof=1, count) of the defined values; sd 0 for one value, NaN for none."""
     x = np.asarray([u for u in v if u is not None and not math.isnan(u)], dtype=np.float64)
@@ -177,13 +218,17 @@ def summarize(
     n_boot: int = 200,
     seed: int = 0,
     ci_subsets: Sequence[str] | None = None,
+    test_train_ratio: float = 0.0,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(summary rows, fold records) of a study's predictions.
 
     A summary row per (method, rate, group, subset): ``n_folds``, ``n_rows`` (summed over folds),
     ``<metric>_mean``/``_sd``, ``auroc_ci``/``auprc_ci`` (fold bootstrap, for subsets in ``ci_subsets``, all when
-    None), and for each method ``r`` in ``against`` present in the cell: ``t_auroc_vs_<r>``, ``p_auroc_vs_<r>``,
-    ``diff_auroc_vs_<r>``, ``p_auprc_vs_<r>``, ``n_pairs_vs_<r>`` (paired over (repeat, fold))."""
+    None), ``auroc_pooled``/``auprc_pooled`` (:func:`pooled_metrics`), and for each method ``r`` in ``against``
+    present in the cell, paired over (repeat, fold): ``pc_auroc_vs_<r>`` and ``pc_auprc_vs_<r>`` (the corrected
+    resampled t-test, :func:`corrected_ttest` with ``test_train_ratio``: n_test / n_train of the folds),
+    ``p_auroc_vs_<r>``, ``t_auroc_vs_<r>`` and ``p_auprc_vs_<r>`` (the plain paired t-test, optimistic over
+    overlapping training sets: labelled as such), ``diff_auroc_vs_<r>`` and ``n_pairs_vs_<r>``."""
     recs = fold_records(preds, kind)
     cells: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(recs):
@@ -214,6 +259,7 @@ def summarize(
             row["auprc_ci"] = list(fast_fold_bootstrap_ci("auprc", kind, fp, n_boot, seed=seed + 1))
         else:
             row["auroc_ci"] = row["auprc_ci"] = [math.nan, math.nan]
+        row.update(pooled_metrics([preds[i] for i in idx], kind))
         mine = by_fold[key]
         for other in against:
             if other == method:
@@ -229,6 +275,10 @@ def summarize(
             row[f"diff_auroc_vs_{other}"] = ta.mean_diff
             row[f"p_auprc_vs_{other}"] = tp.p
             row[f"n_pairs_vs_{other}"] = ta.n
+            a_mine, a_theirs = [mine[c]["auroc"] for c in common], [theirs[c]["auroc"] for c in common]
+            p_mine, p_theirs = [mine[c]["auprc"] for c in common], [theirs[c]["auprc"] for c in common]
+            row[f"pc_auroc_vs_{other}"] = corrected_ttest(a_mine, a_theirs, test_train_ratio).p
+            row[f"pc_auprc_vs_{other}"] = corrected_ttest(p_mine, p_theirs, test_train_ratio).p
         rows.append(row)
     return rows, recs
 

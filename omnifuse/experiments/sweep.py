@@ -90,6 +90,7 @@ def sweep(
         figures=figs,
         runs_trained=stats.trained,
         runs_reused=stats.reused,
+        runs_stale=stats.stale,
         seconds=time.perf_counter() - t0,
     )
     return write_study(res, cfg.print_table, title=f"sweep: {cfg.task}")

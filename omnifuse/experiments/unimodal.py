@@ -147,6 +147,7 @@ def unimodal(
         figures=figs,
         runs_trained=stats.trained,
         runs_reused=stats.reused,
+        runs_stale=stats.stale,
         seconds=time.perf_counter() - t0,
         extra={"laziness": lazy},
     )

@@ -8,16 +8,51 @@
 - ``sequence`` [L, D]: a linear projection then masked attention pooling (``pool="attention"``) or masked
   mean pooling (``pool="mean"``); a row with no valid token pools to zeros before the output layer.
 - ``timeseries`` [T, F]: a GRU (``rnn="gru"``) or LSTM (``rnn="lstm"``) over time, last hidden state.
+
+**The shared backbone.** Every fusion method builds its modality encoders from :data:`BACKBONE` (width ``d``
+and the options of :func:`build_encoder`) through :class:`EncoderBank`, so by default only the fusion module
+and its losses differ between methods (OmniFuse's table 3). A method gets other encoders only through its
+documented parameters ``d`` and ``encoder`` (options on top of the backbone's).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
-from omnifuse.fuse.base import ModalityInfo
+from omnifuse.fuse.base import Batch, ModalityInfo, ModelInfo
 
 ENCODER_KINDS = ("vector", "tabular", "sequence", "timeseries")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """The modality encoders every method uses by default: width ``d`` of each ``v_m``, dropout, the MLP width
+    of vector/tabular encoders (``hidden``; None: ``max(d, min(2 d, input width))``), the sequence pooling
+    (``pool``: "attention" or "mean") and the time-series RNN (``rnn``: "gru" or "lstm")."""
+
+    d: int = 64
+    dropout: float = 0.1
+    hidden: int | None = None
+    pool: str = "attention"
+    rnn: str = "gru"
+
+    def options(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The encoder options (``dropout``, ``hidden``, ``pool``, ``rnn``) with ``overrides`` on top; an unknown
+        key raises ``TypeError`` naming it."""
+        base = {k: v for k, v in asdict(self).items() if k != "d"}
+        unknown = sorted(set(overrides or {}) - set(base))
+        if unknown:
+            raise TypeError(f"unknown encoder option(s) {unknown}; the options are {sorted(base)}")
+        return {**base, **dict(overrides or {})}
+
+
+BACKBONE = Backbone()
+"""The shared backbone (d = 64, dropout 0.1, attention pooling, GRU): every registered method's default."""
 
 
 class MLPEncoder(nn.Module):
@@ -85,20 +120,19 @@ class RecurrentEncoder(nn.Module):
         return self.norm(h[-1])
 
 
-def build_encoder(info: ModalityInfo, d: int, **kw) -> nn.Module:
+def build_encoder(info: ModalityInfo, d: int = BACKBONE.d, **kw: Any) -> nn.Module:
     """The encoder ``e_m`` of eq. 1 for one modality: forward ``(x [B, *shape], tokens_mask [B, L] | None)``
     -> [B, d].
 
-    Keyword options: ``dropout`` (all), ``hidden`` (vector/tabular MLP width), ``pool`` ("attention" or
-    "mean", sequences), ``rnn`` ("gru" or "lstm", time series). Unknown options raise ``TypeError``.
+    Keyword options (defaults: :data:`BACKBONE`'s): ``dropout`` (all), ``hidden`` (vector/tabular MLP width),
+    ``pool`` ("attention" or "mean", sequences), ``rnn`` ("gru" or "lstm", time series). Unknown options
+    raise ``TypeError``.
     """
-    kw = dict(kw)
-    dropout = float(kw.pop("dropout", 0.1))
-    hidden = kw.pop("hidden", None)
-    pool = kw.pop("pool", "attention")
-    rnn = kw.pop("rnn", "gru")
-    if kw:
-        raise TypeError(f"unknown encoder option(s) for modality {info.name!r}: {sorted(kw)}")
+    try:
+        opts = BACKBONE.options(kw)
+    except TypeError as e:
+        raise TypeError(f"modality {info.name!r}: {e}") from None
+    dropout, hidden, pool, rnn = float(opts["dropout"]), opts["hidden"], opts["pool"], opts["rnn"]
     shape = tuple(int(s) for s in info.shape)
     if info.kind in ("vector", "tabular"):
         if len(shape) != 1:
@@ -113,3 +147,26 @@ def build_encoder(info: ModalityInfo, d: int, **kw) -> nn.Module:
             raise ValueError(f"time-series modality {info.name!r} needs shape (T, F), got {shape}")
         return RecurrentEncoder(shape[1], d, rnn=rnn, dropout=dropout)
     raise ValueError(f"modality {info.name!r}: unknown kind {info.kind!r}; expected one of {ENCODER_KINDS}")
+
+
+class EncoderBank(nn.Module):
+    """One encoder per modality (eq. 1 of OmniFuse: ``v_m = e_m(x_m)``), in the order of ``info.modalities``:
+    the shared backbone (:data:`BACKBONE`, width ``d``, ``encoder`` options on top of the backbone's).
+
+    ``forward(batch)`` -> ``E`` [B, M, d], the raw encoder outputs (a missing row gives the encoder's output for
+    its zero input, ``v^miss``; each method decides what its fusion sees there).
+    """
+
+    def __init__(self, info: ModelInfo, d: int = BACKBONE.d, encoder: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.names = list(info.names)
+        self.d = int(d)
+        self.encoders = nn.ModuleList([build_encoder(mi, self.d, **dict(encoder or {})) for mi in info.modalities])
+
+    def encode(self, batch: Batch, m: int) -> torch.Tensor:
+        """[B, d] embedding of modality ``m``."""
+        name = self.names[m]
+        return self.encoders[m](batch.x[name], batch.tokens_mask.get(name))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return torch.stack([self.encode(batch, m) for m in range(len(self.names))], dim=1)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from omnifuse.fuse.base import FusionMethod
+from omnifuse.cache import CacheData, cache_fingerprint
 from omnifuse.fuse.config import TrainConfig
 from omnifuse.fuse.data import FuseData, Normalizer, inner_split, make_folds, simulate_missing
 from omnifuse.fuse.methods import build_method, get_method
@@ -77,6 +78,16 @@ def fold_data(data: FuseData, rate: float, mode: str, seed: int, repeat: int, fo
         return data
     m = simulate_missing(data.natural_mask, rate, mode, data.modalities, seed=mask_seed(seed, repeat, fold, rate, mode))
     return data.with_mask(m)
+
+
+def data_fingerprint(cache: Any) -> dict[str, Any] | None:
+    """The cache fingerprint (:func:`omnifuse.cache.cache_fingerprint`) of what a run trains on, recorded with
+    every run; None for data that never was a stored cache (built in memory, e.g. in tests)."""
+    if isinstance(cache, FuseData):
+        return None
+    if isinstance(cache, CacheData) and cache.path is None:
+        return None
+    return cache_fingerprint(cache)
 
 
 # ------------------------------------------------------------------------------------------ a fold

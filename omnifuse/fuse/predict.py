@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from omnifuse.cache import fingerprint_differences
 from omnifuse.fuse.base import FusionMethod, ModalityInfo, ModelInfo
 from omnifuse.fuse.data import DataError, FuseData, Normalizer, load_fuse_data
+from omnifuse.fuse.fold import data_fingerprint
 from omnifuse.fuse.layers import probabilities
 from omnifuse.fuse.methods import build_method
 from omnifuse.fuse.trainer import check_finite
@@ -28,6 +31,8 @@ MAX_PARAMETERS = 200_000_000
 """The most parameters a checkpoint's ``model.json`` may ask for (the largest registered network at its
 defaults holds a few million): a corrupt or hostile file is refused before anything is allocated."""
 
+
+log = logging.getLogger(__name__)
 
 MAX_PARAMETER_VALUE = 1_000_000
 """The largest number a checkpoint's method parameter may hold (widths, depths, counts): K = 1e9 cascade blocks
@@ -110,6 +115,27 @@ def load_model(
     return model, Normalizer.load(folder / "normalizer.json"), meta
 
 
+def check_encoders(meta: dict[str, Any], cache: Any, names: list[str], run_dir: Path, allow: bool) -> None:
+    """:class:`CheckpointError` naming what differs when ``cache`` was not encoded as the run's training cache
+    (encoders, weights, preprocessing, shapes of the run's modalities); a warning instead with ``allow``."""
+    expected = meta.get("cache_fingerprint")
+    actual = data_fingerprint(cache)
+    if expected is None or actual is None:
+        log.warning("cannot check that the cache was encoded as the run's training cache (no fingerprint)")
+        return
+    diffs = fingerprint_differences(expected, actual, encoders_only=True, modalities=names)
+    if not diffs:
+        return
+    shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+    if allow:
+        log.warning("scoring a cache encoded differently from %s's training cache: %s", run_dir, shown)
+        return
+    raise CheckpointError(
+        f"the cache was not encoded as {run_dir}'s training cache: {shown}. Re-extract it with "
+        "the run's encoders, or pass --allow-other-encoders to score anyway"
+    )
+
+
 def predict(
     run_dir: str | Path,
     cache: Any,
@@ -119,12 +145,15 @@ def predict(
     batch_size: int = 1024,
     device: str = "cpu",
     allow_incomplete: bool = False,
+    allow_other_encoders: bool = False,
 ) -> dict[str, np.ndarray]:
     """Score every stay of ``cache`` (path, Cache, CacheData) with the run in ``run_dir``.
 
     Returns columns: ``stay_id`` [N], ``score`` [N, C] (fused probabilities), ``p_<m>`` [N, C] and
     ``weight_predicted_class_<m>`` ([N] or [N, C] multilabel) per modality when the method has per-modality
-    heads, ``present_<m>`` [N]. Writes a CSV to ``out`` when given. The cache needs no labels (new stays);
+    heads, ``present_<m>`` [N]. Writes a CSV to ``out`` when given. The cache must hold the modalities the run
+    was trained on made by the same encoders, weights and preprocessing (its fingerprint's ``encoders_digest``
+    part; ``allow_other_encoders`` scores anyway, for experts). The cache needs no labels (new stays);
     a NaN or infinite score raises :class:`omnifuse.fuse.trainer.PredictionError` naming the stays."""
     run_dir = Path(run_dir)
     folders = sorted(run_dir.glob("fold*/model.json")) + sorted(run_dir.glob("fold*/member*/model.json"))
@@ -152,6 +181,7 @@ def predict(
         want, got = meta0["raw_shapes"][n], list(data.raw_shape(n))
         if want != got:
             raise DataError(f"modality {n!r}: the run was trained on shape {want}, the cache has {got}")
+    check_encoders(meta0, cache, names, run_dir, allow_other_encoders)
     rows = np.arange(data.n)
     acc: dict[str, np.ndarray] = {}
     for f in folders:

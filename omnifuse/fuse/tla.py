@@ -3,9 +3,12 @@
 - eq. 15, mining: after each epoch, the training rows (a fixed, bounded subset) are predicted with every
   one of the ``2^M - 1`` modality combinations (the other modalities masked, then imputed by the CRA); the
   prediction is the joint output ``o``; per combination the sample-wise cross-entropies are averaged, and the
-  combination with the largest mean distance is the lazy one. Only rows that hold every modality of a
-  combination are used for it (a row lacking one cannot show that combination); a combination with no such
-  row is not a candidate.
+  combination with the largest mean distance is the lazy one. The paper sums every combination over the
+  same rows; we do so on the **common rows** (labelled rows holding every modality) when there are at least
+  ``min_common`` of them (:data:`MIN_COMMON_ROWS`, 100), so that case mix cannot decide which combination
+  looks lazy. With fewer, each combination is scored on the rows that hold all of its modalities (a row
+  lacking one cannot show that combination; a combination with no such row is not a candidate), and the
+  result says so (``rows="per_combination"``).
 - eq. 16: in the next epoch the mask selects the rows whose modalities, after that epoch's random drops,
   equal the lazy combination;
 - eq. 17: ``L_TLA = CE(o[mask], y[mask])``.
@@ -15,6 +18,7 @@ The mined combination of each epoch is returned for logging (the "traceable" par
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import torch
 
@@ -31,6 +35,22 @@ def combination_name(combo: tuple[bool, ...] | list[bool], names: list[str]) -> 
     return "+".join(n for n, keep in zip(names, combo, strict=True) if keep)
 
 
+MIN_COMMON_ROWS = 100
+"""Mining scores every combination on the common rows (labelled, every modality present) when at least this
+many of the mining rows are common; otherwise each combination on the rows that hold it."""
+
+
+class Mining(NamedTuple):
+    """The result of :func:`mine_lazy`: the lazy combination (None when no combination had a row), per
+    combination name ``{"distance": mean CE, "n": rows}``, which rows scored the combinations (``"common"``
+    or ``"per_combination"``) and how many common rows there were."""
+
+    lazy: tuple[bool, ...] | None
+    table: dict[str, dict[str, float]]
+    rows: str
+    n_common: int
+
+
 @torch.no_grad()
 def mine_lazy(
     joint_logits: Callable[[Batch], torch.Tensor] | None,
@@ -40,13 +60,15 @@ def mine_lazy(
     *,
     encode: Callable[[Batch], torch.Tensor] | None = None,
     fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[tuple[bool, ...] | None, dict[str, dict[str, float]]]:
+    min_common: int = MIN_COMMON_ROWS,
+) -> Mining:
     """Eq. 15: the lazy combination ``argmax_i mean_rows D(o_i, y)`` over all combinations.
 
     ``joint_logits(batch) -> o`` [B, C] (the model in eval mode); ``batches`` the mining rows (their
     ``mask`` is what they hold). The distance ``D(o, y)`` is the sample-wise cross-entropy [B]
-    (:func:`omnifuse.fuse.layers.row_loss`; multilabel: the mean over labels). Returns the lazy combination
-    (None when no combination had a row) and per combination name ``{"distance": mean CE, "n": rows}``.
+    (:func:`omnifuse.fuse.layers.row_loss`; multilabel: the mean over labels). The rows: the common rows
+    (labelled, holding every modality) for every combination when there are at least ``min_common`` of them,
+    else for each combination the labelled rows holding all its modalities. Returns a :class:`Mining`.
 
     Fast path (same result): with ``encode(batch) -> v`` [B, M, d] (eq. 1, the true embeddings) and
     ``fuse(v, mask) -> o`` (eq. 2-5 and 11 from embeddings and a presence mask), each batch is encoded once
@@ -56,10 +78,14 @@ def mine_lazy(
         raise ValueError("mine_lazy needs joint_logits, or both encode and fuse")
     M = len(names)
     combos = all_combinations(M)
-    sums = torch.zeros(len(combos), dtype=torch.float64)
-    counts = torch.zeros(len(combos), dtype=torch.long)
+    # [0]: every eligible row of a combination; [1]: the common rows only (accumulated together, one pass)
+    sums = torch.zeros(2, len(combos), dtype=torch.float64)
+    counts = torch.zeros(2, len(combos), dtype=torch.long)
+    n_common = 0
     for batch in batches:
-        labelled = batch.y_mask
+        labelled = batch.y_mask.to(torch.bool)
+        common = batch.mask.all(1) & labelled
+        n_common += int(common.sum())
         v = encode(batch) if encode is not None and fuse is not None else None
         for i, combo in enumerate(combos):
             c = torch.tensor(combo, dtype=torch.bool, device=batch.mask.device)
@@ -75,19 +101,24 @@ def mine_lazy(
                 sub = batch.select(eligible)
                 sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
                 o, y = joint_logits(sub), sub.y
-            d = row_loss(o, y, task_kind)
-            sums[i] += float(d.double().sum())
-            counts[i] += int(d.numel())
+            d = row_loss(o, y, task_kind).double()
+            on_common = common[eligible]
+            sums[0, i] += float(d.sum())
+            counts[0, i] += int(d.numel())
+            sums[1, i] += float(d[on_common].sum())
+            counts[1, i] += int(on_common.sum())
+    use_common = n_common >= max(int(min_common), 1)
+    r = 1 if use_common else 0
     table = {}
     best, best_d = None, -float("inf")
     for i, combo in enumerate(combos):
-        if counts[i] == 0:
+        if counts[r, i] == 0:
             continue
-        dist = float(sums[i] / counts[i])
-        table[combination_name(combo, names)] = {"distance": dist, "n": int(counts[i])}
+        dist = float(sums[r, i] / counts[r, i])
+        table[combination_name(combo, names)] = {"distance": dist, "n": int(counts[r, i])}
         if dist > best_d:
             best, best_d = combo, dist
-    return best, table
+    return Mining(best, table, "common" if use_common else "per_combination", n_common)
 
 
 def lazy_mask(mask: torch.Tensor, lazy: tuple[bool, ...] | torch.Tensor) -> torch.Tensor:

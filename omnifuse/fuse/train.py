@@ -26,7 +26,16 @@ import numpy as np
 from omnifuse.fuse import metrics
 from omnifuse.fuse.config import TrainConfig, load_toml, resolve_config
 from omnifuse.fuse.data import FuseData, load_fuse_data, split_from_cache
-from omnifuse.fuse.fold import FoldPlan, FoldRun, combination_views, fold_data, make_repeated_folds, run_fold, run_seed
+from omnifuse.fuse.fold import (
+    FoldPlan,
+    FoldRun,
+    combination_views,
+    data_fingerprint,
+    fold_data,
+    make_repeated_folds,
+    run_fold,
+    run_seed,
+)
 from omnifuse.fuse.methods import check_params, get_method
 from omnifuse.fuse.tla import all_combinations, combination_name
 from omnifuse.utils import ensure_writable, json_safe, make_progress
@@ -95,7 +104,12 @@ def pattern_metrics(data: FuseData, run: FoldRun) -> dict[str, Any]:
 
 
 def save_checkpoints(
-    run: FoldRun, cfg: TrainConfig, folder: Path, data: FuseData, method_params: dict[str, Any]
+    run: FoldRun,
+    cfg: TrainConfig,
+    folder: Path,
+    data: FuseData,
+    method_params: dict[str, Any],
+    fingerprint: dict[str, Any] | None = None,
 ) -> None:
     """``folder``/model.safetensors, model.json, normalizer.json of the fold's network (ensemble members 2..n
     in ``folder/member<i>``). Reference learners are not saved (safetensors holds tensors, and nothing is ever
@@ -103,11 +117,18 @@ def save_checkpoints(
     if get_method(cfg.method).kind == "reference":
         return
     for i, member in enumerate(run.members or [run.model]):
-        _save_network(member, run.normalizer, cfg, folder if i == 0 else folder / f"member{i}", data, method_params)
+        dst = folder if i == 0 else folder / f"member{i}"
+        _save_network(member, run.normalizer, cfg, dst, data, method_params, fingerprint)
 
 
 def _save_network(
-    model: Any, norm: Any, cfg: TrainConfig, folder: Path, data: FuseData, method_params: dict[str, Any]
+    model: Any,
+    norm: Any,
+    cfg: TrainConfig,
+    folder: Path,
+    data: FuseData,
+    method_params: dict[str, Any],
+    fingerprint: dict[str, Any] | None,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -127,6 +148,9 @@ def _save_network(
                 "num_outputs": info.num_outputs,
                 "modalities": [{"name": m.name, "kind": m.kind, "shape": list(m.shape)} for m in info.modalities],
                 "raw_shapes": {n: list(data.raw_shape(n)) for n in data.modalities},
+                "cache_fingerprint": None
+                if fingerprint is None
+                else {k: fingerprint[k] for k in ("schema", "modalities", "encoders_digest", "digest")},
             },
             indent=1,
         )
@@ -204,6 +228,7 @@ def train(
         ensure_writable(Path(out))
     data = load_fuse_data(cache, cfg.task, cfg.modalities, device=cfg.device, allow_incomplete=cfg.allow_incomplete)
     cfg.modalities = list(data.modalities)
+    fingerprint = data_fingerprint(cache)
     combos = all_combinations(len(data.modalities))
     combo_names = [[n for n, k in zip(data.modalities, c, strict=True) if k] for c in combos]
     out_dir = Path(out) if out is not None else None
@@ -217,6 +242,7 @@ def train(
                         "method_params_resolved": method_params,
                         "n_rows": data.n,
                         "cache": str(cache) if isinstance(cache, (str, Path)) else None,
+                        "cache_fingerprint": fingerprint,
                     }
                 ),
                 indent=1,
@@ -260,7 +286,7 @@ def train(
                 )
             )
             if out_dir is not None and cfg.save_checkpoints:
-                save_checkpoints(run, cfg, out_dir / f"fold{k}", data, method_params)
+                save_checkpoints(run, cfg, out_dir / f"fold{k}", data, method_params, fingerprint)
     finally:
         if progress is not None:
             progress.stop()

@@ -63,6 +63,18 @@ def test_compare_end_to_end(ref_cache, tmp_path, tiny):
     assert float(row["p_auroc_vs_omnifuse"]) == pytest.approx(t.pvalue)
     t = sps.ttest_rel(per["concat"], per["dwfuse_only"])
     assert float(row["p_auroc_vs_dwfuse_only"]) == pytest.approx(t.pvalue)
+    # the corrected resampled t-test (Nadeau and Bengio 2003) by hand: J = 3 folds, n_test / n_train
+    d = np.subtract(per["concat"], per["omnifuse"])
+    n_test = np.mean([len(f) for f in folds])
+    n_train = sum(len(f) for f in folds) - n_test
+    tc = d.mean() / np.sqrt((1 / 3 + n_test / n_train) * d.var(ddof=1))
+    assert float(row["pc_auroc_vs_omnifuse"]) == pytest.approx(2 * sps.t.sf(abs(tc), 2), rel=1e-6)
+    assert float(row["pc_auroc_vs_omnifuse"]) >= float(row["p_auroc_vs_omnifuse"])  # never more optimistic
+    # pooled out-of-fold AUROC: every test row of the repeat scored together
+    ys, ps = zip(*[(load_run(out / "runs" / "concat" / "rate0_random" / f"r0f{k}")[0]["y"][:, 0],
+                    load_run(out / "runs" / "concat" / "rate0_random" / f"r0f{k}")[0]["overall"][:, 0])
+                   for k in range(3)], strict=True)
+    assert float(row["auroc_pooled"]) == pytest.approx(roc_auc_score(np.concatenate(ys), np.concatenate(ps)))
 
     # combination cells: complete rows hold every modality of it; partial rows are the rest holding some
     a, _ = load_run(out / "runs" / "concat" / "rate0_random" / "r0f0")
@@ -99,7 +111,7 @@ def test_compare_end_to_end(ref_cache, tmp_path, tiny):
     assert row["p_auroc_vs_reference:score"] != ""
 
     md = (out / "results.md").read_text()
-    assert "| method | folds | AUROC |" in md and "Reference score score" in md and "reliability.png" in md
+    assert "| method | parameters | folds | AUROC |" in md and "Reference score score" in md and "reliability.png" in md
     res = json.loads((out / "results.json").read_text())
     assert res["runs_trained"] == 9 and len(res["folds"]) == len(fold_rows)
     # a second call reuses every run and gives the same numbers
@@ -108,8 +120,13 @@ def test_compare_end_to_end(ref_cache, tmp_path, tiny):
     assert read_csv_rows(out / "results.csv") == summ
 
 
-def test_default_methods_are_every_registered_method_then_dwfuse_only():
+def test_default_methods_are_every_method_then_dwfuse_only_then_the_references():
     names = default_methods()
-    assert names[0] == "omnifuse" and names[-1] == "dwfuse_only"
-    assert sorted(names[:-1]) == sorted(n for n, e in METHODS.items() if e.kind == "method")
-    assert names[1:-1] == sorted(names[1:-1])
+    methods = sorted(n for n, e in METHODS.items() if e.kind == "method")
+    references = sorted(n for n, e in METHODS.items() if e.kind == "reference")
+    assert references and names == [
+        "omnifuse",
+        *(n for n in methods if n != "omnifuse"),
+        "dwfuse_only",
+        *references,
+    ]

@@ -166,18 +166,22 @@ def test_registry_entries_are_documented() -> None:
     for n in names:
         e = METHODS[n]
         assert e.name == n and e.description.strip() and e.paper.strip(), n
-        assert e.kind in ("method", "variant") and (e.base == n) == (e.kind == "method"), n
-        assert METHODS[e.base].kind == "method", n
+        assert e.kind in ("method", "variant", "reference") and (e.base == n) == (e.kind != "variant"), n
+        assert METHODS[e.base].kind == ("reference" if e.kind == "reference" else "method"), n
         # the registry defaults are exactly options the builder accepts
         method = build_method(n, info)
-        assert isinstance(method, FusionMethod) and method.info is info
+        if e.kind == "reference":  # a reference learner is no network: it fits and predicts
+            assert callable(method.fit) and callable(method.predict_proba), n
+        else:
+            assert isinstance(method, FusionMethod) and method.info is info
     unknown = "fusion method 'concat' has no parameter 'no_such_option'; its parameters: d, missing"
     with pytest.raises(ValueError, match=unknown):
         build_method("concat", info, no_such_option=1)
     with pytest.raises(KeyError, match="unknown fusion method 'nope'; known: ablation_a"):
         get_method("nope")
     assert list_methods("variant") == sorted(n for n in names if METHODS[n].kind == "variant")
-    assert sorted(list_methods("method") + list_methods("variant")) == list_methods()
+    assert {"logreg", "gbm"} == set(list_methods("reference"))
+    assert sorted(list_methods("method") + list_methods("variant") + list_methods("reference")) == list_methods()
 
 
 @pytest.mark.parametrize("name,options,kind,m", _cases())

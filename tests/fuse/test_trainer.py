@@ -1,11 +1,13 @@
-"""One fold's training loop (omnifuse.fuse.trainer): model selection and early stopping (the best epoch's
-weights restored, the method's ``selection_start_epoch``, the Brier fallback), the order of the method's hooks
-and the callbacks, non-finite losses, the method's own optimiser, the mining batches, reproducibility, and the
+"""One fold's training loop (omnifuse.fuse.trainer): model selection and early stopping (on the validation loss
+or AUROC, the best epoch's weights restored, the method's ``selection_start_epoch``, the Brier fallback, a best
+last epoch flagged), the order of the method's hooks and the callbacks, non-finite losses, the method's own
+optimiser, the shared batch order and modality drop, the mining batches, reproducibility, and the
 evaluation-mode forward pass.
 
-Most tests use :class:`Scripted`, a method whose validation score the test decides: its logits read the label,
+Most tests use :class:`Scripted`, a method whose validation scores the test decides: its logits read the label,
 and at the end of epoch e (after the optimiser steps, before validation) its one parameter is set to
-``script[e]``, so w > 0 scores a validation AUROC of 1 and w < 0 one of 0.
+``script[e]``, so w > 0 scores a validation AUROC of 1 and w < 0 one of 0, and the larger w the lower the
+validation loss (every row's true-class probability is sigmoid(w)).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.base import Batch, DroppedBatch, FusionMethod, MethodOutput, ModelInfo, TrainerView
 from omnifuse.fuse.config import TrainConfig, resolve_config
 from omnifuse.fuse.data import FuseData, Normalizer, load_fuse_data
 from omnifuse.fuse.methods import build_method
@@ -67,7 +69,8 @@ def _cfg(**kw: Any) -> TrainConfig:
 class Scripted(FusionMethod):
     """Logits ``w * (2 y - 1)`` [B, 1] (binary task); ``w`` set to ``script[epoch]`` at each epoch's end (kept
     as trained where ``script`` is None). The loss ``mean((logits - 1)^2)`` becomes NaN from epoch ``nan_from``.
-    Its hooks append to ``log``."""
+    Its hooks append to ``log``; ``batches`` keeps what each training batch held (row indices, presence mask,
+    whether the trainer's shared drop made it)."""
 
     def __init__(
         self,
@@ -83,12 +86,14 @@ class Scripted(FusionMethod):
         self.selection_start_epoch = selection_start_epoch
         self.nan_from = nan_from
         self.log = log if log is not None else []
+        self.batches: list[tuple[list[int], torch.Tensor, bool]] = []
         self.epoch = 0
 
     def forward(self, batch: Batch) -> MethodOutput:
         return MethodOutput(logits=self.w * (2 * batch.y[:, :1] - 1))
 
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        self.batches.append((batch.index.tolist(), batch.mask.clone(), isinstance(batch, DroppedBatch)))
         loss = (out.logits - 1).pow(2).mean()
         if self.nan_from is not None and self.epoch >= self.nan_from:
             loss = loss * math.nan
@@ -172,7 +177,7 @@ def test_a_real_method_gets_the_saved_state_of_its_best_epoch_back(data, rows, n
     torch.manual_seed(0)
     model = build_method("concat", data.model_info(norm), d=8, hidden=8)
     recorder = StateRecorder()
-    trainer = _trainer(model, data, rows, norm, epochs=5, callbacks=(HeadBreaker(3), recorder))
+    trainer = _trainer(model, data, rows, norm, epochs=5, selection="auroc", callbacks=(HeadBreaker(3), recorder))
     best_epoch, best_auroc = trainer.fit()
     assert len(trainer.history) == 5 and best_epoch < 3 and best_auroc > 0.5
     assert best_auroc == max(h["val_auroc"] for h in trainer.history)
@@ -183,19 +188,21 @@ def test_a_real_method_gets_the_saved_state_of_its_best_epoch_back(data, rows, n
     assert not torch.equal(model.head[0].weight, last["head.0.weight"])  # the broken last state was replaced
 
 
-def test_selection_starts_at_the_methods_selection_start_epoch(data, rows, norm) -> None:
-    script = [1.0, 1.0, 1.0, -1.0, 2.0, -1.0]
+@pytest.mark.parametrize("selection", ["loss", "auroc"])
+def test_selection_starts_at_the_methods_selection_start_epoch(data, rows, norm, selection) -> None:
+    script = [3.0, 1.0, 1.0, -1.0, 2.0, -1.0]  # epoch 0 the best of all, epoch 4 the best from epoch 3 on
     model = _scripted(data, norm, script=script, selection_start_epoch=3)
-    assert _trainer(model, data, rows, norm, epochs=6).fit()[0] == 4
+    assert _trainer(model, data, rows, norm, epochs=6, selection=selection).fit()[0] == 4
     assert float(model.w.detach()) == 2.0
-    assert _trainer(_scripted(data, norm, script=script), data, rows, norm, epochs=6).fit()[0] == 0
+    assert _trainer(_scripted(data, norm, script=script), data, rows, norm, epochs=6, selection=selection).fit()[0] == 0
     # patience counts from there: the epochs before it never count as bad
     model = _scripted(data, norm, script=[-1.0] * 7, selection_start_epoch=3)
-    trainer = _trainer(model, data, rows, norm, epochs=7, patience=1)
+    trainer = _trainer(model, data, rows, norm, epochs=7, patience=1, selection=selection)
     assert trainer.fit()[0] == 3 and len(trainer.history) == 5
     # a start past the last epoch: the last epoch is selected
     model = _scripted(data, norm, script=[1.0, 3.0], selection_start_epoch=5)
-    assert _trainer(model, data, rows, norm, epochs=2).fit()[0] == 1 and float(model.w.detach()) == 3.0
+    assert _trainer(model, data, rows, norm, epochs=2, selection=selection).fit()[0] == 1
+    assert float(model.w.detach()) == 3.0
 
 
 def test_a_two_stage_method_is_never_selected_before_its_classifier_trains(data, rows, norm) -> None:
@@ -213,12 +220,38 @@ def test_selection_falls_back_to_the_brier_score_without_auroc(data, rows, norm)
     """Validation rows of one class: AUROC undefined (NaN), the lowest Brier score wins."""
     negatives = rows[1][data.labels_numpy(rows[1])[:, 0] == 0]
     model = _scripted(data, norm, script=[1.0, 3.0, 2.0])  # y = 0: logit -w, the larger w the better
-    trainer = Trainer(model, data, rows[0], negatives, norm, _cfg(epochs=3), seed=0)
+    trainer = Trainer(model, data, rows[0], negatives, norm, _cfg(epochs=3, selection="auroc"), seed=0)
     best_epoch, best_auroc = trainer.fit()
     assert best_epoch == 1 and math.isnan(best_auroc) and float(model.w.detach()) == 3.0
     assert all(math.isnan(h["val_auroc"]) for h in trainer.history)
     briers = [h["val_brier"] for h in trainer.history]
     assert briers[1] == min(briers) == pytest.approx(1 / (1 + math.exp(3.0)) ** 2)
+
+
+def test_selection_on_the_validation_loss_by_default(data, rows, norm) -> None:
+    """Every epoch scores a validation AUROC of 1; the loss tells them apart (AUROC selection keeps the first)."""
+    assert TrainConfig().selection == "loss"
+    model = _scripted(data, norm, script=[1.0, 3.0, 2.0])
+    trainer = _trainer(model, data, rows, norm, epochs=3)
+    assert trainer.fit() == (1, pytest.approx(1.0)) and float(model.w.detach()) == 3.0
+    losses = [h["val_loss"] for h in trainer.history]
+    assert losses == pytest.approx([-math.log(1 / (1 + math.exp(-w))) for w in (1.0, 3.0, 2.0)], rel=1e-4)
+    assert [h["val_auroc"] for h in trainer.history] == pytest.approx([1.0, 1.0, 1.0])
+    model = _scripted(data, norm, script=[1.0, 3.0, 2.0])
+    assert _trainer(model, data, rows, norm, epochs=3, selection="auroc").fit()[0] == 0
+
+
+def test_a_best_last_epoch_is_flagged(data, rows, norm, caplog) -> None:
+    trainer = _trainer(_scripted(data, norm, script=[1.0, 2.0, 3.0]), data, rows, norm, epochs=3, fold=2)
+    with caplog.at_level("WARNING", logger="omnifuse.fuse.trainer"):
+        assert trainer.fit()[0] == 2
+    assert trainer.best_is_last and (trainer.best_epoch, trainer.best_val_auroc) == (2, pytest.approx(1.0))
+    assert "fold 2: the best epoch is the last one allowed (2)" in caplog.text
+    caplog.clear()
+    trainer = _trainer(_scripted(data, norm, script=[3.0, 2.0, 1.0]), data, rows, norm, epochs=3)
+    with caplog.at_level("WARNING", logger="omnifuse.fuse.trainer"):
+        assert trainer.fit()[0] == 0
+    assert not trainer.best_is_last and "best epoch is the last" not in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -296,6 +329,31 @@ def test_the_methods_configured_optimizer_is_the_one_stepped(data, rows, norm) -
 # ------------------------------------------------------------------------------------------------------
 # what methods see of the trainer
 # ------------------------------------------------------------------------------------------------------
+def test_every_method_gets_the_same_batches_and_the_same_shared_drop(data, rows, norm) -> None:
+    """The batch order and the shared modality drop come from the fold's seed alone (not from the method's own
+    draws): two different methods see the same rows and masks; the drop only removes modalities."""
+    a, b = _scripted(data, norm, script=[1.0, 2.0]), WithSGD(data.model_info(norm))
+    _trainer(a, data, rows, norm, epochs=2, seed=4, modality_drop=0.5).fit()
+    _trainer(b, data, rows, norm, epochs=2, seed=4, modality_drop=0.5).fit()
+    assert len(a.batches) == 2 * math.ceil(N_TRAIN / BATCH)
+    for (ia, ma, da), (ib, mb, db) in zip(a.batches, b.batches, strict=True):
+        assert ia == ib and torch.equal(ma, mb) and da and db
+        natural = data.mask[torch.tensor(ia)]
+        assert not (ma & ~natural).any() and torch.equal(ma.any(1), natural.any(1))
+    assert any(not torch.equal(m, data.mask[torch.tensor(i)]) for i, m, _ in a.batches)  # something was dropped
+    assert sorted(sum((i for i, _, _ in a.batches[:3]), [])) == sorted(rows[0].tolist())  # epoch 0: every row once
+    c = _scripted(data, norm, script=[1.0, 2.0])
+    _trainer(c, data, rows, norm, epochs=2, seed=5, modality_drop=0.5).fit()
+    assert [i for i, _, _ in c.batches] != [i for i, _, _ in a.batches]  # another seed, another order
+
+
+def test_no_shared_drop_leaves_the_batches_as_they_are(data, rows, norm) -> None:
+    model = _scripted(data, norm, script=[1.0])
+    _trainer(model, data, rows, norm, epochs=1, modality_drop=0.0).fit()
+    for index, mask, dropped in model.batches:
+        assert not dropped and torch.equal(mask, data.mask[torch.tensor(index)])
+
+
 @pytest.mark.parametrize("mining_rows", [0, 20, 1000])
 def test_mining_batches_are_a_fixed_subset_of_the_training_rows(data, rows, norm, mining_rows) -> None:
     tr = rows[0]

@@ -1,8 +1,8 @@
 """Shared parts of the baseline fusion methods (concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop).
 
 - :func:`check_info`, :func:`check_batch`: clear errors for a problem or a batch a method cannot take;
-- :class:`EncoderBank`: one encoder ``e_m`` per modality (``omnifuse.fuse.encoders.build_encoder``), stacked
-  to ``E`` [B, M, d];
+- :class:`~omnifuse.fuse.encoders.EncoderBank` (re-exported here): one encoder ``e_m`` per modality, the
+  shared backbone (``omnifuse.fuse.encoders.BACKBONE``), stacked to ``E`` [B, M, d];
 - :class:`MissingFill`: what a missing modality's slot holds: zeros (``"zero"``) or a learned per-modality
   token (``"token"``). Either way the encoder output of a missing row never reaches the fusion, so the
   values in a masked modality's input cannot change the prediction;
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo
-from omnifuse.fuse.encoders import build_encoder
+from omnifuse.fuse.encoders import BACKBONE, EncoderBank
 from omnifuse.fuse.layers import TASK_KINDS, mlp_head, task_loss
 
 MISSING_MODES = ("zero", "token")
@@ -73,28 +73,6 @@ def check_missing_mode(missing: str) -> str:
 # --------------------------------------------------------------------------------------------------------
 # encoders and missing slots
 # --------------------------------------------------------------------------------------------------------
-class EncoderBank(nn.Module):
-    """One encoder per modality (eq. 1 of OmniFuse: v_m = e_m(x_m)), in the order of ``info.modalities``.
-
-    ``forward(batch)`` -> ``E`` [B, M, d], the raw encoder outputs (a missing row gives the encoder's
-    output for its zero input; :class:`MissingFill` decides what the fusion sees there).
-    """
-
-    def __init__(self, info: ModelInfo, d: int, encoder: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        self.names = list(info.names)
-        self.d = int(d)
-        self.encoders = nn.ModuleList([build_encoder(mi, self.d, **dict(encoder or {})) for mi in info.modalities])
-
-    def encode(self, batch: Batch, m: int) -> torch.Tensor:
-        """[B, d] embedding of modality ``m``."""
-        name = self.names[m]
-        return self.encoders[m](batch.x[name], batch.tokens_mask.get(name))
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return torch.stack([self.encode(batch, m) for m in range(len(self.names))], dim=1)
-
-
 class MissingFill(nn.Module):
     """What a missing modality's slot holds: ``E`` [B, M, d], ``mask`` [B, M] -> [B, M, d].
 
@@ -152,8 +130,8 @@ class SupervisedFusion(FusionMethod):
         return loss, {"task": float(loss.detach())}
 
 
-POOLING_DEFAULTS: dict[str, Any] = {"d": 64, "missing": "zero", "hidden": 64, "dropout": 0.1, "encoder": {}}
-"""Defaults of :class:`PoolingFusion` methods: d=64, missing="zero", head hidden=64, dropout=0.1."""
+POOLING_DEFAULTS: dict[str, Any] = {"d": BACKBONE.d, "missing": "zero", "hidden": 64, "dropout": 0.1, "encoder": {}}
+"""Defaults of :class:`PoolingFusion` methods: the backbone's d (64), missing="zero", head hidden=64, dropout=0.1."""
 
 
 class PoolingFusion(SupervisedFusion):
@@ -164,7 +142,7 @@ class PoolingFusion(SupervisedFusion):
     def __init__(
         self,
         info: ModelInfo,
-        d: int = 64,
+        d: int = BACKBONE.d,
         missing: str = "zero",
         hidden: int | None = 64,
         dropout: float = 0.1,

@@ -33,14 +33,15 @@ import torch
 from torch import nn
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.encoders import BACKBONE, EncoderBank
 from omnifuse.fuse.layers import mlp_head, row_loss
-from omnifuse.fuse.methods.common import EncoderBank, batches_on, check_batch, check_info
+from omnifuse.fuse.methods.common import batches_on, check_batch, check_info
 from omnifuse.fuse.registry import register_method
 
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "d": 64,
+    "d": BACKBONE.d,
     "holdout": 0.2,
     "every": 1,
     "eps": 1e-4,
@@ -98,7 +99,7 @@ class GradientBlending(FusionMethod):
     def __init__(
         self,
         info: ModelInfo,
-        d: int = 64,
+        d: int = BACKBONE.d,
         holdout: float = 0.2,
         every: int = 1,
         eps: float = 1e-4,

@@ -61,7 +61,7 @@ from omnifuse.fuse.registry import register_method
 log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "d": 64,
+    "d": BACKBONE.d,
     "heads": 4,
     "layers": 1,
     "ff": 128,
@@ -171,7 +171,7 @@ class ContrastiveModalityDropout(FusionMethod):
     def __init__(
         self,
         info: ModelInfo,
-        d: int = 64,
+        d: int = BACKBONE.d,
         heads: int = 4,
         layers: int = 1,
         ff: int = 128,

@@ -23,11 +23,12 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from omnifuse.fuse.base import ModelInfo
+from omnifuse.fuse.encoders import BACKBONE
 from omnifuse.fuse.methods.common import SupervisedFusion
 from omnifuse.fuse.registry import register_method
 
 DEFAULTS: dict[str, Any] = {
-    "d": 64,
+    "d": BACKBONE.d,
     "lstm_hidden": 64,
     "layers": 1,
     "missing": "token",
@@ -50,7 +51,7 @@ class MedFuseLSTM(SupervisedFusion):
     def __init__(
         self,
         info: ModelInfo,
-        d: int = 64,
+        d: int = BACKBONE.d,
         lstm_hidden: int = 64,
         layers: int = 1,
         missing: str = "token",

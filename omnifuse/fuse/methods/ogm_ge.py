@@ -31,12 +31,13 @@ import torch
 from torch import nn
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.encoders import BACKBONE, EncoderBank
 from omnifuse.fuse.layers import task_loss, true_class_probability
-from omnifuse.fuse.methods.common import EncoderBank, check_batch, check_info
+from omnifuse.fuse.methods.common import check_batch, check_info
 from omnifuse.fuse.registry import register_method
 
 DEFAULTS: dict[str, Any] = {
-    "d": 64,
+    "d": BACKBONE.d,
     "alpha": 0.5,
     "form": "shifted",
     "noise": True,
@@ -102,7 +103,7 @@ class OGMGE(FusionMethod):
     def __init__(
         self,
         info: ModelInfo,
-        d: int = 64,
+        d: int = BACKBONE.d,
         alpha: float = 0.5,
         form: str = "shifted",
         noise: bool = True,

@@ -9,31 +9,47 @@ K = 5, alpha = 0.1, beta = 0.5, lambda = (1, 10, 0.5). Switches for the ablation
   the backward CRA off (IMP-bw needs IMP-fw), so ``L_forward = L_backward = 0``;
 - ``imp_bw=False``: no backward CRA, ``L_backward = 0``.
 
+The CRA's targets (``cra_target``, :func:`omnifuse.fuse.cra.cra_targets`): ``"paper"`` (default) trains the
+forward CRA towards ``v-hat`` (``v^miss`` at the slots it sees, the detached true embedding at the slots
+dropped on purpose, nothing at naturally missing slots) and the backward CRA towards ``v`` at every slot;
+``"dropped_only"`` is the earlier reading (forward at the dropped slots, backward at the present ones).
+After imputation ``u_m = v_m`` where present and ``v'_m`` where missing.
+
 Registry entries: ``omnifuse``; its variants ``dwfuse_only`` (DWFuse on, TLA and imputation off: the
 "DWFuse" row of table 3), ``omnifuse_no_imp`` (imputation off) and the rows of table 4, ``ablation_a`` to
 ``ablation_f`` (:data:`ABLATION_ROWS`). The paper's row (e) cannot be read from its text; our reading is
 DWFuse + IMP-fw + IMP-bw without TLA (see :data:`ABLATION_ROWS` and docs/omnifuse.md).
 
-Training drops present modalities at random (``train_drop_prob``: a row keeps a uniformly drawn non-empty
-proper subset of its present modalities, :func:`omnifuse.fuse.layers.drop_modalities` with ``unit="row"``);
-only those drops enter ``L_forward``; natural gaps enter no imputation loss. Inference: forward imputation
-only, then ``o`` (the paper's figure 3b).
+Training drops: the trainer's shared drop (``TrainConfig.modality_drop``, the same masks for every method;
+``modality_drop=1.0`` with ``unit="row"`` is the paper's table 1) arrives as a
+:class:`~omnifuse.fuse.base.DroppedBatch` and is used as it is; with the shared drop off, the method draws its
+own (``train_drop_prob``: a row keeps a uniformly drawn non-empty proper subset of its present modalities,
+:func:`omnifuse.fuse.layers.drop_modalities` with ``unit="row"``). Only slots dropped on purpose have a true
+target at a missing slot; natural gaps have none. Inference: forward imputation only, then ``o`` (the paper's
+figure 3b).
+
+The modality encoders are the shared backbone (:data:`omnifuse.fuse.encoders.BACKBONE`, ``d`` and ``encoder``
+on top of it), as every other method's.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from omnifuse.fuse.base import Batch, DroppedBatch, FusionMethod, MethodOutput, ModelInfo, TrainerView
-from omnifuse.fuse.cra import CRA, backward_loss, forward_loss
+from omnifuse.fuse.cra import CRA, CRA_TARGETS, backward_loss, cra_targets, forward_loss
 from omnifuse.fuse.dwfuse import down_weights, dwfuse_loss, predicted_class_probability
-from omnifuse.fuse.encoders import build_encoder
+from omnifuse.fuse.encoders import BACKBONE, EncoderBank
 from omnifuse.fuse.layers import drop_modalities, mlp_head, task_loss
 from omnifuse.fuse.registry import register_method, register_variant
-from omnifuse.fuse.tla import combination_name, lazy_mask, mine_lazy, tla_loss
+from omnifuse.fuse.tla import MIN_COMMON_ROWS, combination_name, lazy_mask, mine_lazy, tla_loss
+
+log = logging.getLogger(__name__)
 
 PAPER_DEFAULTS: dict[str, Any] = {
     "K": 5,
@@ -62,7 +78,7 @@ class OmniFuse(FusionMethod):
         self,
         info: ModelInfo,
         *,
-        d: int = 128,
+        d: int = BACKBONE.d,
         K: int = 5,
         cra_hidden: int = 256,
         latent: int = 64,
@@ -79,13 +95,18 @@ class OmniFuse(FusionMethod):
         imp_bw: bool = True,
         train_drop_prob: float = 0.5,
         tla_mask_down: bool = False,
-        pool: str = "attention",
-        rnn: str = "gru",
+        tla_min_common: int = MIN_COMMON_ROWS,
+        cra_target: str = "paper",
+        encoder: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(info)
         M, C = info.num_modalities, info.num_outputs
         if M < 1:
             raise ValueError("OmniFuse needs at least one modality")
+        if cra_target not in CRA_TARGETS:
+            raise ValueError(f"omnifuse cra_target must be one of {CRA_TARGETS}, got {cra_target!r}")
+        self.cra_target = cra_target
+        self.tla_min_common = int(tla_min_common)
         self.d, self.M = d, M
         self.alpha, self.beta = float(alpha), float(beta)
         self.lambdas = (float(lambda_backward), float(lambda_dwfuse), float(lambda_tla))
@@ -94,18 +115,7 @@ class OmniFuse(FusionMethod):
         self.use_tla = bool(tla) and M > 1
         self.train_drop_prob = float(train_drop_prob)
         self.tla_mask_down = bool(tla_mask_down)
-        self.encoders = nn.ModuleDict(
-            {
-                m.name: build_encoder(
-                    m,
-                    d,
-                    dropout=dropout,
-                    **({"pool": pool} if m.kind == "sequence" else {}),
-                    **({"rnn": rnn} if m.kind == "timeseries" else {}),
-                )
-                for m in info.modalities
-            }
-        )
+        self.enc = EncoderBank(info, d, encoder)  # the shared backbone (eq. 1)
         self.cra_fw = CRA(M * d, K, cra_hidden, latent) if self.use_imp_fw else None
         self.cra_bw = CRA(M * d, K, cra_hidden, latent) if self.use_imp_bw else None
         joint_in = K * latent if self.use_imp_fw else M * d
@@ -122,15 +132,15 @@ class OmniFuse(FusionMethod):
     def missing_embeddings(self, device: torch.device) -> torch.Tensor:
         """``v^miss`` [M, d]: each encoder's output for an explicit zero input (all-false token mask)."""
         out = []
-        for m in self.info.modalities:
+        for j, m in enumerate(self.info.modalities):
             x = torch.zeros(1, *m.shape, device=device)
             tm = torch.zeros(1, m.shape[0], dtype=torch.bool, device=device) if m.kind == "sequence" else None
-            out.append(self.encoders[m.name](x, tm))
+            out.append(self.enc.encoders[j](x, tm))
         return torch.cat(out, 0)
 
     def encode(self, batch: Batch) -> torch.Tensor:
         """Eq. 1: [B, M, d]; rows of a missing modality hold zeros, so they encode to ``v^miss``."""
-        return torch.stack([self.encoders[n](batch.x[n], batch.tokens_mask.get(n)) for n in self.info.names], 1)
+        return self.enc(batch)
 
     def train_drop(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         """Random drops of present modalities (at least one kept); the pre-drop batch travels along."""
@@ -140,18 +150,21 @@ class OmniFuse(FusionMethod):
 
     # ------------------------------------------------------------------------------------- forward
     def forward(self, batch: Batch) -> MethodOutput:
+        """``o`` [B, C] and the heads' logits; ``extra`` holds ``v``, ``v_true`` (the pre-drop embeddings of a
+        :class:`DroppedBatch`, else None), ``v_miss`` [M, d], ``mask``, ``dropped`` and, with IMP-fw,
+        ``v_prime`` (and ``v_second`` in training with IMP-bw), all [B, M, d] / [B, M]."""
         B = batch.mask.shape[0]
         mask = batch.mask
         dropped = None
+        v_miss = self.missing_embeddings(mask.device)  # [M, d]
         if isinstance(batch, DroppedBatch):
             v_true = self.encode(batch.source)  # the truth of dropped modalities
-            v_miss = self.missing_embeddings(mask.device).unsqueeze(0).expand(B, -1, -1)
-            v = torch.where(mask.unsqueeze(-1), v_true, v_miss)  # eq. 2-3
+            v = torch.where(mask.unsqueeze(-1), v_true, v_miss.unsqueeze(0).expand(B, -1, -1))  # eq. 2-3
             dropped = batch.dropped
         else:
             v_true = None
-            v = self.encode(batch)
-        extra: dict[str, Any] = {"v": v, "v_true": v_true, "mask": mask, "dropped": dropped}
+            v = self.encode(batch)  # a missing row holds zeros: it encodes to v^miss
+        extra: dict[str, Any] = {"v": v, "v_true": v_true, "v_miss": v_miss, "mask": mask, "dropped": dropped}
         if self.cra_fw is not None:
             vp_flat, latents = self.cra_fw(v.reshape(B, -1))  # eq. 4-5
             v_prime = vp_flat.view(B, self.M, self.d)
@@ -189,10 +202,13 @@ class OmniFuse(FusionMethod):
         zero = out.logits.sum() * 0.0
         ex = out.extra
         l_fw = l_bw = zero
-        if "v_prime" in ex and ex.get("dropped") is not None and ex.get("v_true") is not None:
-            l_fw = forward_loss(ex["v_prime"], ex["v_true"], ex["dropped"])  # eq. 7
-        if "v_second" in ex:
-            l_bw = backward_loss(ex["v_second"], ex["v"], ex["mask"])  # eq. 8
+        if "v_prime" in ex:
+            fw_t, fw_s, bw_t, bw_s = cra_targets(
+                ex["v"], ex["v_true"], ex["v_miss"], ex["mask"], ex["dropped"], self.cra_target
+            )
+            l_fw = forward_loss(ex["v_prime"], fw_t, fw_s)  # eq. 7: towards v-hat
+            if "v_second" in ex:
+                l_bw = backward_loss(ex["v_second"], bw_t, bw_s)  # eq. 8: back to v
         terms: dict[str, float] = {}
         if out.per_modality_logits is not None:
             l_dw, t = dwfuse_loss(
@@ -227,23 +243,36 @@ class OmniFuse(FusionMethod):
 
     # --------------------------------------------------------------------------------------- hooks
     def on_epoch_end(self, trainer: TrainerView, epoch: int) -> None:
-        """Eq. 15: mine the lazy combination on the trainer's fixed mining rows; record it."""
+        """Eq. 15: mine the lazy combination on the trainer's fixed mining rows (their common rows when there
+        are at least ``tla_min_common``; see :func:`omnifuse.fuse.tla.mine_lazy`); record it with the rows
+        used."""
         if not self.use_tla:
             return
         with self.evaluating():
-            lazy, table = mine_lazy(
+            mined = mine_lazy(
                 None,
                 trainer.mining_batches(),
                 self.info.names,
                 self.info.task_kind,
                 encode=self.encode,
                 fuse=self.fuse_embeddings,
+                min_common=self.tla_min_common,
             )
+        lazy = mined.lazy
         self.lazy = lazy
+        if mined.rows != "common":
+            log.info(
+                "TLA epoch %d: %d common rows (< %d): each combination scored on the rows that hold it",
+                epoch,
+                mined.n_common,
+                self.tla_min_common,
+            )
         rec = {
             "epoch": epoch,
             "lazy": None if lazy is None else combination_name(lazy, self.info.names),
-            "distances": table,
+            "distances": mined.table,
+            "rows": mined.rows,
+            "n_common": mined.n_common,
         }
         self.lazy_history.append(rec)
         trainer.record("lazy_combination", rec)

@@ -42,13 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
+from omnifuse.fuse.encoders import BACKBONE, EncoderBank
 from omnifuse.fuse.layers import masked_mean, task_loss
-from omnifuse.fuse.methods.common import EncoderBank, batches_on, check_batch, check_info
+from omnifuse.fuse.methods.common import batches_on, check_batch, check_info
 from omnifuse.fuse.methods.ogm_ge import ogm_coefficients
 from omnifuse.fuse.registry import register_method
 
 DEFAULTS: dict[str, Any] = {
-    "d": 64,
+    "d": BACKBONE.d,
     "alpha": 1.0,
     "coef": "step",
     "mu": 0.1,
@@ -93,7 +94,7 @@ class PrototypicalRebalance(FusionMethod):
     def __init__(
         self,
         info: ModelInfo,
-        d: int = 64,
+        d: int = BACKBONE.d,
         alpha: float = 1.0,
         coef: str = "step",
         mu: float = 0.1,

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from omnifuse.fuse.base import ModelInfo
+from omnifuse.fuse.encoders import BACKBONE
 from omnifuse.fuse.methods.common import SupervisedFusion
 from omnifuse.fuse.registry import register_method
 
 DEFAULTS: dict[str, Any] = {
-    "d": 64,
+    "d": BACKBONE.d,
     "squeeze": 4,
     "reduction": 2,
     "missing": "zero",
@@ -49,7 +50,7 @@ class SEGateFusion(SupervisedFusion):
     def __init__(
         self,
         info: ModelInfo,
-        d: int = 64,
+        d: int = BACKBONE.d,
         squeeze: int = 4,
         reduction: int = 2,
         missing: str = "zero",
