@@ -108,9 +108,13 @@ def write_synthetic_cache(path: str | Path, references=None, **kw) -> Path:
     """Write :func:`synthetic_cache_data` rows to ``path`` with the real writer; returns the path.
 
     ``references``: optional ``fn(cache_data) -> {name: (values [N], mask [N])}`` of reference scores."""
+    return write_cache_data(path, synthetic_cache_data(**kw), references)
+
+
+def write_cache_data(path: str | Path, cd: CacheData, references=None) -> Path:
+    """Write the rows of ``cd`` (e.g. :func:`synthetic_cache_data`, edited) to ``path`` with the real writer."""
     from omnifuse.cache.writer import CacheWriter
 
-    cd = synthetic_cache_data(**kw)
     refs = references(cd) if references is not None else {}
     cd.spec.references = sorted(refs)
     w = CacheWriter.create(path, cd.spec, cd.stay_id, cd.subject_id, overwrite=True)

@@ -596,6 +596,7 @@ def study_record(name: str, cache: Any, ctx: StudyContext, cfg: StudyConfig, **e
         {
             "study": name,
             "cache": str(cache) if isinstance(cache, (str, Path)) else None,
+            "cache_fingerprint": ctx.fingerprint,
             "config": cfg.to_json(),
             "modalities": ctx.modalities,
             "combinations": [combination_name(c, ctx.modalities) for c in ctx.combos],

@@ -308,7 +308,12 @@ class SpySGD(torch.optim.SGD):
 
 
 class WithSGD(Scripted):
-    """:class:`Scripted` configuring its own optimiser (plain SGD at the run's learning rate)."""
+    """:class:`Scripted` configuring its own optimiser (plain SGD at the run's learning rate), and drawing from
+    the trainer's generator in its own training drop (which keeps the batch as it is)."""
+
+    def train_drop(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        torch.rand(3, generator=generator)
+        return batch
 
     def configure_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         self.asked = (lr, weight_decay)

@@ -13,7 +13,8 @@ The CRA's targets (``cra_target``, :func:`omnifuse.fuse.cra.cra_targets`): ``"pa
 forward CRA towards ``v-hat`` (``v^miss`` at the slots it sees, the detached true embedding at the slots
 dropped on purpose, nothing at naturally missing slots) and the backward CRA towards ``v`` at every slot;
 ``"dropped_only"`` is the earlier reading (forward at the dropped slots, backward at the present ones).
-After imputation ``u_m = v_m`` where present and ``v'_m`` where missing.
+After imputation ``u_m = v_m`` where present and ``v'_m`` where missing. With one modality nothing can be
+imputed: ``L_forward = L_backward = 0``.
 
 Registry entries: ``omnifuse``; its variants ``dwfuse_only`` (DWFuse on, TLA and imputation off: the
 "DWFuse" row of table 3), ``omnifuse_no_imp`` (imputation off) and the rows of table 4, ``ablation_a`` to
@@ -202,7 +203,7 @@ class OmniFuse(FusionMethod):
         zero = out.logits.sum() * 0.0
         ex = out.extra
         l_fw = l_bw = zero
-        if "v_prime" in ex:
+        if "v_prime" in ex and self.M > 1:  # one modality: nothing to impute, no imputation loss
             fw_t, fw_s, bw_t, bw_s = cra_targets(
                 ex["v"], ex["v_true"], ex["v_miss"], ex["mask"], ex["dropped"], self.cra_target
             )
