@@ -173,6 +173,12 @@ class FakeTrainer:
     def mining_batches(self) -> list[Batch]:
         return self._batches
 
+    def batches(self, rows: np.ndarray) -> list[Batch]:
+        """The fixed batches' rows whose index is in ``rows`` (evaluation batches of those rows)."""
+        want = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        out = [b.select(torch.isin(b.index, want)) for b in self._batches]
+        return [b for b in out if b.mask.shape[0] > 0]
+
     def record(self, key: str, value: object) -> None:
         self.records.setdefault(key, []).append(value)
 

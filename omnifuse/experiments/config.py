@@ -120,7 +120,9 @@ class UnimodalConfig(StudyConfig):
         Path("experiments/unimodal"), help="Results folder (finished runs in it are reused).", short="-o"
     )
     fused: list[str] = option(
-        ["concat", "omnifuse"], help="Fused methods set against the unimodal models.", flag="--fused"
+        ["concat", "omnifuse", "gbm"],
+        help="Fused methods set against the unimodal models (gbm: the gradient-boosting reference learner).",
+        flag="--fused",
     )
     unimodal_method: str = option(
         "concat", help="Method of the unimodal models (with one modality: its encoder and a head)."

@@ -32,23 +32,54 @@ def test_mining_picks_the_combination_with_the_largest_loss():
         conf = b.mask.float().sum(1, keepdim=True)  # other combinations: right, more so with more modalities
         return torch.where(wrong, -3 * sign, conf * sign)
 
-    lazy, table = mine_lazy(joint, [_batch()], names, "binary")
-    assert lazy == rigged
+    lazy, table, rows, n_common = mine_lazy(joint, [_batch()], names, "binary", min_common=12)
+    assert lazy == rigged and rows == "common" and n_common == 12
     assert max(table, key=lambda k: table[k]["distance"]) == "b+c"
     assert all(v["n"] == 12 for v in table.values())
 
 
-def test_mining_uses_only_rows_holding_the_combination():
+def test_mining_uses_only_rows_holding_the_combination_when_few_rows_are_common():
     b = _batch()
     b.mask[:6, 0] = False
-    seen = {}
 
     def joint(x: Batch) -> torch.Tensor:
-        seen[tuple(x.mask[0].tolist())] = x.mask.shape[0]
         return torch.zeros(x.mask.shape[0], 1)
 
-    _, table = mine_lazy(joint, [b], ["a", "b", "c"], "binary")
-    assert table["a"]["n"] == 6 and table["b"]["n"] == 12
+    mined = mine_lazy(joint, [b], ["a", "b", "c"], "binary", min_common=7)  # 6 common rows: too few
+    assert mined.rows == "per_combination" and mined.n_common == 6
+    assert mined.table["a"]["n"] == 6 and mined.table["b"]["n"] == 12
+
+
+def test_mining_scores_every_combination_on_the_common_rows():
+    """Rows 0-5 lack modality a and are easy for every combination holding b; the common rows 6-11 are hard.
+    Per combination, "b" would be judged mostly on the easy rows and look best, though on the same (common)
+    rows it is as bad as "a" alone: case mix decided. On the common rows only, every combination is judged on
+    the same patients."""
+    b = _batch()
+    b.mask[:6, 0] = False
+    easy = torch.arange(12) < 6
+
+    def joint(x: Batch) -> torch.Tensor:
+        sign = 2 * x.y - 1
+        hard = ~easy[x.index].view(-1, 1)
+        with_a = x.mask[:, :1]
+        # hard rows: 0 logit unless a is shown (then right); easy rows: confidently right
+        return torch.where(hard, torch.where(with_a, 2 * sign, torch.zeros_like(sign)), 4 * sign)
+
+    per = mine_lazy(joint, [b], ["a", "b", "c"], "binary", min_common=100)
+    common = mine_lazy(joint, [b], ["a", "b", "c"], "binary", min_common=6)
+    assert per.rows == "per_combination" and common.rows == "common" and common.n_common == 6
+    assert all(v["n"] == 6 for v in common.table.values())
+    assert per.table["b"]["n"] == 12 and per.table["b+c"]["n"] == 12
+    # every combination without a is equally lazy on the common rows; per combination they look better
+    lazy_common = {
+        k for k, v in common.table.items() if v["distance"] == max(x["distance"] for x in common.table.values())
+    }
+    assert lazy_common == {"b", "c", "b+c"}
+    assert per.table["b"]["distance"] < common.table["b"]["distance"]
+    # unlabelled rows are never common
+    b.y_mask[6] = False
+    assert mine_lazy(joint, [b], ["a", "b", "c"], "binary", min_common=6).rows == "per_combination"
 
 
 def test_mask_and_loss_select_exact_pattern():

@@ -3,13 +3,15 @@
 Entries (``omnifuse methods`` lists them): OmniFuse (``omnifuse``) with its variants (``dwfuse_only``,
 ``omnifuse_no_imp``, the ablation rows ``ablation_a`` .. ``ablation_f``) and the baselines (``concat``,
 ``sum``, ``se_gate``, ``gblend``, ``ogm_ge``, ``pmr``, ``medfuse``, ``mdrop``). Import the registry API from
-here: ``from omnifuse.fuse.methods import build_method, get_method, list_methods, METHODS``.
+here: ``from omnifuse.fuse.methods import build_method, get_method, list_methods, METHODS``;
+``parameter_count(name, info, **params)`` gives an entry's trainable parameters (total, encoders, fusion).
 """
 
 from __future__ import annotations
 
 from omnifuse.fuse import reference  # the reference learners logreg and gbm
 from omnifuse.fuse.methods import concat, gblend, mdrop, medfuse, ogm_ge, omnifuse, pmr, se_gate, sum
+from omnifuse.fuse.methods.common import parameter_count
 from omnifuse.fuse.registry import (
     METHODS,
     MethodEntry,
@@ -24,6 +26,7 @@ from omnifuse.fuse.registry import (
 METHOD_MODULES = (reference, omnifuse, concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop)
 """The modules that register the entries, in the order they are imported."""
 
+
 __all__ = [
     "METHODS",
     "METHOD_MODULES",
@@ -32,6 +35,7 @@ __all__ = [
     "check_params",
     "get_method",
     "list_methods",
+    "parameter_count",
     "register_method",
     "register_variant",
 ]

@@ -9,7 +9,9 @@
 - :class:`SupervisedFusion`: encoders, missing fill, a method-specific ``fuse`` and a head, trained with
   the plain task loss (concat, sum, se_gate, medfuse derive from it); :class:`PoolingFusion`, the same
   when the fusion has no parameters of its own (concat, sum);
-- :func:`batches_on`: batches moved to a device (for estimates on the trainer's mining batches).
+- :func:`batches_on`: batches moved to a device (for estimates on the trainer's mining batches);
+- :func:`parameter_count`: an entry's trainable parameters, total, encoders (the backbone) and fusion
+  (exported by :mod:`omnifuse.fuse.methods`, whose import fills the registry).
 
 Heads, losses and modality dropout are :mod:`omnifuse.fuse.layers`' (shared with OmniFuse).
 """
@@ -26,6 +28,7 @@ from torch import nn
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo
 from omnifuse.fuse.encoders import BACKBONE, EncoderBank
 from omnifuse.fuse.layers import TASK_KINDS, mlp_head, task_loss
+from omnifuse.fuse.registry import build_method, get_method
 
 MISSING_MODES = ("zero", "token")
 
@@ -160,3 +163,18 @@ def batches_on(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch
     """``batches`` moved to ``device``, one at a time."""
     for b in batches:
         yield b.to(device)
+
+
+def parameter_count(name: str, info: ModelInfo, **params: Any) -> dict[str, int] | None:
+    """The trainable parameters of registry entry ``name`` built for ``info`` (its defaults, then ``params``):
+    ``{"total": n, "encoders": the modality encoders' (the shared backbone), "fusion": the rest}``; None for a
+    reference learner (no network). The network is built on torch's meta device: no memory, no time. Call it
+    through :mod:`omnifuse.fuse.methods` (the full registry)."""
+    if get_method(name).kind == "reference":
+        return None
+    with torch.device("meta"):
+        model = build_method(name, info, **params)
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    banks = [m for m in model.modules() if isinstance(m, EncoderBank)]
+    encoders = sum(p.numel() for bank in banks for p in bank.parameters() if p.requires_grad)
+    return {"total": total, "encoders": encoders, "fusion": total - encoders}

@@ -14,14 +14,14 @@ the training part ``L^T_n`` and on V ``L^V_n``; between two checkpoints n and n 
 - overfitting change ``O_k = (L^V_{n+Δ} - L^T_{n+Δ}) - (L^V_n - L^T_n)``,
 - ``w_k = (max(G_k, 0) / (O_k^2 + eps)) / Z``, normalised to sum 1. A head whose held-out loss rose gets 0;
   if every head gets 0 the previous weights stay. Initial weights are uniform (1 / K).
-Checkpoint losses: exact (eval mode, no drops) on the trainer's mining batches (``trainer.mining_batches()``,
-a fixed subset of the training rows), the first checkpoint being the untrained model at ``on_train_start``;
-when the run has no mining rows (``mining_rows=0``), running means of the losses seen during the epoch's
-training batches (held-out rows are forwarded in the same batches but carry no gradient), the first
-checkpoint being epoch 0's means.
+Checkpoint losses: exact (eval mode, no drops) over **all** the fold's training rows
+(``trainer.batches(trainer.train_rows)``): every held-out row gives ``L^V`` and every other training row
+``L^T``, the first checkpoint being the untrained model at ``on_train_start``. When the trainer gives no
+batches (no training rows), running means of the losses seen during the epoch's training batches (held-out
+rows are forwarded in the same batches but carry no gradient), the first checkpoint being epoch 0's means.
 
 Generalisation to M: one unimodal head per modality; nothing else changes.
-Defaults: d=64, holdout=0.2, every=1, eps=1e-4, fused head hidden=64, dropout=0.1, seed=0.
+Defaults: the backbone's d (64), holdout=0.2, every=1, eps=1e-4, fused head hidden=64, dropout=0.1, seed=0.
 """
 
 from __future__ import annotations
@@ -177,8 +177,9 @@ class GradientBlending(FusionMethod):
     @torch.no_grad()
     def checkpoint_losses(self, trainer: TrainerView) -> torch.Tensor | None:
         """[2, K] mean losses of each head on the training part and the held-out part (NaN where a head has
-        no rows), evaluated in eval mode over the trainer's mining batches; None when there are none."""
-        batches = trainer.mining_batches()
+        no rows), evaluated in eval mode over all the fold's training rows (``trainer.batches``); None when
+        there are none."""
+        batches = trainer.batches(trainer.train_rows)
         if not batches:
             return None
         k = self.info.num_modalities + 1

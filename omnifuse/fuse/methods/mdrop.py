@@ -230,6 +230,7 @@ class EmptyTokens(nn.Module):
         if space not in TOKEN_SPACES:
             raise ValueError(f"mdrop token_space must be one of {TOKEN_SPACES}, got {space!r}")
         self.space, self.info = space, info
+        shapes: list[tuple[int, ...]]
         if space == "embedding":
             shapes = [(d,)] * info.num_modalities
         else:

@@ -1,17 +1,21 @@
 """MedFuse's LSTM fusion (Hayat, Geras, Shamout, "MedFuse: multi-modal fusion with clinical time-series data
 and chest X-ray images", MLHC 2022).
 
-The modality embeddings, each projected to a common size (``build_encoder`` gives d), form a sequence in
-the fixed modality order (MedFuse: EHR first, then the image); an LSTM reads it and a classifier acts on
-its last hidden state. Missing modalities:
-- ``missing="token"`` (default, as the issue asks): a learned vector per modality takes the slot, the
-  sequence always has M steps;
-- ``missing="skip"`` (MedFuse's own handling of unpaired stays): only the present embeddings, in order, form
-  a variable-length packed sequence; a row with nothing present reads one learned "empty" token.
+The modality embeddings (the shared backbone's, width d) form a sequence in the fixed modality order
+(MedFuse: EHR first, then the image); an LSTM reads it and a linear classifier acts on its last hidden state
+(the authors' ``models/fusion.py``, ``Fusion.forward_lstm_fused``: ``lstm_fusion_layer``, then
+``lstm_fused_cls``). Missing modalities:
+- ``missing="auto"`` (default): ``"skip"`` for M <= 2 (the authors' case), ``"token"`` for M > 2;
+- ``missing="skip"`` (MedFuse's own handling of unpaired stays: the CXR features are zeroed, the sequence
+  length set to 1 and the sequence packed, so the LSTM never reads the missing step): only the present
+  embeddings, in order, form a variable-length packed sequence; a row with nothing present (impossible in
+  the authors' data, where the EHR is always there) reads one learned "empty" token;
+- ``missing="token"``: a learned vector per modality takes the slot, the sequence always has M steps (our
+  choice beyond two modalities: which modality goes missing then changes the meaning of each step);
 - ``missing="zero"``: the slot holds zeros.
 Generalisation to M: the sequence has M steps instead of two.
 
-Defaults: d=64, lstm hidden=64 (one layer), missing="token", head linear, dropout=0.1.
+Defaults: the backbone's d (64), lstm hidden=64 (one layer), missing="auto", head linear, dropout=0.1.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "d": BACKBONE.d,
     "lstm_hidden": 64,
     "layers": 1,
-    "missing": "token",
+    "missing": "auto",
     "hidden": None,
     "dropout": 0.1,
     "encoder": {},
@@ -40,7 +44,8 @@ DEFAULTS: dict[str, Any] = {
 
 @register_method(
     "medfuse",
-    description="LSTM over the sequence of modality embeddings (learned token if missing)",
+    description="LSTM over the sequence of modality embeddings (a missing one skipped for M <= 2, a learned "
+    "token for M > 2)",
     paper="Hayat, Geras, Shamout. MedFuse: multi-modal fusion with clinical time-series data and "
     "chest X-ray images. MLHC 2022",
     defaults=DEFAULTS,
@@ -54,14 +59,17 @@ class MedFuseLSTM(SupervisedFusion):
         d: int = BACKBONE.d,
         lstm_hidden: int = 64,
         layers: int = 1,
-        missing: str = "token",
+        missing: str = "auto",
         hidden: int | None = None,
         dropout: float = 0.1,
         encoder: dict[str, Any] | None = None,
     ) -> None:
-        if missing not in ("token", "skip", "zero"):
-            raise ValueError(f"medfuse missing must be 'token', 'skip' or 'zero', got {missing!r}")
+        if missing not in ("auto", "token", "skip", "zero"):
+            raise ValueError(f"medfuse missing must be 'auto', 'token', 'skip' or 'zero', got {missing!r}")
+        if missing == "auto":
+            missing = "skip" if info.num_modalities <= 2 else "token"
         super().__init__(info, d, "zero" if missing in ("skip", "zero") else "token", dropout, encoder)
+        self.missing = missing  # resolved: "skip", "token" or "zero"
         self.lstm = nn.LSTM(
             self.d, lstm_hidden, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
         )

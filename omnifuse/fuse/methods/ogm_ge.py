@@ -12,15 +12,24 @@ Modulation, after each backward pass (trainer hook ``after_backward``):
   take means. (eq. 7)
 - discrepancy ratio ``rho_m = s_m / mean_{n != m} s_n`` over the other modalities that have rows in the batch
   (for M = 2 this is the paper's s_a / s_v). (eq. 8 generalised)
-- coefficient: ``form="shifted"`` (default) ``k_m = 1 - tanh(alpha * relu(rho_m - 1))``, continuous at
-  rho = 1; ``form="paper"`` ``k_m = 1 - tanh(alpha * rho_m)`` if rho_m > 1 else 1, as eq. 9 and the authors'
-  code. Modalities with rho_m <= 1 keep k_m = 1. (eq. 9)
+- coefficient: ``form="paper"`` (default) ``k_m = 1 - tanh(alpha * relu(rho_m))`` if rho_m > 1 else 1, as
+  eq. 9 and the authors' code (``main.py``, ``train_epoch``: ``coeff_v = 1 - tanh(args.alpha * relu(ratio_v))``
+  when ``ratio_v > 1``): 0.46 at rho = 1.2 with alpha = 0.5; ``form="shifted"`` (ours, continuous at 1)
+  ``k_m = 1 - tanh(alpha * relu(rho_m - 1))``: 0.90 at rho = 1.2. Modalities with rho_m <= 1 keep k_m = 1.
+  (eq. 9)
 - every weight matrix (parameters with two or more dimensions; the authors modulate convolution kernels
   only) of encoder m: ``grad <- k_m * grad + N(0, std(grad)^2)`` (GE, eq. 11; ``noise=False`` gives OGM).
   The noise is added to every modality's encoder, as in the authors' code.
 Modulation runs in epochs ``[start_epoch, end_epoch]`` (``end_epoch=None``: to the end). M = 1: k = 1.
 
-Defaults: d=64, alpha=0.5, form="shifted", noise=True, start_epoch=0, end_epoch=None, dropout=0.1.
+Optimiser (:meth:`OGMGE.configure_optimizer`): ``optimizer="sgd"`` (default), SGD with momentum 0.9 and
+weight decay 1e-4, as the authors train (``main.py``, ``main``: ``optim.SGD(model.parameters(),
+lr=args.learning_rate, momentum=0.9, weight_decay=1e-4)``), at the run's learning rate times ``lr_scale``;
+an adaptive optimiser such as AdamW largely undoes the modulation (it rescales each parameter's step by its
+own gradient history). ``optimizer="adamw"``: the protocol's default AdamW.
+
+Defaults: the backbone's d (64), alpha=0.5, form="paper", noise=True, start_epoch=0, end_epoch=None,
+dropout=0.1, optimizer="sgd", momentum=0.9, sgd_weight_decay=1e-4, lr_scale=1.0.
 """
 
 from __future__ import annotations
@@ -39,13 +48,18 @@ from omnifuse.fuse.registry import register_method
 DEFAULTS: dict[str, Any] = {
     "d": BACKBONE.d,
     "alpha": 0.5,
-    "form": "shifted",
+    "form": "paper",
     "noise": True,
     "start_epoch": 0,
     "end_epoch": None,
     "dropout": 0.1,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "sgd_weight_decay": 1e-4,
+    "lr_scale": 1.0,
     "encoder": {},
 }
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def modality_scores(
@@ -66,7 +80,7 @@ def modality_scores(
 
 
 def ogm_coefficients(
-    scores: torch.Tensor, valid: torch.Tensor | None = None, alpha: float = 0.5, form: str = "shifted"
+    scores: torch.Tensor, valid: torch.Tensor | None = None, alpha: float = 0.5, form: str = "paper"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coefficients ``k`` [M] and ratios ``rho`` [M] from scores ``s`` [M] (eq. 8-9 generalised to M).
 
@@ -105,17 +119,30 @@ class OGMGE(FusionMethod):
         info: ModelInfo,
         d: int = BACKBONE.d,
         alpha: float = 0.5,
-        form: str = "shifted",
+        form: str = "paper",
         noise: bool = True,
         start_epoch: int = 0,
         end_epoch: int | None = None,
         dropout: float = 0.1,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        sgd_weight_decay: float = 1e-4,
+        lr_scale: float = 1.0,
         encoder: dict[str, Any] | None = None,
     ) -> None:
         check_info(info)
         super().__init__(info)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"ogm_ge optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if not 0.0 <= momentum < 1.0 or sgd_weight_decay < 0 or lr_scale <= 0:
+            raise ValueError(
+                f"ogm_ge needs 0 <= momentum < 1, sgd_weight_decay >= 0 and lr_scale > 0, got {momentum}, "
+                f"{sgd_weight_decay}, {lr_scale}"
+            )
+        self.optimizer_name, self.momentum = optimizer, float(momentum)
+        self.sgd_weight_decay, self.lr_scale = float(sgd_weight_decay), float(lr_scale)
         ogm_coefficients(torch.ones(1), alpha=alpha, form=form)  # validates form
         self.d, self.alpha, self.form, self.noise = int(d), float(alpha), form, bool(noise)
         self.start_epoch, self.end_epoch = int(start_epoch), end_epoch
@@ -140,6 +167,16 @@ class OGMGE(FusionMethod):
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
         loss = task_loss(out.logits, batch.y, self.info.task_kind, batch.y_mask)
         return loss, {"task": float(loss.detach())}
+
+    def configure_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """SGD with momentum (``optimizer="sgd"``: the authors' optimiser; learning rate ``lr * lr_scale``,
+        weight decay ``sgd_weight_decay``, the run's ``weight_decay`` being AdamW's), or the default AdamW."""
+        if self.optimizer_name == "adamw":
+            return super().configure_optimizer(lr, weight_decay)
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(
+            params, lr=lr * self.lr_scale, momentum=self.momentum, weight_decay=self.sgd_weight_decay
+        )
 
     def on_epoch_start(self, trainer: TrainerView, epoch: int) -> None:
         self.epoch = int(epoch)

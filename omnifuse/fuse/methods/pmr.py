@@ -5,12 +5,16 @@ Model: one encoder per modality, zero-filled missing embeddings, concatenation a
 authors' concatenation setting); the prediction is the fused head's.
 
 Prototypes (eq. 4): for each modality m and class k, ``c_k^m`` = the mean embedding of modality m over the
-training rows of class k where m is present. ``prototypes="ema"`` (default) updates them from every training
-batch, ``c <- momentum * c + (1 - momentum) * batch class mean`` (the first batch that holds a class sets its
-prototype); ``prototypes="epoch"`` recomputes exact class means at each epoch's start over the trainer's
-mining batches (``trainer.mining_batches()``, a fixed subset of the training rows; EMA when the run has no
-mining rows).
-Prototypes are buffers: no gradient reaches them.
+training rows of class k where m is present. ``prototypes="epoch"`` (default, as the authors' code:
+``main_Prototype_grad.py``, ``calculate_prototype``, called before the first epoch and after each one):
+recomputed at each epoch's start in eval mode without gradient, as class means over a subset of the training
+rows, then mixed with the previous epoch's, ``c <- momentum * c_old + (1 - momentum) * c_new`` (their
+``momentum_coef``, 0.2; the first computation sets them). Their subset is the first tenth of a shuffled
+training loader; ours is the trainer's mining batches (``trainer.mining_batches()``, a fixed subset of at most
+``TrainConfig.mining_rows`` training rows); without mining rows the method falls back to ``"ema"``.
+``prototypes="ema"`` updates them from every training batch (train mode), ``c <- momentum * c + (1 -
+momentum) * batch class mean`` (the first batch that holds a class sets its prototype; a per-batch EMA
+wants a larger momentum, e.g. 0.9). Prototypes are buffers: no gradient reaches them.
 
 Prototypical cross-entropy (eq. 5-6): ``p^m_k ∝ exp(-||u_m - c^m_k|| / temperature)`` (Euclidean distance, as in
 the authors' code); ``L_PCE^m`` = cross-entropy of p^m with the label over rows where m is present.
@@ -28,8 +32,8 @@ Imbalance (eq. 7-8 generalised): ``s_m`` = mean over present, labelled rows of p
 Total: ``L = CE(fused) + sum_m beta_m L_PCE^m - mu * sum_{m dominant} H(p^m)``. M = 1: no rebalancing
 (rho = 1), plain CE. PCE and ratios start once every prototype of a modality has been seen.
 
-Defaults: d=64, alpha=1.0, coef="step", mu=0.1, entropy_epochs=5, prototypes="ema", momentum=0.9,
-temperature=1.0, dropout=0.1.
+Defaults: the backbone's d (64), alpha=1.0, coef="step", mu=0.1, entropy_epochs=5, prototypes="epoch",
+momentum=0.2, temperature=1.0, dropout=0.1.
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "coef": "step",
     "mu": 0.1,
     "entropy_epochs": 5,
-    "prototypes": "ema",
-    "momentum": 0.9,
+    "prototypes": "epoch",
+    "momentum": 0.2,
     "temperature": 1.0,
     "dropout": 0.1,
     "encoder": {},
@@ -99,8 +103,8 @@ class PrototypicalRebalance(FusionMethod):
         coef: str = "step",
         mu: float = 0.1,
         entropy_epochs: int = 5,
-        prototypes: str = "ema",
-        momentum: float = 0.9,
+        prototypes: str = "epoch",
+        momentum: float = 0.2,
         temperature: float = 1.0,
         dropout: float = 0.1,
         encoder: dict[str, Any] | None = None,
@@ -164,7 +168,9 @@ class PrototypicalRebalance(FusionMethod):
 
     @torch.no_grad()
     def set_prototypes_from(self, batches: Iterable[Batch], device: torch.device) -> None:
-        """Exact class means over ``batches`` (eval mode)."""
+        """Class means over ``batches`` in eval mode, mixed with the prototypes already set:
+        ``momentum * old + (1 - momentum) * new`` (a prototype seen for the first time is the new mean; one
+        without rows in ``batches`` is kept)."""
         m_, g, k, d = self.protos.shape
         s = torch.zeros(m_, g, k, d, device=device)
         n = torch.zeros(m_, g, k, device=device)
@@ -178,7 +184,9 @@ class PrototypicalRebalance(FusionMethod):
                     s[m] += sm
                     n[m] += nm
         has = n > 0
-        self.protos.copy_(torch.where(has.unsqueeze(-1), s / n.clamp(min=1).unsqueeze(-1), self.protos))
+        new = s / n.clamp(min=1).unsqueeze(-1)
+        mixed = torch.where(self.seen.unsqueeze(-1), self.momentum * self.protos + (1 - self.momentum) * new, new)
+        self.protos.copy_(torch.where(has.unsqueeze(-1), mixed, self.protos))
         self.seen |= has
 
     def on_epoch_start(self, trainer: TrainerView, epoch: int) -> None:

@@ -36,10 +36,11 @@ def test_info_nce_hand_computed() -> None:
     row0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2)))
     row1 = -math.log(math.exp(1.6) / (math.exp(0) + math.exp(1.6)))
     assert float(info_nce(Q, K, 2.0)) == pytest.approx((row0 + row1) / 2, rel=1e-6)
-    # label-aware: both keys positive for anchor 0 -> mean of its two log-probabilities
+    # label-aware, supervised-contrastive form: both keys positive for anchor 0 -> mean of its two
+    # log-probabilities (the authors' form: tests/fuse/methods/test_mdrop_fidelity.py)
     pos = torch.tensor([[True, True], [False, True]])
     lp01 = math.log(math.exp(1.2) / (math.exp(2) + math.exp(1.2)))
-    assert float(info_nce(Q, K, 2.0, pos)) == pytest.approx(
+    assert float(info_nce(Q, K, 2.0, pos, form="supcon")) == pytest.approx(
         (-(math.log(math.exp(2) / (math.exp(2) + math.exp(1.2))) + lp01) / 2 + row1) / 2, rel=1e-6
     )
     # an invalid key leaves the softmax
@@ -52,11 +53,11 @@ def test_sigmoid_contrastive_hand_computed() -> None:
     def ls(x: float) -> float:
         return math.log(sigmoid(x))
 
-    want = -(ls(1.0) + ls(-0.2) + ls(1.0) + ls(0.6)) / 2
+    want = -(ls(1.0) + ls(-0.2) + ls(1.0) + ls(0.6)) / 4  # averaged over all pairs
     assert float(sigmoid_contrastive(Q, K, 2.0, -1.0)) == pytest.approx(want, rel=1e-6)
     valid = torch.tensor([[True, False], [True, True]])
     assert float(sigmoid_contrastive(Q, K, 2.0, -1.0, valid=valid)) == pytest.approx(
-        -(ls(1.0) + ls(1.0) + ls(0.6)) / 2, rel=1e-6
+        -(ls(1.0) + ls(1.0) + ls(0.6)) / 3, rel=1e-6
     )
 
 
@@ -73,7 +74,7 @@ def test_mdrop_sigmoid_init_and_pairs_on_a_batch() -> None:
     out = model(batch)
     loss, terms = model.loss(batch, out)
     assert model.stage == "contrastive" and set(terms) == {"contrastive"}
-    Z = torch.nn.functional.normalize(model.proj_head(out.extra["reps"]), dim=-1)  # views a, b, fused
+    Z = model.project(out)  # views a, b, fused
     rows = torch.tensor([0, 1, 2])  # the rows holding both modalities; rows 3 and 4 make no pair
     scale = 2.0  # 1 / temperature
 
@@ -94,7 +95,8 @@ def test_mdrop_memory_bank_fifo_and_same_row_exclusion() -> None:
     b2 = vector_batch(torch.tensor([[True, True], [True, False]]), torch.zeros(2, 1), index=torch.tensor([11, 20]))
     keys = model._bank_keys(0, b2.index, b2.y, b2.y_mask)
     assert keys is not None
-    assert keys[1].tolist() == [[True, False, True], [True, True, True]]  # row 11's stale key left out
+    # the bank starts with random keys (no patient: index -1); row 11's stale key is left out
+    assert keys[1].tolist() == [[True, False, True, True], [True, True, True, True]]
     model.loss(b2, model(b2))
     assert model.bank_idx[0].tolist() == [20, 11, 12, 11]  # wrapped: rows 11, 20 of view a
     assert model.bank_idx[1].tolist() == [10, 11, 12, 11]  # view b: row 11 only, at the next free slot

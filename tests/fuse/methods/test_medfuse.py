@@ -34,7 +34,7 @@ def test_medfuse_token_and_zero_read_every_slot() -> None:
         E = torch.randn(2, 2, 4)
         _, (h, _) = model.lstm(E)
         torch.testing.assert_close(model.fuse(E, torch.tensor([[True, False], [True, True]])), h[-1])
-    with pytest.raises(ValueError, match="medfuse missing must be 'token', 'skip' or 'zero', got 'drop'"):
+    with pytest.raises(ValueError, match="medfuse missing must be 'auto', 'token', 'skip' or 'zero', got 'drop'"):
         build_method("medfuse", info, d=4, missing="drop")
 
 

@@ -15,26 +15,32 @@ from tests.helpers import TWO, FakeTrainer, assert_learns, sigmoid, vector_batch
 
 
 def test_ogm_coefficients_two_and_three_modalities() -> None:
-    k, rho = ogm_coefficients(torch.tensor([0.9, 0.3]), alpha=0.5)
+    k, rho = ogm_coefficients(torch.tensor([0.9, 0.3]), alpha=0.5, form="shifted")
     torch.testing.assert_close(rho, torch.tensor([3.0, 1.0 / 3.0]))
     torch.testing.assert_close(k, torch.tensor([1 - math.tanh(0.5 * 2.0), 1.0]))
-    k, _ = ogm_coefficients(torch.tensor([0.9, 0.3]), alpha=0.5, form="paper")
+    k, _ = ogm_coefficients(torch.tensor([0.9, 0.3]), alpha=0.5)  # the paper's form is the default
     torch.testing.assert_close(k, torch.tensor([1 - math.tanh(0.5 * 3.0), 1.0]))
+    # the issue's numbers: rho = 1.2, alpha = 0.5 gives 0.46 (paper) and 0.90 (shifted)
+    k, _ = ogm_coefficients(torch.tensor([0.6, 0.5]), alpha=0.5)
+    assert float(k[0]) == pytest.approx(0.4630, abs=1e-4)
+    k, _ = ogm_coefficients(torch.tensor([0.6, 0.5]), alpha=0.5, form="shifted")
+    assert float(k[0]) == pytest.approx(0.9003, abs=1e-4)
     # M = 3: rho_m = s_m / mean of the others
-    k, rho = ogm_coefficients(torch.tensor([0.8, 0.4, 0.4]), alpha=1.0)
+    k, rho = ogm_coefficients(torch.tensor([0.8, 0.4, 0.4]), alpha=1.0, form="shifted")
     torch.testing.assert_close(rho, torch.tensor([2.0, 0.4 / 0.6, 0.4 / 0.6]))
     torch.testing.assert_close(k, torch.tensor([1 - math.tanh(1.0), 1.0, 1.0]))
     # a modality without rows is left alone and left out of the others' means
     k, rho = ogm_coefficients(torch.tensor([0.8, 0.0, 0.4]), torch.tensor([True, False, True]), alpha=1.0)
     torch.testing.assert_close(rho, torch.tensor([2.0, 1.0, 0.5]))
-    torch.testing.assert_close(k, torch.tensor([1 - math.tanh(1.0), 1.0, 1.0]))
+    torch.testing.assert_close(k, torch.tensor([1 - math.tanh(2.0), 1.0, 1.0]))
     with pytest.raises(ValueError, match="form"):
         ogm_coefficients(torch.ones(2), form="nope")
 
 
 def test_ogm_ge_rigged_two_modality_gradients() -> None:
     """Modality a alone predicts the labels, b contributes nothing (its head block is zero): s_a > s_b = 0.5,
-    so a's encoder gradients are scaled by k_a = 1 - tanh(alpha (s_a / s_b - 1)) and b's are untouched."""
+    so a's encoder gradients are scaled by k_a = 1 - tanh(alpha s_a / s_b) (the paper's form) and b's are
+    untouched."""
     torch.manual_seed(0)
     info = ModelInfo(TWO, "binary", 1)
     model = build_method("ogm_ge", info, d=8, alpha=0.7, noise=False, dropout=0.0, encoder={"dropout": 0.0})
@@ -58,7 +64,7 @@ def test_ogm_ge_rigged_two_modality_gradients() -> None:
     pa = torch.sigmoid(za.detach())
     s_a = float(torch.where(y > 0.5, pa, 1 - pa).mean())
     assert s_a > 0.5
-    k_a = 1 - math.tanh(0.7 * (s_a / 0.5 - 1))
+    k_a = 1 - math.tanh(0.7 * s_a / 0.5)
     torch.testing.assert_close(model.last_coefficients, torch.tensor([k_a, 1.0]), rtol=1e-5, atol=1e-6)
     for n, p in model.named_parameters():
         if p.grad is None:
