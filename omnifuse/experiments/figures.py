@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from omnifuse.fuse import metrics as M
+from omnifuse.fuse import metrics
 
 
 def _figure(w: float, h: float):
@@ -62,8 +62,8 @@ def reliability_figure(
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
         for j, (label, (y, p)) in enumerate(group):
-            rc = M.reliability_curve(y, p, n_bins=n_bins, kind=kind)
-            b = M.brier(y, p, kind)
+            rc = metrics.reliability_curve(y, p, n_bins=n_bins, kind=kind)
+            b = metrics.brier(y, p, kind)
             cnt = np.asarray(rc["count"], dtype=float)
             color = f"C{j if len(panels) == 1 else i % 10}"
             ax.plot(
@@ -94,7 +94,7 @@ def reliability_figure(
             ax.text(
                 0.03,
                 0.9,
-                f"Brier {M.brier(group[0][1][0], group[0][1][1], kind):.3f}",
+                f"Brier {metrics.brier(group[0][1][0], group[0][1][1], kind):.3f}",
                 fontsize=7,
                 transform=ax.transAxes,
             )

@@ -80,14 +80,19 @@ def fp(p: Any) -> str:
     return f"{p:.2g}" if p >= 0.001 else "<0.001"
 
 
+def _cell(value: Any) -> str:
+    """A Markdown table cell: ``|`` escaped, line breaks as spaces."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def to_markdown(sections: Sequence[Section]) -> str:
     parts = []
     for s in sections:
         parts.append(f"### {s.title}\n")
-        parts.append("| " + " | ".join(s.headers) + " |")
+        parts.append("| " + " | ".join(_cell(h) for h in s.headers) + " |")
         parts.append("| " + " | ".join("---" for _ in s.headers) + " |")
         for r in s.rows:
-            parts.append("| " + " | ".join(str(c).replace("|", "/") for c in r) + " |")
+            parts.append("| " + " | ".join(_cell(c) for c in r) + " |")
         if s.note:
             parts.append(f"\n{s.note}")
         parts.append("")

@@ -164,6 +164,11 @@ class TrainerView(Protocol):
         shuffling; the same batches at every call of a fold). Empty when the run asks for no mining rows."""
         ...
 
+    def batches(self, rows: np.ndarray) -> list[Batch]:
+        """``rows`` (positions in the data) as evaluation batches, in order: normalised like training batches,
+        without drops (G-Blend's estimates over all its training rows)."""
+        ...
+
     def record(self, key: str, value: object) -> None:
         """Keep ``value`` under ``key`` in the fold's records (e.g. TLA's lazy combination per epoch)."""
         ...

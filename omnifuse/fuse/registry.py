@@ -123,5 +123,6 @@ def build_method(name: str, info: ModelInfo, **params: Any) -> FusionMethod:
 
 
 def list_methods(kind: EntryKind | None = None) -> list[str]:
-    """Registered names, sorted; only methods or only variants when ``kind`` is given."""
+    """Registered names, sorted; only those of ``kind`` (``"method"``, ``"variant"`` or ``"reference"``) when
+    given."""
     return sorted(n for n, e in METHODS.items() if kind is None or e.kind == kind)

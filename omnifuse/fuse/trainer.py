@@ -127,13 +127,14 @@ class Trainer:
     def record(self, key: str, value: object) -> None:
         self.records.setdefault(key, []).append(value)
 
+    def batches(self, rows: np.ndarray) -> list[Batch]:
+        """``rows`` as evaluation batches, in order (no drops, no shuffling)."""
+        bs = self.cfg.eval_batch_size
+        return [self.data.batch(rows[s : s + bs], self.normalizer) for s in range(0, len(rows), bs)]
+
     def mining_batches(self) -> list[Batch]:
         if self._mining is None:
-            bs = self.cfg.eval_batch_size
-            self._mining = [
-                self.data.batch(self.mining_rows[s : s + bs], self.normalizer)
-                for s in range(0, len(self.mining_rows), bs)
-            ]
+            self._mining = self.batches(self.mining_rows)
         return self._mining
 
     def _train_epoch(self, opt: torch.optim.Optimizer) -> dict[str, float]:
@@ -224,6 +225,12 @@ class Trainer:
                     break
         if best_state is not None:
             model.load_state_dict(best_state)
+        else:
+            log.warning(
+                "fold %d: no epoch could be selected (no validation row with a defined score): the last "
+                "epoch's weights are kept",
+                self.fold,
+            )
         self.best_epoch, self.best_val_auroc = best_epoch, best_auroc
         self.best_is_last = best_epoch == cfg.epochs - 1 and cfg.epochs > 1
         if self.best_is_last:

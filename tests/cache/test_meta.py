@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 import zarr
 
-from omnifuse.cache import SCHEMA_VERSION, CacheError, CacheSpec, CacheWriter, ModalitySpec, SchemaMismatchError
+from omnifuse.cache import (
+    SCHEMA_VERSION,
+    CacheError,
+    CacheSpec,
+    CacheWriter,
+    ModalitySpec,
+    SchemaMismatchError,
+    open_cache,
+)
 from omnifuse.cache.meta import check_schema, group_meta, new_meta, read_meta
+from tests.helpers import write_toy_cache
 
 
 def _spec() -> CacheSpec:
@@ -73,3 +82,13 @@ def test_read_meta_refuses_what_is_not_a_cache(tmp_path):
     zarr.open_group(str(tmp_path / "v2.zarr"), mode="w", zarr_format=2)
     with pytest.raises(SchemaMismatchError, match="no zarr.json"):
         read_meta(tmp_path / "v2.zarr")
+
+
+def test_attributes_describe_the_cache(tmp_path):
+    path = tmp_path / "c.zarr"
+    write_toy_cache(path)
+    c = open_cache(path)
+    assert c.meta["schema_version"] == SCHEMA_VERSION == 2 and c.meta["finalized"] is True
+    assert c.spec.modality("img").encoder == "resnet34" and c.spec.modality("img").encoder_hash == "abc"
+    assert {"python", "zarr", "numpy"} <= set(c.meta["software"])
+    assert c.meta["created"] and c.spec.license == "ODbL"

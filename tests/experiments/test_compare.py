@@ -71,9 +71,16 @@ def test_compare_end_to_end(ref_cache, tmp_path, tiny):
     assert float(row["pc_auroc_vs_omnifuse"]) == pytest.approx(2 * sps.t.sf(abs(tc), 2), rel=1e-6)
     assert float(row["pc_auroc_vs_omnifuse"]) >= float(row["p_auroc_vs_omnifuse"])  # never more optimistic
     # pooled out-of-fold AUROC: every test row of the repeat scored together
-    ys, ps = zip(*[(load_run(out / "runs" / "concat" / "rate0_random" / f"r0f{k}")[0]["y"][:, 0],
-                    load_run(out / "runs" / "concat" / "rate0_random" / f"r0f{k}")[0]["overall"][:, 0])
-                   for k in range(3)], strict=True)
+    ys, ps = zip(
+        *[
+            (
+                load_run(out / "runs" / "concat" / "rate0_random" / f"r0f{k}")[0]["y"][:, 0],
+                load_run(out / "runs" / "concat" / "rate0_random" / f"r0f{k}")[0]["overall"][:, 0],
+            )
+            for k in range(3)
+        ],
+        strict=True,
+    )
     assert float(row["auroc_pooled"]) == pytest.approx(roc_auc_score(np.concatenate(ys), np.concatenate(ps)))
 
     # combination cells: complete rows hold every modality of it; partial rows are the rest holding some

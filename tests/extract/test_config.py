@@ -1,9 +1,11 @@
 """ExtractConfig: one declaration for flags, file keys and keyword overrides; the dataset's options and default
-encoders come from its declaration; the resolved configuration is saved with the cache."""
+encoders come from its declaration; the command's flags and help list every dataset and refuse conflicting
+declarations; the CLI reads a file and flags override it."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,22 +13,19 @@ from typer.testing import CliRunner
 
 from omnifuse.cache import open_cache
 from omnifuse.cli import app
-from omnifuse.extract.config import ExtractConfig, default_cache_path, extract_config
-from omnifuse.extract.run import extract_dataset
+from omnifuse.extract.config import (
+    ExtractConfig,
+    dataset_cli_parameters,
+    default_cache_path,
+    extract_cli_parameters,
+    extract_config,
+)
+from omnifuse.extract.datasets import registry
+from omnifuse.extract.datasets.registry import DATASETS, register_dataset
+from omnifuse.options import option
+from tests.helpers import write_tabular_manifest
 
 runner = CliRunner()
-
-
-def _tabular_manifest(folder: Path) -> tuple[Path, Path]:
-    """A manifest of 6 stays with two inline numeric columns and a binary label: no encoder needed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = ["stay_id,subject_id,age,sbp,died"] + [f"{i},p{i % 4},{50 + i},{110 + 3 * i},{i % 2}" for i in range(6)]
-    (folder / "m.csv").write_text("\n".join(rows) + "\n")
-    (folder / "spec.toml").write_text(
-        'name = "tab"\n[modalities.labs]\ninput = "tabular"\ncolumns = ["age", "sbp"]\n'
-        '[tasks.mortality]\nkind = "binary"\ncolumn = "died"\n'
-    )
-    return folder / "m.csv", folder / "spec.toml"
 
 
 def test_dataset_defaults_fill_unset_encoders():
@@ -66,20 +65,8 @@ def test_options_the_dataset_does_not_use_are_named(tmp_path):
         extract_config(precision="fp8")
 
 
-def test_extract_dataset_saves_its_configuration(tmp_path):
-    manifest, spec = _tabular_manifest(tmp_path / "data")
-    out = tmp_path / "tab.zarr"
-    summary = extract_dataset("manifest", out, manifest=manifest, spec=spec, batch_size=3, progress=False)
-    assert summary.finalized and summary.rows == 6
-    saved = open_cache(out).attrs["summary"]["extract_config"]
-    assert saved["dataset"] == "manifest" and saved["out"] == str(out) and saved["batch_size"] == 3
-    assert saved["dataset_options"] == {"manifest": str(manifest), "spec": str(spec), "root": None}
-    assert saved["text_encoder"] == "bert-base-uncased" and saved["text_pooling"] == "tokens"
-    assert ExtractConfig(**{**saved, "out": None, "dataset_options": {}}).batch_size == 3  # plain JSON values
-
-
 def test_cli_reads_the_file_and_flags_override_it(tmp_path):
-    manifest, spec = _tabular_manifest(tmp_path / "data")
+    manifest, spec = write_tabular_manifest(tmp_path / "data")
     cfg = tmp_path / "extract.toml"
     cfg.write_text(f'dataset = "manifest"\nmanifest = "{manifest}"\nspec = "{spec}"\nlimit = 2\nbatch_size = 5\n')
     out = tmp_path / "c.zarr"
@@ -92,3 +79,39 @@ def test_cli_reads_the_file_and_flags_override_it(tmp_path):
     assert r.exit_code == 2 and "--dataset eicu-demo does not use --manifest, --spec" in r.output
     r = runner.invoke(app, ["extract", "--config", str(tmp_path / "absent.toml")])
     assert r.exit_code == 2 and "absent.toml does not exist" in r.output
+
+
+def test_the_extract_command_lists_every_dataset_and_flag():
+    help_text = ExtractConfig.__dataclass_fields__["dataset"].metadata["omnifuse.option"].help
+    for name, entry in DATASETS.items():
+        assert f"{name} ({entry.description})" in help_text
+    flags = {p.name for p in extract_cli_parameters()}
+    for entry in DATASETS.values():
+        assert {d.name for d in entry.declared_options()} <= flags
+
+
+def test_conflicting_dataset_options_are_refused(monkeypatch):
+    @dataclass
+    class HoursAsNumber:
+        hours: float = option(24.0, help="Window from admission, in hours.")
+
+    @dataclass
+    class HoursAsText:
+        hours: str = option("24", help="Hours as text.")
+
+    @dataclass
+    class Shadows:
+        batch_size: int = option(1, help="Shadows an ExtractConfig field.")
+
+    monkeypatch.setattr(registry, "DATASETS", dict(DATASETS))
+    for n, cls in (("a", HoursAsNumber), ("b", HoursAsText)):
+        register_dataset(n, description=n, options=cls, image_encoder="i", text_encoder="t", text_pooling="tokens")(
+            lambda opts: opts
+        )
+    with pytest.raises(TypeError, match="option 'hours' with different types"):
+        dataset_cli_parameters(registry.DATASETS)
+    register_dataset("c", description="c", options=Shadows, image_encoder="i", text_encoder="t", text_pooling="tokens")(
+        lambda opts: opts
+    )
+    with pytest.raises(TypeError, match="option 'batch_size' is also an ExtractConfig field"):
+        dataset_cli_parameters({"c": registry.DATASETS["c"]})

@@ -1,7 +1,9 @@
-"""torchrun with two CPU processes (gloo) writes the same store as one process."""
+"""Distributed extraction: without torchrun one process is rank 0 of 1; torchrun with two CPU processes (gloo)
+writes the same store as one process."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,12 +11,15 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
+import torch
 
 from omnifuse.cache import load_cache, open_cache
 from omnifuse.extract.datasets.manifest import ManifestAdapter
+from omnifuse.extract.distributed import DistContext, init_distributed
 from omnifuse.extract.pipeline import extract
 
-from .conftest import IMAGE_SIZE, MAX_SLICES, MAX_TOKENS, minilm_dir
+from tests.helpers import IMAGE_SIZE, MAX_SLICES, MAX_TOKENS, minilm_dir
 
 RANK_SCRIPT = """
 import json, os, sys
@@ -22,6 +27,7 @@ import torch.distributed as dist
 from omnifuse.cache.writer import CacheWriter
 from omnifuse.extract import encoders as E
 from omnifuse.extract.datasets.manifest import ManifestAdapter
+from omnifuse.extract.distributed import DistContext, init_distributed
 from omnifuse.extract.pipeline import extract
 
 manifest, spec, out, minilm, log_dir = sys.argv[1:6]
@@ -44,6 +50,19 @@ with open(os.path.join(log_dir, f"rank{rank}.json"), "w") as f:
 """
 
 
+def test_without_torchrun_one_process_is_rank_0_of_1(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = init_distributed(torch.device("cpu"))
+    assert ctx == DistContext() and not ctx.active and ctx.is_main
+    assert ctx.broadcast({"a": 1}) == {"a": 1} and ctx.gather(3) == [3]
+    ctx.barrier()
+    ctx.close()  # nothing to close: no group was started
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="WORLD_SIZE is 2 but RANK is not set: start .* with torchrun"):
+        init_distributed(torch.device("cpu"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,8 +70,6 @@ def _free_port() -> int:
 
 
 def test_torchrun_two_cpu_ranks_equal_one_process(toy, image_encoder, text_encoder, tmp_path):
-    import json
-
     script = tmp_path / "rank.py"
     script.write_text(textwrap.dedent(RANK_SCRIPT % dict(size=IMAGE_SIZE, tokens=MAX_TOKENS, slices=MAX_SLICES)))
     out2 = tmp_path / "two.zarr"

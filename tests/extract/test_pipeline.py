@@ -1,4 +1,5 @@
-"""The extraction pipeline end to end: shapes, masks, known embeddings, skips, --limit, resume after SIGKILL."""
+"""The extraction pipeline end to end: shapes, masks, known embeddings, skips, --limit, the encoders' source and
+licence in the cache attributes, resume after SIGKILL, decoding threads and worker counts."""
 
 from __future__ import annotations
 
@@ -9,17 +10,27 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
 import pytest
+import torch
 
 from omnifuse.cache import CacheError, load_cache, open_cache
 from omnifuse.extract.config import ExtractConfig
 from omnifuse.extract.datasets.manifest import ManifestAdapter
-from omnifuse.extract.pipeline import extract
+from omnifuse.extract.encoders import (
+    MINILM,
+    RANDOM_LICENCE,
+    RANDOM_SOURCE,
+    VolumeEncoder,
+    build_text_encoder,
+    get_encoder_entry,
+)
+from omnifuse.extract.pipeline import _thread_batches, default_num_workers, extract
 
-from .conftest import IMAGE_SIZE, MAX_SLICES, MAX_TOKENS, minilm_dir
+from tests.helpers import IMAGE_SIZE, MAX_SLICES, MAX_TOKENS, minilm_dir
 
 RUN = dict(max_slices=MAX_SLICES, batch_size=4, rows_per_block=2, progress=False)
 
@@ -117,8 +128,6 @@ def test_cached_embeddings_equal_direct_encoder_calls(extracted, toy, image_enco
         np.testing.assert_allclose(
             c.modalities["report"].x[row, :n].astype(np.float32), x[0, :n].numpy(), rtol=2e-3, atol=2e-3
         )
-    from omnifuse.extract.encoders import VolumeEncoder
-
     v = VolumeEncoder(image_encoder, max_slices=MAX_SLICES)
     ref, smask = v.encode_volume(v.load(root / "ct" / "s4"))
     np.testing.assert_allclose(c.modalities["ct"].x[3].astype(np.float32), ref.numpy(), rtol=2e-3, atol=2e-3)
@@ -178,12 +187,38 @@ def test_config_object_overrides_and_unset_encoders(toy, image_encoder, tmp_path
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()  # refused before writing
 
 
+def test_source_and_licence_reach_the_cache_attributes(toy, image_encoder, tmp_path):
+    text = build_text_encoder("minilm", max_words=20, max_tokens=MAX_TOKENS, device="cpu", precision="fp32")
+    out = tmp_path / "small.zarr"
+    extract(ManifestAdapter(toy["manifest"], toy["spec"]), out, image_encoder=image_encoder, text_encoder=text,
+            max_slices=MAX_SLICES, limit=2, progress=False, num_workers=0)
+    mods = load_cache(out).modalities
+    minilm = get_encoder_entry("minilm")
+    report = mods["report"].preprocessing
+    assert (report["source"], report["licence"]) == (MINILM, minilm.licence)
+    for name in ("cxr", "ct"):
+        prep = mods[name].preprocessing
+        assert (prep["source"], prep["licence"]) == (RANDOM_SOURCE, RANDOM_LICENCE)
+        assert prep["image_size"] == IMAGE_SIZE and prep["init"] == "random(seed=0)"  # the other attributes stay
+    assert mods["ct"].preprocessing["max_slices"] == MAX_SLICES
+    assert mods["report"].preprocessing["max_tokens"] == MAX_TOKENS
+    assert "licence" not in mods["labs"].preprocessing  # arrays pass through without an encoder
+
+
 CHILD = """
 import sys, time
 from omnifuse.cache.writer import CacheWriter
 from omnifuse.extract import encoders as E
 from omnifuse.extract.datasets.manifest import ManifestAdapter
-from omnifuse.extract.pipeline import extract
+from omnifuse.extract.encoders import (
+    MINILM,
+    RANDOM_LICENCE,
+    RANDOM_SOURCE,
+    VolumeEncoder,
+    build_text_encoder,
+    get_encoder_entry,
+)
+from omnifuse.extract.pipeline import _thread_batches, default_num_workers, extract
 
 manifest, spec, out, minilm = sys.argv[1:5]
 written = [0]
@@ -265,10 +300,6 @@ def test_resume_after_sigkill_recomputes_nothing(toy, image_encoder, text_encode
     [(2, None, 1, 0), (16, None, 15, 4), (16, "2", 7, 3), (64, None, 16, 4), (128, "8", 15, 4), (4, "8", 1, 0)],
 )
 def test_default_workers_share_the_node_between_local_ranks(monkeypatch, cpus, local, cuda, cpu):
-    import torch
-
-    from omnifuse.extract.pipeline import default_num_workers
-
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     if local is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -301,10 +332,6 @@ def test_decoding_in_threads_or_inline_gives_the_worker_store(
 
 
 def test_thread_batches_keep_order_run_at_lowest_priority_and_surface_errors():
-    import threading
-
-    from omnifuse.extract.pipeline import _thread_batches
-
     seen: dict[int, tuple[str, int]] = {}
 
     class DS:

@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 
-from omnifuse.fuse.base import ModalityInfo
-from omnifuse.fuse.encoders import build_encoder
+from omnifuse.fuse.base import ModalityInfo, ModelInfo
+from omnifuse.fuse.encoders import BACKBONE, EncoderBank, build_encoder
+from omnifuse.fuse.methods import build_method, get_method, list_methods, parameter_count
 
 CASES = [
     ("vector", (10,), {}),
@@ -45,3 +48,56 @@ def test_bad_options_raise():
         build_encoder(ModalityInfo("a", "vector", (3, 2)), 4)
     with pytest.raises(ValueError):
         build_encoder(ModalityInfo("a", "image", (3,)), 4)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the shared backbone
+# ------------------------------------------------------------------------------------------------------
+MODS = [
+    ModalityInfo("img", "vector", (12,)),
+    ModalityInfo("rep", "sequence", (5, 8)),
+    ModalityInfo("ehr", "timeseries", (6, 4)),
+    ModalityInfo("lab", "tabular", (7,)),
+]
+
+
+def _encoder_shapes(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    banks = [m for m in model.modules() if isinstance(m, EncoderBank)]
+    assert len(banks) == 1, type(model).__name__
+    return [(n, tuple(p.shape)) for n, p in banks[0].named_parameters()]
+
+
+def test_every_registered_method_builds_the_same_encoders_at_its_defaults():
+    """The encoders are one configuration (BACKBONE) every method and variant takes by default: the same
+    parameter names, shapes and count; only the fusion differs."""
+    info = ModelInfo(MODS, "multiclass", 3)
+    names = [n for n in list_methods() if get_method(n).kind != "reference"]
+    want = _encoder_shapes(EncoderBank(info))
+    assert {"omnifuse", "dwfuse_only", "concat", "mdrop", "medfuse"} <= set(names)
+    counts = {}
+    for n in names:
+        model = build_method(n, info)
+        assert _encoder_shapes(model) == want, n
+        counts[n] = parameter_count(n, info)
+    enc = {c["encoders"] for c in counts.values() if c is not None}
+    assert enc == {sum(math.prod(s) for _, s in want)}
+    assert all(c is not None and c["total"] == c["encoders"] + c["fusion"] for c in counts.values())
+    assert parameter_count("gbm", info) is None  # a reference learner has no network
+    # more capacity only through a documented parameter
+    wide = parameter_count("concat", info, d=2 * BACKBONE.d)
+    assert wide is not None and wide["encoders"] > counts["concat"]["encoders"]
+
+
+def test_backbone_options_and_defaults():
+    assert (BACKBONE.d, BACKBONE.dropout, BACKBONE.hidden, BACKBONE.pool, BACKBONE.rnn) == (
+        64,
+        0.1,
+        None,
+        "attention",
+        "gru",
+    )
+    assert BACKBONE.options({"rnn": "lstm"}) == {"dropout": 0.1, "hidden": None, "pool": "attention", "rnn": "lstm"}
+    with pytest.raises(TypeError, match=r"unknown encoder option\(s\) \['width'\]"):
+        BACKBONE.options({"width": 3})
+    lstm = build_method("concat", ModelInfo(MODS, "binary", 1), encoder={"rnn": "lstm"})
+    assert isinstance(lstm.enc.encoders[2].rnn, torch.nn.LSTM)

@@ -209,7 +209,7 @@ def test_a_two_stage_method_is_never_selected_before_its_classifier_trains(data,
     """mdrop with 3 contrastive epochs (``selection_start_epoch`` 3): the best epoch is 3 or later."""
     torch.manual_seed(0)
     model = build_method(
-        "mdrop", data.model_info(norm), d=8, heads=2, ff=16, proj_dim=8, hidden=8, contrastive_epochs=3
+        "mdrop", data.model_info(norm), d=8, heads=2, ff=16, proj_dim=8, fusion_hidden=8, contrastive_epochs=3
     )
     assert model.selection_start_epoch == 3
     best_epoch, _ = _trainer(model, data, rows, norm, epochs=5).fit()

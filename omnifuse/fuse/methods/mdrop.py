@@ -57,6 +57,7 @@ unimodal view (meaningful where that modality is present). Defaults: :data:`DEFA
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -276,15 +277,7 @@ class EmptyTokens(nn.Module):
             if m.kind == "sequence":
                 here = here * batch.tokens_mask[m.name].to(v.dtype).unsqueeze(-1)
             x[m.name] = v + here * tok
-        return Batch(
-            x=x,
-            mask=batch.mask,
-            y=batch.y,
-            y_mask=batch.y_mask,
-            index=batch.index,
-            tokens_mask=batch.tokens_mask,
-            natural_mask=batch.natural_mask,
-        )
+        return dataclasses.replace(batch, x=x)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The encoder registry: every entry builds offline and matches its declared shapes, preprocessing, source and
-licence; the source and licence reach the cache attributes; ``omnifuse encoders`` lists every entry."""
+licence; unregistered names build on the fly; ``omnifuse encoders`` lists every entry. (That the source and
+licence reach the cache attributes: ``tests/extract/test_pipeline.py``.)"""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from omnifuse.cache import load_cache
 from omnifuse.cli import app
-from omnifuse.extract.datasets.manifest import ManifestAdapter
 from omnifuse.extract.encoders import (
     MINILM,
     RANDOM_LICENCE,
@@ -26,9 +25,8 @@ from omnifuse.extract.encoders import (
     list_encoders,
 )
 from omnifuse.extract.encoders.registry import add_encoder
-from omnifuse.extract.pipeline import extract
 
-from .conftest import IMAGE_SIZE, MAX_SLICES, MAX_TOKENS
+from tests.helpers import IMAGE_SIZE
 
 NAMES = ["microsoft/resnet-34", "random:resnet34", "torchvision:resnet34", "bert-base-uncased", "minilm", "slices"]
 # entries whose weights ship offline build pretrained; the others build their architecture with random weights
@@ -149,24 +147,6 @@ def test_unregistered_names_build_on_the_fly(text_encoder, minilm_path, tmp_path
         build_text_encoder(str(tmp_path), device="cpu")
     with pytest.raises(ValueError, match="only registered ones build random"):
         build_text_encoder(minilm_path, device="cpu", pretrained=False)
-
-
-def test_source_and_licence_reach_the_cache_attributes(toy, image_encoder, tmp_path):
-    text = build_text_encoder("minilm", max_words=20, max_tokens=MAX_TOKENS, device="cpu", precision="fp32")
-    out = tmp_path / "small.zarr"
-    extract(ManifestAdapter(toy["manifest"], toy["spec"]), out, image_encoder=image_encoder, text_encoder=text,
-            max_slices=MAX_SLICES, limit=2, progress=False, num_workers=0)
-    mods = load_cache(out).modalities
-    minilm = get_encoder_entry("minilm")
-    report = mods["report"].preprocessing
-    assert (report["source"], report["licence"]) == (MINILM, minilm.licence)
-    for name in ("cxr", "ct"):
-        prep = mods[name].preprocessing
-        assert (prep["source"], prep["licence"]) == (RANDOM_SOURCE, RANDOM_LICENCE)
-        assert prep["image_size"] == IMAGE_SIZE and prep["init"] == "random(seed=0)"  # the other attributes stay
-    assert mods["ct"].preprocessing["max_slices"] == MAX_SLICES
-    assert mods["report"].preprocessing["max_tokens"] == MAX_TOKENS
-    assert "licence" not in mods["labs"].preprocessing  # arrays pass through without an encoder
 
 
 def test_cli_encoders_lists_every_entry():

@@ -16,8 +16,8 @@ from PIL import Image
 from omnifuse.extract.datasets.base import Item, Skip
 from omnifuse.extract.datasets.mimic import MimicAdapter
 from omnifuse.extract.datasets.mimic.cxr import findings_text, report_sections
+from tests.helpers import MIMIC_IV_DEMO as D4
 
-D4 = Path("/work/shared/data/mimic-iv-demo-2.2")
 
 REPORT_FULL = """                                 FINAL REPORT
  EXAMINATION:  CHEST (PORTABLE AP)

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from omnifuse.extract import config as extract_config_module
 from omnifuse.extract.config import FIELDS, dataset_cli_parameters
 from omnifuse.extract.datasets import registry
 from omnifuse.extract.datasets.base import Adapter
@@ -118,35 +117,7 @@ def test_a_new_dataset_is_one_declaration(monkeypatch):
         )(lambda opts: opts)
 
 
-def test_conflicting_declarations_are_refused(monkeypatch):
-    @dataclass
-    class HoursAsText:
-        hours: str = option("24", help="Hours as text.")
-
-    @dataclass
-    class Shadows:
-        batch_size: int = option(1, help="Shadows an ExtractConfig field.")
-
+def test_options_must_be_a_dataclass(monkeypatch):
     monkeypatch.setattr(registry, "DATASETS", dict(DATASETS))
-    for n, cls in (("a", ToyOptions), ("b", HoursAsText)):
-        register_dataset(n, description=n, options=cls, image_encoder="i", text_encoder="t", text_pooling="tokens")(
-            lambda opts: opts
-        )
-    with pytest.raises(TypeError, match="option 'hours' with different types"):
-        dataset_cli_parameters(registry.DATASETS)
-    register_dataset("c", description="c", options=Shadows, image_encoder="i", text_encoder="t", text_pooling="tokens")(
-        lambda opts: opts
-    )
-    with pytest.raises(TypeError, match="option 'batch_size' is also an ExtractConfig field"):
-        dataset_cli_parameters({"c": registry.DATASETS["c"]})
     with pytest.raises(TypeError, match="must be a dataclass"):
         register_dataset("d", description="d", options=dict, image_encoder="i", text_encoder="t", text_pooling="x")
-
-
-def test_the_extract_command_lists_every_dataset_and_flag():
-    help_text = extract_config_module.ExtractConfig.__dataclass_fields__["dataset"].metadata["omnifuse.option"].help
-    for name, entry in DATASETS.items():
-        assert f"{name} ({entry.description})" in help_text
-    flags = {p.name for p in extract_config_module.extract_cli_parameters()}
-    for entry in DATASETS.values():
-        assert {d.name for d in entry.declared_options()} <= flags

@@ -1,4 +1,5 @@
-"""The eICU adapters on the bundled real demo (2,520 stays): counts, coverage, known values, leakage guards.
+"""The eICU adapters on the bundled real demo (2,520 stays): counts, coverage, known values, leakage guards,
+declared plausible ranges that mask nothing of the real data.
 
 Expected values are recomputed here from the raw CSV files with the standard library (csv + gzip), not with
 the adapter's polars code.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import math
 import re
 from collections import defaultdict
@@ -22,6 +24,7 @@ from omnifuse.extract.datasets.base import Adapter, Item
 from omnifuse.extract.datasets.eicu import EicuAdapter, EicuDataError, EicuDemoAdapter, demo_root
 from omnifuse.extract.datasets.eicu.variables import URINE_LABELS, URINE_PATH_PREFIX
 from omnifuse.extract.datasets.registry import build_adapter
+from tests.helpers import masked_by_declared_ranges
 
 DEMO = demo_root()
 WINDOW = 1440
@@ -77,7 +80,6 @@ def test_registry_and_protocol(demo):
 def test_bundled_copy_has_licence_and_checksums():
     assert (DEMO / "LICENSE.txt").read_text().startswith("## ODC Open Database License")
     sums = dict(reversed(line.split()) for line in (DEMO / "SHA256SUMS.txt").read_text().splitlines() if line)
-    import hashlib
 
     # every bundled table but intakeOutput (restored from another copy, see SOURCE.md) matches the official list
     for p in sorted(DEMO.glob("*.csv.gz")):
@@ -347,6 +349,14 @@ def test_text_deterministic(demo):
         assert a == b
 
 
+def test_demo_has_no_value_outside_the_declared_ranges(demo):
+    ranges = {r.name: r.ranges for r in demo.modalities() if r.input == "array"}
+    assert ranges["apache"] is not None and len(ranges["apache"]) == 71  # every column has a range
+    assert ranges["vitals"] is not None and ranges["vitals"]["urine_ml"] == (0, None)  # an hourly sum: >= 0 only
+    assert ranges["vitals"]["nibp_systolic"] == (25, 300)
+    assert masked_by_declared_ranges(demo) == {"vitals": 0, "apache": 0}
+
+
 # ------------------------------------------------------------------------------------- leakage guards
 _TIME_COLS = {
     "vitalAperiodic": ["observationoffset"],
@@ -405,7 +415,7 @@ def test_no_value_after_24h_enters_any_modality(demo, all_inputs, truncated_root
     rows = np.arange(len(demo.cohort()))
     for m in demo.modalities():
         got = cut.inputs(m.name, rows)
-        for i, (a, b) in enumerate(zip(all_inputs[m.name], got)):
+        for i, (a, b) in enumerate(zip(all_inputs[m.name], got, strict=True)):
             assert (a is None) == (b is None), (m.name, i)
             if a is None:
                 continue
@@ -446,7 +456,7 @@ def _feature_table(demo, all_inputs, y_mask) -> dict[str, np.ndarray]:
                         col = arr[:, :, j]
                         seen = ~np.isnan(col)
                         cnt = seen.sum(1).astype(float)
-                        last = np.array([c[s][-1] if s.any() else np.nan for c, s in zip(col, seen)])
+                        last = np.array([c[s][-1] if s.any() else np.nan for c, s in zip(col, seen, strict=True)])
                         out[f"vitals:{f}:last"] = last
                         out[f"vitals:{f}:mean"] = np.where(cnt > 0, np.nansum(col, 1) / np.maximum(cnt, 1), np.nan)
                         out[f"vitals:{f}:min"] = np.where(cnt > 0, np.nanmin(np.where(seen, col, np.inf), 1), np.nan)
@@ -455,7 +465,7 @@ def _feature_table(demo, all_inputs, y_mask) -> dict[str, np.ndarray]:
         else:
             docs = [set(re.findall(r"[a-z0-9]+", x.value.lower())) if x is not None else None for x in xs]
             support: dict[str, int] = defaultdict(int)
-            for d, lab in zip(docs, y_mask):
+            for d, lab in zip(docs, y_mask, strict=True):
                 if d is not None and lab:
                     for tok in d:
                         support[tok] += 1

@@ -1,14 +1,12 @@
-"""Unit conversions, categorical maps, the 76 columns and the CCS table of the MIMIC adapter."""
+"""mimic.clean: unit conversions, categorical maps, text values, outlier ranges, the unreadable counted."""
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 import pytest
 
-from omnifuse.extract.datasets.mimic.ccs import PHENOTYPES, build_ccs_table, load_ccs_table
-from omnifuse.extract.datasets.mimic.clean import clean_events
-from omnifuse.extract.datasets.mimic.variables import CATEGORIES, VARIABLES, continuous_indices, feature_names
+from omnifuse.extract.datasets.mimic.clean import clean_events, merge_counts
+from omnifuse.extract.datasets.mimic.variables import CATEGORIES, VARIABLES
 
 
 def _one(itemid: int, value: str | None, valuenum: float | None = None, uom: str | None = None,
@@ -108,41 +106,11 @@ def test_unknown_category_and_empty_value_dropped_and_counted():
     assert counts["Glascow coma scale eye opening"]["unreadable"] == 2
 
 
-def test_feature_names_match_benchmark_header():
-    names = feature_names()
-    assert len(names) == 76 and len(set(names)) == 76
-    assert names[:3] == ["Capillary refill rate->0.0", "Capillary refill rate->1.0", "Diastolic blood pressure"]
-    assert names[4] == "Glascow coma scale eye opening->To Pain"
-    assert names[58] == "pH" and names[59] == "mask->Capillary refill rate" and names[-1] == "mask->pH"
-    cont = continuous_indices()
-    assert len(cont) == 12 and all("->" not in names[i] for i in cont)
-    assert sum("->" in n and not n.startswith("mask") for n in names) == 47
-
-
-def test_ccs_table_known_codes():
-    t = load_ccs_table()
-    def groups(v, c):
-        return set(t.filter((pl.col("icd_version") == v) & (pl.col("icd_code") == c))["group"].to_list())
-    assert groups(9, "4019") == {"Essential hypertension"}
-    assert groups(9, "0389") == {"Septicemia (except in labor)"}
-    assert groups(10, "I10") == {"Essential hypertension"}
-    assert groups(10, "R6521") == {"Septicemia (except in labor)", "Shock"}
-    assert groups(10, "Z00") == set()
-    assert set(t["group"].unique().to_list()) == set(PHENOTYPES)
-
-
-def test_build_ccs_table_rules(tmp_path):
-    (tmp_path / "d.yaml").write_text(
-        "Shock:\n  use_in_benchmark: true\n  codes: ['78551']\n"
-        "Essential hypertension:\n  use_in_benchmark: true\n  codes: ['4019', '4011']\n"
-        "Other:\n  use_in_benchmark: false\n  codes: ['4010']\n")
-    (tmp_path / "gem.txt").write_text(
-        "I10     4010  10000\nI10     4011  10000\nI10     4019  10000\n"  # alternatives: majority
-        "R570    78551 10000\nX999    78551 11000\n"  # X999: no map
-        "R6521   78551 10111\nR6521   99592 10112\n")  # combination: every target
-    t = build_ccs_table(tmp_path / "d.yaml", tmp_path / "gem.txt")
-    rows = set(t.iter_rows())
-    assert (10, "I10", "Essential hypertension") in rows
-    assert (10, "R570", "Shock") in rows and (10, "R6521", "Shock") in rows
-    assert not any(r[1] == "X999" for r in rows)
-    assert (9, "4010", "Other") not in rows
+def test_counts_of_batches_add_up():
+    total: dict[str, dict[str, int]] = {}
+    merge_counts(total, {"pH": {"seen": 3, "unreadable": 1}})
+    merge_counts(total, {"pH": {"seen": 2, "out_of_range": 1}, "Glucose": {"seen": 1}})
+    assert total == {
+        "pH": {"seen": 5, "unreadable": 1, "out_of_range": 1},
+        "Glucose": {"seen": 1, "unreadable": 0, "out_of_range": 0},
+    }

@@ -1,0 +1,70 @@
+"""The MIMIC adapter on the real MIMIC-III and MIMIC-IV demos: the protocol, the modalities, the task option,
+MIMIC-III refusing chest X-rays, declared plausible ranges that mask nothing of the real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omnifuse.extract.datasets.base import Adapter, Item
+from omnifuse.extract.datasets.mimic import MimicAdapter
+from omnifuse.extract.datasets.mimic.adapter import ehr_ranges
+from omnifuse.extract.datasets.mimic.variables import feature_names
+from tests.helpers import MIMIC_III_DEMO as D3
+from tests.helpers import MIMIC_IV_DEMO as D4
+from tests.helpers import masked_by_declared_ranges
+
+
+pytestmark = pytest.mark.skipif(not (D3.is_dir() and D4.is_dir()), reason="MIMIC demos not present")
+
+
+def test_protocol_and_modalities(m4):
+    a, c, x = m4
+    assert isinstance(a, Adapter)
+    mods = {m.name: m for m in a.modalities()}
+    assert mods["ehr"].shape == (24, 76) and mods["ehr"].feature_names == feature_names()
+    assert mods["ehr"].preprocessing["continuous"] == [2, 3, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58]
+    assert mods["cxr"].input == "image" and mods["report"].provenance_codes == ["findings", "impression"]
+    got = a.inputs("ehr", np.array([0, 5]))
+    assert isinstance(got[0], Item) and np.array_equal(got[1].value, x[5])
+    assert a.inputs("cxr", np.array([0, 1])) == [None, None]  # no CXR source: missing
+    assert "PhysioNet" in c.extra["data_use"]
+
+
+def test_mimic3_refuses_cxr():
+    with pytest.raises(ValueError, match="MIMIC-IV subject_ids only"):
+        MimicAdapter(D3, cxr_root="/nonexistent")
+
+
+def test_mortality_task_option(tmp_path, m4):
+    a = MimicAdapter(D4, task="mortality", timestep=1.0, workdir=tmp_path)
+    c = a.cohort()
+    assert len(c) == 54 and c.labels["mortality"][1].all() and [t.name for t in c.tasks] == ["mortality"]
+    assert a.modalities()[0].shape == (48, 76)
+    x = a.ehr_arrays()
+    # 1-h bins: the 2-h bin k of the default cohort holds the value of 1-h bin 2k+1 (last wins, same stay)
+    _, c2, x2 = m4
+    r2 = int(np.flatnonzero(c2.stay_id == c.stay_id[0])[0])
+    assert np.allclose(x[0, 1::2, :59], x2[r2, :, :59])
+
+
+@pytest.mark.parametrize("demo", ["m3", "m4"], ids=["mimic-iii", "mimic-iv"])
+def test_demos_have_no_value_outside_the_declared_ranges(demo, request):
+    adapter = request.getfixturevalue(demo)[0]
+    ranges = adapter.modalities()[0].ranges
+    assert ranges is not None and len(ranges) == 76 and ranges["Fraction inspired oxygen"] == (0.21, 1)
+    assert masked_by_declared_ranges(adapter) == {"ehr": 0}
+
+
+def test_without_outlier_ranges_only_one_hot_and_mask_columns_are_bounded():
+    bounded = ehr_ranges(False)
+    assert len(bounded) == 76 - 12 and set(bounded.values()) == {(0, 1)}
+    assert "Heart Rate" not in bounded and bounded["mask->Heart Rate"] == (0, 1)
+    assert ehr_ranges(True)["Heart Rate"] == (0, 350)  # the benchmark's valid range, checked again
+
+
+def test_bad_task_and_window_are_refused():
+    with pytest.raises(ValueError, match="task must be 'both', 'mortality' or 'phenotyping', got 'los'"):
+        MimicAdapter(D4, task="los")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="need 0 < timestep <= hours, got timestep=4.0, hours=2.0"):
+        MimicAdapter(D4, timestep=4.0, hours=2.0)
