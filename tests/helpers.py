@@ -20,6 +20,7 @@
   ``build_toy_dataset(root)`` (eight stays of real image, report, DICOM and array files with a manifest and a
   spec), ``write_tabular_manifest(folder)`` (a manifest that needs no encoder), ``masked_by_declared_ranges``
   (cells an adapter's declared ranges would mask), ``MIMIC_III_DEMO`` / ``MIMIC_IV_DEMO`` (the shared demos).
+- ``assert_same_cache(a, b)``: two stores hold the same spec, rows, masks, features and labels.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from omnifuse.cache.reader import CacheData, LabelData, ModalityData
+from omnifuse.cache.reader import CacheData, LabelData, ModalityData, load_cache
 from omnifuse.cache.schema import CacheSpec, ModalitySpec, TaskSpec
 from omnifuse.cache.writer import CacheWriter
 from omnifuse.extract.datasets.base import Adapter, Item
@@ -500,3 +501,25 @@ def masked_by_declared_ranges(adapter: Adapter) -> dict[str, int]:
         items = adapter.inputs(r.name, np.arange(len(cohort)))
         out[r.name] = sum(sum(guard.check(it.value).masked.values()) for it in items if isinstance(it, Item))
     return out
+
+
+def assert_same_cache(a_path: str | Path, b_path: str | Path) -> None:
+    """The stores at ``a_path`` and ``b_path`` hold the same spec, rows, masks (token and slice masks too),
+    features (float16 rounding aside: 2e-3) and labels."""
+    a, b = load_cache(a_path), load_cache(b_path)
+    assert a.spec.to_json() == b.spec.to_json()
+    np.testing.assert_array_equal(a.stay_id, b.stay_id)
+    for m in a.modalities:
+        np.testing.assert_array_equal(a.modalities[m].mask, b.modalities[m].mask, err_msg=m)
+        if a.modalities[m].tokens_mask is not None:
+            np.testing.assert_array_equal(a.modalities[m].tokens_mask, b.modalities[m].tokens_mask, err_msg=m)
+        np.testing.assert_allclose(
+            a.modalities[m].x.astype(np.float32),
+            b.modalities[m].x.astype(np.float32),
+            rtol=2e-3,
+            atol=2e-3,
+            equal_nan=True,
+            err_msg=m,
+        )
+    for t in a.labels:
+        np.testing.assert_array_equal(a.labels[t].y, b.labels[t].y, err_msg=t)

@@ -146,7 +146,8 @@ def drop_modalities(
       would lose all of them keeps one, chosen uniformly (the baselines' dropout, mdrop);
     - ``unit="row"``: with probability ``p`` a row holding two or more modalities keeps a uniformly drawn
       non-empty proper subset of them (at least one kept, at least one dropped); for M = 3 with all present
-      this draws the six patterns of OmniFuse's table 1 (OmniFuse's training drops).
+      this draws the six patterns of OmniFuse's table 1 (the trainer's shared drop by default,
+      ``TrainConfig.modality_drop_unit="row"``; OmniFuse's own when the shared drop is off).
     Random numbers come from ``generator`` (on the CPU; the global generator when None).
     """
     if not 0.0 <= p <= 1.0:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from omnifuse.cache import CacheError, CacheWriter, load_cache, open_cache
-from omnifuse.cache.fingerprint import canonical_json, cache_fingerprint, fingerprint_differences
+from omnifuse.cache.fingerprint import cache_fingerprint, canonical_json, fingerprint_differences
 from tests.helpers import synthetic_cache_data, write_toy_cache
 
 

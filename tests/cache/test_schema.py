@@ -41,7 +41,9 @@ def test_task_declarations_and_outputs():
 
 def test_spec_lookups_duplicates_and_json_round_trip():
     spec = toy_cache_spec()
-    assert spec.modality("rep").provenance_codes == ["findings", "impression"] and spec.task("stage").kind == "multiclass"
+    assert (
+        spec.modality("rep").provenance_codes == ["findings", "impression"] and spec.task("stage").kind == "multiclass"
+    )
     with pytest.raises(KeyError, match=r"no modality 'ct' in cache; it has \['img', 'rep', 'ehr'\]"):
         spec.modality("ct")
     with pytest.raises(KeyError, match=r"no task 'los' in cache; it has \['mort', 'pheno', 'stage'\]"):

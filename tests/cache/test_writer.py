@@ -61,7 +61,9 @@ def test_half_written_cache_is_refused_then_resumed(tmp_path):
 
 def test_bad_block_and_labels_are_refused(tmp_path):
     path = tmp_path / "c.zarr"
-    w = CacheWriter.create(path, toy_cache_spec(), np.arange(20), np.array([str(i) for i in range(20)]), rows_per_block=8)
+    w = CacheWriter.create(
+        path, toy_cache_spec(), np.arange(20), np.array([str(i) for i in range(20)]), rows_per_block=8
+    )
     with pytest.raises(CacheError, match="not one block"):
         w.write_block("img", 4, 12, np.zeros((8, 8)), np.ones(8, bool))
     x = np.zeros((8, 8))

@@ -40,7 +40,7 @@ def test_8bit_resize_matches_the_float_path_to_rounding(tmp_path, image_encoder)
         assert float(torch.nn.functional.cosine_similarity(a, b, dim=0)) > 0.9999
     # grey files give three identical channels before normalisation
     t = load_image(tmp_path / "g.png", prep)
-    raw = [t[c] * s + m for c, (m, s) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD))]
+    raw = [t[c] * s + m for c, (m, s) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD, strict=True))]
     torch.testing.assert_close(raw[0], raw[1])
     torch.testing.assert_close(raw[1], raw[2])
     # palette and grey+alpha images are read as RGB and L
@@ -67,7 +67,7 @@ def test_image_preprocessing_grey_to_rgb_and_normalisation(tmp_path):
     prep = ImagePreprocess(size=32)
     t = load_image(tmp_path / "g.png", prep)
     assert t.shape == (3, 32, 32)
-    expect = [(128 / 255 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    expect = [(128 / 255 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)]
     for c in range(3):
         assert torch.allclose(t[c], torch.full((32, 32), expect[c]), atol=1e-4)
     # the shorter side is resized and the centre kept: a left/right split stays centred

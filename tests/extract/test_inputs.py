@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from omnifuse.extract.datasets.base import Item, Skip
 from omnifuse.cache import CacheSpec, CacheWriter, ModalitySpec
+from omnifuse.extract.datasets.base import Item, Skip
 from omnifuse.extract.inputs import input_hash, input_hashes, stale_blocks
 
 

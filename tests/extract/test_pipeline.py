@@ -29,8 +29,7 @@ from omnifuse.extract.encoders import (
     get_encoder_entry,
 )
 from omnifuse.extract.pipeline import _thread_batches, default_num_workers, extract
-
-from tests.helpers import IMAGE_SIZE, MAX_SLICES, MAX_TOKENS, minilm_dir
+from tests.helpers import IMAGE_SIZE, MAX_SLICES, MAX_TOKENS, assert_same_cache, minilm_dir
 
 RUN = dict(max_slices=MAX_SLICES, batch_size=4, rows_per_block=2, progress=False)
 
@@ -190,8 +189,7 @@ def test_config_object_overrides_and_unset_encoders(toy, image_encoder, tmp_path
 def test_source_and_licence_reach_the_cache_attributes(toy, image_encoder, tmp_path):
     text = build_text_encoder("minilm", max_words=20, max_tokens=MAX_TOKENS, device="cpu", precision="fp32")
     out = tmp_path / "small.zarr"
-    extract(ManifestAdapter(toy["manifest"], toy["spec"]), out, image_encoder=image_encoder, text_encoder=text,
-            max_slices=MAX_SLICES, limit=2, progress=False, num_workers=0)
+    _extract(toy, out, image_encoder, text, limit=2, num_workers=0)
     mods = load_cache(out).modalities
     minilm = get_encoder_entry("minilm")
     report = mods["report"].preprocessing
@@ -210,15 +208,7 @@ import sys, time
 from omnifuse.cache.writer import CacheWriter
 from omnifuse.extract import encoders as E
 from omnifuse.extract.datasets.manifest import ManifestAdapter
-from omnifuse.extract.encoders import (
-    MINILM,
-    RANDOM_LICENCE,
-    RANDOM_SOURCE,
-    VolumeEncoder,
-    build_text_encoder,
-    get_encoder_entry,
-)
-from omnifuse.extract.pipeline import _thread_batches, default_num_workers, extract
+from omnifuse.extract.pipeline import extract
 
 manifest, spec, out, minilm = sys.argv[1:5]
 written = [0]
@@ -283,16 +273,7 @@ def test_resume_after_sigkill_recomputes_nothing(toy, image_encoder, text_encode
 
     fresh = tmp_path / "fresh.zarr"
     _extract(toy, fresh, image_encoder, text_encoder, batch_size=2, num_workers=0)
-    a, b = load_cache(out), load_cache(fresh)
-    for m in a.modalities:
-        np.testing.assert_array_equal(a.modalities[m].mask, b.modalities[m].mask)
-        np.testing.assert_allclose(
-            a.modalities[m].x.astype(np.float32),
-            b.modalities[m].x.astype(np.float32),
-            rtol=2e-3,
-            atol=2e-3,
-            equal_nan=True,
-        )
+    assert_same_cache(out, fresh)  # the resumed store is the one a single run writes
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,12 @@ def test_weights_hash_is_stable_and_tracks_weights():
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
     cpu = torch.device("cpu")
-    for caps, want in (({"avx512_bf16": False, "amx_bf16": False}, "fp32"), ({"avx512_bf16": True}, "bf16"),
-                       ({"amx_bf16": True, "avx512_bf16": False}, "bf16"), ({}, "fp32")):
+    for caps, want in (
+        ({"avx512_bf16": False, "amx_bf16": False}, "fp32"),
+        ({"avx512_bf16": True}, "bf16"),
+        ({"amx_bf16": True, "avx512_bf16": False}, "bf16"),
+        ({}, "fp32"),
+    ):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: dict(caps))
         assert cpu_has_native_bf16() is (want == "bf16")
         assert resolve_precision("auto", cpu) == want

@@ -25,7 +25,6 @@ from omnifuse.extract.encoders import (
     list_encoders,
 )
 from omnifuse.extract.encoders.registry import add_encoder
-
 from tests.helpers import IMAGE_SIZE
 
 NAMES = ["microsoft/resnet-34", "random:resnet34", "torchvision:resnet34", "bert-base-uncased", "minilm", "slices"]
@@ -50,8 +49,15 @@ def test_registry_names_aliases_and_families():
         minilm.output_shape()
     with pytest.raises(ValueError, match="no pooling 'max'"):
         minilm.output_shape("max")
-    clash = EncoderEntry(name="another", family="text", source="x", licence="x", builder=minilm.builder,
-                         output_shapes={"mean": (4,)}, aliases=("All-MiniLM-L6-v2",))
+    clash = EncoderEntry(
+        name="another",
+        family="text",
+        source="x",
+        licence="x",
+        builder=minilm.builder,
+        output_shapes={"mean": (4,)},
+        aliases=("All-MiniLM-L6-v2",),
+    )
     with pytest.raises(ValueError, match="already registered for 'minilm'"):
         add_encoder(clash)
     assert get_encoder_entry("all-minilm-l6-v2").name == "minilm" and "another" not in [e.name for e in list_encoders()]
@@ -101,8 +107,11 @@ def _check_text(entry: EncoderEntry) -> None:
     assert enc.tokenizer("hello world")["input_ids"] == [101, 7592, 2088, 102]  # type: ignore[operator]
     assert enc.pooling == entry.poolings[0]
     for pooling in entry.poolings:
-        pooled = enc if pooling == enc.pooling else TextEncoder(
-            enc.model, enc.tokenizer, enc.name, pooling, enc.max_words, enc.max_tokens, "cpu", "fp32")
+        pooled = (
+            enc
+            if pooling == enc.pooling
+            else TextEncoder(enc.model, enc.tokenizer, enc.name, pooling, enc.max_words, enc.max_tokens, "cpu", "fp32")
+        )
         want = entry.output_shape(pooling, max_tokens=enc.max_tokens)
         assert pooled.shape == want
         x, tokens_mask = pooled.encode(TEXTS)

@@ -28,10 +28,26 @@ def test_text_tokens_mask_and_truncation(text_encoder):
 
 
 def test_text_pooling_mean_and_cls(minilm_path, text_encoder):
-    mean = TextEncoder(text_encoder.model, text_encoder.tokenizer, minilm_path, pooling="mean", max_words=20,
-                       max_tokens=MAX_TOKENS, device="cpu", precision="fp32")
-    cls = TextEncoder(text_encoder.model, text_encoder.tokenizer, minilm_path, pooling="cls", max_words=20,
-                      max_tokens=MAX_TOKENS, device="cpu", precision="fp32")
+    mean = TextEncoder(
+        text_encoder.model,
+        text_encoder.tokenizer,
+        minilm_path,
+        pooling="mean",
+        max_words=20,
+        max_tokens=MAX_TOKENS,
+        device="cpu",
+        precision="fp32",
+    )
+    cls = TextEncoder(
+        text_encoder.model,
+        text_encoder.tokenizer,
+        minilm_path,
+        pooling="cls",
+        max_words=20,
+        max_tokens=MAX_TOKENS,
+        device="cpu",
+        precision="fp32",
+    )
     texts = ["no acute process", "small left effusion with atelectasis at the base"]
     tok, tm = text_encoder.encode(texts)
     m, _ = mean.encode(texts)

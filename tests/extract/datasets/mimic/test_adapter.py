@@ -14,7 +14,6 @@ from tests.helpers import MIMIC_III_DEMO as D3
 from tests.helpers import MIMIC_IV_DEMO as D4
 from tests.helpers import masked_by_declared_ranges
 
-
 pytestmark = pytest.mark.skipif(not (D3.is_dir() and D4.is_dir()), reason="MIMIC demos not present")
 
 

@@ -9,11 +9,13 @@ from omnifuse.extract.datasets.mimic.clean import clean_events, merge_counts
 from omnifuse.extract.datasets.mimic.variables import CATEGORIES, VARIABLES
 
 
-def _one(itemid: int, value: str | None, valuenum: float | None = None, uom: str | None = None,
-         ranges: bool = True) -> tuple[str, float] | None:
-    ev = pl.DataFrame({"k": [0], "itemid": [itemid], "value": [value], "valuenum": [valuenum], "valueuom": [uom]},
-                      schema={"k": pl.Int64, "itemid": pl.Int64, "value": pl.Utf8, "valuenum": pl.Float64,
-                              "valueuom": pl.Utf8})
+def _one(
+    itemid: int, value: str | None, valuenum: float | None = None, uom: str | None = None, ranges: bool = True
+) -> tuple[str, float] | None:
+    ev = pl.DataFrame(
+        {"k": [0], "itemid": [itemid], "value": [value], "valuenum": [valuenum], "valueuom": [uom]},
+        schema={"k": pl.Int64, "itemid": pl.Int64, "value": pl.Utf8, "valuenum": pl.Float64, "valueuom": pl.Utf8},
+    )
     out, _ = clean_events(ev, outlier_ranges=ranges)
     if out.height == 0:
         return None
@@ -67,39 +69,55 @@ def test_ranges_clip_and_remove():
     assert _one(220045, "360", 360.0, ranges=False)[1] == 360.0
 
 
-@pytest.mark.parametrize("itemid,value,num,expected", [
-    (220739, "To Speech", 3.0, "To Speech"),
-    (220739, "3.0", 3.0, "To Speech"),  # MIMIC-IV demo: number in value
-    (220739, None, 1.0, "None"),  # empty value: valuenum
-    (184, "3 To speech", 3.0, "3 To speech"),
-    (184, "2", None, "2 To pain"),
-    (223901, "Obeys Commands", 6.0, "Obeys Commands"),
-    (223901, "2.0", 2.0, "Abnormal extension"),
-    (454, "4", 4.0, "4 Flex-withdraws"),
-    (223900, "No Response-ETT", 1.0, "No Response-ETT"),
-    (223900, "1.0", 1.0, "No Response"),
-    (723, "1.0 ET/Trach", 1.0, "1.0 ET/Trach"),
-    (723, "5", 5.0, "5 Oriented"),
-    (198, "15", 15.0, "15"),
-    (198, "7.0", 7.0, "7"),
-])
+@pytest.mark.parametrize(
+    "itemid,value,num,expected",
+    [
+        (220739, "To Speech", 3.0, "To Speech"),
+        (220739, "3.0", 3.0, "To Speech"),  # MIMIC-IV demo: number in value
+        (220739, None, 1.0, "None"),  # empty value: valuenum
+        (184, "3 To speech", 3.0, "3 To speech"),
+        (184, "2", None, "2 To pain"),
+        (223901, "Obeys Commands", 6.0, "Obeys Commands"),
+        (223901, "2.0", 2.0, "Abnormal extension"),
+        (454, "4", 4.0, "4 Flex-withdraws"),
+        (223900, "No Response-ETT", 1.0, "No Response-ETT"),
+        (223900, "1.0", 1.0, "No Response"),
+        (723, "1.0 ET/Trach", 1.0, "1.0 ET/Trach"),
+        (723, "5", 5.0, "5 Oriented"),
+        (198, "15", 15.0, "15"),
+        (198, "7.0", 7.0, "7"),
+    ],
+)
 def test_gcs_text_and_numeric(itemid, value, num, expected):
     var, cat = _one(itemid, value, num)
     assert var.startswith("Glascow") and cat == expected
 
 
-@pytest.mark.parametrize("itemid,value,expected", [
-    (3348, "Normal <3 secs", "0.0"), (115, "Brisk", "0.0"), (8377, "Abnormal >3 secs", "1.0"),
-    (3348, "Delayed", "1.0"), (223951, "Normal <3 Seconds", "0.0"), (224308, "Abnormal >3 Seconds", "1.0"),
-])
+@pytest.mark.parametrize(
+    "itemid,value,expected",
+    [
+        (3348, "Normal <3 secs", "0.0"),
+        (115, "Brisk", "0.0"),
+        (8377, "Abnormal >3 secs", "1.0"),
+        (3348, "Delayed", "1.0"),
+        (223951, "Normal <3 Seconds", "0.0"),
+        (224308, "Abnormal >3 Seconds", "1.0"),
+    ],
+)
 def test_capillary_refill_text(itemid, value, expected):
     assert _one(itemid, value) == ("Capillary refill rate", expected)
 
 
 def test_unknown_category_and_empty_value_dropped_and_counted():
-    ev = pl.DataFrame({"itemid": [223951, 220739, 220739], "value": [None, "Unknown", "9"],
-                       "valuenum": [None, None, 9.0], "valueuom": [None, None, None]},
-                      schema={"itemid": pl.Int64, "value": pl.Utf8, "valuenum": pl.Float64, "valueuom": pl.Utf8})
+    ev = pl.DataFrame(
+        {
+            "itemid": [223951, 220739, 220739],
+            "value": [None, "Unknown", "9"],
+            "valuenum": [None, None, 9.0],
+            "valueuom": [None, None, None],
+        },
+        schema={"itemid": pl.Int64, "value": pl.Utf8, "valuenum": pl.Float64, "valueuom": pl.Utf8},
+    )
     out, counts = clean_events(ev)
     assert out.height == 0
     assert counts["Capillary refill rate"]["unreadable"] == 1

@@ -10,7 +10,6 @@ from omnifuse.extract.datasets.mimic.variables import feature_names
 from tests.helpers import MIMIC_III_DEMO as D3
 from tests.helpers import MIMIC_IV_DEMO as D4
 
-
 pytestmark = pytest.mark.skipif(not (D3.is_dir() and D4.is_dir()), reason="MIMIC demos not present")
 
 
@@ -28,7 +27,9 @@ def test_mimic3_cohort_and_labels(m3):
     y, mask = c.labels["mortality"]
     assert int(mask.sum()) == 57 and int(y[mask].sum()) == 17
     py, pm = c.labels["phenotyping"]
-    assert py.shape == (113, 25) and pm.all() and int(py.sum()) == 586  # checked independently from the raw CSVs and the benchmark yaml
+    assert (
+        py.shape == (113, 25) and pm.all() and int(py.sum()) == 586
+    )  # checked independently from the raw CSVs and the benchmark yaml
     assert int(py[:, c.tasks[1].classes.index("Essential hypertension")].sum()) == 49
     assert set(np.unique(c.splits["benchmark"])) <= {"train", "val", "test"}
     assert int((c.splits["benchmark"] == "test").sum()) == 18

@@ -18,7 +18,6 @@ from omnifuse.extract.datasets.mimic import MimicAdapter
 from omnifuse.extract.datasets.mimic.cxr import findings_text, report_sections
 from tests.helpers import MIMIC_IV_DEMO as D4
 
-
 REPORT_FULL = """                                 FINAL REPORT
  EXAMINATION:  CHEST (PORTABLE AP)
 
@@ -36,7 +35,7 @@ REPORT_FULL = """                                 FINAL REPORT
  
  1.  Appropriately positioned endotracheal tube.
  2.  Small left pleural effusion.
-"""
+"""  # noqa: W293 - the report's blank lines hold a space, as MIMIC-CXR's do
 REPORT_IMPRESSION_ONLY = """                                 FINAL REPORT
  INDICATION:  Hypoxia.
 
@@ -82,16 +81,29 @@ def layout(tmp_path_factory):
     for s, study, dicom, view, t, jpeg, rep in studies:
         sid = str(s["subject_id"])
         date, tm = _fmt(t)
-        meta.append({"dicom_id": dicom, "subject_id": sid, "study_id": study, "PerformedProcedureStepDescription":
-                     "CHEST (PORTABLE AP)", "ViewPosition": view, "Rows": 64, "Columns": 64, "StudyDate": date,
-                     "StudyTime": tm, "ProcedureCodeSequence_CodeMeaning": "", "ViewCodeSequence_CodeMeaning": "",
-                     "PatientOrientationCodeSequence_CodeMeaning": ""})
-        split.append({"dicom_id": dicom, "study_id": study, "subject_id": sid,
-                      "split": "test" if s is B else "train"})
+        meta.append(
+            {
+                "dicom_id": dicom,
+                "subject_id": sid,
+                "study_id": study,
+                "PerformedProcedureStepDescription": "CHEST (PORTABLE AP)",
+                "ViewPosition": view,
+                "Rows": 64,
+                "Columns": 64,
+                "StudyDate": date,
+                "StudyTime": tm,
+                "ProcedureCodeSequence_CodeMeaning": "",
+                "ViewCodeSequence_CodeMeaning": "",
+                "PatientOrientationCodeSequence_CodeMeaning": "",
+            }
+        )
+        split.append({"dicom_id": dicom, "study_id": study, "subject_id": sid, "split": "test" if s is B else "train"})
         d = root / "files" / f"p{sid[:2]}" / f"p{sid}" / f"s{study}"
         d.mkdir(parents=True, exist_ok=True)
         if jpeg:
-            Image.fromarray((np.random.default_rng(study).random((64, 64)) * 255).astype(np.uint8)).save(d / f"{dicom}.jpg")
+            Image.fromarray((np.random.default_rng(study).random((64, 64)) * 255).astype(np.uint8)).save(
+                d / f"{dicom}.jpg"
+            )
         (d.parent / f"s{study}.txt").write_text(rep)
     for name, rows in (("metadata", meta), ("split", split)):
         with gzip.open(root / f"mimic-cxr-2.0.0-{name}.csv.gz", "wt", newline="") as f:

@@ -15,8 +15,9 @@ COL = {n: i for i, n in enumerate(feature_names())}
 
 
 def _ev(rows):
-    return pl.DataFrame(rows, schema={"row": pl.Int64, "hours": pl.Float64, "var": pl.Int8, "val": pl.Float64},
-                        orient="row")
+    return pl.DataFrame(
+        rows, schema={"row": pl.Int64, "hours": pl.Float64, "var": pl.Int8, "val": pl.Float64}, orient="row"
+    )
 
 
 def test_n_bins_formula():
@@ -24,17 +25,19 @@ def test_n_bins_formula():
 
 
 def test_bins_last_wins_previous_imputation_and_masks():
-    ev = _ev([
-        (0, 0.0, HR, 70.0),  # t = 0 -> bin 0
-        (0, 1.5, HR, 72.0),  # bin 0, later: wins
-        (0, 2.0, HR, 90.0),  # t = 2 exactly -> bin 0 (bins are (k*ts, (k+1)*ts])
-        (0, 2.0001, HR, 95.0),  # bin 1
-        (0, 7.0, HR, 100.0),  # bin 3
-        (0, 48.0, HR, 60.0),  # last bin
-        (0, 48.1, HR, 1.0),  # outside the window
-        (0, -0.5, HR, 1.0),  # before ICU admission: ignored
-        (1, 5.0, EYE, float(CATEGORIES["Glascow coma scale eye opening"].index("To Speech"))),
-    ])
+    ev = _ev(
+        [
+            (0, 0.0, HR, 70.0),  # t = 0 -> bin 0
+            (0, 1.5, HR, 72.0),  # bin 0, later: wins
+            (0, 2.0, HR, 90.0),  # t = 2 exactly -> bin 0 (bins are (k*ts, (k+1)*ts])
+            (0, 2.0001, HR, 95.0),  # bin 1
+            (0, 7.0, HR, 100.0),  # bin 3
+            (0, 48.0, HR, 60.0),  # last bin
+            (0, 48.1, HR, 1.0),  # outside the window
+            (0, -0.5, HR, 1.0),  # before ICU admission: ignored
+            (1, 5.0, EYE, float(CATEGORIES["Glascow coma scale eye opening"].index("To Speech"))),
+        ]
+    )
     x = discretize(ev, 2, timestep=2.0, hours=48.0)
     assert x.shape == (2, 24, 76) and x.dtype == np.float32
     hr, m = x[0, :, COL["Heart Rate"]], x[0, :, COL["mask->Heart Rate"]]
@@ -53,7 +56,7 @@ def test_bins_last_wins_previous_imputation_and_masks():
     offs = column_offsets()
     for i, v in enumerate(VARIABLES):
         if v in CATEGORIES:
-            assert np.all(x[:, :, offs[i]:offs[i] + len(CATEGORIES[v])].sum(-1) == 1)
+            assert np.all(x[:, :, offs[i] : offs[i] + len(CATEGORIES[v])].sum(-1) == 1)
 
 
 def test_same_time_keeps_greatest_and_end_hours_cut():

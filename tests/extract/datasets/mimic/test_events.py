@@ -15,7 +15,6 @@ from omnifuse.extract.datasets.mimic.variables import feature_names
 from tests.helpers import MIMIC_III_DEMO as D3
 from tests.helpers import MIMIC_IV_DEMO as D4
 
-
 pytestmark = pytest.mark.skipif(not (D3.is_dir() and D4.is_dir()), reason="MIMIC demos not present")
 
 

@@ -22,9 +22,19 @@ def _write_csv(path: Path, rows: list[dict], gz: bool) -> None:
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_chartevents_streamed(tmp_path, gz):
-    rows = [{"subject_id": "1", "hadm_id": "10", "stay_id": "100", "charttime": "2100-01-01 0%d:00:00" % (i % 10),
-             "itemid": str(220045 if i % 3 else 999999), "value": str(60 + i), "valuenum": str(60 + i),
-             "valueuom": "bpm"} for i in range(1000)]
+    rows = [
+        {
+            "subject_id": "1",
+            "hadm_id": "10",
+            "stay_id": "100",
+            "charttime": f"2100-01-01 0{i % 10}:00:00",
+            "itemid": str(220045 if i % 3 else 999999),
+            "value": str(60 + i),
+            "valuenum": str(60 + i),
+            "valueuom": "bpm",
+        }
+        for i in range(1000)
+    ]
     p = tmp_path / ("chartevents.csv.gz" if gz else "chartevents.csv")
     _write_csv(p, rows, gz)
     batches = list(iter_event_batches(p, {220045}, batch_rows=100, block_bytes=4096))
