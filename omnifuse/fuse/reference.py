@@ -12,9 +12,14 @@ table and test treats them alike. Their features (:func:`reference_features`), p
 - one missingness indicator per modality (1 present, 0 missing); a missing modality's features are NaN.
 
 Raw clinical values (tabular, time series) are first clipped to the fold's training clip bounds (those of
-:class:`omnifuse.fuse.data.Normalizer`). ``gbm`` takes NaN natively; ``logreg`` imputes the training mean, then
-standardises. Binary and multiclass tasks fit one model; multilabel tasks one model per label (a label
-with a single class in the training rows predicts its training rate).
+:class:`omnifuse.fuse.data.Normalizer`). ``gbm`` takes NaN natively: learning rate 0.05, 63 bins, at most 500
+trees with early stopping on 10 % of the training rows (20 rounds without improvement); a fixed 200 trees took
+16 times as long on the eICU demo (60 s a fold on one core). ``logreg`` imputes the training mean, standardises,
+and chooses its L2 strength among ``Cs`` by the log loss of a patient-grouped 5-fold cross-validation inside the
+training rows (``LogisticRegressionCV``; C = 1 alone overfits the demo's 1,368 features). Nothing is chosen on
+test rows. Binary and multiclass tasks fit one model; multilabel tasks one model per label (a label with a
+single class in the training rows predicts its training rate). scikit-learn's threads are limited to torch's
+thread count (a study's worker runs one thread).
 """
 
 from __future__ import annotations
@@ -25,6 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from omnifuse.fuse.base import ModelInfo
 from omnifuse.fuse.data import FuseData, Normalizer
@@ -93,65 +105,71 @@ class ReferenceLearner:
         info: ModelInfo,
         learner: str = "gbm",
         seed: int = 0,
-        C: float = 1.0,
-        max_iter: int = 200,
+        Cs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0),
+        max_iter: int = 500,
         learning_rate: float = 0.05,
     ) -> None:
         if learner not in LEARNERS:
             raise ValueError(f"learner must be one of {LEARNERS}, got {learner!r}")
         self.info, self.learner, self.seed = info, learner, seed
-        self.params = {"C": C, "max_iter": max_iter, "learning_rate": learning_rate}
+        self.Cs, self.max_iter, self.learning_rate = tuple(Cs), int(max_iter), float(learning_rate)
         self.models: list[Any] = []
         self.constant: list[float | None] = []
 
-    def _new(self) -> Any:
-        from sklearn.ensemble import HistGradientBoostingClassifier
-        from sklearn.impute import SimpleImputer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
+    def _new(self, groups: np.ndarray, y: np.ndarray) -> Any:
         if self.learner == "gbm":
             return HistGradientBoostingClassifier(
-                max_iter=int(self.params["max_iter"]),
-                learning_rate=float(self.params["learning_rate"]),
+                max_iter=self.max_iter,
+                learning_rate=self.learning_rate,
+                max_bins=63,
+                early_stopping=True,
+                n_iter_no_change=20,
+                validation_fraction=0.1,
                 random_state=self.seed,
             )
-        return make_pipeline(
-            SimpleImputer(strategy="mean", keep_empty_features=True),
-            StandardScaler(),
-            LogisticRegression(C=float(self.params["C"]), max_iter=2000),
-        )
+        k = int(min(5, np.unique(groups).size, np.unique(y, return_counts=True)[1].min()))
+        lr: Any = LogisticRegression(C=0.01, max_iter=2000)
+        if k >= 2:
+            cv = list(GroupKFold(n_splits=k).split(y, y, groups))
+            lr = LogisticRegressionCV(Cs=list(self.Cs), cv=cv, scoring="neg_log_loss", max_iter=2000)
+        return make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(), lr)
 
     def fit(self, data: FuseData, rows: np.ndarray, norm: Normalizer) -> ReferenceLearner:
         rows = rows[data.y_mask[torch.as_tensor(rows, device=data.device)].cpu().numpy()]
         x = reference_features(data, rows, norm)
         y = data.labels_numpy(rows)
+        groups = data.subject_id[rows]
         targets = [y] if self.info.task_kind == "multiclass" else [y[:, c] for c in range(y.shape[1])]
         self.models, self.constant = [], []
-        for t in targets:
-            if np.unique(t).size < 2:
-                self.models.append(None)
-                self.constant.append(float(np.mean(t)))
-                continue
-            self.models.append(self._new().fit(x, t))
-            self.constant.append(None)
+        with threadpool_limits(limits=torch.get_num_threads()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's notices about future defaults
+            for t in targets:
+                if np.unique(t).size < 2:
+                    self.models.append(None)
+                    self.constant.append(float(np.mean(t)))
+                    continue
+                self.models.append(self._new(groups, t).fit(x, t))
+                self.constant.append(None)
         return self
 
     def predict_proba(
         self, data: FuseData, rows: np.ndarray, norm: Normalizer, mask: torch.Tensor | None = None
     ) -> np.ndarray:
         x = reference_features(data, rows, norm, mask)
+        with threadpool_limits(limits=torch.get_num_threads()):
+            return self._predict(x, len(rows))
+
+    def _predict(self, x: np.ndarray, n: int) -> np.ndarray:
         if self.info.task_kind == "multiclass":
             model = self.models[0]
-            out = np.zeros((len(rows), self.info.num_outputs), dtype=np.float32)
+            out = np.zeros((n, self.info.num_outputs), dtype=np.float32)
             if model is None:
                 out[:, int(self.constant[0] or 0)] = 1.0
                 return out
             out[:, model.classes_.astype(int)] = model.predict_proba(x)
             return out
         cols = [
-            np.full(len(rows), c, dtype=np.float32) if m is None else m.predict_proba(x)[:, 1]
+            np.full(n, c, dtype=np.float32) if m is None else m.predict_proba(x)[:, 1]
             for m, c in zip(self.models, self.constant, strict=True)
         ]
         return np.stack(cols, axis=1).astype(np.float32)

@@ -73,7 +73,8 @@ class OmniFuse(FusionMethod):
     """Encoders (eq. 1), forward/backward CRA (4-8), DWFuse (9-14), TLA (15-17); objective (18).
 
     ``forward(batch)`` -> ``MethodOutput(logits=o [B, C], per_modality_logits={name: p_m logits [B, C]},
-    extra)``; extra holds ``v``, ``v_prime``, ``v_second`` [B, M, d] and the masks the losses need."""
+    extra)``; extra holds ``v``, ``v_prime``, ``v_second`` [B, M, d] and the masks the losses need.
+    ``dropout`` is the heads'; the encoders' is the backbone's (``encoder={"dropout": ...}``)."""
 
     def __init__(
         self,
@@ -144,7 +145,9 @@ class OmniFuse(FusionMethod):
         return self.enc(batch)
 
     def train_drop(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
-        """Random drops of present modalities (at least one kept); the pre-drop batch travels along."""
+        """The trainer's shared drop (a :class:`DroppedBatch`) as it is; otherwise (the shared drop off) the
+        method's own: each row, with probability ``train_drop_prob``, keeps a uniformly drawn non-empty proper
+        subset of its present modalities. The pre-drop batch travels along."""
         if isinstance(batch, DroppedBatch):  # the trainer's shared drop: its masks are the ones to learn from
             return batch
         return DroppedBatch.drop(batch, drop_modalities(batch.mask, self.train_drop_prob, generator, unit="row"))
