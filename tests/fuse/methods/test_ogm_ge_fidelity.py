@@ -17,10 +17,10 @@ def test_configure_optimizer_is_sgd_with_momentum() -> None:
     opt = model.configure_optimizer(1e-3, 1e-2)
     g = opt.param_groups[0]
     assert type(opt) is torch.optim.SGD and g["momentum"] == 0.9 and g["weight_decay"] == 1e-4
-    assert g["lr"] == pytest.approx(1e-3)
-    scaled = build_method("ogm_ge", ModelInfo(TWO, "binary", 1), d=8, lr_scale=10.0, momentum=0.5)
+    assert g["lr"] == pytest.approx(1e-2)  # lr_scale 10: SGD's step
+    scaled = build_method("ogm_ge", ModelInfo(TWO, "binary", 1), d=8, lr_scale=1.0, momentum=0.5)
     g = scaled.configure_optimizer(1e-3, 1e-2).param_groups[0]
-    assert g["lr"] == pytest.approx(1e-2) and g["momentum"] == 0.5
+    assert g["lr"] == pytest.approx(1e-3) and g["momentum"] == 0.5
     adamw = build_method("ogm_ge", ModelInfo(TWO, "binary", 1), d=8, optimizer="adamw").configure_optimizer(1e-3, 1e-2)
     assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["weight_decay"] == 1e-2
     with pytest.raises(ValueError, match="optimizer must be one of"):
