@@ -14,8 +14,8 @@ from typing import Any
 
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import AblationConfig, study_config
-from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config, write_study
-from omnifuse.experiments.runner import StudyError, fold_specs, run_all, study_context, study_record
+from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config
+from omnifuse.experiments.runner import StudyError, finish_study, fold_specs, run_all, study_context, study_record
 from omnifuse.experiments.stats import pick, summarize
 from omnifuse.fuse.methods import get_method
 from omnifuse.fuse.methods.omnifuse import ABLATION_SWITCHES
@@ -105,16 +105,4 @@ def ablation(
             title="Ablation of OmniFuse's components (table 4)",
         )
     ]
-    res = StudyResult(
-        out=out,
-        config=config,
-        summary=summary,
-        folds=recs,
-        sections=sections,
-        figures=figs,
-        runs_trained=stats.trained,
-        runs_reused=stats.reused,
-        runs_stale=stats.stale,
-        seconds=time.perf_counter() - t0,
-    )
-    return write_study(res, cfg.print_table, title=f"ablation: {cfg.task}")
+    return finish_study("ablation", cfg, config, stats, t0, (summary, recs, sections, figs))

@@ -21,9 +21,10 @@ import numpy as np
 
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import CompareConfig, study_config
-from omnifuse.experiments.report import Section, StudyResult, fci, fms, fnum, fp, write_config, write_study
+from omnifuse.experiments.report import Section, StudyResult, fci, fms, fnum, fp, write_config
 from omnifuse.experiments.runner import (
     StudyContext,
+    finish_study,
     fold_specs,
     load_run,
     run_all,
@@ -101,20 +102,16 @@ def compare(
     per_method = {m: _run_summary([stats.folders[s] for s in specs if s.label == m]) for m in names}
     sections = compare_sections(summary, names, ctx, against, refs, per_method)
     figs = compare_figures(out, ctx, stats.folders, specs, summary, names, refs, data.task_kind)
-    res = CompareResult(
-        out=out,
-        config=record,
-        summary=summary,
-        folds=fold_recs,
-        sections=sections,
-        figures=figs,
-        runs_trained=stats.trained,
-        runs_reused=stats.reused,
-        runs_stale=stats.stale,
-        seconds=time.perf_counter() - t0,
+    return finish_study(
+        "compare",
+        cfg,
+        record,
+        stats,
+        t0,
+        (summary, fold_recs, sections, figs),
         extra={"per_method": per_method},
+        result_cls=CompareResult,
     )
-    return write_study(res, cfg.print_table, title=f"compare: {cfg.task}")
 
 
 def _run_summary(folders: list[Path]) -> dict[str, Any]:

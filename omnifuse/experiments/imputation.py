@@ -23,10 +23,11 @@ import torch.nn.functional as Fn
 
 from omnifuse.experiments import figures
 from omnifuse.experiments.config import ImputationConfig, study_config
-from omnifuse.experiments.report import Section, StudyResult, fnum, write_config, write_study
+from omnifuse.experiments.report import Section, StudyResult, fnum, write_config
 from omnifuse.experiments.runner import (
     RunSpec,
     StudyError,
+    finish_study,
     freeze_params,
     method_params,
     run_all,
@@ -232,17 +233,17 @@ def imputation(cache: Any, task: str | None = None, *, config: Any = None, **ove
             table,
         )
     ]
-    res = StudyResult(
-        out=out,
-        config=config,
-        summary=summary,
-        folds=[{"epoch": h["epoch"], "val_auroc": h.get("val_auroc"), "loss": h.get("loss")} for h in run["history"]],
-        sections=sections,
-        figures=figs,
-        runs_trained=stats.trained,
-        runs_reused=stats.reused,
-        runs_stale=stats.stale,
-        seconds=time.perf_counter() - t0,
+    return finish_study(
+        "imputation",
+        cfg,
+        config,
+        stats,
+        t0,
+        (
+            summary,
+            [{"epoch": h["epoch"], "val_auroc": h.get("val_auroc"), "loss": h.get("loss")} for h in run["history"]],
+            sections,
+            figs,
+        ),
         extra={"imputation": recs},
     )
-    return write_study(res, cfg.print_table, title=f"imputation: {cfg.task}")

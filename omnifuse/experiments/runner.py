@@ -34,6 +34,7 @@ import torch
 
 from omnifuse.cache.reader import open_cache
 from omnifuse.experiments.config import CombinationStudyConfig, StudyConfig
+from omnifuse.experiments.report import ResultT, Section, StudyResult, write_study
 from omnifuse.fuse.config import TrainConfig, resolve_config
 from omnifuse.fuse.data import FuseData, load_fuse_data
 from omnifuse.fuse.fold import FoldPlan, FoldRun, data_fingerprint, fold_data, make_repeated_folds, run_fold, run_seed
@@ -604,3 +605,32 @@ def study_record(name: str, cache: Any, ctx: StudyContext, cfg: StudyConfig, **e
             **extra,
         }
     )
+
+
+def finish_study(
+    name: str,
+    cfg: StudyConfig,
+    record: dict[str, Any],
+    stats: RunnerStats,
+    t0: float,
+    tables: tuple[list[dict[str, Any]], list[dict[str, Any]], list[Section], list[Path]],
+    extra: dict[str, Any] | None = None,
+    result_cls: type[ResultT] = StudyResult,  # type: ignore[assignment]
+) -> ResultT:
+    """The study's result (``tables`` = summary rows, fold records, sections, figures) with the runner's counts
+    and the wall time since ``t0``, written to ``cfg.out`` and printed (:func:`write_study`)."""
+    summary, folds, sections, figures = tables
+    res = result_cls(
+        out=Path(cfg.out),
+        config=record,
+        summary=summary,
+        folds=folds,
+        sections=sections,
+        figures=figures,
+        runs_trained=stats.trained,
+        runs_reused=stats.reused,
+        runs_stale=stats.stale,
+        seconds=time.perf_counter() - t0,
+        extra=extra or {},
+    )
+    return write_study(res, cfg.print_table, title=f"{name}: {cfg.task}")

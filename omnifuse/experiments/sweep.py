@@ -18,8 +18,8 @@ from typing import Any
 
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import SweepConfig, study_config
-from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config, write_study
-from omnifuse.experiments.runner import StudyError, fold_specs, run_all, study_context, study_record
+from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config
+from omnifuse.experiments.runner import StudyError, finish_study, fold_specs, run_all, study_context, study_record
 from omnifuse.experiments.stats import pick, summarize
 
 
@@ -81,16 +81,4 @@ def sweep(
             out / "sweep_auprc.png", summary, methods, "auprc", title=f"AUPRC vs missing rate ({dropped})"
         ),
     ]
-    res = StudyResult(
-        out=out,
-        config=config,
-        summary=summary,
-        folds=recs,
-        sections=sections,
-        figures=figs,
-        runs_trained=stats.trained,
-        runs_reused=stats.reused,
-        runs_stale=stats.stale,
-        seconds=time.perf_counter() - t0,
-    )
-    return write_study(res, cfg.print_table, title=f"sweep: {cfg.task}")
+    return finish_study("sweep", cfg, config, stats, t0, (summary, recs, sections, figs))

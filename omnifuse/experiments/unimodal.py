@@ -18,9 +18,10 @@ from typing import Any
 
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import UnimodalConfig, study_config
-from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config, write_study
+from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config
 from omnifuse.experiments.runner import (
     RunSpec,
+    finish_study,
     fold_specs,
     freeze_params,
     method_params,
@@ -138,17 +139,4 @@ def unimodal(
             hlines=hl,
         )
     ]
-    res = StudyResult(
-        out=out,
-        config=config,
-        summary=summary,
-        folds=recs,
-        sections=sections,
-        figures=figs,
-        runs_trained=stats.trained,
-        runs_reused=stats.reused,
-        runs_stale=stats.stale,
-        seconds=time.perf_counter() - t0,
-        extra={"laziness": lazy},
-    )
-    return write_study(res, cfg.print_table, title=f"unimodal: {cfg.task}")
+    return finish_study("unimodal", cfg, config, stats, t0, (summary, recs, sections, figs), extra={"laziness": lazy})

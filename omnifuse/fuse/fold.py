@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from omnifuse.fuse.base import FusionMethod
 from omnifuse.cache import CacheData, cache_fingerprint
+from omnifuse.fuse.base import FusionMethod
 from omnifuse.fuse.config import TrainConfig
 from omnifuse.fuse.data import FuseData, Normalizer, inner_split, make_folds, simulate_missing
 from omnifuse.fuse.methods import build_method, get_method
