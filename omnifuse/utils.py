@@ -78,6 +78,13 @@ def make_progress(*, rate: bool = False, log_every: float = 30.0, console: Any =
 
         def update(self, task_id: Any, **kw: Any) -> None:
             super().update(task_id, **kw)
+            self._log(task_id)
+
+        def advance(self, task_id: Any, advance: float = 1) -> None:
+            super().advance(task_id, advance)
+            self._log(task_id)
+
+        def _log(self, task_id: Any) -> None:
             if self.console.is_terminal:
                 return
             now = time.monotonic()

@@ -39,3 +39,12 @@ def test_progress_is_not_logged_on_a_terminal(caplog):
         task = bar.add_task("runs", total=1, info="")
         bar.update(task, advance=1)
     assert not caplog.records
+
+
+def test_progress_advanced_by_extraction_is_logged_too(caplog):
+    """Extraction advances its tasks (``advance``) rather than updating them: that is logged off a terminal."""
+    bar = make_progress(rate=True, log_every=0.0, console=Console(file=io.StringIO(), force_terminal=False))
+    with caplog.at_level(logging.INFO, logger="omnifuse.progress"):
+        task = bar.add_task("history (text)", total=4)
+        bar.advance(task, 4)
+    assert [r.getMessage() for r in caplog.records] == ["history (text): 4/4 "]

@@ -53,6 +53,7 @@ from omnifuse.extract.inputs import input_hashes, stale_blocks
 from omnifuse.extract.values import Checked, ValueGuard, check_ranges
 from omnifuse.extract.volumes import volume_slices
 from omnifuse.options import resolve, to_json
+from omnifuse.utils import make_progress
 
 log = logging.getLogger(__name__)
 
@@ -819,7 +820,7 @@ def extract(
             DECODE_THREADS if cfg.decode_threads is None else cfg.decode_threads,
         )
         show = cfg.progress and dist.is_main
-        prog = _make_progress() if show else None
+        prog = make_progress(rate=True) if show else None
         run = _Run(opened.writer, cohort.stay_id, prog, show)
         with prog if prog is not None else contextlib.nullcontext():
             reports = {
@@ -921,21 +922,3 @@ def _finish(
     dist.barrier()
     summary.finalized = bool(read_meta(writer.path).get("finalized", False))
     return summary
-
-
-def _make_progress() -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
-    from rich.text import Text
-
-    class _Rate(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            return Text(f"{task.speed:.1f} items/s" if task.speed else "- items/s")
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        transient=False,
-    )
