@@ -40,7 +40,10 @@ def default_jobs() -> tuple[int, int]:
 
     if torch.cuda.is_available():
         return 1, torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0))
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use (Linux)
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
     return max(1, min(cores, 4)), 1
 
 

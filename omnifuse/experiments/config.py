@@ -69,10 +69,10 @@ class StudyConfig:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.n_jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.n_jobs}")
-        for name in ("modalities", "methods", "rows", "fused", "combinations"):
-            values = getattr(self, name, None)
-            if isinstance(values, list):
-                setattr(self, name, [p.strip() for v in values for p in str(v).split(",") if p.strip()])
+        for d in declared(type(self)):
+            values = getattr(self, d.name)
+            if "list[str]" in str(d.type) and isinstance(values, list):
+                setattr(self, d.name, [p.strip() for v in values for p in str(v).split(",") if p.strip()])
 
     def train_options(self) -> dict[str, Any]:
         """The :class:`omnifuse.fuse.config.TrainConfig` options of every run: ``options``, then ``epochs`` and

@@ -189,10 +189,6 @@ def run_fold(
     fold's training rows, without an inner split."""
     train_rows = _training_rows(data, plan)
     seed_everything(plan.seed)
-    if plan.val_rows is not None:
-        inner_tr, val = np.setdiff1d(train_rows, plan.val_rows), plan.val_rows
-    else:
-        inner_tr, val = inner_split(data, train_rows, cfg.val_fraction, seed=plan.seed)
     norm = Normalizer.fit(data, train_rows, embeddings=cfg.normalize_embeddings)
     test = np.asarray(plan.test_rows, dtype=np.int64)
     masks = _combination_masks(data, plan, len(test))
@@ -207,6 +203,10 @@ def run_fold(
         trainers: list[Trainer] = []
         inner_tr, val = train_rows, train_rows[:0]
     else:
+        if plan.val_rows is not None:
+            inner_tr, val = np.setdiff1d(train_rows, plan.val_rows), plan.val_rows
+        else:
+            inner_tr, val = inner_split(data, train_rows, cfg.val_fraction, seed=plan.seed)
         fitted = [
             _fit_network(
                 data, plan, cfg, (inner_tr, val), norm, plan.seed + 7919 * i, progress, callbacks if i == 0 else ()

@@ -35,6 +35,7 @@ from omnifuse.extract.encoders import build_image_encoder, build_text_encoder
 from omnifuse.extract.images import MAX_IMAGE_PIXELS
 from omnifuse.extract.pipeline import extract
 from omnifuse.extract.run import extract_dataset
+from tests.helpers import assert_same_cache
 
 IMAGE_SIZE = 64
 RUN = dict(rows_per_block=2, batch_size=4, progress=False, num_workers=0, decode_threads=0)
@@ -118,26 +119,6 @@ def _extract(ds: dict[str, Path], out: Path, encoders, **kw):
     return extract(ManifestAdapter(ds["manifest"], ds["spec"]), out, image_encoder=ie, text_encoder=te, **{**RUN, **kw})
 
 
-def _assert_same_store(a_path: Path, b_path: Path) -> None:
-    """Two stores hold the same rows, masks, features (float16 rounding aside) and labels."""
-    a, b = load_cache(a_path), load_cache(b_path)
-    np.testing.assert_array_equal(a.stay_id, b.stay_id)
-    for m in a.modalities:
-        np.testing.assert_array_equal(a.modalities[m].mask, b.modalities[m].mask, err_msg=m)
-        np.testing.assert_allclose(
-            a.modalities[m].x.astype(np.float32),
-            b.modalities[m].x.astype(np.float32),
-            rtol=2e-3,
-            atol=2e-3,
-            equal_nan=True,
-            err_msg=m,
-        )
-    for t in a.labels:
-        np.testing.assert_array_equal(a.labels[t].y, b.labels[t].y)
-        np.testing.assert_array_equal(a.labels[t].mask, b.labels[t].mask)
-    assert cache_fingerprint(a_path)["inputs"] == cache_fingerprint(b_path)["inputs"]
-
-
 def _one_line_error(result, *fragments: str) -> str:
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -176,7 +157,7 @@ def test_resume_re_encodes_rows_whose_inputs_changed_and_rewrites_labels(encoder
 
     fresh = tmp_path / "fresh.zarr"
     _extract(ds, fresh, encoders)
-    _assert_same_store(out, fresh)
+    assert_same_cache(out, fresh)
     assert load_cache(out).labels["died"].y[7, 0] == 0
     after = cache_fingerprint(out)
     assert after["encoders_digest"] == before["encoders_digest"] and after["rows"] == before["rows"]
@@ -230,7 +211,7 @@ def test_killed_while_re_encoding_leaves_a_refused_store_that_resumes(encoders, 
     assert again.finalized and again.modalities["report"].blocks_written == 1
     fresh = tmp_path / "fresh.zarr"
     _extract(ds, fresh, encoders)
-    _assert_same_store(out, fresh)
+    assert_same_cache(out, fresh)
 
 
 # ---------------------------------------------------------------------------------------- numeric values
@@ -515,7 +496,7 @@ def test_disk_full_during_a_block_write_is_one_line_and_the_rerun_resumes(encode
     assert s.modalities["report"].blocks_written == 2
     fresh = tmp_path / "fresh.zarr"
     _extract(ds, fresh, encoders)
-    _assert_same_store(out, fresh)
+    assert_same_cache(out, fresh)
 
 
 def test_disk_full_from_the_command_line_is_an_error_line_with_exit_code_2(tmp_path, monkeypatch):
