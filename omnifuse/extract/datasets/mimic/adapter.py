@@ -18,7 +18,8 @@ from omnifuse.cache.schema import TaskSpec
 from omnifuse.extract.datasets.base import Cohort, Item, RawModality, Skip
 from omnifuse.extract.datasets.mimic import cohort as mimic_cohort
 from omnifuse.extract.datasets.mimic import cxr
-from omnifuse.extract.datasets.mimic.ccs import PHENOTYPES
+from omnifuse.extract.datasets.mimic.ccs import PHENOTYPE_MAPS, PHENOTYPES
+from omnifuse.extract.datasets.mimic.clean import EHR_MODES, EhrMode
 from omnifuse.extract.datasets.mimic.discretize import discretize, n_bins
 from omnifuse.extract.datasets.mimic.events import MORTALITY_HOURS, collect_events
 from omnifuse.extract.datasets.mimic.readers import MimicLayout
@@ -50,12 +51,14 @@ class MimicAdapter:
     (MIMIC-IV only). ``reports_root``: MIMIC-CXR reports (folder or zip; default ``cxr_root``).
     ``task``: "both" (all stays; mortality masked for stays < 48 h), "mortality" (stays >= 48 h only) or
     "phenotyping" (all stays; CXR window = the whole stay). ``timestep`` hours per bin; ``hours`` the EHR
-    window from ICU admission; ``include_pa`` lets PA views be chosen as well as AP; ``outlier_ranges``
-    removes/clips values by the benchmark's ranges; ``workdir`` holds the intermediate parquet.
+    window from ICU admission; ``include_pa`` lets PA views be chosen as well as AP; ``ehr_mode``
+    "benchmark" reproduces the benchmark's item map, value cleaning and tie-break (MedFuse's port on MIMIC-IV),
+    "clean" is omnifuse's cleaning with plausibility ranges; ``phenotype_map`` maps MIMIC-IV's ICD-10 codes as
+    MedFuse ("medfuse") or through the CMS GEM ("gem"); ``workdir`` holds the intermediate parquet.
     """
 
     name = "mimic"
-    version = "1"
+    version = "2"  # 2: ehr_mode and phenotype_map (benchmark cleaning, MedFuse labels by default)
     license = DATA_USE
 
     def __init__(
@@ -68,13 +71,18 @@ class MimicAdapter:
         timestep: float = 2.0,
         hours: float = 48.0,
         include_pa: bool = False,
-        outlier_ranges: bool = True,
+        ehr_mode: EhrMode = "benchmark",
+        phenotype_map: str = "medfuse",
         workdir: str | Path | None = None,
         batch_rows: int = 2_000_000,
     ) -> None:
         self.layout = MimicLayout.detect(root)
         if task not in ("both", "mortality", "phenotyping"):
             raise ValueError(f"task must be 'both', 'mortality' or 'phenotyping', got {task!r}")
+        if ehr_mode not in EHR_MODES:
+            raise ValueError(f"ehr_mode must be one of {EHR_MODES}, got {ehr_mode!r}")
+        if phenotype_map not in PHENOTYPE_MAPS:
+            raise ValueError(f"phenotype_map must be one of {PHENOTYPE_MAPS}, got {phenotype_map!r}")
         if timestep <= 0 or hours <= 0 or hours < timestep:
             raise ValueError(f"need 0 < timestep <= hours, got timestep={timestep}, hours={hours}")
         if self.layout.version == "mimic-iii" and (cxr_root is not None or reports_root is not None):
@@ -89,7 +97,8 @@ class MimicAdapter:
         self.timestep = float(timestep)
         self.hours = float(hours)
         self.include_pa = include_pa
-        self.outlier_ranges = outlier_ranges
+        self.ehr_mode: EhrMode = ehr_mode
+        self.phenotype_map = phenotype_map
         self.batch_rows = batch_rows
         self._tmp: tempfile.TemporaryDirectory | None = None
         if workdir is None:
@@ -114,7 +123,8 @@ class MimicAdapter:
             "timestep_h": self.timestep,
             "hours": self.hours,
             "include_pa": self.include_pa,
-            "outlier_ranges": self.outlier_ranges,
+            "ehr_mode": self.ehr_mode,
+            "phenotype_map": self.phenotype_map,
         }
 
     def modalities(self) -> list[RawModality]:
@@ -132,9 +142,10 @@ class MimicAdapter:
                     "timestep_h": self.timestep,
                     "hours": self.hours,
                     "imputation": "previous, normal value before the first observation",
+                    "ehr_mode": self.ehr_mode,
                     "layout": "mimic3-benchmarks discretiser: 59 value columns then 17 masks",
                 },
-                ranges=ehr_ranges(self.outlier_ranges),
+                ranges=ehr_ranges(self.ehr_mode),
             ),
             RawModality(
                 name="cxr",
@@ -218,7 +229,7 @@ class MimicAdapter:
             stays,
             ev_path,
             hours=self.hours,
-            outlier_ranges=self.outlier_ranges,
+            mode=self.ehr_mode,
             batch_rows=self.batch_rows,
         )
         keep = ev["any_in_stay"]
@@ -249,7 +260,9 @@ class MimicAdapter:
         subj = stays["subject_id"].to_numpy()
         mort_y = stays["mortality"].to_numpy().astype(np.float32)[:, None]
         mort_mask = mort_ok[idx]
-        pheno_y, pheno_stats = mimic_cohort.phenotype_labels(self.layout, stays["hadm_id"].to_numpy())
+        pheno_y, pheno_stats = mimic_cohort.phenotype_labels(
+            self.layout, stays["hadm_id"].to_numpy(), self.phenotype_map
+        )
         split, split_stats = mimic_cohort.benchmark_split(self.layout.version, subj)
         splits = {"benchmark": split}
         extra: dict = {
@@ -353,16 +366,16 @@ class MimicAdapter:
         return self._ehr
 
 
-def ehr_ranges(outlier_ranges: bool) -> dict[str, tuple[float | None, float | None]]:
+def ehr_ranges(ehr_mode: str) -> dict[str, tuple[float | None, float | None]]:
     """Plausible ranges of the 76 EHR columns, checked again by the pipeline: one-hot and mask columns [0, 1];
-    with ``outlier_ranges`` the continuous channels' valid bounds (the cleaning already removed or clipped
-    every value to them, so nothing is masked unless a stage before went wrong); without, none (the benchmark
-    keeps every readable value)."""
+    in ``clean`` mode the continuous channels' valid bounds (the cleaning already removed or clipped every
+    value to them, so nothing is masked unless a stage before went wrong); in ``benchmark`` mode none (the
+    benchmark keeps every readable value: urine pH 5, a systolic pressure of 11647)."""
     out: dict[str, tuple[float | None, float | None]] = {}
     for v, cats in CATEGORIES.items():
         out.update({f"{v}->{c}": (0, 1) for c in cats})
     out.update({f"mask->{v}": (0, 1) for v in [*CATEGORIES, *CONTINUOUS]})
-    if outlier_ranges:
+    if ehr_mode == "clean":
         out.update({v: (RANGES[v][1], RANGES[v][2]) for v in CONTINUOUS})
     return out
 
@@ -382,7 +395,17 @@ class MimicOptions:
     timestep: float = option(2.0, help="EHR bin width in hours.")
     hours: float = option(48.0, help="EHR window from ICU admission, in hours.")
     include_pa: bool = option(False, help="Accept PA views besides AP.")
-    outlier_ranges: bool = option(True, help="Remove or clip EHR values by the benchmark's ranges.")
+    ehr_mode: str = option(
+        "benchmark",
+        help="benchmark: the benchmark's EHR cleaning bit for bit (MedFuse's port on MIMIC-IV); "
+        "clean: omnifuse's cleaning with plausibility ranges.",
+        choices=EHR_MODES,
+    )
+    phenotype_map: str = option(
+        "medfuse",
+        help="ICD-10 codes to phenotypes: medfuse (MedFuse's lists) or gem (through the CMS GEM).",
+        choices=PHENOTYPE_MAPS,
+    )
     workdir: Path | None = option(None, help="Folder for the intermediate parquet (default: a temporary one).")
     batch_rows: int = option(2_000_000, help="Event rows read per batch (memory against speed).")
 
@@ -403,7 +426,8 @@ def build_mimic(opts: MimicOptions) -> MimicAdapter:
         timestep=opts.timestep,
         hours=opts.hours,
         include_pa=opts.include_pa,
-        outlier_ranges=opts.outlier_ranges,
+        ehr_mode=opts.ehr_mode,  # type: ignore[arg-type]
+        phenotype_map=opts.phenotype_map,
         workdir=opts.workdir,
         batch_rows=opts.batch_rows,
     )

@@ -18,7 +18,7 @@ from importlib import resources
 import numpy as np
 import polars as pl
 
-from omnifuse.extract.datasets.mimic.ccs import PHENOTYPES, load_ccs_table
+from omnifuse.extract.datasets.mimic.ccs import PHENOTYPE_MAPS, PHENOTYPES, load_ccs_table, load_medfuse_table
 from omnifuse.extract.datasets.mimic.readers import MimicLayout
 
 
@@ -118,30 +118,49 @@ def base_stays(layout: MimicLayout) -> tuple[pl.DataFrame, list[dict]]:
     return st, log
 
 
-def phenotype_labels(layout: MimicLayout, hadm_ids: np.ndarray) -> tuple[np.ndarray, dict]:
+def phenotype_labels(
+    layout: MimicLayout, hadm_ids: np.ndarray, phenotype_map: str = "medfuse"
+) -> tuple[np.ndarray, dict]:
     """[N, 25] 0/1 labels of the admissions ``hadm_ids`` from their ICD-9 and ICD-10 diagnoses.
 
-    As the benchmark, only codes present in the diagnosis dictionary (d_icd_diagnoses) count.
-    Returns (labels float32, stats: rows per ICD version, admissions with any ICD-10 row).
+    As the benchmark, only codes present in the diagnosis dictionary (d_icd_diagnoses) count. MIMIC-III: the
+    benchmark's ICD-9-CM lists, whatever ``phenotype_map``. MIMIC-IV, ``phenotype_map="medfuse"``: MedFuse's
+    rules (``extract_subjects_iv`` and ``create_phenotyping``): the dictionary is joined on the code's text
+    alone, and the code's text is looked up in ``ccs.load_medfuse_table`` whatever its ICD version;
+    ``"gem"``: codes joined on (version, code) to the dictionary and to ``ccs.load_ccs_table``.
+    Returns (labels float32, stats: the map, rows per ICD version, admissions with any ICD-10 row).
     """
+    if phenotype_map not in PHENOTYPE_MAPS:
+        raise ValueError(f"phenotype map must be one of {PHENOTYPE_MAPS}, got {phenotype_map!r}")
     dx = layout.read("diagnoses_icd", ["hadm_id", "icd_code", "icd_version"]).with_columns(
         _int("hadm_id"), pl.col("icd_code").str.strip_chars(), pl.col("icd_version").str.strip_chars().cast(pl.Int8)
     )
     dx = dx.filter(pl.col("hadm_id").is_in(pl.Series(hadm_ids, dtype=pl.Int64).implode()))
-    dcols = ["icd_code"] if layout.version == "mimic-iii" else ["icd_code", "icd_version"]
-    d = layout.read("d_icd_diagnoses", dcols).with_columns(pl.col("icd_code").str.strip_chars())
-    if layout.version == "mimic-iv":
+    iv = layout.version == "mimic-iv"
+    by_text = not iv or phenotype_map == "medfuse"
+    dcols = ["icd_code"] if by_text else ["icd_code", "icd_version"]
+    d = layout.read("d_icd_diagnoses", ["icd_code", "icd_version"] if iv else ["icd_code"]).with_columns(
+        pl.col("icd_code").str.strip_chars()
+    )
+    if iv:
         d = d.with_columns(pl.col("icd_version").str.strip_chars().cast(pl.Int8))
     n_before = dx.height
-    dx = dx.join(d.unique(), on=dcols, how="inner")
-    ccs = load_ccs_table()
-    hit = dx.join(ccs, on=["icd_version", "icd_code"], how="inner").select("hadm_id", "group").unique()
+    dx = dx.join(d.select(dcols).unique(), on=dcols, how="inner")
+    if not iv:
+        ccs = load_ccs_table().filter(pl.col("icd_version") == 9).select("icd_code", "group")
+        hit = dx.join(ccs, on="icd_code", how="inner")
+    elif phenotype_map == "medfuse":
+        hit = dx.join(load_medfuse_table(), on="icd_code", how="inner")
+    else:
+        hit = dx.join(load_ccs_table(), on=["icd_version", "icd_code"], how="inner")
+    hit = hit.select("hadm_id", "group").unique()
     pos = {h: i for i, h in enumerate(hadm_ids.tolist())}
     gpos = {g: j for j, g in enumerate(PHENOTYPES)}
     y = np.zeros((len(hadm_ids), len(PHENOTYPES)), dtype=np.float32)
     for h, g in hit.iter_rows():
         y[pos[h], gpos[g]] = 1.0
     stats = {
+        "phenotype_map": phenotype_map if iv else "benchmark ICD-9-CM lists",
         "diagnosis_rows": int(n_before),
         "diagnosis_rows_not_in_dictionary": int(n_before - dx.height),
         "icd9_rows": int((dx["icd_version"] == 9).sum()),

@@ -38,14 +38,10 @@ def _normal_codes() -> np.ndarray:
     return out
 
 
-def _category_rank() -> pl.DataFrame:
-    """(var, category index) -> rank of its text in sorted order: the benchmark keeps the greatest text when
-    one variable has several values at the same chart time."""
-    rows = []
-    for v, cats in CATEGORIES.items():
-        order = sorted(cats)
-        rows += [(VARIABLES.index(v), float(i), order.index(c)) for i, c in enumerate(cats)]
-    return pl.DataFrame(rows, schema={"var": pl.Int8, "val": pl.Float64, "_rank": pl.Float64}, orient="row")
+def _category_key() -> pl.DataFrame:
+    """(var, category index) -> the category's text: the tie-break key of categorical events given without one."""
+    rows = [(VARIABLES.index(v), float(i), c) for v, cats in CATEGORIES.items() for i, c in enumerate(cats)]
+    return pl.DataFrame(rows, schema={"var": pl.Int8, "val": pl.Float64, "_ckey": pl.Utf8}, orient="row")
 
 
 def discretize(
@@ -54,27 +50,35 @@ def discretize(
     """Discretise cleaned events of ``n_rows`` stays.
 
     ``events``: columns ``row`` (int, 0..n_rows-1), ``hours`` (float, time since ICU admission), ``var``
-    (int, index into VARIABLES), ``val`` (float; category index for categorical variables).
+    (int, index into VARIABLES), ``val`` (float; category index for categorical variables) and optionally
+    ``key`` (str|null): when one variable has several events at one time, the one with the greatest ``key``
+    wins, then the greatest ``val`` (the benchmark sorts by chart time, variable and value, its values of
+    uncleaned variables being texts, and keeps the last: ``clean.clean_events`` gives those texts). Without
+    ``key``, categories compare by their text and numbers by value.
     ``end_hours`` [n_rows]: per-stay end of the window (default ``hours``); events at t >= end + 1e-6 and
     t <= -1e-6 are ignored. Returns float32 [n_rows, T, 76], T = n_bins(hours, timestep).
     """
     T = n_bins(hours, timestep)
     end = np.full(n_rows, float(hours)) if end_hours is None else np.minimum(np.asarray(end_hours, float), hours)
+    has_key = "key" in events.columns
     ev = events.select(
         pl.col("row").cast(pl.Int64),
         pl.col("hours").cast(pl.Float64),
         pl.col("var").cast(pl.Int8),
         pl.col("val").cast(pl.Float64),
+        (pl.col("key") if has_key else pl.lit(None)).cast(pl.Utf8).alias("key"),
     )
     rows = ev["row"].to_numpy()
     if ev.height and (rows.min() < 0 or rows.max() >= n_rows):
         raise ValueError(f"event rows must lie in [0, {n_rows}), got [{rows.min()}, {rows.max()}]")
     ev = ev.with_columns(pl.Series("_end", end[rows] if ev.height else np.zeros(0)))
     ev = ev.filter((pl.col("hours") > -EPS) & (pl.col("hours") < pl.col("_end") + EPS))
-    # several values of one variable at one time: keep the greatest (categorical: greatest text)
-    ev = ev.join(_category_rank(), on=["var", "val"], how="left")
-    ev = ev.with_columns(pl.coalesce(pl.col("_rank"), pl.col("val")).alias("_rank"))
-    ev = ev.sort(["row", "var", "hours", "_rank"]).unique(["row", "var", "hours"], keep="last", maintain_order=True)
+    # several values of one variable at one time: keep the greatest key, then the greatest value
+    if not has_key:
+        ev = ev.join(_category_key(), on=["var", "val"], how="left").with_columns(pl.col("_ckey").alias("key"))
+    ev = ev.sort(["row", "var", "hours", "key", "val"], nulls_last=False).unique(
+        ["row", "var", "hours"], keep="last", maintain_order=True
+    )
     ev = ev.with_columns(((pl.col("hours") / timestep) - EPS).cast(pl.Int64).clip(0, T - 1).alias("_bin"))
     # last event of each bin wins (sorted by time above)
     ev = ev.unique(["row", "var", "_bin"], keep="last", maintain_order=True)

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from omnifuse.extract.datasets.mimic.clean import clean_events, merge_counts
+from omnifuse.extract.datasets.mimic.clean import EhrMode, clean_events, item_table, merge_counts
 from omnifuse.extract.datasets.mimic.readers import MimicLayout, iter_event_batches
 from omnifuse.extract.datasets.mimic.variables import ITEMS
 
@@ -27,10 +27,12 @@ def collect_events(
     stays: pl.DataFrame,
     out_path: str | Path,
     hours: float,
-    outlier_ranges: bool = True,
+    mode: EhrMode = "benchmark",
     batch_rows: int = 2_000_000,
 ) -> dict:
-    """Write ``out_path`` (parquet: row int32, hours float64, var int8, val float64) for the rows of ``stays``.
+    """Write ``out_path`` (parquet: row int32, hours float64, var int8, val float64, key str) for the rows of
+    ``stays``, values cleaned in ``mode`` (``clean.clean_events``; in ``benchmark`` mode MIMIC-IV units are not
+    read, as in MedFuse's port).
 
     Kept events lie in (-1e-6, min(hours, los_h) + 1e-6). Returns {"any_in_stay": bool [N] (an event in
     (-1e-6, los_h + 1e-6)), "any_in_48h": bool [N] (an event in (-1e-6, 48 + 1e-6)), "counts": per-variable
@@ -48,8 +50,10 @@ def collect_events(
     any_48 = np.zeros(n, dtype=bool)
     counts: dict[str, dict[str, int]] = {}
     rows_read: dict[str, int] = {}
-    chart_items = {i for i, (_, _, s) in ITEMS.items() if s == "chart"}
-    lab_items = {i for i, (_, _, s) in ITEMS.items() if s == "lab"}
+    used = set(item_table(mode)["itemid"].to_list())
+    chart_items = {i for i in used if ITEMS[i][2] == "chart"}
+    lab_items = {i for i in used if ITEMS[i][2] == "lab"}
+    units = not (mode == "benchmark" and layout.version == "mimic-iv")
     schema = None
     writer: pq.ParquetWriter | None = None
     out_path = Path(out_path)
@@ -67,7 +71,7 @@ def collect_events(
                 )
                 ev = ev.filter((pl.col("hours") > -EPS) & (pl.col("hours") < pl.col("los_h") + EPS))
                 ev = ev.select("row", "hours", "los_h", "itemid", "value", "valuenum", "valueuom")
-                cleaned, c = clean_events(ev, outlier_ranges=outlier_ranges)
+                cleaned, c = clean_events(ev, mode, units=units)
                 merge_counts(counts, c)
                 if cleaned.height == 0:
                     continue
@@ -75,13 +79,21 @@ def collect_events(
                 any_stay[r] = True
                 any_48[r[cleaned["hours"].to_numpy() < MORTALITY_HOURS + EPS]] = True
                 keep = cleaned.filter(pl.col("hours") < pl.min_horizontal(pl.col("los_h"), pl.lit(float(hours))) + EPS)
-                tbl = keep.select(pl.col("row").cast(pl.Int32), "hours", pl.col("var").cast(pl.Int8), "val").to_arrow()
+                tbl = keep.select(
+                    pl.col("row").cast(pl.Int32),
+                    "hours",
+                    pl.col("var").cast(pl.Int8),
+                    "val",
+                    pl.col("key").cast(pl.Utf8),
+                ).to_arrow()
                 if writer is None:
                     schema = tbl.schema
                     writer = pq.ParquetWriter(str(out_path), schema)
                 writer.write_table(tbl.cast(schema))
         if writer is None:  # no event at all: an empty file with the schema
-            empty = pl.DataFrame(schema={"row": pl.Int32, "hours": pl.Float64, "var": pl.Int8, "val": pl.Float64})
+            empty = pl.DataFrame(
+                schema={"row": pl.Int32, "hours": pl.Float64, "var": pl.Int8, "val": pl.Float64, "key": pl.Utf8}
+            )
             empty.write_parquet(out_path)
     finally:
         if writer is not None:

@@ -122,7 +122,7 @@ ITEMS: dict[int, tuple[str, str, str]] = {
     115: ("Capillary refill rate", "Capillary Refill [Right]", "chart"),
     3348: ("Capillary refill rate", "Capillary Refill", "chart"),
     8377: ("Capillary refill rate", "Capillary Refill [Left]", "chart"),
-    # (omnifuse addition, MIMIC-IV only: absent from the benchmark's map)
+    # (omnifuse addition, MIMIC-IV only: absent from the benchmark's map; read in ehr_mode="clean" only)
     223951: ("Capillary refill rate", "Capillary Refill R", "chart"),
     224308: ("Capillary refill rate", "Capillary Refill L", "chart"),
     # Diastolic blood pressure
@@ -254,17 +254,73 @@ ITEMS: dict[int, tuple[str, str, str]] = {
     223830: ("pH", "PH (Arterial)", "chart"),
 }
 
-CRR_TEXT: dict[str, str] = {
-    # benchmark (MIMIC-III CareVue)
+ADDED_ITEMS: frozenset[int] = frozenset({223951, 224308})
+"""Item ids of ITEMS that the benchmark's map lacks (MIMIC-IV capillary refill): read in ``clean`` mode only."""
+
+BENCHMARK_ITEMS: frozenset[int] = frozenset(ITEMS) - ADDED_ITEMS
+"""The 114 item ids of the benchmark's ``itemid_to_variable_map.csv`` with status "ready" and COUNT > 0
+(``preprocessing.read_itemid_to_variable_map``); MedFuse's MIMIC-IV copy of the map is the same file."""
+
+CRR_TEXT_BENCHMARK: dict[str, str] = {
+    # benchmark preprocessing.clean_crr: exact texts (MIMIC-III CareVue wording)
     "Normal <3 secs": "0.0",
     "Brisk": "0.0",
     "Abnormal >3 secs": "1.0",
     "Delayed": "1.0",
-    # MIMIC-IV / Metavision wording (omnifuse addition)
+}
+"""Capillary refill text -> category ("0.0" normal, "1.0" abnormal) in ``benchmark`` mode; other text is dropped."""
+
+CRR_TEXT: dict[str, str] = {
+    **CRR_TEXT_BENCHMARK,
+    # MIMIC-III Metavision / MIMIC-IV wording (omnifuse addition, ``clean`` mode)
     "Normal <3 Seconds": "0.0",
     "Abnormal >3 Seconds": "1.0",
 }
-"""Capillary refill text -> category ("0.0" normal, "1.0" abnormal); any other text is dropped."""
+"""Capillary refill text -> category in ``clean`` mode (the benchmark's four texts and the Metavision wording)."""
+
+BENCHMARK_CLEANED: frozenset[str] = frozenset(
+    {
+        "Capillary refill rate",
+        "Diastolic blood pressure",
+        "Systolic blood pressure",
+        "Fraction inspired oxygen",
+        "Oxygen saturation",
+        "Glucose",
+        "pH",
+        "Temperature",
+        "Weight",
+        "Height",
+    }
+)
+"""Variables that the benchmark's ``preprocessing.clean_events`` converts to numbers (its ``clean_fns``). The
+others (heart rate, respiratory rate, mean blood pressure, the four GCS items) keep their raw text until the
+discretiser, so its same-time tie-break compares them as strings."""
+
+PANDAS1_NA_VALUES: frozenset[str] = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
+"""Texts that pandas 1.x ``read_csv`` reads as missing (``pandas._libs.parsers.STR_NA_VALUES`` of pandas 1.5;
+pandas 2 adds "None", which would drop the GCS eye category "None"): the benchmark re-reads each subject's
+``events.csv`` with pandas, so a VALUE equal to one of them is an empty value and the row is dropped."""
 
 # Numeric GCS -> the text the same item carries in full MIMIC (checked on the MIMIC-III demo, where both
 # columns are filled): Metavision items (MIMIC-IV) and CareVue items (MIMIC-III only).
@@ -339,3 +395,5 @@ N_FEATURES = 76
 assert len(feature_names()) == N_FEATURES
 assert len(CONTINUOUS) == 12
 assert set(v for v, _, _ in ITEMS.values()) == set(VARIABLES)
+assert len(BENCHMARK_ITEMS) == 114
+assert set(ITEMS) >= ADDED_ITEMS

@@ -1,5 +1,6 @@
 """The MIMIC adapter on the two real demos, each built once per session (reading the event tables takes a
-while): ``(adapter, cohort, ehr arrays [N, 24, 76])``."""
+while): ``(adapter, cohort, ehr arrays [N, 24, 76])``. ``m3`` and ``m4`` use the defaults (``ehr_mode="benchmark"``,
+``phenotype_map="medfuse"``); ``m3_clean`` and ``m4_clean`` omnifuse's own cleaning (``ehr_mode="clean"``)."""
 
 from __future__ import annotations
 
@@ -21,5 +22,18 @@ def m3(tmp_path_factory: pytest.TempPathFactory) -> tuple[MimicAdapter, Cohort, 
 @pytest.fixture(scope="session")
 def m4(tmp_path_factory: pytest.TempPathFactory) -> tuple[MimicAdapter, Cohort, np.ndarray]:
     a = build_adapter("mimic", root=MIMIC_IV_DEMO, workdir=tmp_path_factory.mktemp("m4"))
+    assert isinstance(a, MimicAdapter)
+    return a, a.cohort(), a.ehr_arrays()
+
+
+@pytest.fixture(scope="session")
+def m3_clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[MimicAdapter, Cohort, np.ndarray]:
+    a = MimicAdapter(MIMIC_III_DEMO, ehr_mode="clean", workdir=tmp_path_factory.mktemp("m3c"))
+    return a, a.cohort(), a.ehr_arrays()
+
+
+@pytest.fixture(scope="session")
+def m4_clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[MimicAdapter, Cohort, np.ndarray]:
+    a = build_adapter("mimic", root=MIMIC_IV_DEMO, ehr_mode="clean", workdir=tmp_path_factory.mktemp("m4c"))
     assert isinstance(a, MimicAdapter)
     return a, a.cohort(), a.ehr_arrays()

@@ -47,19 +47,27 @@ def test_mortality_task_option(tmp_path, m4):
     assert np.allclose(x[0, 1::2, :59], x2[r2, :, :59])
 
 
-@pytest.mark.parametrize("demo", ["m3", "m4"], ids=["mimic-iii", "mimic-iv"])
-def test_demos_have_no_value_outside_the_declared_ranges(demo, request):
+@pytest.mark.parametrize("demo", ["m3_clean", "m4_clean"], ids=["mimic-iii", "mimic-iv"])
+def test_clean_mode_demos_have_no_value_outside_the_declared_ranges(demo, request):
     adapter = request.getfixturevalue(demo)[0]
     ranges = adapter.modalities()[0].ranges
     assert ranges is not None and len(ranges) == 76 and ranges["Fraction inspired oxygen"] == (0.21, 1)
     assert masked_by_declared_ranges(adapter) == {"ehr": 0}
 
 
-def test_without_outlier_ranges_only_one_hot_and_mask_columns_are_bounded():
-    bounded = ehr_ranges(False)
+@pytest.mark.parametrize("demo", ["m3", "m4"], ids=["mimic-iii", "mimic-iv"])
+def test_benchmark_mode_declares_only_one_hot_and_mask_ranges(demo, request):
+    adapter = request.getfixturevalue(demo)[0]
+    assert adapter.modalities()[0].ranges == ehr_ranges("benchmark")
+    assert adapter.modalities()[0].preprocessing["ehr_mode"] == "benchmark"
+    assert masked_by_declared_ranges(adapter) == {"ehr": 0}
+
+
+def test_ranges_by_mode():
+    bounded = ehr_ranges("benchmark")
     assert len(bounded) == 76 - 12 and set(bounded.values()) == {(0, 1)}
     assert "Heart Rate" not in bounded and bounded["mask->Heart Rate"] == (0, 1)
-    assert ehr_ranges(True)["Heart Rate"] == (0, 350)  # the benchmark's valid range, checked again
+    assert ehr_ranges("clean")["Heart Rate"] == (0, 350)  # the benchmark's valid range, checked again
 
 
 def test_bad_task_and_window_are_refused():
@@ -67,3 +75,19 @@ def test_bad_task_and_window_are_refused():
         MimicAdapter(D4, task="los")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="need 0 < timestep <= hours, got timestep=4.0, hours=2.0"):
         MimicAdapter(D4, timestep=4.0, hours=2.0)
+    with pytest.raises(ValueError, match=r"ehr_mode must be one of \('benchmark', 'clean'\), got 'raw'"):
+        MimicAdapter(D4, ehr_mode="raw")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"phenotype_map must be one of \('medfuse', 'gem'\), got 'ccsr'"):
+        MimicAdapter(D4, phenotype_map="ccsr")
+
+
+def test_options_declared_on_the_registry():
+    from omnifuse.extract.datasets.registry import get_dataset
+
+    entry = get_dataset("mimic")
+    opts = entry.resolve_options({"root": str(D3)})
+    assert opts.ehr_mode == "benchmark" and opts.phenotype_map == "medfuse"
+    with pytest.raises(ValueError, match="ehr"):
+        entry.resolve_options({"root": str(D3), "ehr_mode": "raw"})
+    a = MimicAdapter(D3, ehr_mode="clean", phenotype_map="gem")
+    assert a.options()["ehr_mode"] == "clean" and a.options()["phenotype_map"] == "gem"

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
-from omnifuse.extract.datasets.mimic.ccs import PHENOTYPES, build_ccs_table, load_ccs_table
+from omnifuse.extract.datasets.mimic.ccs import (
+    PHENOTYPES,
+    build_ccs_table,
+    build_medfuse_icd10,
+    load_ccs_table,
+    load_medfuse_table,
+)
+from omnifuse.extract.datasets.mimic.medfuse_ccs import MEDFUSE_ICD10
 
 
 def test_ccs_table_known_codes():
@@ -38,3 +46,36 @@ def test_build_ccs_table_rules(tmp_path):
     assert (10, "R570", "Shock") in rows and (10, "R6521", "Shock") in rows
     assert not any(r[1] == "X999" for r in rows)
     assert (9, "4010", "Other") not in rows
+
+
+def test_medfuse_table_known_codes():
+    t = load_medfuse_table()
+    group = dict(t.iter_rows())
+    assert t.height == 767 + 570 and t["icd_code"].n_unique() == t.height  # one group per code
+    assert group["4019"] == "Essential hypertension" and group["I10"] == "Essential hypertension"
+    assert group["R6521"] == "Shock"  # one group only (the GEM map gives Septicemia and Shock)
+    assert group["J9600"] == "Respiratory failure; insufficiency; arrest (adult)"
+    # ICD-10 codes MedFuse leaves out, which the GEM map places: the differences measured on the demo
+    assert "J9601" not in group and "E1122" not in group
+    gem = load_ccs_table()
+    assert set(gem.filter(pl.col("icd_code") == "E1122")["group"]) == {"Diabetes mellitus with complications"}
+    icd9 = set(gem.filter(pl.col("icd_version") == 9)["icd_code"])
+    assert not icd9 & {c for codes in MEDFUSE_ICD10.values() for c in codes.split()}
+    assert list(MEDFUSE_ICD10) == PHENOTYPES
+
+
+def test_build_medfuse_icd10_rules(tmp_path):
+    (tmp_path / "bench.yaml").write_text(
+        "Shock:\n  use_in_benchmark: true\n  codes: ['78551']\nOther:\n  use_in_benchmark: false\n  codes: ['4010']\n"
+    )
+    (tmp_path / "med.yaml").write_text(
+        "Shock:\n  use_in_benchmark: true\n  codes: ['78551', 'R570', 'R6521', 'R570']\n"
+        "Other:\n  use_in_benchmark: false\n  codes: ['4010', 'I10']\n"
+    )
+    assert build_medfuse_icd10(tmp_path / "med.yaml", tmp_path / "bench.yaml") == {"Shock": ["R570", "R6521"]}
+    (tmp_path / "bad.yaml").write_text("Shock:\n  use_in_benchmark: true\n  codes: ['78551', '4010']\n")
+    with pytest.raises(ValueError, match="4010 of group 'Shock' is an ICD-9-CM code of another group"):
+        build_medfuse_icd10(tmp_path / "bad.yaml", tmp_path / "bench.yaml")
+    (tmp_path / "lost.yaml").write_text("Shock:\n  use_in_benchmark: true\n  codes: ['R570']\n")
+    with pytest.raises(ValueError, match="lacks benchmark codes"):
+        build_medfuse_icd10(tmp_path / "lost.yaml", tmp_path / "bench.yaml")

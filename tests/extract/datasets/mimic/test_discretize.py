@@ -75,3 +75,21 @@ def test_timestep_one_hour():
 def test_rows_out_of_range_rejected():
     with pytest.raises(ValueError, match="rows"):
         discretize(_ev([(5, 1.0, HR, 70.0)]), 2, timestep=2.0, hours=48.0)
+
+
+def test_same_time_tie_compares_keys_as_text_first():
+    # the benchmark keeps the last of (chart time, variable, value) sorted with its uncleaned values as text:
+    # heart rate "9" beats "15"; without a key the numbers compare ("15" wins)
+    rows = [(0, 3.0, HR, 9.0, "9"), (0, 3.0, HR, 15.0, "15"), (0, 5.0, HR, 120.0, None), (0, 5.0, HR, 80.0, None)]
+    ev = pl.DataFrame(
+        rows,
+        schema={"row": pl.Int64, "hours": pl.Float64, "var": pl.Int8, "val": pl.Float64, "key": pl.Utf8},
+        orient="row",
+    )
+    x = discretize(ev, 1, timestep=2.0, hours=48.0)
+    assert x[0, 1, COL["Heart Rate"]] == 9.0 and x[0, 2, COL["Heart Rate"]] == 120.0
+    assert discretize(ev.drop("key"), 1, timestep=2.0, hours=48.0)[0, 1, COL["Heart Rate"]] == 15.0
+    # categories without a key compare by their text: "To Speech" > "Spontaneously"
+    cats = CATEGORIES["Glascow coma scale eye opening"]
+    ev2 = _ev([(0, 1.0, EYE, float(cats.index("To Speech"))), (0, 1.0, EYE, float(cats.index("Spontaneously")))])
+    assert discretize(ev2, 1, timestep=2.0, hours=48.0)[0, 0, COL["Glascow coma scale eye opening->To Speech"]] == 1
