@@ -19,7 +19,8 @@ def test_demo_end_to_end(tmp_path):
     info = cache_info(cache)
     assert info["rows"] == 2520 and info["subjects"] == 1841 and info["finalized"]
     assert {m["name"]: m["present"] for m in info["modalities"]} == {
-        "vitals": 2433, "apache": 2205, "history": 2236, "diagnosis": 1159, "exam": 2078}
+        "vitals": 2433, "apache": 2205, "history": 2236, "diagnosis": 1159, "exam": 2078, "admission": 2520,
+        "exam_values": 2044, "treatments": 1981}
     text = next(m for m in info["modalities"] if m["name"] == "history")
     assert text["encoder"] == "sentence-transformers/all-MiniLM-L6-v2" and text["shape"] == [384]
     assert info["references"] == {"apache_iva": 1683}

@@ -12,6 +12,7 @@ skips and masked values)."""
 
 MODALITY_KINDS = ("vector", "sequence", "timeseries", "tabular")
 TASK_KINDS = ("binary", "multilabel", "multiclass")
+FEATURE_KIND_TYPES = ("numeric", "binary", "categorical")
 
 
 class CacheError(Exception):
@@ -27,9 +28,103 @@ class IncompleteCacheError(CacheError):
     still running, killed, or run for some modalities only)."""
 
 
+@dataclass(frozen=True)
+class FeatureKind:
+    """What one column of a raw (tabular or time-series) modality holds, as recorded in the cache.
+
+    Written per column in ``preprocessing["feature_kinds"]`` as a string (``str(kind)``):
+
+    - ``"numeric"``: a measurement or count; ``"numeric:log"`` adds a hint that the column is non-negative
+      and right-skewed (lengths of stay, counts, lab values spanning decades), so ``log(1 + x)`` suits it;
+    - ``"binary"``: 0 or 1 (NaN missing);
+    - ``"categorical:<n>"``: an integer code 0 .. n-1 (NaN missing); the code -> category mapping is
+      ``preprocessing["categories"][feature_name]``, a list of n names (code ``i`` is the i-th name).
+
+    A modality without ``feature_kinds`` (every cache written before they existed) reads as all numeric.
+    """
+
+    type: str
+    n_categories: int | None = None
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in FEATURE_KIND_TYPES:
+            raise CacheError(f"feature kind {self.type!r} is not one of {FEATURE_KIND_TYPES}")
+        if (self.type == "categorical") != (self.n_categories is not None):
+            raise CacheError("a categorical feature kind, and only it, has a number of categories")
+        if self.n_categories is not None and self.n_categories < 1:
+            raise CacheError(f"a categorical feature needs at least one category, got {self.n_categories}")
+        if self.log and self.type != "numeric":
+            raise CacheError("only a numeric feature kind takes the log hint")
+
+    @classmethod
+    def parse(cls, text: str) -> FeatureKind:
+        """``"numeric"``, ``"numeric:log"``, ``"binary"`` or ``"categorical:<n>"`` -> ``FeatureKind``."""
+        head, _, tail = str(text).partition(":")
+        if head == "numeric" and tail in ("", "log"):
+            return cls("numeric", log=tail == "log")
+        if head == "binary" and not tail:
+            return cls("binary")
+        if head == "categorical" and tail.isdigit():
+            return cls("categorical", n_categories=int(tail))
+        raise CacheError(f"feature kind {text!r} is not numeric, numeric:log, binary or categorical:<n>")
+
+    def __str__(self) -> str:
+        if self.type == "categorical":
+            return f"categorical:{self.n_categories}"
+        return "numeric:log" if self.log else self.type
+
+
+def feature_kinds_of(preprocessing: dict[str, Any] | None, n_features: int) -> list[FeatureKind]:
+    """The parsed kinds of a modality's ``n_features`` columns from its ``preprocessing`` (a
+    :class:`ModalitySpec`'s, or a loaded ``ModalityData``'s): all numeric when none are recorded."""
+    kinds = (preprocessing or {}).get("feature_kinds")
+    if kinds is None:
+        return [FeatureKind("numeric")] * n_features
+    return [FeatureKind.parse(k) for k in kinds]
+
+
+def check_feature_kinds(
+    preprocessing: dict[str, Any], n_features: int, feature_names: list[str] | None, where: str
+) -> None:
+    """``CacheError`` (naming ``where``) unless ``preprocessing["feature_kinds"]``, when given, has one valid
+    kind per column and every categorical column has its ``n`` category names in
+    ``preprocessing["categories"]``."""
+    kinds = preprocessing.get("feature_kinds")
+    cats = preprocessing.get("categories") or {}
+    if kinds is None:
+        if cats:
+            raise CacheError(f"{where}: categories are recorded without feature_kinds")
+        return
+    if len(kinds) != n_features:
+        raise CacheError(f"{where}: {len(kinds)} feature kinds for {n_features} features")
+    try:
+        parsed = [FeatureKind.parse(k) for k in kinds]
+    except CacheError as e:
+        raise CacheError(f"{where}: {e}") from None
+    categorical = [j for j, k in enumerate(parsed) if k.type == "categorical"]
+    if categorical and feature_names is None:
+        raise CacheError(f"{where}: categorical features need feature_names (their categories are keyed by name)")
+    for j in categorical:
+        name = feature_names[j] if feature_names is not None else str(j)
+        names = cats.get(name)
+        if names is None or len(names) != parsed[j].n_categories:
+            got = "none" if names is None else len(names)
+            raise CacheError(f"{where}: feature {name!r} is {kinds[j]} but has {got} category names")
+    extra = sorted(set(cats) - {feature_names[j] for j in categorical if feature_names is not None})
+    if extra:
+        raise CacheError(f"{where}: categories given for features that are not categorical: {extra}")
+
+
 @dataclass
 class ModalitySpec:
-    """One cached modality. ``shape`` is the per-row shape without N, e.g. ``(512,)`` or ``(150, 768)``."""
+    """One cached modality. ``shape`` is the per-row shape without N, e.g. ``(512,)`` or ``(150, 768)``.
+
+    A raw modality may record its columns' kinds in ``preprocessing["feature_kinds"]`` (one string per
+    column, see :class:`FeatureKind`) and, for categorical columns, ``preprocessing["categories"]`` (feature
+    name -> category names); they are checked here and read through :attr:`feature_kinds` and
+    :attr:`categories`. Being part of ``preprocessing``, they are stored in the spec and covered by the
+    fingerprint with no change of schema version."""
 
     name: str
     kind: str
@@ -58,6 +153,20 @@ class ModalitySpec:
             raise CacheError(
                 f"modality {self.name!r}: {len(self.feature_names)} feature names for {self.shape[-1]} features"
             )
+        check_feature_kinds(self.preprocessing, self.shape[-1], self.feature_names, f"modality {self.name!r}")
+
+    @property
+    def feature_kinds(self) -> list[str]:
+        """One kind per column (``FeatureKind`` strings: ``numeric``, ``numeric:log``, ``binary``,
+        ``categorical:<n>``), recorded in ``preprocessing["feature_kinds"]``; all ``numeric`` when the store
+        records none (caches written before kinds existed)."""
+        return [str(k) for k in feature_kinds_of(self.preprocessing, self.shape[-1])]
+
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        """Categorical feature name -> its category names (code ``i`` is the i-th), from
+        ``preprocessing["categories"]``; empty when none are recorded."""
+        return {k: list(v) for k, v in (self.preprocessing.get("categories") or {}).items()}
 
 
 @dataclass

@@ -9,6 +9,11 @@
   looks lazy. With fewer, each combination is scored on the rows that hold all of its modalities (a row
   lacking one cannot show that combination; a combination with no such row is not a candidate), and the
   result says so (``rows="per_combination"``).
+- many modalities: ``2^M - 1`` grows fast (255 combinations at M = 8, each a pass over the mining rows), so
+  at most ``max_combinations`` (:data:`MAX_COMBINATIONS`, 31 = 2^5 - 1: every combination up to M = 5, the
+  paper's M = 3 included) are scored per epoch (:func:`candidate_combinations`): every modality alone, every
+  combination leaving one out and all of them, then a seeded uniform sample of the others, drawn afresh each
+  epoch. This bound is ours (the paper has M = 3); the table of each epoch lists the combinations scored;
 - eq. 16: in the next epoch the mask selects the rows whose modalities, after that epoch's random drops,
   equal the lazy combination;
 - eq. 17: ``L_TLA = CE(o[mask], y[mask])``.
@@ -17,9 +22,10 @@ The mined combination of each epoch is returned for logging (the "traceable" par
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from omnifuse.fuse.base import Batch
@@ -33,6 +39,31 @@ def all_combinations(M: int) -> list[tuple[bool, ...]]:
 
 def combination_name(combo: tuple[bool, ...] | list[bool], names: list[str]) -> str:
     return "+".join(n for n, keep in zip(names, combo, strict=True) if keep)
+
+
+MAX_COMBINATIONS = 31
+"""The most combinations :func:`mine_lazy` scores per epoch by default (2^5 - 1: all of them up to M = 5)."""
+
+
+def candidate_combinations(
+    M: int, max_combinations: int = MAX_COMBINATIONS, rng: np.random.Generator | None = None
+) -> list[tuple[bool, ...]]:
+    """The combinations TLA scores in one epoch: all ``2^M - 1`` when there are at most ``max_combinations``;
+    otherwise every single modality, every leave-one-out and the full set (``2M + 1``, always kept, even past
+    the bound), then a uniform sample without replacement of the other combinations drawn with ``rng`` up to
+    ``max_combinations``; in increasing bit pattern."""
+    if max_combinations < 1:
+        raise ValueError(f"max_combinations must be >= 1, got {max_combinations}")
+    total = 2**M - 1
+    if total <= max_combinations:
+        return all_combinations(M)
+    full = total
+    structured = {1 << m for m in range(M)} | {full ^ (1 << m) for m in range(M)} | {full}
+    others = np.array([c for c in range(1, total + 1) if c not in structured], dtype=np.int64)
+    k = max(0, min(max_combinations - len(structured), others.size))
+    rng = rng if rng is not None else np.random.default_rng(0)
+    picked = set(rng.choice(others, size=k, replace=False).tolist()) if k else set()
+    return [tuple(bool((c >> m) & 1) for m in range(M)) for c in sorted(structured | picked)]
 
 
 MIN_COMMON_ROWS = 100
@@ -61,6 +92,7 @@ def mine_lazy(
     encode: Callable[[Batch], torch.Tensor] | None = None,
     fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     min_common: int = MIN_COMMON_ROWS,
+    combos: Sequence[tuple[bool, ...]] | None = None,
 ) -> Mining:
     """Eq. 15: the lazy combination ``argmax_i mean_rows D(o_i, y)`` over all combinations.
 
@@ -73,11 +105,12 @@ def mine_lazy(
     Fast path (same result): with ``encode(batch) -> v`` [B, M, d] (eq. 1, the true embeddings) and
     ``fuse(v, mask) -> o`` (eq. 2-5 and 11 from embeddings and a presence mask), each batch is encoded once
     and only the fusion runs per combination: the cost of the modality encoders no longer grows with
-    ``2^M - 1``."""
+    ``2^M - 1``. ``combos``: the candidate combinations (default all ``2^M - 1``; see
+    :func:`candidate_combinations`)."""
     if joint_logits is None and (encode is None or fuse is None):
         raise ValueError("mine_lazy needs joint_logits, or both encode and fuse")
     M = len(names)
-    combos = all_combinations(M)
+    combos = list(combos) if combos is not None else all_combinations(M)
     # [0]: every eligible row of a combination; [1]: the common rows only (accumulated together, one pass)
     sums = torch.zeros(2, len(combos), dtype=torch.float64)
     counts = torch.zeros(2, len(combos), dtype=torch.long)

@@ -90,3 +90,44 @@ def test_mask_and_loss_select_exact_pattern():
     y = torch.ones(4, 1)
     assert tla_loss(logits, y, sel, "binary").item() == torch.log(torch.tensor(2.0)).item()
     assert tla_loss(logits, y, torch.zeros(4, dtype=torch.bool), "binary").item() == 0.0
+
+
+def test_candidate_combinations_all_when_few_and_bounded_with_structure_when_many():
+    import numpy as np
+
+    from omnifuse.fuse.tla import all_combinations, candidate_combinations
+
+    assert candidate_combinations(5, 31) == all_combinations(5)  # 31 = 2^5 - 1: exhaustive
+    got = candidate_combinations(8, 31, np.random.default_rng(3))
+    assert len(got) == 31 and len(set(got)) == 31 and all(any(c) for c in got)
+    singles = {tuple(i == m for i in range(8)) for m in range(8)}
+    loo = {tuple(i != m for i in range(8)) for m in range(8)}
+    assert singles | loo | {(True,) * 8} <= set(got)  # 17 always scored, 14 sampled
+    assert got == candidate_combinations(8, 31, np.random.default_rng(3))  # seeded
+    assert got != candidate_combinations(8, 31, np.random.default_rng(4))
+    # the sample is uniform over the 238 others: each appears with probability 14 / 238
+    pair = (True, True) + (False,) * 6
+    hits = sum(pair in candidate_combinations(8, 31, np.random.default_rng(s)) for s in range(2000))
+    assert abs(hits / 2000 - 14 / 238) < 0.02
+    assert len(candidate_combinations(8, 5)) == 17  # the structured ones are kept past a tiny bound
+
+
+def test_mining_scores_only_the_given_combinations():
+    import torch
+
+    from omnifuse.fuse.base import Batch
+    from omnifuse.fuse.tla import mine_lazy
+
+    torch.manual_seed(0)
+    B, M = 40, 3
+    y = (torch.rand(B, 1) > 0.5).float()
+    batch = Batch(x={}, mask=torch.ones(B, M, dtype=torch.bool), y=y, y_mask=torch.ones(B, dtype=torch.bool),
+                  index=torch.arange(B))
+
+    def fuse(v, mask):  # the loss grows as modalities are removed: the single modality is lazier
+        return (2 * y[: mask.shape[0]] - 1) * mask.float().sum(1, keepdim=True)
+
+    combos = [(True, False, False), (True, True, True)]
+    mined = mine_lazy(None, [batch], ["a", "b", "c"], "binary", encode=lambda b: torch.zeros(B, M, 2), fuse=fuse,
+                      min_common=1, combos=combos)
+    assert set(mined.table) == {"a", "a+b+c"} and mined.lazy == (True, False, False)

@@ -49,7 +49,7 @@ def test_fingerprint_keys_and_what_they_cover(demo):
     assert set(fp) == KEYS
     assert fp["schema"] == 2 and fp["dataset"] == {"name": "eicu-demo", "version": "2.0.1"}
     assert fp["adapter_options"]["root"] == "<bundled>/eicu-demo-2.0.1"
-    assert list(fp["modalities"]) == ["vitals", "apache", "history", "diagnosis", "exam"]
+    assert list(fp["modalities"]) == ["vitals", "apache", "history", "diagnosis", "exam", "admission", "exam_values", "treatments"]
     hist = fp["modalities"]["history"]
     assert set(hist) == {"kind", "shape", "dtype", "encoder", "encoder_hash", "preprocessing", "feature_names"}
     assert hist["encoder"] == "sentence-transformers/all-MiniLM-L6-v2" and len(hist["encoder_hash"]) == 64

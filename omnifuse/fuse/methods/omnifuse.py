@@ -39,6 +39,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,7 +49,15 @@ from omnifuse.fuse.dwfuse import down_weights, dwfuse_loss, predicted_class_prob
 from omnifuse.fuse.encoders import BACKBONE, EncoderBank
 from omnifuse.fuse.layers import drop_modalities, mlp_head, task_loss
 from omnifuse.fuse.registry import register_method, register_variant
-from omnifuse.fuse.tla import MIN_COMMON_ROWS, combination_name, lazy_mask, mine_lazy, tla_loss
+from omnifuse.fuse.tla import (
+    MAX_COMBINATIONS,
+    MIN_COMMON_ROWS,
+    candidate_combinations,
+    combination_name,
+    lazy_mask,
+    mine_lazy,
+    tla_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +107,7 @@ class OmniFuse(FusionMethod):
         train_drop_prob: float = 0.5,
         tla_mask_down: bool = False,
         tla_min_common: int = MIN_COMMON_ROWS,
+        tla_max_combinations: int = MAX_COMBINATIONS,
         cra_target: str = "paper",
         encoder: Mapping[str, Any] | None = None,
     ) -> None:
@@ -109,6 +119,9 @@ class OmniFuse(FusionMethod):
             raise ValueError(f"omnifuse cra_target must be one of {CRA_TARGETS}, got {cra_target!r}")
         self.cra_target = cra_target
         self.tla_min_common = int(tla_min_common)
+        if int(tla_max_combinations) < 1:
+            raise ValueError(f"omnifuse tla_max_combinations must be >= 1, got {tla_max_combinations}")
+        self.tla_max_combinations = int(tla_max_combinations)
         self.d, self.M = d, M
         self.alpha, self.beta = float(alpha), float(beta)
         self.lambdas = (float(lambda_backward), float(lambda_dwfuse), float(lambda_tla))
@@ -248,10 +261,15 @@ class OmniFuse(FusionMethod):
     # --------------------------------------------------------------------------------------- hooks
     def on_epoch_end(self, trainer: TrainerView, epoch: int) -> None:
         """Eq. 15: mine the lazy combination on the trainer's fixed mining rows (their common rows when there
-        are at least ``tla_min_common``; see :func:`omnifuse.fuse.tla.mine_lazy`); record it with the rows
+        are at least ``tla_min_common``; see :func:`omnifuse.fuse.tla.mine_lazy`), scoring at most
+        ``tla_max_combinations`` combinations (:func:`omnifuse.fuse.tla.candidate_combinations`, drawn per epoch
+        with the run seed); record it with the rows
         used."""
         if not self.use_tla:
             return
+        combos = candidate_combinations(
+            self.M, self.tla_max_combinations, np.random.default_rng([trainer.seed, epoch, 7])
+        )
         with self.evaluating():
             mined = mine_lazy(
                 None,
@@ -261,6 +279,7 @@ class OmniFuse(FusionMethod):
                 encode=self.encode,
                 fuse=self.fuse_embeddings,
                 min_common=self.tla_min_common,
+                combos=combos,
             )
         lazy = mined.lazy
         self.lazy = lazy
@@ -277,6 +296,7 @@ class OmniFuse(FusionMethod):
             "distances": mined.table,
             "rows": mined.rows,
             "n_common": mined.n_common,
+            "n_scored": len(combos),
         }
         self.lazy_history.append(rec)
         trainer.record("lazy_combination", rec)

@@ -8,12 +8,15 @@ allow-lists and the leakage rules. The package is split by concern:
 - ``variables``: the allow-lists (columns, units, plausibility ranges, bin aggregation);
 - ``readers``: finding the tables, scanning them as strings, the shared column expressions;
 - ``cohort``: stays, patients, the ``mortality`` label and the ``apache_iva`` reference;
-- ``vitals``, ``apache``, ``text``: one module per modality's features;
+- ``vitals``, ``apache``, ``text``, ``admission``, ``exam_values``, ``treatments``, ``care_limitation``: one
+  module per modality's features; ``tabular``: what the tabular modalities share (column kinds, codes);
 - ``adapter``: the ``Adapter`` classes, their options and their registration.
 
 Modalities (``inputs`` returns ``None`` where the source has nothing for the stay in the window):
 ``vitals`` (time series ``[24, F]`` float32, hourly bins, NaN = not observed), ``apache`` (tabular ``[F]``
-float32, NaN = not recorded), ``history``, ``diagnosis`` and ``exam`` (text).
+float32, NaN = not recorded), ``history``, ``diagnosis`` and ``exam`` (text), then the tabular ``admission``
+(every stay), ``exam_values``, ``treatments`` and, only with ``care_limitation=True``, ``care_limitation``.
+Tabular columns declare their kinds (numeric, binary, categorical codes) in ``preprocessing``.
 """
 
 from omnifuse.extract.datasets.eicu.adapter import (

@@ -2,7 +2,8 @@
 
 APACHE IV day-1 physiology (``apacheApsVar``, ``aps_*``), admission comorbidities and day-1 interventions
 (``apachePredVar``, ``pred_*``), then age, admission height and weight, sex and the unit type and admission
-source one-hot from ``patient``. -1 and empty cells, and values outside the plausibility ranges, are NaN:
+source one-hot from ``patient``. Each column's kind (binary, numeric, numeric with the log hint) is in
+``preprocessing["feature_kinds"]``. -1 and empty cells, and values outside the plausibility ranges, are NaN:
 the patient's height, weight and age are range-checked here, every column (``variables.APACHE_RANGES``,
 0/1 flags and one-hots [0, 1]) by the pipeline, which counts what it masks. A stay is present when it has a
 row in either APACHE table.
@@ -97,6 +98,14 @@ def _apache_tables(tables: dict[str, Path], cols: _Columns) -> list[pl.DataFrame
     return parts
 
 
+def _kind(name: str, unit: str, continuous: bool) -> str:
+    """The ``FeatureKind`` of an apache column: 0/1 flags and one-hots ``binary``; measurements
+    ``numeric``, with the log hint for the right-skewed ones (``variables.APACHE_LOG``)."""
+    if not continuous:
+        return "binary"
+    return "numeric:log" if name.removeprefix("aps_") in variables.APACHE_LOG else "numeric"
+
+
 def build_apache(
     tables: dict[str, Path], pat: pl.DataFrame, stay_index: pl.DataFrame
 ) -> tuple[np.ndarray, np.ndarray, RawModality]:
@@ -114,6 +123,7 @@ def build_apache(
     cols.ranges.update({name: (lo, hi) for name, _, lo, hi in variables.PATIENT_NUMERIC.values()})
     cols.ranges.update({name: (0, 1) for name in ["sex_male", *onehot]})
     continuous = cols.continuous + numeric
+    kinds = [_kind(name, cols.units[name], name in continuous) for name in names]
     n = stay_index.height
     x = np.full((n, len(names)), np.nan, np.float32)
     rows = wide["row"].to_numpy()
@@ -130,6 +140,7 @@ def build_apache(
         feature_names=names,
         preprocessing={
             "continuous": [names.index(c) for c in continuous],
+            "feature_kinds": kinds,
             "units": cols.units,
             "missing": "NaN (-1, empty or out of range in the source)",
             "age_top_code": "'> 89' read as 90",

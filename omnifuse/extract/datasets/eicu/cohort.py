@@ -30,12 +30,17 @@ PATIENT_COLUMNS = [
     "admissionweight",
     "unittype",
     "unitadmitsource",
+    "unitstaytype",
+    "hospitaladmitsource",
+    "hospitaladmitoffset",
+    "unitvisitnumber",
 ]
 
 
 def read_patients(path: Path) -> pl.DataFrame:
     """The ``patient`` table sorted by stay: stay, uniquepid, status and the raw admission columns the apache
-    modality reads. ``EicuDataError`` for a stay id that is missing or repeated, or a stay without uniquepid."""
+    and admission modalities read (never a discharge column but the status, which is the label).
+    ``EicuDataError`` for a stay id that is missing or repeated, or a stay without uniquepid."""
     lf = scan(path)
     require(lf, "patient", PATIENT_COLUMNS)
     pat = (
@@ -49,6 +54,10 @@ def read_patients(path: Path) -> pl.DataFrame:
             admissionweight="admissionweight",
             unittype="unittype",
             unitadmitsource="unitadmitsource",
+            unitstaytype="unitstaytype",
+            hospitaladmitsource="hospitaladmitsource",
+            hospitaladmitoffset="hospitaladmitoffset",
+            unitvisitnumber="unitvisitnumber",
         )
         .collect()
         .sort("stay")

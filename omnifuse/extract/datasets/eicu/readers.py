@@ -29,6 +29,9 @@ TABLE_NAMES = (
     "intakeOutput",
     "nurseCharting",
     "lab",
+    "treatment",
+    "infusionDrug",
+    "carePlanGeneral",
 )
 
 

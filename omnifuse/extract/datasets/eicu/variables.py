@@ -294,4 +294,184 @@ UNIT_ADMIT_SOURCES: tuple[str, ...] = (
     "Other",
 )
 
+APACHE_LOG: frozenset[str] = frozenset({"urine", "wbc", "creatinine", "bun", "glucose", "bilirubin"})
+"""APACHE columns that are non-negative and right-skewed: their feature kind carries the log hint."""
+
+# --- admission (tabular, known at unit admission; every stay of patient) ---------------------------------
+UNIT_STAY_TYPES: tuple[str, ...] = ("admit", "readmit", "transfer", "stepdown/other")
+HOSPITAL_ADMIT_SOURCES: tuple[str, ...] = UNIT_ADMIT_SOURCES  # eICU uses one value set for both columns
+PRE_ICU_LOS_RANGE = (0.0, 24.0 * 365)
+"""Hours from hospital to unit admission (``-hospitaladmitoffset / 60``). A hospital admission after the
+unit admission (a positive offset, 15 stays of the demo) is inconsistent and reads as missing."""
+UNIT_VISIT_RANGE = (1, 50)
+
+ADMIT_DX_PREFIX = "admission diagnosis|"
+ADMIT_DX_ALL = "All Diagnosis"
+"""admissionDx paths ``admission diagnosis|All Diagnosis|<Operative or Non-operative>|Diagnosis|<organ
+system>|<diagnosis>`` hold the APACHE admission diagnosis of the stay."""
+ADMIT_DX_OPERATIVE = {"Operative": 1.0, "Non-operative": 0.0}
+ADMIT_DX_ELECTIVE = {"admission diagnosis|Elective|Yes": 1.0, "admission diagnosis|Elective|No": 0.0}
+ADMIT_DX_FROM_OR = {
+    "admission diagnosis|Was the patient admitted from the O.R. or went to the O.R. within 4 hours of admission?"
+    "|Yes": 1.0,
+    "admission diagnosis|Was the patient admitted from the O.R. or went to the O.R. within 4 hours of admission?"
+    "|No": 0.0,
+}
+ADMIT_DX_TRANSFER_48H = (
+    "admission diagnosis|Patient transferred from another hospital to the current hospital within 48 hours prior "
+    "to ICU admission"
+)
+ADMIT_ORGAN_SYSTEMS: tuple[str, ...] = (
+    "Cardiovascular",
+    "Respiratory",
+    "Neurology",
+    "Gastrointestinal",
+    "Metabolic/Endocrine",
+    "Genitourinary",
+    "Hematology",
+    "Musculoskeletal/Skin",
+    "Trauma",
+    "Transplant",
+)
+ADMIT_DX_GROUPS: tuple[tuple[str, str], ...] = (
+    # (group, regular expression on the diagnosis name); the first match wins, no match is "Other".
+    ("Sepsis", r"^Sepsis"),
+    ("Cardiac arrest", r"^Cardiac arrest|^Nontraumatic coma due to anoxia"),
+    ("Cardiogenic shock", r"^Shock, cardiogenic"),
+    ("Acute coronary syndrome", r"^Infarction, acute myocardial|^MI admitted|^Angina, unstable"),
+    ("Heart failure", r"^CHF|^Cardiomyopathy"),
+    ("Arrhythmia", r"^Rhythm disturbance"),
+    ("Chest pain", r"^Chest pain|^Angina, stable"),
+    (
+        "Cardiac surgery",
+        r"^CABG|valve (replacement|repair|surgery)|^Aortic and Mitral valve|open.heart surgery|^Heart transplant",
+    ),
+    ("Vascular", r"^Aneurysm|^Endarterectomy|^Graft|^Embolectomy|^Thrombectomy|^Thrombus, arterial|^Vascular"),
+    ("Pneumonia", r"^Pneumonia"),
+    (
+        "Respiratory failure",
+        r"^ARDS|^Arrest, respiratory|^Obstruction-airway|^Weaning from mechanical|^Respiratory - medical",
+    ),
+    ("COPD, asthma", r"^Emphysema|^Asthma|^Restrictive lung"),
+    ("Pulmonary embolism", r"^Embolus, pulmonary"),
+    (
+        "Stroke, intracranial haemorrhage",
+        r"^CVA|^Hemorrhage/hematoma.*intracranial|^Subarachnoid|^Hematoma,? subdural|^Hematoma-epidural",
+    ),
+    ("Seizures", r"^Seizures"),
+    ("Hepatic failure", r"^Hepatic failure|^Encephalopathy, hepatic"),
+    ("Coma, encephalopathy", r"^Coma|^Encephalopath"),
+    ("GI bleeding", r"^Bleeding"),
+    ("Diabetic emergency", r"^Diabetic|^Hypoglycemia"),
+    ("Overdose, withdrawal", r"^Overdose|^Toxicity|withdrawal"),
+    ("Renal failure", r"^Renal failure"),
+    ("Trauma", r"trauma(, surgery for)?$|^Trauma"),
+)
+ADMIT_DX_OTHER = "Other"
+
+# --- exam_values (tabular, physicalExam entries in the window) ------------------------------------------
+EXAM_PREFIX = "notes/Progress Notes/Physical Exam/Physical Exam/"
+EXAM_VITAL_PREFIX = EXAM_PREFIX + "Constitutional/Vital Sign and Physiological Data/"
+
+
+@dataclass(frozen=True)
+class ExamVar:
+    """One charted physicalExam number: feature name, how the window's entries combine (``last``: the
+    latest offset, ties by row id; ``min``; ``max``), unit and plausible range."""
+
+    name: str
+    agg: str
+    unit: str
+    lo: float
+    hi: float
+    fraction_to_percent: bool = False
+
+
+def _exam_trio(path: str, item: str, name: str, unit: str, lo: float, hi: float) -> dict[str, ExamVar]:
+    return {
+        f"{path}/{item} Current": ExamVar(f"exam_{name}_current", "last", unit, lo, hi),
+        f"{path}/{item} Lowest": ExamVar(f"exam_{name}_lowest", "min", unit, lo, hi),
+        f"{path}/{item} Highest": ExamVar(f"exam_{name}_highest", "max", unit, lo, hi),
+    }
+
+
+EXAM_VITALS: dict[str, ExamVar] = {
+    # path under EXAM_VITAL_PREFIX -> variable; the value is physicalexamtext
+    **_exam_trio("HR", "HR", "hr", "beats/min", 0, 300),
+    **_exam_trio("BP (systolic)", "BP (systolic)", "sbp", "mmHg", 25, 300),
+    **_exam_trio("BP (diastolic)", "BP (diastolic)", "dbp", "mmHg", 1, 200),
+    **_exam_trio("Resp Rate", "Resp", "resp_rate", "breaths/min", 0, 100),
+    **_exam_trio("O2 Sat%", "O2 Sat%", "spo2", "%", 0, 100),
+    "FiO2%/FiO2%": ExamVar("exam_fio2", "last", "%", 21, 100, fraction_to_percent=True),
+    "PEEP/PEEP": ExamVar("exam_peep", "last", "cmH2O", 0, 40),
+    "Vent Rate/Vent Rate Current": ExamVar("exam_vent_rate", "last", "breaths/min", 0, 80),
+}
+EXAM_GCS: dict[str, tuple[str, float, float]] = {
+    # GCS component (path EXAM_PREFIX + "Neurologic/GCS/<component> Score/<n>") -> (feature, lo, hi)
+    "Eyes": ("exam_gcs_eyes", 1, 4),
+    "Verbal": ("exam_gcs_verbal", 1, 5),
+    "Motor": ("exam_gcs_motor", 1, 6),
+}
+EXAM_GCS_TOTAL = ("exam_gcs_total", 3, 15)  # path EXAM_PREFIX + "Neurologic/GCS/<n>"
+EXAM_GCS_MEDS = ("Neurologic/GCS/Score/unable to score due to meds", "Neurologic/GCS/Score/estimated due to meds")
+EXAM_RESP_MODE = EXAM_VITAL_PREFIX + "Resp Mode/"  # .../Resp Mode/ventilated or .../Resp Mode/spontaneous
+
+# --- treatments (tabular indicators, treatment and infusionDrug rows in the window) --------------------
+TREATMENT_PATTERNS: dict[str, tuple[str, str | None]] = {
+    # feature -> (regular expression the treatmentstring must match, one it must not match), case-insensitive
+    "tx_mechanical_ventilation": (r"mechanical ventilation", r"non-invasive"),
+    "tx_noninvasive_ventilation": (r"non-invasive ventilation", None),
+    "tx_oxygen_therapy": (r"oxygen therapy", None),
+    "tx_vasopressor": (r"\|vasopressors|norepinephrine|\|epinephrine|dopamine|vasopressin|phenylephrine", None),
+    "tx_inotrope": (r"inotropic agent|dobutamine|milrinone", None),
+    "tx_dialysis": (r"dialysis|C V V H|CVVH|ultrafiltration|renal replacement", None),
+    "tx_blood_products": (r"blood product|transfusion|packed red blood cells|fresh frozen plasma|platelet conc", None),
+    "tx_antibacterial": (r"antibacterial", r"prophylactic"),
+}
+TREATMENT_COUNT = "tx_n_distinct"  # distinct treatmentstrings in the window (a count, log hint)
+INFUSION_AGENTS: dict[str, str] = {
+    # feature -> regular expression on drugname, case-insensitive; a row counts unless its drugrate parses to
+    # a number <= 0 (a rate of 0 charts the infusion as off)
+    "inf_norepinephrine": r"norepinephrine|levophed",
+    "inf_epinephrine": r"\bepinephrine|adrenalin",
+    "inf_dopamine": r"dopamine",
+    "inf_vasopressin": r"vasopressin",
+    "inf_phenylephrine": r"phenylephrine|neo-?synephrine",
+    "inf_dobutamine": r"dobutamine",
+    "inf_milrinone": r"milrinone",
+    "inf_sedative": r"propofol|diprivan|midazolam|versed|dexmedetomidine|precedex|lorazepam",
+    "inf_opioid": r"fentanyl|morphine|hydromorphone|dilaudid",
+    "inf_insulin": r"insulin",
+    "inf_antiarrhythmic": r"amiodarone|diltiazem|esmolol|lidocaine",
+    "inf_vasodilator": r"nitroglycerin|nitroprusside|nicardipine",
+}
+INFUSION_GROUPS: dict[str, tuple[str, ...]] = {
+    # feature -> the agents any of which sets it
+    "inf_vasopressor": (
+        "inf_norepinephrine",
+        "inf_epinephrine",
+        "inf_dopamine",
+        "inf_vasopressin",
+        "inf_phenylephrine",
+    ),
+    "inf_inotrope": ("inf_dobutamine", "inf_milrinone"),
+}
+INFUSION_COUNT = "inf_n_vasoactive"  # distinct vasopressor and inotrope agents infused (0 to 7)
+
+# --- care_limitation (opt-in: a clinician's decision that predicts death) --------------------------------
+CARE_LIMITATION_GROUP = "Care Limitation"  # carePlanGeneral.cplgroup
+CARE_LIMITATION_VALUES: dict[str, tuple[str, ...]] = {
+    # feature -> cplitemvalue values (any in the window sets it)
+    "cl_full_therapy": ("Full therapy",),
+    "cl_do_not_resuscitate": ("Do not resuscitate", "No CPR"),
+    "cl_comfort_measures_only": ("Comfort measures only",),
+    "cl_other_limitation": (
+        "No intubation",
+        "No cardioversion",
+        "No vasopressors/inotropes",
+        "No augmentation of care",
+        "No blood products",
+    ),
+}
+
 assert set(APACHE_RANGES) == {c for c, unit in {**APACHE_APS, **APACHE_PRED}.items() if not unit.startswith("0/1")}

@@ -140,13 +140,23 @@ def test_apache_iva_reference(demo, row_of):
 # ------------------------------------------------------------------------------------------ coverage
 def test_modalities_and_coverage_pinned(demo, all_inputs):
     ms = {m.name: m for m in demo.modalities()}
-    assert list(ms) == ["vitals", "apache", "history", "diagnosis", "exam"]
-    v, a = ms["vitals"], ms["apache"]
+    assert list(ms) == ["vitals", "apache", "history", "diagnosis", "exam", "admission", "exam_values", "treatments"]
+    v = ms["vitals"]
     assert v.input == "array" and v.kind == "timeseries" and v.shape == (24, len(v.feature_names))
-    assert a.input == "array" and a.kind == "tabular" and a.shape == (len(a.feature_names),)
+    for t in ("apache", "admission", "exam_values", "treatments"):
+        assert ms[t].input == "array" and ms[t].kind == "tabular" and ms[t].shape == (len(ms[t].feature_names),)
     assert all(ms[t].input == "text" for t in TEXT)
     coverage = {k: sum(x is not None for x in xs) for k, xs in all_inputs.items()}
-    assert coverage == {"vitals": 2433, "apache": 2205, "history": 2236, "diagnosis": 1159, "exam": 2078}
+    assert coverage == {
+        "vitals": 2433,
+        "apache": 2205,
+        "history": 2236,
+        "diagnosis": 1159,
+        "exam": 2078,
+        "admission": 2520,
+        "exam_values": 2044,
+        "treatments": 1981,
+    }
     assert demo.cohort().extra["coverage"] == coverage
     for k, xs in all_inputs.items():
         for x in xs:
@@ -189,6 +199,11 @@ def test_masks_match_source_coverage(demo, all_inputs, row_of):
         int(r["patientunitstayid"]) for r in read_rows("apachePredVar")
     }
     assert present["apache"] == apache
+    assert present["admission"] == set(row_of)  # every stay: patient has them all
+    assert present["treatments"] == _stays_with_rows("treatment", "treatmentoffset") | _stays_with_rows(
+        "infusiondrug", "infusionoffset"
+    )
+    assert present["exam_values"] == _stays_with_rows("physicalExam", "physicalexamoffset", keep=_exam_value)
 
     # vitals: any noninvasive systolic pressure in range in the window -> present; no row at all in the window
     # of any of the three sources -> missing
@@ -211,6 +226,118 @@ def test_masks_match_source_coverage(demo, all_inputs, row_of):
     for stay in list(history)[:300]:
         prov = all_inputs["history"][row_of[stay]].provenance
         assert prov == (0 if stay in adx and stay in phx else 1 if stay in adx else 2)
+
+
+_EXAM = "notes/Progress Notes/Physical Exam/Physical Exam/"
+_EXAM_RANGES = {
+    "HR": (0, 300),
+    "BP (systolic)": (25, 300),
+    "BP (diastolic)": (1, 200),
+    "Resp Rate": (0, 100),
+    "O2 Sat%": (0, 100),
+    "FiO2%": (21, 100),
+    "PEEP": (0, 40),
+    "Vent Rate": (0, 80),
+}
+
+
+def _exam_value(r: dict) -> bool:
+    """A physicalExam row that gives exam_values a value: a GCS entry, a respiratory mode, or an allow-listed
+    vital sign number within its range."""
+    path = r["physicalexampath"]
+    if path.startswith(_EXAM + "Neurologic/GCS/") or "/Resp Mode/" in path:
+        return True
+    vs = _EXAM + "Constitutional/Vital Sign and Physiological Data/"
+    if not path.startswith(vs):
+        return False
+    item, _, leaf = path[len(vs) :].partition("/")
+    if item not in _EXAM_RANGES or not (leaf.endswith(("Current", "Lowest", "Highest")) or leaf in ("FiO2%", "PEEP")):
+        return False
+    v = fnum(r["physicalexamtext"])
+    if v is not None and item == "FiO2%" and 0 < v <= 1:
+        v *= 100
+    lo, hi = _EXAM_RANGES[item]
+    return v is not None and lo <= v <= hi
+
+
+# Stays of the demo with a value, per column of the tabular modalities added for issue #16 (docs/eicu.md).
+NEW_COLUMN_COVERAGE = {
+    "admission": {
+        "age": 2516, "admission_height": 2439, "admission_weight": 2320, "sex_male": 2516, "unit_type": 2520,
+        "unit_stay_type": 2520, "unit_admit_source": 2498, "hospital_admit_source": 1926, "pre_icu_los_h": 2505,
+        "unit_visit_number": 2520, "admit_operative": 2039, "admit_elective": 316, "admit_from_or": 2039,
+        "admit_transfer_48h": 2039, "admit_organ_system": 2039, "admit_dx_group": 2039, "admit_dx": 2039,
+    },
+    "exam_values": {
+        "exam_hr_current": 1612, "exam_hr_lowest": 1526, "exam_hr_highest": 1527, "exam_sbp_current": 1648,
+        "exam_sbp_lowest": 1557, "exam_sbp_highest": 1560, "exam_dbp_current": 1647, "exam_dbp_lowest": 1556,
+        "exam_dbp_highest": 1557, "exam_resp_rate_current": 1502, "exam_resp_rate_lowest": 1396,
+        "exam_resp_rate_highest": 1395, "exam_spo2_current": 1565, "exam_spo2_lowest": 1493,
+        "exam_spo2_highest": 1493, "exam_fio2": 478, "exam_peep": 218, "exam_vent_rate": 185,
+        "exam_gcs_eyes": 1971, "exam_gcs_verbal": 1971, "exam_gcs_motor": 1971, "exam_gcs_total": 1975,
+        "exam_gcs_unable_meds": 2039, "exam_resp_mode_ventilated": 511,
+    },
+}  # fmt: skip
+
+
+def _tabular(demo, all_inputs, name: str) -> tuple[list[str], np.ndarray]:
+    m = next(m for m in demo.modalities() if m.name == name)
+    x = np.full((len(demo.cohort()), m.shape[0]), np.nan, np.float32)
+    for i, it in enumerate(all_inputs[name]):
+        if it is not None:
+            x[i] = it.value
+    return m.feature_names, x
+
+
+def test_new_tabular_coverage_per_column(demo, all_inputs, row_of):
+    """Per-column coverage pinned (docs/eicu.md), and counts recomputed from the raw CSV files."""
+    for name, pinned in NEW_COLUMN_COVERAGE.items():
+        names, x = _tabular(demo, all_inputs, name)
+        assert dict(zip(names, np.isfinite(x).sum(0).tolist(), strict=True)) == pinned, name
+    names, x = _tabular(demo, all_inputs, "treatments")
+    tx_stays = _stays_with_rows("treatment", "treatmentoffset")
+    inf_stays = _stays_with_rows("infusiondrug", "infusionoffset")
+    assert (len(tx_stays), len(inf_stays)) == (1881, 755)
+    for j, f in enumerate(names):
+        assert np.isfinite(x[:, j]).sum() == len(tx_stays if f.startswith("tx_") else inf_stays), f
+
+    def positives(f: str) -> set[int]:
+        return {int(demo.cohort().stay_id[i]) for i in np.flatnonzero(x[:, names.index(f)] == 1)}
+
+    vent = _stays_with_rows(
+        "treatment",
+        "treatmentoffset",
+        keep=lambda r: "mechanical ventilation" in r["treatmentstring"] and "non-invasive" not in r["treatmentstring"],
+    )
+    assert positives("tx_mechanical_ventilation") == vent and len(vent) == 384
+
+    def norepi(r: dict) -> bool:
+        rate = fnum(r["drugrate"])
+        return "norepinephrine" in r["drugname"].lower() and not (rate is not None and rate <= 0)
+
+    assert positives("inf_norepinephrine") == _stays_with_rows("infusiondrug", "infusionoffset", keep=norepi)
+    # admission: age as in apache for every stay; the diagnosis of the stays with an All Diagnosis entry
+    names, x = _tabular(demo, all_inputs, "admission")
+    dx = _stays_with_rows("admissionDx", "admitdxenteredoffset", keep=lambda r: "|All Diagnosis|" in r["admitdxpath"])
+    assert {int(demo.cohort().stay_id[i]) for i in np.flatnonzero(np.isfinite(x[:, names.index("admit_dx")]))} == dx
+    cats = next(m for m in demo.modalities() if m.name == "admission").preprocessing["categories"]
+    latest: dict[int, tuple[int, int, str]] = {}
+    for r in read_rows("admissionDx"):
+        off, path = fnum(r["admitdxenteredoffset"]), r["admitdxpath"]
+        if "|All Diagnosis|" in path and off is not None and 0 <= off <= WINDOW:
+            key = (int(off), int(r["admissiondxid"]), path.split("|")[5])
+            latest[int(r["patientunitstayid"])] = max(latest.get(int(r["patientunitstayid"]), key), key)
+    assert cats["admit_dx"] == sorted({v[2] for v in latest.values()}) and len(cats["admit_dx"]) == 224
+    j = names.index("admit_dx")
+    for stay, (_, _, name) in list(latest.items())[:300]:
+        assert cats["admit_dx"][int(x[row_of[stay], j])] == name
+    age = names.index("age")
+    apache_names, apache_x = _tabular(demo, all_inputs, "apache")
+    both = np.isfinite(apache_x[:, apache_names.index("age")])
+    assert np.array_equal(x[both, age], apache_x[both, apache_names.index("age")])
+    no_apache = np.array([it is None for it in all_inputs["apache"]])
+    assert no_apache.sum() == 315 and np.isfinite(x[no_apache, age]).sum() == 314  # one has no age recorded
+    assert np.isfinite(x[no_apache, names.index("unit_type")]).all()
 
 
 # -------------------------------------------------------------------------------------- known values
@@ -354,7 +481,13 @@ def test_demo_has_no_value_outside_the_declared_ranges(demo):
     assert ranges["apache"] is not None and len(ranges["apache"]) == 71  # every column has a range
     assert ranges["vitals"] is not None and ranges["vitals"]["urine_ml"] == (0, None)  # an hourly sum: >= 0 only
     assert ranges["vitals"]["nibp_systolic"] == (25, 300)
-    assert masked_by_declared_ranges(demo) == {"vitals": 0, "apache": 0}
+    assert masked_by_declared_ranges(demo) == {
+        "vitals": 0,
+        "apache": 0,
+        "admission": 0,
+        "exam_values": 0,
+        "treatments": 0,
+    }
 
 
 # ------------------------------------------------------------------------------------- leakage guards
@@ -366,6 +499,9 @@ _TIME_COLS = {
     "admissionDx": ["admitdxenteredoffset"],
     "diagnosis": ["diagnosisoffset"],
     "physicalExam": ["physicalexamoffset"],
+    "treatment": ["treatmentoffset"],
+    "infusiondrug": ["infusionoffset"],
+    "carePlanGeneral": ["cplitemoffset"],
 }
 
 
@@ -410,6 +546,9 @@ def test_no_value_after_24h_enters_any_modality(demo, all_inputs, truncated_root
     cut = EicuAdapter(root)
     assert [m.name for m in cut.modalities()] == [m.name for m in demo.modalities()]
     assert [m.feature_names for m in cut.modalities()] == [m.feature_names for m in demo.modalities()]
+    assert [m.preprocessing.get("categories") for m in cut.modalities()] == [
+        m.preprocessing.get("categories") for m in demo.modalities()
+    ]
     assert np.array_equal(cut.cohort().stay_id, demo.cohort().stay_id)
     assert not cut.cohort().references["apache_iva"][1].any()
     rows = np.arange(len(demo.cohort()))
@@ -423,6 +562,16 @@ def test_no_value_after_24h_enters_any_modality(demo, all_inputs, truncated_root
                 assert a.value == b.value, (m.name, i)
             else:
                 assert np.array_equal(a.value, b.value, equal_nan=True), (m.name, i)
+
+
+def test_care_limitation_reads_nothing_after_24h(truncated_root):
+    root, _ = truncated_root
+    full, cut = EicuDemoAdapter(care_limitation=True), EicuAdapter(root, care_limitation=True)
+    rows = np.arange(len(full.cohort()))
+    a, b = full.inputs("care_limitation", rows), cut.inputs("care_limitation", rows)
+    assert sum(x is not None for x in a) == 2107
+    for x, y in zip(a, b, strict=True):
+        assert (x is None) == (y is None) and (x is None or np.array_equal(x.value, y.value))
 
 
 def single_feature_auroc(x: np.ndarray, y: np.ndarray, min_class: int = 10) -> float:
@@ -449,7 +598,7 @@ def _feature_table(demo, all_inputs, y_mask) -> dict[str, np.ndarray]:
                     arr[i] = x.value
             if m.kind == "tabular":
                 for j, f in enumerate(m.feature_names):
-                    out[f"apache:{f}"] = arr[:, j]
+                    out[f"{m.name}:{f}"] = arr[:, j]
             else:
                 with np.errstate(all="ignore"):
                     for j, f in enumerate(m.feature_names):
@@ -638,5 +787,14 @@ def test_pre_admission_text_option(demo):
     """Entries recorded before unit admission (negative offsets) join the text only when asked."""
     a = EicuDemoAdapter(pre_admission_text=True)
     cov = a.cohort().extra["coverage"]
-    assert cov == {"vitals": 2433, "apache": 2205, "history": 2252, "diagnosis": 1179, "exam": 2214}
+    assert cov == {
+        "vitals": 2433,
+        "apache": 2205,
+        "history": 2252,
+        "diagnosis": 1179,
+        "exam": 2214,
+        "admission": 2520,
+        "exam_values": 2174,
+        "treatments": 1981,
+    }
     assert a.options()["pre_admission_text"] is True and demo.options()["pre_admission_text"] is False
