@@ -50,6 +50,10 @@ SMALL: dict[str, dict[str, Any]] = {
     "ogm_ge": {"d": 16},
     "pmr": {"d": 16, "entropy_epochs": 2},
     "medfuse": {"d": 16, "lstm_hidden": 16},
+    "drfuse": {"d": 16},
+    "shaspec": {"d": 16, "hidden": 16},
+    "m3care": {"d": 16, "heads": 2, "bank": 8},
+    "smil": {"d": 16, "hidden": 16, "priors": 3},
 }
 # option sets of the baselines, each on one task kind and M = 3
 OPTIONS: list[tuple[str, dict[str, Any], str]] = [
@@ -65,12 +69,18 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("mdrop", {"loss": "infonce", "label_aware": True, "memory_bank": 16}, "multilabel"),
     ("mdrop", {"mode": "joint", "empty": "zero", "pairs": "uni_fused", "memory_bank": 8}, "binary"),
     ("mdrop", {"mode": "supervised", "token_on_present": True}, "multilabel"),
+    ("drfuse", {"jsd": "bernoulli"}, "multiclass"),
+    ("shaspec", {"fill": "first", "dao": "l2"}, "multilabel"),
+    ("smil", {"meta": "joint", "drop_prob": 0.0}, "binary"),
+    ("m3care", {"gcn_layers": 1, "layers": 1, "bank": 0}, "multiclass"),
     ("mdrop", {"fusion": "transformer", "token_space": "embedding", "token_on_present": True}, "binary"),
     ("mdrop", {"loss": "infonce", "label_aware": True, "label_form": "supcon", "proj_layers": 1}, "multiclass"),
     ("omnifuse", {"cra_target": "dropped_only"}, "multilabel"),
 ]
 # the methods of this package whose missing slots never see the masked input (zero fill or a token)
-BASELINES = {"concat", "sum", "se_gate", "gblend", "ogm_ge", "pmr", "medfuse", "mdrop"}
+BASELINES = {
+    "concat", "sum", "se_gate", "gblend", "ogm_ge", "pmr", "medfuse", "mdrop", "drfuse", "shaspec", "m3care", "smil",
+}
 
 
 def _cases() -> list:

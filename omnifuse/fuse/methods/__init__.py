@@ -2,7 +2,8 @@
 
 Entries (``omnifuse methods`` lists them): OmniFuse (``omnifuse``) with its variants (``dwfuse_only``,
 ``omnifuse_no_imp``, the ablation rows ``ablation_a`` .. ``ablation_f``) and the baselines (``concat``,
-``sum``, ``se_gate``, ``gblend``, ``ogm_ge``, ``pmr``, ``medfuse``, ``mdrop``). Import the registry API from
+``sum``, ``se_gate``, ``gblend``, ``ogm_ge``, ``pmr``, ``medfuse``, ``mdrop``) and the missing-modality
+methods (``drfuse``, ``shaspec``, ``m3care``, ``smil``). Import the registry API from
 here: ``from omnifuse.fuse.methods import build_method, get_method, list_methods, METHODS``;
 ``parameter_count(name, info, **params)`` gives an entry's trainable parameters (total, encoders, fusion).
 """
@@ -10,7 +11,21 @@ here: ``from omnifuse.fuse.methods import build_method, get_method, list_methods
 from __future__ import annotations
 
 from omnifuse.fuse import reference  # the reference learners logreg and gbm
-from omnifuse.fuse.methods import concat, gblend, mdrop, medfuse, ogm_ge, omnifuse, pmr, se_gate, sum
+from omnifuse.fuse.methods import (
+    concat,
+    drfuse,
+    gblend,
+    m3care,
+    mdrop,
+    medfuse,
+    ogm_ge,
+    omnifuse,
+    pmr,
+    se_gate,
+    shaspec,
+    smil,
+    sum,
+)
 from omnifuse.fuse.methods.common import parameter_count
 from omnifuse.fuse.registry import (
     METHODS,
@@ -23,7 +38,22 @@ from omnifuse.fuse.registry import (
     register_variant,
 )
 
-METHOD_MODULES = (reference, omnifuse, concat, sum, se_gate, gblend, ogm_ge, pmr, medfuse, mdrop)
+METHOD_MODULES = (
+    reference,
+    omnifuse,
+    concat,
+    sum,
+    se_gate,
+    gblend,
+    ogm_ge,
+    pmr,
+    medfuse,
+    mdrop,
+    drfuse,
+    shaspec,
+    m3care,
+    smil,
+)
 """The modules that register the entries, in the order they are imported."""
 
 

@@ -1,0 +1,145 @@
+"""M3Care (omnifuse.fuse.methods.m3care): the kernel, bandwidth, similarity and threshold against hand
+computations, the neighbour aggregation picking the most similar patients that hold the missing modality, the
+evaluation bank (a row's prediction never depends on the other rows of its batch), the stabilisation term,
+learning end to end, and one fold through ``run_fold`` for every task kind and every missing pattern."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import omnifuse.fuse.methods.m3care  # noqa: F401  (registers the method)
+from omnifuse.fuse.base import ModelInfo
+from omnifuse.fuse.config import resolve_config
+from omnifuse.fuse.data import load_fuse_data
+from omnifuse.fuse.fold import FoldPlan, make_repeated_folds, run_fold
+from omnifuse.fuse.methods import build_method
+from omnifuse.fuse.methods.m3care import (
+    combine_similarity,
+    filter_similarity,
+    gaussian_kernel,
+    mean_pair_distance,
+    neighbour_graph,
+)
+from tests.helpers import TINY_OPTIONS, TWO, FakeTrainer, assert_learns, vector_batch, write_synthetic_cache
+
+
+def test_kernel_bandwidth_similarity_and_threshold_hand_computed() -> None:
+    dist = torch.tensor([[0.0, 2.0, 6.0], [2.0, 0.0, 4.0], [6.0, 4.0, 0.0]])
+    valid = torch.tensor([[True, True, False], [True, True, False], [False, False, False]])
+    assert float(mean_pair_distance(dist, valid, 9.0)) == pytest.approx(2.0)  # the pairs (0,1), (1,0)
+    assert float(mean_pair_distance(dist, torch.ones(3, 3, dtype=torch.bool), 9.0)) == pytest.approx(4.0)
+    assert float(mean_pair_distance(dist, torch.eye(3, dtype=torch.bool), 9.0)) == 9.0  # no pair: the fallback
+    # bandwidth 2, three kernels, mul 2: bandwidths 1, 2, 4 (their guassian_kernel)
+    k = gaussian_kernel(dist, torch.tensor(2.0))
+    assert float(k[0, 1]) == pytest.approx((math.exp(-2) + math.exp(-1) + math.exp(-0.5)) / 3, rel=1e-6)
+    assert float(k[0, 0]) == pytest.approx(1.0)
+    # the similarity: the mean over the modalities both patients hold
+    ka, kb = torch.full((3, 3), 0.8), torch.full((3, 3), 0.2)
+    present = torch.tensor([[True, True], [True, False], [False, False]])
+    sim = combine_similarity([ka, kb], present)
+    assert float(sim[0, 0]) == pytest.approx(0.5) and float(sim[0, 1]) == pytest.approx(0.8)
+    assert float(sim[0, 2]) == 0.0 and float(sim[2, 2]) == 0.0  # no common modality
+    # the threshold sigmoid(0) = 0.5: below or at it 0, above it the similarity itself
+    out = filter_similarity(torch.tensor([[0.7, 0.4], [0.5, 0.9]]), torch.zeros(1))
+    torch.testing.assert_close(out, torch.tensor([[0.7, 0.0], [0.0, 0.9]]))
+
+
+def test_neighbour_aggregation_picks_the_most_similar_patients_holding_the_modality() -> None:
+    torch.manual_seed(0)
+    model = build_method("m3care", ModelInfo(TWO, "binary", 1), d=4, heads=2, gcn_layers=1).train()
+    with torch.no_grad():
+        model.eps.fill_(30.0)  # the raw-embedding kernel only (sigmoid(eps) = 1): a controlled similarity
+        for lin in model.gcn[1]:
+            lin.weight.copy_(torch.eye(4))
+            lin.bias.zero_()
+    v = torch.tensor([3.0, 1.0, -1.0, -3.0])
+    a = torch.stack([v, v + 0.1 * torch.tensor([1.0, -1, 0, 0]), v + 0.1 * torch.tensor([0, 0, 1.0, -1]), -v])
+    b = torch.randn(4, 4)
+    H = torch.stack([a, b], dim=1)  # [4 patients, 2 modalities, 4]
+    present = torch.tensor([[True, False], [True, True], [True, True], [True, True]])  # patient 0 lacks b
+    H = H * present.unsqueeze(-1)
+    ones = torch.ones(4, 4, dtype=torch.bool)
+    sim, _ = model._graph(H, present, ones, torch.ones(4, dtype=torch.bool))
+    assert float(sim[0, 1]) > 0.9 and float(sim[0, 2]) > 0.9  # near copies of patient 0's first modality
+    assert float(sim[0, 3]) == 0.0  # the dissimilar patient is filtered out
+    w = neighbour_graph(sim, present[:, 1])
+    assert float(w[0, 0]) == 0.0 and float(w[0, 3]) == 0.0  # neither patient 0 itself nor the dissimilar one
+    torch.testing.assert_close(w[0, 1:3], sim[0, 1:3] / sim[0, 1:3].sum())
+    imputed = model.impute(H, present, sim)
+    torch.testing.assert_close(imputed[0, 1], F.selu(w[0, 1] * b[1] + w[0, 2] * b[2]))
+
+
+def test_evaluation_neighbours_are_the_bank_never_the_batch() -> None:
+    torch.manual_seed(0)
+    model = build_method("m3care", ModelInfo(TWO, "multiclass", 3), d=8, heads=2, bank=6)
+    bank_rows = vector_batch(torch.ones(8, 2, dtype=torch.bool), torch.arange(8) % 3, seed=1)
+    model.on_epoch_end(FakeTrainer([bank_rows]), 0)
+    assert model.bank_mask.all() and model.bank_h.shape == (6, 2, 8)  # the first six training rows
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.bank_h, model.enc(bank_rows.select(torch.arange(6))))
+        mask = torch.tensor([[True, False], [True, True], [False, True]])
+        batch = vector_batch(mask, torch.tensor([0, 1, 2]), seed=2)
+        out = model(batch)
+        sim = out.extra["similarity"]  # [B, bank + B]
+        assert sim.shape == (3, 9)
+        off = sim[:, 6:] * (1 - torch.eye(3))
+        assert float(off.abs().max()) == 0.0  # no edge to another row of the batch
+        for i in range(3):
+            torch.testing.assert_close(model(batch.select(torch.tensor([i]))).logits, out.logits[i : i + 1])
+        model.bank_h.mul_(-1.0)  # other neighbours, another imputation
+        assert not torch.allclose(model(batch).extra["imputed"][0, 1], out.extra["imputed"][0, 1])
+
+
+def test_stabilisation_term_hand_computed() -> None:
+    torch.manual_seed(0)
+    info = ModelInfo(TWO, "binary", 1)
+    model = build_method("m3care", info, d=4, heads=2, lambda_stab=0.5, dropout=0.0, encoder={"dropout": 0.0})
+    model.train()
+    mask = torch.tensor([[True, True], [True, False], [False, True]])
+    batch = vector_batch(mask, torch.tensor([[1.0], [0.0], [1.0]]))
+    out = model(batch)
+    with torch.no_grad():
+        E = model.enc(batch)
+        want = 0.0
+        for j in range(2):  # |  ||proj_m(v_m)||_F - ||v_m||_F | over the rows holding m (their sum_of_diff)
+            v = E[mask[:, j], j]
+            want += abs(float(model.sim_proj[j](v).norm()) - float(v.norm()))
+    assert float(out.extra["stab"]) == pytest.approx(want, rel=1e-5)
+    loss, terms = model.loss(batch, out)
+    assert float(loss) == pytest.approx(terms["task"] + 0.5 * want, rel=1e-5)
+
+
+def test_learns_with_the_trainer() -> None:
+    assert_learns("m3care", {"heads": 2, "bank": 64})
+
+
+# ------------------------------------------------------------------------------------------------------
+# one fold through run_fold: every task kind, every combination of modalities
+# ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return write_synthetic_cache(tmp_path_factory.mktemp("m3care") / "c.zarr", n=120, seed=1)
+
+
+@pytest.mark.parametrize("task,c", [("mortality", 1), ("pheno", 3), ("subtype", 3)])
+def test_run_fold_every_task_and_missing_pattern(cache, task: str, c: int) -> None:
+    data = load_fuse_data(cache, task, device="cpu")
+    ((tr, te),) = make_repeated_folds(data, 3, 1, 0)[0][:1]
+    cfg = resolve_config(None, task=task, epochs=2, progress=False, **TINY_OPTIONS)
+    combos = [list(x) for r in range(1, 4) for x in itertools.combinations(data.modalities, r)]
+    params = {"d": 8, "heads": 2, "bank": 32}
+    run = run_fold(data, FoldPlan("m3care", tr, te, seed=5, params=params, combos=combos), cfg)
+    assert run.overall.shape == (len(te), c) and sorted(run.combos) == list(range(len(combos)))
+    for p in [run.overall, *run.combos.values()]:
+        assert p.shape == (len(te), c) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+        if task == "subtype":
+            np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(run.combos[len(combos) - 1], run.overall, atol=1e-5)  # every modality = as is
+    assert bool(run.model.bank_mask.any())  # the bank of training rows the test rows were imputed from
