@@ -88,6 +88,11 @@ def extract(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at 
     flags override it, and the resolved configuration is saved in the cache. Resumable: run the same command
     again after an interruption and it continues where it stopped. Under `torchrun --nproc-per-node N
     omnifuse extract ...` each rank encodes its own blocks of one store.
+
+    `--add-modality NAME` adds that modality of the dataset to the existing cache --out and encodes only it
+    (the other modalities are not rewritten; `--modality-name NEW` keeps the same input under another encoder
+    beside the first). Offline, use the bundled `--text-encoder minilm`, `--image-encoder random:resnet34`
+    or a local model folder.
     """
     from omnifuse.cache import CacheError
     from omnifuse.extract.run import extract_dataset
@@ -164,8 +169,16 @@ def predict(
     run: Path = typer.Option(..., "--run", "-r", help="Run folder written by `omnifuse train`."),
     cache: Path = typer.Option(..., "--cache", "-c", help="Cache with the stays to score."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV to write."),
-    fold: int | None = typer.Option(None, "--fold", help="Use this fold's model (default: the mean of all)."),
+    fold: int | None = typer.Option(
+        None, "--fold", help="Use only this fold's model (default: each stay by the fold models not trained on it)."
+    ),
     device: str = typer.Option("cpu", "--device"),
+    shap: bool = typer.Option(
+        True,
+        "--shap/--no-shap",
+        help="Modality attribution: shap_<modality> columns, each modality's Shapley value for the stay's "
+        "calibrated risk (2^M forward passes per stay and fold model, M the stay's modalities).",
+    ),
     allow_other_encoders: bool = typer.Option(
         False,
         "--allow-other-encoders",
@@ -180,9 +193,14 @@ def predict(
 ) -> None:
     """Score stays with a trained run, whatever modalities they have (the cache needs no labels).
 
-    Columns: stay_id, the fused probability, and per modality its own probability and the label-free weight
-    (eq. 10 computed with the predicted class, since the true label is unknown at inference).
+    Honest scoring: a stay the run trained on is scored by the fold model(s) that did not train on it
+    (column scored_by: out_of_fold:<k>; new stays: all_folds, the mean of the fold models; in_training when
+    every model used trained on it, with a warning). Columns: stay_id, the fused probability (calibrated with
+    each fold's temperature), scored_by, per modality its own probability and the label-free weight (eq. 10
+    computed with the predicted class, since the true label is unknown at inference), its presence and its
+    Shapley value (shap_<modality>, with shap_baseline the all-masked prediction: they add up to the score).
     """
+    from omnifuse.fuse.predict import honest_summary
     from omnifuse.fuse.predict import predict as run_predict
 
     with _reported():
@@ -194,7 +212,9 @@ def predict(
             device=device,
             allow_incomplete=allow_incomplete,
             allow_other_encoders=allow_other_encoders,
+            shap=shap,
         )
+    typer.echo(honest_summary(res["scored_by"]))
     typer.echo(f"scored {len(res['stay_id']):,} stays into {out}")
 
 
@@ -220,9 +240,10 @@ def demo(
     cache: Path = typer.Option(Path("cache/eicu-demo.zarr"), "--cache", help="Where the demo cache is built."),
     out: Path = typer.Option(Path("results/demo"), "--out", "-o", help="Results folder."),
     method: list[str] | None = typer.Option(
-        None, "--method", "-m", help="Methods to compare (repeat); default omnifuse and concat."
+        None, "--method", "-m", help="Methods to compare (repeat); default omnifuse, concat, logreg and gbm."
     ),
     folds: int = typer.Option(5, "--folds"),
+    repeats: int = typer.Option(3, "--repeats", help="Repeats of the cross-validation (folds seeded by seed + r)."),
     seed: int = typer.Option(0, "--seed"),
     epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 30, early stopping)."),
     jobs: int | None = typer.Option(None, "--jobs", help="Runs trained at once (default: one per CPU core)."),
@@ -238,7 +259,16 @@ def demo(
 
     _setup_logging(False)
     with _reported():
-        res = run_demo(cache, out, methods=method or DEMO_METHODS, folds=folds, seed=seed, epochs=epochs, n_jobs=jobs)
+        res = run_demo(
+            cache,
+            out,
+            methods=method or DEMO_METHODS,
+            folds=folds,
+            repeats=repeats,
+            seed=seed,
+            epochs=epochs,
+            n_jobs=jobs,
+        )
     typer.echo(f"results written to {res.out} (results.md, results.csv, reliability.png)")
 
 

@@ -523,3 +523,50 @@ def assert_same_cache(a_path: str | Path, b_path: str | Path) -> None:
         )
     for t in a.labels:
         np.testing.assert_array_equal(a.labels[t].y, b.labels[t].y, err_msg=t)
+
+
+KINDS_LAB = ["numeric", "numeric:log", "binary", "categorical:3"]
+"""The column kinds of :func:`kinds_cache_data`'s tabular modality ``lab``."""
+
+
+def kinds_cache_data(n: int = 160, seed: int = 0) -> CacheData:
+    """:func:`synthetic_cache_data` with a vector modality ``img`` [12] and a tabular modality ``lab`` [4] whose
+    columns declare their kinds (:data:`KINDS_LAB`): ``age`` numeric, ``urine`` numeric:log (lognormal, skewed),
+    ``vent`` binary 0/1 and ``unit`` categorical:3 (codes 0..2 named a, b, c), each about 10 % missing (``age``
+    never); ``age`` carries the latent signal of the labels, the other columns are noise."""
+    import dataclasses
+
+    cd = synthetic_cache_data(n=n, kinds={"img": ("vector", (12,)), "lab": ("tabular", (4,))}, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    z = cd.modalities["lab"].x[:, 0]
+    x = np.stack(
+        [
+            60 + 3 * np.nan_to_num(z - 10),
+            np.exp(rng.normal(5.0, 1.0, size=n)),
+            (rng.random(n) < 0.3).astype(np.float64),
+            rng.integers(0, 3, size=n).astype(np.float64),
+        ],
+        axis=1,
+    )
+    x[rng.random((n, 4)) < 0.1] = np.nan
+    x[:, 0] = np.where(np.isfinite(x[:, 0]), x[:, 0], 60.0)  # column 0 always observed
+    mask = cd.modalities["lab"].mask
+    x = np.where(mask[:, None], x, 0.0).astype(np.float32)
+    names = ["age", "urine", "vent", "unit"]
+    prep = {"continuous": [0, 1], "feature_kinds": list(KINDS_LAB), "categories": {"unit": ["a", "b", "c"]}}
+    cd.modalities["lab"] = ModalityData(
+        name="lab", kind="tabular", x=x, mask=mask, feature_names=names, preprocessing=prep
+    )
+    specs = [
+        ModalitySpec("lab", "tabular", (4,), dtype="float32", preprocessing=prep, feature_names=names)
+        if s.name == "lab"
+        else s
+        for s in cd.spec.modalities
+    ]
+    cd.spec = dataclasses.replace(cd.spec, modalities=specs)
+    return cd
+
+
+def write_kinds_cache(path: str | Path, **kw) -> Path:
+    """Write :func:`kinds_cache_data` rows to ``path`` with the real writer; returns the path."""
+    return write_cache_data(path, kinds_cache_data(**kw))

@@ -90,7 +90,8 @@ def test_train_then_predict_from_the_cli(tmp_path):
     assert len(scored) == 120
     assert set(scored[0]) == {"stay_id", "score", "p_img", "p_rep", "p_ehr", "weight_predicted_class_img",
                               "weight_predicted_class_rep", "weight_predicted_class_ehr", "present_img",
-                              "present_rep", "present_ehr"}
+                              "present_rep", "present_ehr", "scored_by", "shap_baseline", "shap_img", "shap_rep",
+                              "shap_ehr"}
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in scored)
 
 

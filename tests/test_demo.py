@@ -13,8 +13,8 @@ from omnifuse.cli import app
 
 def test_demo_end_to_end(tmp_path):
     cache, out = tmp_path / "eicu-demo.zarr", tmp_path / "demo"
-    r = CliRunner().invoke(app, ["demo", "--cache", str(cache), "--out", str(out), "--folds", "2", "--epochs", "2",
-                                 "--jobs", "1"])
+    r = CliRunner().invoke(app, ["demo", "--cache", str(cache), "--out", str(out), "--folds", "2",
+                                 "--repeats", "1", "--epochs", "2", "--jobs", "1"])
     assert r.exit_code == 0, r.output
     info = cache_info(cache)
     assert info["rows"] == 2520 and info["subjects"] == 1841 and info["finalized"]
@@ -31,6 +31,6 @@ def test_demo_end_to_end(tmp_path):
     assert res and (out / "results.md").read_text().count("apache_iva") >= 1
     assert (out / "reliability.png").stat().st_size > 0
     # rerunning reuses the cache and the finished runs: no extraction, no training
-    r2 = CliRunner().invoke(app, ["demo", "--cache", str(cache), "--out", str(out), "--folds", "2", "--epochs", "2",
-                                  "--jobs", "1"])
+    r2 = CliRunner().invoke(app, ["demo", "--cache", str(cache), "--out", str(out), "--folds", "2",
+                                  "--repeats", "1", "--epochs", "2", "--jobs", "1"])
     assert r2.exit_code == 0, r2.output

@@ -3,6 +3,13 @@
 The writer builds them with :func:`new_meta`; the reader and the writer (when it resumes) read them with
 :func:`read_meta`, which refuses anything that is not an omnifuse cache of :data:`SCHEMA_VERSION`. Keeping
 both sides here lets ``reader`` and ``writer`` depend on this module instead of on each other.
+
+Modalities added to a finished store (``omnifuse extract --add-modality``) are recorded under
+:data:`ADDITIONS_KEY`: ``{name: {"source": the dataset's modality it encodes, "started": time, "finished":
+time or absent while the addition runs, "config": the resolved configuration of the run that finished it}}``.
+A modality whose record has no ``finished`` is *being added*: its blocks are written while the store stays
+finalized, and a reader sees its rows not written as incomplete for that modality only. The record lives
+beside the spec, not in it, so it is not part of the fingerprint; the spec holds the added modality itself.
 """
 
 from __future__ import annotations
@@ -86,3 +93,52 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise SchemaMismatchError(f"{path} is not an omnifuse cache (no '{ATTR_KEY}' attributes)")
     check_schema(meta, path)
     return dict(meta)
+
+
+ADDITIONS_KEY = "additions"
+"""The attribute recording modalities added to a finished store (see the module docstring)."""
+
+
+def additions(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The store's addition records, ``{modality: {"source", "started", "finished"?, "config"?}}`` (a copy;
+    empty for a store to which nothing was added)."""
+    return {name: dict(record) for name, record in (meta.get(ADDITIONS_KEY) or {}).items()}
+
+
+def adding(meta: dict[str, Any]) -> set[str]:
+    """The modalities being added: recorded, not finished (a run in progress, or killed)."""
+    return {name for name, record in additions(meta).items() if not record.get("finished")}
+
+
+def renamed_additions(meta: dict[str, Any]) -> dict[str, str]:
+    """Modalities added under a name the dataset does not give them (the same input under another encoder):
+    ``{cache name: the dataset's modality it encodes}``."""
+    return {name: str(r["source"]) for name, r in additions(meta).items() if r.get("source", name) != name}
+
+
+def start_addition(meta: dict[str, Any], name: str, source: str) -> None:
+    """Record in ``meta`` that ``name`` (encoding the dataset's modality ``source``) is being added now."""
+    meta[ADDITIONS_KEY] = {**additions(meta), name: {"source": source, "started": utc_now()}}
+
+
+def finish_addition(meta: dict[str, Any], name: str, config: dict[str, Any] | None = None) -> None:
+    """Record in ``meta`` that the addition of ``name`` finished now (every block written), with the resolved
+    configuration ``config`` of the run that finished it."""
+    records = additions(meta)
+    record = records[name]
+    record["finished"] = utc_now()
+    if config is not None:
+        record["config"] = config
+    meta[ADDITIONS_KEY] = {**records, name: record}
+
+
+def reopen_addition(meta: dict[str, Any], name: str) -> None:
+    """Mark the finished addition ``name`` in ``meta`` as being added again (blocks of it are rewritten)."""
+    records = additions(meta)
+    records[name].pop("finished", None)
+    meta[ADDITIONS_KEY] = records
+
+
+def drop_addition(meta: dict[str, Any], name: str) -> None:
+    """Forget the addition record of ``name`` in ``meta`` (the modality is removed or replaced)."""
+    meta[ADDITIONS_KEY] = {k: v for k, v in additions(meta).items() if k != name}

@@ -7,9 +7,14 @@ blocks without a done marker, so nothing finished is recomputed or rewritten.
 
 A finalized store is never changed in place while it still says so: any write (a block, labels that differ
 from the stored ones, a block invalidated because its inputs changed) first marks it not finalized, so a
-reader never takes a half-updated store for a finished one. A write that fails on the file system (disk
-full, read-only folder) raises :class:`CacheError` naming the store; the blocks already marked done stay
-valid, so the same command resumes once the cause is fixed.
+reader never takes a half-updated store for a finished one. The one exception is a modality being added
+(:meth:`CacheWriter.add_modalities`, ``omnifuse extract --add-modality``): its arrays are new and its blocks'
+done markers say which rows exist, so the store stays finalized and a reader refuses (or masks) the rows of
+that modality not written yet, while the other modalities read as before. Its addition record
+(``omnifuse.cache.meta.ADDITIONS_KEY``) says it is being added until :meth:`CacheWriter.finish_additions`.
+
+A write that fails on the file system (disk full, read-only folder) raises :class:`CacheError` naming the
+store; the blocks already marked done stay valid, so the same command resumes once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,19 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from omnifuse.cache import store
-from omnifuse.cache.meta import group_meta, new_meta, read_meta, utc_now
+from omnifuse.cache.meta import (
+    adding,
+    additions,
+    drop_addition,
+    finish_addition,
+    group_meta,
+    new_meta,
+    read_meta,
+    renamed_additions,
+    reopen_addition,
+    start_addition,
+    utc_now,
+)
 from omnifuse.cache.schema import CacheError, CacheSpec, ModalitySpec
 
 
@@ -69,6 +86,44 @@ def _writing(path: Path, what: str) -> Iterator[None]:
         raise CacheError(f"{path}: cannot write {what}: {io_error_cause(e, path)}") from e
 
 
+def _spec_json(spec: CacheSpec) -> str:
+    return json.dumps(spec.to_json(), sort_keys=True, default=str)
+
+
+def _modality_json(m: ModalitySpec) -> str:
+    return json.dumps(CacheSpec("", "", [m]).to_json()["modalities"][0], sort_keys=True, default=str)
+
+
+def _create_modality_arrays(g: zarr.Group, m: ModalitySpec, n: int, override: int | None) -> None:
+    """The empty arrays of modality ``m`` (``n`` rows, blocks of ``override`` rows or the cache's choice) in
+    the group ``g``: ``x``, ``mask``, ``tokens_mask`` (sequences), ``provenance`` (with codes),
+    ``input_hash``, ``counts`` and ``done`` (no block done)."""
+    zstd = [ZstdCodec(level=store.ZSTD_LEVEL)]
+    b = store.block_rows(m.shape, m.dtype, n, override)
+    xr = min(store.x_chunk_rows(m.shape, m.dtype), b)
+    mg = g.create_group(m.name)
+    mg.attrs["block_rows"] = b
+    mg.create_array("x", shape=(n, *m.shape), dtype=m.dtype, chunks=(xr, *m.shape), compressors=zstd, fill_value=0)
+    mg.create_array("mask", shape=(n,), dtype="bool", chunks=(b,), compressors=zstd, fill_value=False)
+    if m.has_tokens_mask:
+        mg.create_array(
+            "tokens_mask",
+            shape=(n, m.shape[0]),
+            dtype="bool",
+            chunks=(b, m.shape[0]),
+            compressors=zstd,
+            fill_value=False,
+        )
+    if m.provenance_codes:
+        mg.create_array("provenance", shape=(n,), dtype="int8", chunks=(b,), compressors=zstd, fill_value=-1)
+    mg.create_array(
+        "input_hash", shape=(n,), dtype="uint64", chunks=(b,), compressors=zstd, fill_value=store.HASH_NOT_RECORDED
+    )
+    nb = store.n_blocks(n, b)
+    mg.create_array("counts", shape=(nb,), dtype=str, chunks=(1,), compressors=None)
+    mg.create_array("done", shape=(nb,), dtype="uint8", chunks=(1,), compressors=None, fill_value=0)
+
+
 def _changed_rows(old_values: np.ndarray, old_mask: np.ndarray, values: np.ndarray, mask: np.ndarray) -> int:
     """Rows whose mask, or whose value where present, differs between the stored and the new arrays."""
     axes = tuple(range(1, values.ndim))
@@ -85,12 +140,21 @@ class CacheWriter:
         self.spec = spec
         self.n = n
         self._blocks = {m.name: store.modality_block_rows(group, m.name) for m in spec.modalities}
-        self._finalized = bool(group_meta(group).get("finalized", False))
+        meta = group_meta(group)
+        self._finalized = bool(meta.get("finalized", False))
+        self._added = set(additions(meta))  # modalities added to the finished store
+        self._adding = adding(meta)  # those of them being added (not finished)
 
     @property
     def finalized(self) -> bool:
         """Whether the store is marked finalized (as this writer last saw or set it)."""
         return self._finalized
+
+    @property
+    def adding(self) -> set[str]:
+        """The modalities being added to the store (their addition not finished), as this writer last saw or
+        set them."""
+        return set(self._adding)
 
     # ------------------------------------------------------------------ creation / resume
     @classmethod
@@ -148,36 +212,7 @@ class CacheWriter:
         g.create_array("subject_id", shape=(n,), dtype=str, chunks=(big,), compressors=zstd)[:] = subject_ids
         for m in spec.modalities:
             over = rows_per_block.get(m.name) if isinstance(rows_per_block, dict) else rows_per_block
-            b = store.block_rows(m.shape, m.dtype, n, over)
-            xr = min(store.x_chunk_rows(m.shape, m.dtype), b)
-            mg = g.create_group(m.name)
-            mg.attrs["block_rows"] = b
-            mg.create_array(
-                "x", shape=(n, *m.shape), dtype=m.dtype, chunks=(xr, *m.shape), compressors=zstd, fill_value=0
-            )
-            mg.create_array("mask", shape=(n,), dtype="bool", chunks=(b,), compressors=zstd, fill_value=False)
-            if m.has_tokens_mask:
-                mg.create_array(
-                    "tokens_mask",
-                    shape=(n, m.shape[0]),
-                    dtype="bool",
-                    chunks=(b, m.shape[0]),
-                    compressors=zstd,
-                    fill_value=False,
-                )
-            if m.provenance_codes:
-                mg.create_array("provenance", shape=(n,), dtype="int8", chunks=(b,), compressors=zstd, fill_value=-1)
-            mg.create_array(
-                "input_hash",
-                shape=(n,),
-                dtype="uint64",
-                chunks=(b,),
-                compressors=zstd,
-                fill_value=store.HASH_NOT_RECORDED,
-            )
-            nb = store.n_blocks(n, b)
-            mg.create_array("counts", shape=(nb,), dtype=str, chunks=(1,), compressors=None)
-            mg.create_array("done", shape=(nb,), dtype="uint8", chunks=(1,), compressors=None, fill_value=0)
+            _create_modality_arrays(g, m, n, over)
         lg = g.create_group("labels")
         for t in spec.tasks:
             shape = (n,) if t.kind == "multiclass" else (n, len(t.classes))
@@ -206,12 +241,26 @@ class CacheWriter:
         g = zarr.open_group(str(path), mode="r+", zarr_format=3)
         return cls(path, g, CacheSpec.from_json(meta["spec"]), int(meta["n_rows"]))
 
+    def spec_differences(self, spec: CacheSpec) -> list[str]:
+        """The top-level keys of the spec (``modalities``, ``adapter_options``...) in which ``spec`` differs
+        from the store's; empty when a run of ``spec`` resumes this store.
+
+        Modalities added under a name of their own (the same input under another encoder,
+        ``meta.renamed_additions``) are set aside when ``spec`` does not have them: a run of the dataset's own
+        modalities resumes the store without knowing them."""
+        mine = self.spec
+        extra = set(renamed_additions(group_meta(self.group))) - {m.name for m in spec.modalities}
+        if extra:
+            mine = CacheSpec.from_json(self.spec.to_json())
+            mine.modalities = [m for m in mine.modalities if m.name not in extra]
+        if _spec_json(mine) == _spec_json(spec):
+            return []
+        a, b = mine.to_json(), spec.to_json()
+        return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
     def _check_same(self, spec: CacheSpec, stay_ids: np.ndarray, subject_ids: np.ndarray) -> None:
-        mine = json.dumps(self.spec.to_json(), sort_keys=True, default=str)
-        theirs = json.dumps(spec.to_json(), sort_keys=True, default=str)
-        if mine != theirs:
-            a, b = self.spec.to_json(), spec.to_json()
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        diff = self.spec_differences(spec)
+        if diff:
             raise CacheError(
                 f"{self.path} exists with a different specification (differs in: {', '.join(diff)}); "
                 "pass overwrite=True (--overwrite) to replace it, or choose another --out"
@@ -239,8 +288,23 @@ class CacheWriter:
             self.group.attrs[store.ATTR_KEY] = meta
         self._finalized = value
 
-    def _before_change(self) -> None:
-        """Mark a finalized store not finalized before anything in it changes (a reader then refuses it)."""
+    def _write_meta(self, meta: dict[str, Any], what: str) -> None:
+        with _writing(self.path, what):
+            self.group.attrs[store.ATTR_KEY] = meta
+
+    def _before_change(self, modality: str | None = None) -> None:
+        """Mark a finalized store not finalized before anything in it changes (a reader then refuses it).
+
+        A change to a modality added to the finished store (``modality``) marks that addition as running
+        instead (its record loses ``finished``): the store stays finalized, and the rows of that modality
+        whose blocks are not done read as not written."""
+        if modality is not None and modality in self._added:
+            if modality not in self._adding:
+                meta = group_meta(self.group)
+                reopen_addition(meta, modality)
+                self._write_meta(meta, "the store's attributes")
+                self._adding.add(modality)
+            return
         if self._finalized:
             self._set_finalized(False)
 
@@ -366,7 +430,7 @@ class CacheWriter:
         """
         if not starts:
             return
-        self._before_change()
+        self._before_change(modality)
         b = self._blocks[modality]
         done = store.array(self.group, f"{modality}/done")
         with _writing(self.path, f"the done markers of {modality!r}"):
@@ -431,7 +495,7 @@ class CacheWriter:
             if tm.shape != (rows, m.shape[0]):
                 raise CacheError(f"{modality}: tokens_mask shape {tm.shape} != {(rows, m.shape[0])}")
             xk[~tm] = 0  # zero the padding so it compresses and never leaks into a pooled mean
-        self._before_change()
+        self._before_change(modality)
         with _writing(self.path, f"block [{start}, {stop}) of {modality!r}"):
             if tm is not None:
                 store.array(mg, "tokens_mask")[start:stop] = tm
@@ -445,9 +509,108 @@ class CacheWriter:
             store.array(mg, "done")[start // b] = 1
 
     def finalize(self, extra: dict[str, Any] | None = None) -> None:
-        """Check every block of every modality is done and record the completion (and ``extra``)."""
-        missing = {m.name: int((self.done_blocks(m.name) == 0).sum()) for m in self.spec.modalities}
+        """Check every block of every modality is done and record the completion (and ``extra``). Modalities
+        being added (:attr:`adding`) are exempt: their own done markers say which of their rows exist."""
+        mods = [m.name for m in self.spec.modalities if m.name not in self._adding]
+        missing = {name: int((self.done_blocks(name) == 0).sum()) for name in mods}
         missing = {k: v for k, v in missing.items() if v}
         if missing:
             raise CacheError(f"cannot finalize {self.path}: blocks not written: {missing}")
         self._set_finalized(True, extra)
+
+    # ------------------------------------------------------------------ adding modalities to a finished store
+    def add_modalities(
+        self,
+        spec: CacheSpec,
+        new: dict[str, str],
+        rows_per_block: int | dict[str, int] | None = None,
+    ) -> None:
+        """Extend the store to ``spec``, which is the store's spec plus the modalities ``new`` (``{name: the
+        dataset's modality it encodes}``), perhaps in another order and with other ``adapter_options`` and
+        ``extra``.
+
+        The new modalities' arrays are created empty (no block done; a folder of that name that no spec names,
+        left by a run killed here, is replaced), then the attributes take ``spec`` and record each as being
+        added (``meta.start_addition``). Nothing else of the store is written, and the store keeps its
+        finalized flag: readers see the new modalities' rows as not written until their blocks are done.
+        ``CacheError`` when ``spec`` changes anything but those (a modality, a task, the dataset...) or names a
+        modality the store has (remove it first with :meth:`remove_modality`).
+        """
+        mine = {m.name: m for m in self.spec.modalities}
+        for name in new:
+            if name in mine:
+                raise CacheError(f"{self.path} already has modality {name!r}; remove it before adding it again")
+        theirs = {m.name: m for m in spec.modalities}
+        unknown = set(new) - set(theirs)
+        if unknown:
+            raise CacheError(f"modalities {sorted(unknown)} to add are not in the spec given")
+        changed = sorted(
+            n for n, m in mine.items() if n not in theirs or _modality_json(m) != _modality_json(theirs[n])
+        )
+        if changed:
+            raise CacheError(f"{self.path}: adding modalities cannot change or remove the modalities {changed}")
+        a, b = self.spec.to_json(), spec.to_json()
+        free = ("modalities", "adapter_options", "extra")
+        other = sorted(k for k in set(a) | set(b) if k not in free and a.get(k) != b.get(k))
+        if other:
+            raise CacheError(f"{self.path}: adding modalities cannot change the spec's {', '.join(other)}")
+        with _writing(self.path, f"the arrays of {', '.join(map(repr, new))}"):
+            for name in new:
+                if (self.path / name).exists():  # left by a run killed before its attributes were written
+                    shutil.rmtree(self.path / name)
+                over = rows_per_block.get(name) if isinstance(rows_per_block, dict) else rows_per_block
+                _create_modality_arrays(self.group, theirs[name], self.n, over)
+        meta = group_meta(self.group)
+        meta["spec"] = spec.to_json()
+        for name, source in new.items():
+            start_addition(meta, name, source)
+        self._write_meta(meta, "the store's attributes")
+        self.spec = CacheSpec.from_json(meta["spec"])
+        for name in new:
+            self._blocks[name] = store.modality_block_rows(self.group, name)
+        self._added |= set(new)
+        self._adding |= set(new)
+
+    def remove_modality(self, name: str) -> None:
+        """Remove modality ``name``: first from the attributes (its spec and addition record), then its arrays,
+        so no reader ever sees a spec naming arrays half deleted. The finalized flag is kept: the store without
+        it is as complete as it was."""
+        self.spec.modality(name)  # KeyError naming the modalities
+        meta = group_meta(self.group)
+        spec = CacheSpec.from_json(meta["spec"])
+        spec.modalities = [m for m in spec.modalities if m.name != name]
+        meta["spec"] = spec.to_json()
+        drop_addition(meta, name)
+        self._write_meta(meta, "the store's attributes")
+        with _writing(self.path, f"the arrays of {name!r}"):
+            shutil.rmtree(self.path / name, ignore_errors=False)
+        self.spec = spec
+        self._blocks.pop(name, None)
+        self._added.discard(name)
+        self._adding.discard(name)
+
+    def finish_additions(
+        self, names: list[str], config: dict[str, Any] | None = None, summaries: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Record as finished the additions among ``names`` that are being added and have every block done,
+        with the run's configuration ``config`` and, per modality, its summary (``summaries[name]``, stored
+        under ``summary.extract.modalities``). One write of the attributes, none when nothing finishes.
+        Returns the modalities finished."""
+        done = [n for n in names if n in self._adding and bool(self.done_blocks(n).all())]
+        if not done:
+            return []
+        meta = group_meta(self.group)
+        summary = dict(meta.get("summary") or {})
+        extract = dict(summary.get("extract") or {})
+        mods = dict(extract.get("modalities") or {})
+        for name in done:
+            finish_addition(meta, name, config)
+            if summaries and name in summaries:
+                mods[name] = summaries[name]
+        if summaries:
+            extract["modalities"] = mods
+            summary["extract"] = extract
+            meta["summary"] = summary
+        self._write_meta(meta, "the store's attributes")
+        self._adding -= set(done)
+        return done

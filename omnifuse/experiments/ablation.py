@@ -59,7 +59,16 @@ def ablation(
     write_config(out, record)
     labels = [f"ablation_{r}" for r in cfg.rows]
     specs = fold_specs(ctx, labels, cfg.method_overrides, rate=cfg.missing_rate, mode=cfg.missing_mode)
-    stats = run_all(ctx, specs, out, n_jobs=cfg.n_jobs, threads=cfg.threads, progress=cfg.progress)
+    stats = run_all(
+        ctx,
+        specs,
+        out,
+        n_jobs=cfg.n_jobs,
+        threads=cfg.threads,
+        progress=cfg.progress,
+        backend=cfg.backend,
+        scheduler=cfg.scheduler,
+    )
     preds = collect.collect(ctx, stats.folders, specs, partial=False)
     data = ctx.data()
     against = ["ablation_f"] if "f" in cfg.rows else []

@@ -11,6 +11,11 @@ Groups and subsets (DESIGN.md, "Evaluation"):
   (the views are those of :func:`omnifuse.fuse.fold.combination_views`);
 - ``reference_subset`` / ``as_is``: test rows with a valid reference score (APACHE IVa on eICU), the methods'
   overall predictions on them and, as method ``reference:<name>``, the reference score itself.
+
+Probabilities are the run's calibrated ones (``overall``, ``combo<i>``); the ``overall`` and
+``reference_subset`` cells also carry the same rows before calibration (:attr:`FoldPred.p_raw`, from the run's
+``overall_raw``), so the tables show both. A run stored before calibration existed has no ``overall_raw``: its
+cells have ``p_raw`` None (no calibration information), and everything else reads as before.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ def run_preds(
     arrays, _ = load_run(folder)
     name = label or spec.label
     rows, y, present = arrays["test_rows"], arrays["y"], arrays["present"]
-    out = [FoldPred(name, spec.repeat, spec.fold, "overall", "as_is", y, arrays["overall"], spec.rate)]
+    raw = arrays.get("overall_raw")
+    out = [FoldPred(name, spec.repeat, spec.fold, "overall", "as_is", y, arrays["overall"], spec.rate, raw)]
     if combos:
         for i, c in enumerate(ctx.combos):
             key = f"combo{i}"
@@ -84,6 +90,7 @@ def run_preds(
                 y[ok],
                 arrays["overall"][ok],
                 spec.rate,
+                None if raw is None else raw[ok],
             )
         )
     return out
@@ -133,14 +140,22 @@ def pooled(
     folders: dict[RunSpec, Path],
     specs: Sequence[RunSpec],
     repeat: int = 0,
+    *,
+    raw: bool = False,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per method label, the out-of-fold ``(y, overall probabilities)`` of one repeat (every labelled row once)."""
+    """Per method label, the out-of-fold ``(y, overall probabilities)`` of one repeat (every labelled row once).
+    ``raw``: the probabilities before calibration instead, for the labels whose every run stored them (the
+    others are left out: no calibration information)."""
     acc: dict[str, tuple[list, list]] = {}
+    missing: set[str] = set()
     for s in specs:
         if s.repeat != repeat:
             continue
         a, _ = load_run(folders[s])
+        if raw and "overall_raw" not in a:
+            missing.add(s.label)
+            continue
         ys, ps = acc.setdefault(s.label, ([], []))
         ys.append(a["y"])
-        ps.append(a["overall"])
-    return {k: (np.concatenate(v[0]), np.concatenate(v[1])) for k, v in acc.items()}
+        ps.append(a["overall_raw" if raw else "overall"])
+    return {k: (np.concatenate(v[0]), np.concatenate(v[1])) for k, v in acc.items() if k not in missing}

@@ -2,11 +2,12 @@
 
 Every method on the same patient-grouped folds and the same seeded missingness masks; per modality
 combination (the modalities outside it masked for every test row; rows lacking one of its modalities
-reported separately as ``partial``); mean ± sd over folds, fold-bootstrap 95 % CIs, Brier score, paired
-t-tests of every method against OmniFuse and against its DWFuse-only variant (``dwfuse_only``: TLA, IMP-fw
-and IMP-bw off, the paper's table 3 column) over the same folds, a reliability figure, and the cache's
-reference score (APACHE IVa on eICU) on the test rows that have one, with every method scored on those same
-rows.
+reported separately as ``partial``); mean ± sd over folds, fold-bootstrap 95 % CIs, Brier score and ECE,
+paired t-tests of every method against OmniFuse and against its DWFuse-only variant (``dwfuse_only``: TLA,
+IMP-fw and IMP-bw off, the paper's table 3 column) over the same folds, the calibration of every method
+(per-fold temperatures, Brier, ECE and pooled AUROC before and after temperature scaling), a reliability
+figure before and after calibration, and the cache's reference score (APACHE IVa on eICU) on the test rows
+that have one, with every method scored on those same rows.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from omnifuse.experiments.runner import (
     test_train_ratio,
 )
 from omnifuse.experiments.stats import pick, pick_one, summarize
+from omnifuse.fuse import metrics
 from omnifuse.fuse.methods import METHODS
 from omnifuse.fuse.tla import combination_name
 
@@ -66,8 +68,8 @@ def compare(
     with ``threads`` torch threads each (on 2 cores ``n_jobs=2, threads=1`` is fastest). Resumable: finished
     runs under ``out/runs`` are reused.
 
-    Writes config.json, results.csv (summary), folds.csv, results.json, results.md, reliability.png and
-    auroc_by_combination.png; prints the tables.
+    Writes config.json, results.csv (summary), folds.csv, results.json, results.md, reliability.png (before and
+    after calibration) and auroc_by_combination.png; prints the tables.
 
     Measured on the eICU demo cache (2,492 labelled stays, 5 modalities, MiniLM mean-pooled text) on 2 CPU
     cores shared with other jobs (about 4x oversubscribed), ``n_jobs=2, threads=1``: ``["omnifuse", "concat"]``
@@ -84,7 +86,16 @@ def compare(
     record = study_record("compare", cache, ctx, cfg, methods=names)
     write_config(out, record)
     specs = fold_specs(ctx, names, cfg.method_overrides, rate=cfg.missing_rate, mode=cfg.missing_mode)
-    stats = run_all(ctx, specs, out, n_jobs=cfg.n_jobs, threads=cfg.threads, progress=cfg.progress)
+    stats = run_all(
+        ctx,
+        specs,
+        out,
+        n_jobs=cfg.n_jobs,
+        threads=cfg.threads,
+        progress=cfg.progress,
+        backend=cfg.backend,
+        scheduler=cfg.scheduler,
+    )
     refs = collect.load_references(cache)
     data = ctx.data()
     preds = collect.collect(ctx, stats.folders, specs, references=refs)
@@ -115,14 +126,35 @@ def compare(
 
 
 def _run_summary(folders: list[Path]) -> dict[str, Any]:
-    """Mean wall seconds per run, the parameter count and how many runs ended on their last allowed epoch."""
+    """Mean wall seconds per run, the parameter count, how many runs ended on their last allowed epoch and
+    every run's temperatures (``temperature``: one list per run; None for a run stored before calibration
+    existed)."""
     runs = [load_run(f)[1] for f in folders]
     return {
         "seconds": float(np.mean([r["seconds"] for r in runs])),
         "parameters": runs[0].get("parameters"),
         "best_epoch_is_last": int(sum(bool(r.get("best_epoch_is_last")) for r in runs)),
         "runs": len(runs),
+        "temperature": [r.get("temperature") for r in runs],
     }
+
+
+def _temperatures(runs: list[list[float] | None] | None) -> str:
+    """Median temperature over a method's runs (and labels) with its range; "-" when no run recorded one."""
+    vals = [t for r in runs or [] if r for t in r]
+    if not vals:
+        return "-"
+    if min(vals) == max(vals):
+        return fnum(vals[0], 2)
+    return f"{fnum(float(np.median(vals)), 2)} [{fnum(min(vals), 2)}, {fnum(max(vals), 2)}]"
+
+
+def _before_after(row: dict[str, Any], before: str, after: str) -> str:
+    """``"before → after"`` of two summary fields; the after value alone when the run has no before."""
+    b = row.get(before)
+    if b is None or (isinstance(b, float) and b != b):
+        return fnum(row.get(after))
+    return f"{fnum(b)} → {fnum(row.get(after))}"
 
 
 def _p_cols(against: Sequence[str]) -> list[str]:
@@ -188,6 +220,7 @@ def compare_sections(
                 fms(r["auprc_mean"], r["auprc_sd"]),
                 fnum(r["auprc_pooled"]),
                 fms(r["brier_mean"], r["brier_sd"]),
+                fms(r["ece_mean"], r["ece_sd"]),
                 *(fp(r.get(f"pc_auroc_vs_{a}")) for a in main),
                 fnum(e.get("seconds"), 1),
             ]
@@ -206,16 +239,19 @@ def compare_sections(
                 "AUPRC (AP)",
                 "AUPRC pooled",
                 "Brier",
+                "ECE",
                 *_p_cols(main),
                 "s / run",
             ],
             rows,
             "CI: fold bootstrap of the mean over folds; p: the corrected resampled t-test (Nadeau and Bengio 2003) "
             "over the same repeats x folds (results.csv also holds the plain paired t-test, p_auroc_vs_*, "
-            "optimistic over overlapping training sets). logreg and gbm are reference learners on the cached "
-            "features.",
+            "optimistic over overlapping training sets). Probabilities calibrated per fold (temperature scaling "
+            f"on the inner validation split) when the runs were; ECE: {metrics.ECE_BINS} equal-width bins. logreg "
+            "and gbm are reference learners on the cached features.",
         )
     ]
+    secs.append(calibration_section(summary, methods, extra))
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]
     for view, what in VIEW_TITLES.items():
         for metric, label in (("auroc", "AUROC"), ("auprc", "AUPRC (AP)")):
@@ -262,6 +298,7 @@ def compare_sections(
                     fci(r["auroc_ci"]),
                     fms(r["auprc_mean"], r["auprc_sd"]),
                     fms(r["brier_mean"], r["brier_sd"]),
+                    fms(r["ece_mean"], r["ece_sd"]),
                     fp(r.get(f"p_auroc_vs_reference:{ref}")),
                 ]
             )
@@ -269,12 +306,65 @@ def compare_sections(
             secs.append(
                 Section(
                     f"Reference score {ref}: the test rows where it is valid, every method on the same rows",
-                    ["method", "rows", "AUROC", "AUROC 95% CI", "AUPRC (AP)", "Brier", f"p AUROC vs {ref}"],
+                    ["method", "rows", "AUROC", "AUROC 95% CI", "AUPRC (AP)", "Brier", "ECE", f"p AUROC vs {ref}"],
                     rows,
                     f"{ref} is a score computed by the source, never an input.",
                 )
             )
     return secs
+
+
+def calibration_section(
+    summary: list[dict[str, Any]], methods: Sequence[str], extra: dict[str, dict[str, Any]] | None = None
+) -> Section:
+    """Per method: its temperatures (median over folds and labels, [range]), then before → after temperature
+    scaling: Brier score and ECE (mean over folds), pooled Brier, ECE and AUROC (every test row of a repeat
+    scored together), beside the fold-mean AUROC. A method never scaled (every temperature 1: reference learners,
+    ``calibrate=false``) or without probabilities before calibration (runs stored before calibration existed)
+    shows one number."""
+    extra = extra or {}
+    rows = []
+    for m in methods:
+        r = pick_one(summary, method=m, group="overall", subset="as_is")
+        if r is None:
+            continue
+        temps = extra.get(m, {}).get("temperature")
+        scaled = any(t != 1.0 for run in temps or [] if run for t in run)
+
+        def cell(before: str, after: str, r: dict[str, Any] = r, scaled: bool = scaled) -> str:
+            return _before_after(r, before, after) if scaled else fnum(r.get(after))
+
+        rows.append(
+            [
+                m,
+                _temperatures(temps),
+                cell("brier_uncalibrated_mean", "brier_mean"),
+                cell("ece_uncalibrated_mean", "ece_mean"),
+                cell("brier_pooled_uncalibrated", "brier_pooled"),
+                cell("ece_pooled_uncalibrated", "ece_pooled"),
+                fnum(r["auroc_mean"]),
+                cell("auroc_pooled_uncalibrated", "auroc_pooled"),
+            ]
+        )
+    return Section(
+        "Calibration: before → after temperature scaling (each fold's network on its inner validation split)",
+        [
+            "method",
+            "temperature",
+            "Brier",
+            "ECE",
+            "Brier pooled",
+            "ECE pooled",
+            "AUROC (fold mean)",
+            "AUROC pooled",
+        ],
+        rows,
+        "temperature: median over folds (and labels) [range]; T > 1 softens over-confident probabilities. Brier, ECE: "
+        "mean over folds; pooled: every out-of-fold prediction of a repeat scored together (fold models on "
+        "different probability scales lower the pooled AUROC below the fold mean; calibration brings them onto "
+        "one scale). Fold AUROC does not change with a temperature (binary, multilabel). Reference learners "
+        "keep T = 1 (no inner validation split).",
+    )
 
 
 def compare_figures(
@@ -288,7 +378,9 @@ def compare_figures(
     kind: str,
 ) -> list[Path]:
     pooled = collect.pooled(ctx, folders, specs)
+    raw = collect.pooled(ctx, folders, specs, raw=True)
     curves = {m: pooled[m] for m in methods if m in pooled}
+    before = {m: raw[m] for m in methods if m in raw}
     data = ctx.data()
     if kind == "binary":
         for ref, (vals, valid) in refs.items():
@@ -298,9 +390,14 @@ def compare_figures(
                 data.labels_numpy(tested),
                 vals[tested][:, None].astype(np.float64),
             )
+            before[f"reference:{ref} (its rows)"] = curves[f"reference:{ref} (its rows)"]  # a score: never scaled
     figs = [
         figures.reliability_figure(
-            out / "reliability.png", curves, kind, title=f"Reliability, out-of-fold predictions ({ctx.task})"
+            out / "reliability.png",
+            curves,
+            kind,
+            title=f"Reliability, out-of-fold predictions ({ctx.task})",
+            before=before if len(before) > sum(k.startswith("reference:") for k in before) else None,
         )
     ]
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]

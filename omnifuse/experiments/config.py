@@ -25,6 +25,13 @@ COMBINATIONS_HELP = (
 )
 
 
+REPEATS = 3
+"""Repeats of k-fold cross-validation in the studies that compare methods (compare, unimodal, ablation): 5 x 3
+resampled splits give the corrected resampled t-test 14 degrees of freedom where one 5-fold pass gives 4.
+The sweep (10 rates, each its own replication) and the imputation study (one fold) default to 1."""
+REPEATS_HELP = "Repeated k-fold: repeat r uses folds seeded by seed + r (the corrected t-test pairs all of them)."
+
+
 @dataclass
 class StudyConfig:
     """Options every study shares."""
@@ -41,7 +48,18 @@ class StudyConfig:
     n_jobs: int = option(
         1, help="Runs trained at once (processes); on 2 CPU cores use 2 with --threads 1.", flag="--jobs"
     )
-    threads: int | None = option(None, help="Torch threads per run.")
+    threads: int | None = option(None, help="Torch threads per run (default: CPU count / jobs; on a cluster 1).")
+    backend: str = option(
+        "loky",
+        help="Where the runs train: loky (processes on this machine, --jobs of them) or dask (the workers of a "
+        "Dask cluster, --scheduler; needs omnifuse[cluster]).",
+        choices=("loky", "dask"),
+    )
+    scheduler: str | None = option(
+        None,
+        help="The Dask scheduler of --backend dask: its address (tcp://host:8786) or its scheduler file "
+        "(dask scheduler --scheduler-file FILE). --out and the cache must be on a file system every worker shares.",
+    )
     device: str | None = option(None, help="auto (cuda when present), cpu or cuda.")
     n_boot: int = option(200, help="Bootstrap replicates of the confidence intervals (0: none).")
     progress: bool = option(True, help="Show a progress bar (logged when the output is not a terminal).")
@@ -69,6 +87,10 @@ class StudyConfig:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.n_jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.n_jobs}")
+        if self.backend == "dask" and not self.scheduler:
+            raise ValueError("--backend dask needs --scheduler (tcp://host:8786 or a scheduler file)")
+        if self.backend != "dask" and self.scheduler:
+            raise ValueError(f"--scheduler is for --backend dask; the backend is {self.backend}")
         for d in declared(type(self)):
             values = getattr(self, d.name)
             if "list[str]" in str(d.type) and isinstance(values, list):
@@ -103,6 +125,8 @@ class CombinationStudyConfig(StudyConfig):
 class CompareConfig(CombinationStudyConfig):
     """``omnifuse experiment compare``: every method on the same folds and masks (the paper's table 3)."""
 
+    repeats: int = option(REPEATS, help=REPEATS_HELP)
+
     out: Path = option(Path("experiments/compare"), help="Results folder (finished runs in it are reused).", short="-o")
     methods: list[str] | None = option(
         None,
@@ -115,6 +139,8 @@ class CompareConfig(CombinationStudyConfig):
 @dataclass
 class UnimodalConfig(StudyConfig):
     """``omnifuse experiment unimodal``: each modality alone against fused models given only it (table 2)."""
+
+    repeats: int = option(REPEATS, help=REPEATS_HELP)
 
     out: Path = option(
         Path("experiments/unimodal"), help="Results folder (finished runs in it are reused).", short="-o"
@@ -132,6 +158,8 @@ class UnimodalConfig(StudyConfig):
 @dataclass
 class AblationConfig(CombinationStudyConfig):
     """``omnifuse experiment ablation``: OmniFuse's components switched on one by one (table 4)."""
+
+    repeats: int = option(REPEATS, help=REPEATS_HELP)
 
     out: Path = option(
         Path("experiments/ablation"), help="Results folder (finished runs in it are reused).", short="-o"

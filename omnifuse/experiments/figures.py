@@ -1,7 +1,8 @@
 """PNG figures of the studies, drawn with matplotlib's object API on the Agg canvas (no pyplot, no display).
 
 - :func:`reliability_figure`: reliability diagram (mean predicted probability against observed frequency,
-  equal-width bins, pooled out-of-fold predictions) with the Brier score per curve;
+  equal-width bins, pooled out-of-fold predictions) with the Brier score and ECE per curve, before and after
+  calibration when the probabilities before it are given;
 - :func:`group_bars`: mean ± sd of a metric per group (modality combination, modality) and method;
 - :func:`sweep_figure`: a metric against the simulated missing rate, mean ± sd band over folds (figures 4-6);
 - :func:`imputation_curve`: cosine similarity of imputed to true embeddings and validation AUROC across
@@ -37,70 +38,90 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _scores(y: np.ndarray, p: np.ndarray, kind: str) -> tuple[float, float]:
+    """(Brier score, ECE) of one curve's predictions."""
+    return metrics.brier(y, p, kind), metrics.expected_calibration_error(y, p, kind, metrics.ECE_BINS)
+
+
+def _curve(ax, y: np.ndarray, p: np.ndarray, kind: str, n_bins: int, color: str, label: str | None, **kw: Any):
+    """One reliability curve on ``ax``: the line, and markers whose area follows the bin's row count."""
+    rc = metrics.reliability_curve(y, p, n_bins=n_bins, kind=kind)
+    cnt = np.asarray(rc["count"], dtype=float)
+    ax.plot(rc["mean_predicted"], rc["fraction_positive"], marker="o", ms=3, lw=1.2, color=color, label=label, **kw)
+    ax.scatter(
+        rc["mean_predicted"],
+        rc["fraction_positive"],
+        s=8 + 80 * cnt / max(cnt.max(initial=0.0), 1),
+        alpha=0.35 * kw.get("alpha", 1.0),
+        color=color,
+    )
+
+
+def _frame(ax) -> None:
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+
+
 def reliability_figure(
     path: Path,
     curves: dict[str, tuple[np.ndarray, np.ndarray]],
     kind: str = "binary",
     n_bins: int = 10,
     title: str = "Reliability",
+    before: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Path:
-    """``curves``: label -> (labels, probabilities) pooled over folds. Up to four curves share one panel;
-    more get one small panel each (same axes), so every curve stays readable. Marker area follows the bin's
-    row count; the legend gives each curve's Brier score."""
+    """``curves``: label -> (labels, probabilities) pooled over folds (after calibration, as reported);
+    ``before``: the same labels' probabilities before calibration, where known (a label absent from it is drawn
+    after calibration only). Marker area follows the bin's row count; each curve's Brier score and ECE
+    (:func:`omnifuse.fuse.metrics.expected_calibration_error`) are given.
+
+    Without ``before``, up to four curves share one panel. With it, up to four curves get two panels, before
+    (left) and after calibration (right), in the same colours. More than four curves get one small panel each
+    (same axes), the curve after calibration solid and before it dashed, so every curve stays readable; there a
+    label whose ``before`` is the very pair it has in ``curves`` (a score that is never scaled, such as a
+    reference score) is drawn once."""
     items = [(k, v) for k, v in curves.items() if len(v[0])]
+    prior = {k: v for k, v in (before or {}).items() if k in curves and len(v[0])}
     k = len(items)
-    if k <= 4:
-        panels = [items]
-        cols, rows = 1, 1
-        fig = _figure(5.2, 5.0)
-    else:
-        panels = [[it] for it in items]
+    if k > 4:
         cols = min(4, k)
         rows = math.ceil(k / cols)
         fig = _figure(3.2 * cols, 3.1 * rows)
-    for i, group in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-        for j, (label, (y, p)) in enumerate(group):
-            rc = metrics.reliability_curve(y, p, n_bins=n_bins, kind=kind)
-            b = metrics.brier(y, p, kind)
-            cnt = np.asarray(rc["count"], dtype=float)
-            color = f"C{j if len(panels) == 1 else i % 10}"
-            ax.plot(
-                rc["mean_predicted"],
-                rc["fraction_positive"],
-                marker="o",
-                ms=3,
-                lw=1.2,
-                color=color,
-                label=f"{label} (Brier {b:.3f}, n={len(y)})",
-            )
-            ax.scatter(
-                rc["mean_predicted"],
-                rc["fraction_positive"],
-                s=8 + 80 * cnt / max(cnt.max(), 1),
-                alpha=0.35,
-                color=color,
-            )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        if len(panels) == 1:
-            ax.set_xlabel("mean predicted probability")
-            ax.set_ylabel("observed fraction of positives")
-            ax.set_title(title)
-            ax.legend(fontsize=7, loc="upper left")
-        else:
-            ax.set_title(group[0][0], fontsize=8)
-            ax.text(
-                0.03,
-                0.9,
-                f"Brier {metrics.brier(group[0][1][0], group[0][1][1], kind):.3f}",
-                fontsize=7,
-                transform=ax.transAxes,
-            )
+        for i, (label, (y, p)) in enumerate(items):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            _frame(ax)
+            color = f"C{i % 10}"
+            b, e = _scores(y, p, kind)
+            text = f"Brier {b:.3f}, ECE {e:.3f}"
+            scaled = label in prior and prior[label] is not curves[label]
+            if scaled:
+                yb, pb = prior[label]
+                _curve(ax, yb, pb, kind, n_bins, color, "before", ls="--", alpha=0.6)
+                bb, eb = _scores(yb, pb, kind)
+                text = f"after: Brier {b:.3f}, ECE {e:.3f}\nbefore: Brier {bb:.3f}, ECE {eb:.3f}"
+            _curve(ax, y, p, kind, n_bins, color, "after" if scaled else None)
+            ax.set_title(label, fontsize=8)
+            ax.text(0.03, 0.97, text, fontsize=6.5, transform=ax.transAxes, va="top")
             ax.tick_params(labelsize=7)
-    if len(panels) > 1:
-        fig.suptitle(f"{title}: mean predicted probability (x) vs observed fraction of positives (y)", fontsize=9)
+            if scaled:
+                ax.legend(fontsize=6, loc="lower right")
+        what = " (solid: after calibration, dashed: before)" if prior else ""
+        fig.suptitle(f"{title}: mean predicted probability (x) vs observed fraction of positives (y){what}", fontsize=9)
+        return _save(fig, path)
+    panels = [("before calibration", prior), ("after calibration", dict(items))] if prior else [("", dict(items))]
+    fig = _figure(5.2 * len(panels), 5.0)
+    colors = {label: f"C{j}" for j, (label, _) in enumerate(items)}
+    for i, (name, group) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        _frame(ax)
+        for label, (y, p) in group.items():
+            b, e = _scores(y, p, kind)
+            _curve(ax, y, p, kind, n_bins, colors[label], f"{label} (Brier {b:.3f}, ECE {e:.3f}, n={len(y)})")
+        ax.set_xlabel("mean predicted probability")
+        ax.set_ylabel("observed fraction of positives")
+        ax.set_title(f"{title}: {name}" if name else title, fontsize=10 if name else None)
+        ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path)
 
 

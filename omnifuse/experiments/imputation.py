@@ -188,6 +188,8 @@ def imputation(cache: Any, task: str | None = None, *, config: Any = None, **ove
         out,
         threads=cfg.threads,
         progress=cfg.progress,
+        backend=cfg.backend,
+        scheduler=cfg.scheduler,
         probe=functools.partial(ImputationProbe, max_rows=cfg.max_rows),
     )
     folder = stats.folders[spec]

@@ -21,11 +21,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -317,9 +320,13 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
     ``run.json`` and then ``DONE`` into ``folder``.
 
     ``predictions.npz``: ``test_rows`` [n], ``present`` [n, M] (the study's modalities, after simulated
-    missingness), ``y`` (labels), ``overall`` [n, C] (test rows as they are) and ``combo<i>`` [n, C] (every
+    missingness), ``y`` (labels), ``overall`` [n, C] (test rows as they are), ``combo<i>`` [n, C] (every
     test row with the modalities outside ``ctx.combos[i]`` masked; a row lacking some of the combination keeps
-    what it has of it). A model that does not see a modality of a combination gives no ``combo<i>``."""
+    what it has of it), all calibrated with the run's temperature (``calibrate``), ``overall_raw`` [n, C] (the
+    overall probabilities before calibration) and ``temperature`` [C] (multiclass [1]; ones when not
+    calibrated). A model that does not see a modality of a combination gives no ``combo<i>``. Runs stored
+    before calibration existed have neither ``overall_raw`` nor ``temperature`` (:func:`load_run` reads them
+    as they are: no calibration information)."""
     t0, c0 = time.perf_counter(), time.process_time()
     base = fold_data(ctx.data(), spec.rate, spec.mode, ctx.seed, spec.repeat, spec.fold)
     names = list(spec.modalities) if spec.modalities else list(ctx.modalities)
@@ -341,6 +348,8 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
         "test_rows": run.test_rows,
         "y": run.y,
         "overall": run.overall,
+        "overall_raw": run.overall if run.overall_raw is None else run.overall_raw,
+        "temperature": np.asarray(run.temperature, dtype=np.float64),
         "present": base.mask[torch.as_tensor(test_rows, device=base.device)].cpu().numpy(),
         **{f"combo{i}": p for i, p in run.combos.items()},
     }
@@ -353,6 +362,7 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
         "best_epoch": run.best_epoch,
         "best_epoch_is_last": any(run.best_is_last),
         "best_val_auroc": run.best_val_auroc,
+        "temperature": run.temperature,
         "n_train": run.n_train,
         "n_val": run.n_val,
         "n_test": int(len(test_rows)),
@@ -385,7 +395,8 @@ def test_train_ratio(ctx: StudyContext) -> float:
 
 
 def load_run(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(predictions.npz arrays, run.json) of a finished run."""
+    """(predictions.npz arrays, run.json) of a finished run. A run stored before calibration existed has no
+    ``overall_raw`` array and no ``temperature``: callers read that as "no calibration information"."""
     with np.load(folder / "predictions.npz") as z:
         arrays = {k: z[k] for k in z.files}
     return arrays, json.loads((folder / "run.json").read_text())
@@ -459,6 +470,33 @@ def exit_with_parent(parent: int, interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="omnifuse-parent-watch", daemon=True).start()
 
 
+BACKENDS = ("loky", "dask")
+"""Where :func:`run_all` trains the runs it dispatches: ``loky`` (joblib processes on this machine) or ``dask``
+(the workers of a Dask distributed cluster, one task per run)."""
+
+WORKER_WAIT_S = 60.0
+"""How long a study waits for a first worker to join an empty Dask cluster."""
+
+Outcome = tuple[RunSpec, float, str]
+"""A finished run as a dispatcher yields it: (spec, seconds, where it ran)."""
+Outcomes = Generator[Outcome, None, None]
+
+
+def _where() -> str:
+    """What runs this code: a Dask worker's address, else ``process <pid>``."""
+    dist = sys.modules.get("distributed")
+    if dist is not None:
+        with contextlib.suppress(ValueError):  # not in a Dask worker
+            return str(dist.get_worker().address)
+    return f"process {os.getpid()}"
+
+
+def _tag(e: BaseException, spec: RunSpec, where: str) -> None:
+    """Name the run (and the worker) that raised ``e``; the tag survives pickling back to the study process."""
+    e.add_note(f"omnifuse: in run {spec.key} ({where})")
+    e._omnifuse_run = (spec.key, where)  # type: ignore[attr-defined]
+
+
 def _worker(
     ctx: StudyContext,
     spec: RunSpec,
@@ -466,18 +504,245 @@ def _worker(
     threads: int | None,
     probe: ProbeFactory | None,
     parent: int | None = None,
-) -> tuple[RunSpec, float]:
+) -> Outcome:
+    """Train one run into ``folder`` (emptied first: an unfinished or outdated run starts again); an exception
+    leaves with the run's name attached (:func:`_tag`)."""
     if parent is not None:
         exit_with_parent(parent)
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    if folder.exists():
-        shutil.rmtree(folder)  # an unfinished or outdated run: start it again
-    folder.mkdir(parents=True)
-    (folder / "spec.json").write_text(json.dumps(_spec_fingerprint(ctx, spec, probe), indent=1))
-    execute_run(ctx, spec, folder, probe)
-    return spec, time.perf_counter() - t0
+    try:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        (folder / "spec.json").write_text(json.dumps(_spec_fingerprint(ctx, spec, probe), indent=1))
+        execute_run(ctx, spec, folder, probe)
+    except Exception as e:
+        _tag(e, spec, _where())
+        raise
+    return spec, time.perf_counter() - t0, _where()
+
+
+def _dispatch_here(
+    ctx: StudyContext,
+    todo: list[RunSpec],
+    folders: dict[RunSpec, Path],
+    threads: int | None,
+    probe: ProbeFactory | None,
+) -> Outcomes:
+    """One run after the other in this process (``threads`` torch threads, else the current setting)."""
+    if threads:
+        torch.set_num_threads(threads)
+    for s in todo:
+        yield _worker(ctx, s, folders[s], None, probe)
+
+
+def _dispatch_loky(
+    ctx: StudyContext,
+    todo: list[RunSpec],
+    folders: dict[RunSpec, Path],
+    n_jobs: int,
+    threads: int | None,
+    probe: ProbeFactory | None,
+) -> Outcomes:
+    """``n_jobs`` joblib (loky) processes on this machine, ``threads`` torch threads each (default: CPU count /
+    ``n_jobs``); each ends itself when this process is gone (:func:`exit_with_parent`)."""
+    from joblib import Parallel, delayed
+
+    nt = threads or max(1, (os.cpu_count() or 1) // n_jobs)
+    par = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
+    main = os.getpid()
+    yield from par(delayed(_worker)(ctx, s, folders[s], nt, probe, main) for s in todo)
+
+
+def connect_dask(scheduler: str | None) -> Any:
+    """A ``distributed.Client`` of ``scheduler``: an address (``tcp://host:8786``, ``host:8786``) or a scheduler
+    file (JSON written by ``dask scheduler --scheduler-file FILE``). :class:`StudyError` in one line when
+    Dask is not installed, the file does not exist or the scheduler cannot be reached."""
+    if not scheduler:
+        raise StudyError("--backend dask needs --scheduler (tcp://host:8786 or a scheduler file)")
+    try:
+        from distributed import Client
+    except ImportError as e:
+        raise StudyError("--backend dask needs Dask distributed: pip install 'omnifuse[cluster]'") from e
+    is_address = "://" in scheduler or re.fullmatch(r"[\w.\-\[\]:]+:\d+", scheduler) is not None
+    if not is_address and not Path(scheduler).expanduser().is_file():
+        raise StudyError(f"--scheduler {scheduler}: neither an address (tcp://host:8786) nor a scheduler file")
+    try:
+        if is_address:
+            return Client(scheduler, set_as_default=False)
+        return Client(scheduler_file=str(Path(scheduler).expanduser()), set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise StudyError(f"cannot reach the Dask scheduler {scheduler}: {type(e).__name__}: {e}") from e
+
+
+def _worker_report(paths: list[str]) -> dict[str, Any]:
+    """Run on every Dask worker before the runs: its versions and which of ``paths`` it cannot see."""
+    import omnifuse
+
+    return {
+        "omnifuse": omnifuse.__version__,
+        "torch": torch.__version__,
+        "missing": [p for p in paths if not Path(p).exists()],
+    }
+
+
+def check_dask_workers(client: Any, scheduler: str, out: Path, cache: Any) -> int:
+    """Check every worker of ``client`` before dispatching: it imports the same omnifuse, and it sees the out
+    folder (a token file written here) and the cache (when a path), so runs are written where this process
+    reads them. :class:`StudyError` naming the first worker that fails; a different torch is a warning (its
+    numbers may differ in the last digits). Returns the number of workers."""
+    out.mkdir(parents=True, exist_ok=True)
+    token = out / f".omnifuse-dispatch-{uuid.uuid4().hex}"
+    token.write_text("")
+    paths = [str(token)] + ([str(cache)] if isinstance(cache, Path) else [])
+    try:
+        reports = client.run(_worker_report, paths)
+    except Exception as e:
+        raise StudyError(
+            f"a worker of {scheduler} cannot run omnifuse ({type(e).__name__}: {e}); install the same omnifuse "
+            "in the workers' environment (pip install 'omnifuse[cluster]')"
+        ) from e
+    finally:
+        token.unlink(missing_ok=True)
+    import omnifuse
+
+    for addr, rep in sorted(reports.items()):
+        if rep["omnifuse"] != omnifuse.__version__:
+            raise StudyError(
+                f"Dask worker {addr} runs omnifuse {rep['omnifuse']}, this study {omnifuse.__version__}: install "
+                "the same version on every worker"
+            )
+        if rep["missing"]:
+            what = "the out folder" if rep["missing"][0] == str(token) else "the cache"
+            raise StudyError(
+                f"Dask worker {addr} cannot see {what} {out if what == 'the out folder' else cache}: the out "
+                "folder and the cache must be on a file system every worker shares, under the same path"
+            )
+        if rep["torch"] != torch.__version__:
+            log.warning(
+                "Dask worker %s runs torch %s, this study %s: its runs may differ in the last digits",
+                addr,
+                rep["torch"],
+                torch.__version__,
+            )
+    return len(reports)
+
+
+def _remote_context(ctx: StudyContext) -> StudyContext:
+    """``ctx`` with the cache as an absolute path (a worker's working folder is not this process's)."""
+    if isinstance(ctx.cache, (str, Path)):
+        return replace(ctx, cache=Path(ctx.cache).resolve(), _data={})
+    return ctx
+
+
+def _dispatch_dask(
+    ctx: StudyContext,
+    todo: list[RunSpec],
+    folders: dict[RunSpec, Path],
+    out: Path,
+    threads: int | None,
+    probe: ProbeFactory | None,
+    scheduler: str | None,
+) -> Outcomes:
+    """Every run as a task of the Dask cluster of ``scheduler``, one run per worker thread at a time,
+    ``threads`` torch threads each (default 1). Connects and checks the workers (:func:`check_dask_workers`)
+    at once, so a wrong scheduler or folder stops the study before any run; the runs are submitted when
+    the first outcome is asked for (:func:`_dask_outcomes`)."""
+    client = connect_dask(scheduler)
+    try:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError as e:
+            raise StudyError(f"no Dask worker joined {scheduler} within {WORKER_WAIT_S:.0f} s") from e
+        remote = _remote_context(ctx)
+        n_workers = check_dask_workers(client, str(scheduler), Path(out).resolve(), remote.cache)
+        log.info(
+            "dispatching %d run(s) to the Dask scheduler %s (%d worker(s), %d thread(s))",
+            len(todo),
+            scheduler,
+            n_workers,
+            sum(client.nthreads().values()),
+        )
+    except BaseException:
+        client.close()
+        raise
+    return _dask_outcomes(client, remote, todo, folders, threads or 1, probe)
+
+
+def _dask_outcomes(
+    client: Any,
+    ctx: StudyContext,
+    todo: list[RunSpec],
+    folders: dict[RunSpec, Path],
+    threads: int,
+    probe: ProbeFactory | None,
+) -> Outcomes:
+    """Submit every run to ``client`` (closed at the end) and yield them as they finish, logging each
+    (``k/n``, the worker that trained it). A worker that dies running a run (the scheduler gives up on it
+    after ``distributed.scheduler.allowed-failures`` retries: ``KilledWorker``) is that run's failure. When
+    the study stops (an error, or the generator closed), the runs not started are cancelled; a run in flight
+    on a worker still finishes (Dask cannot interrupt a task).
+
+    Dask's futures, not joblib's ``dask`` backend: joblib 1.6 never returns when a worker dies (its backend
+    calls joblib's completion callback only for tasks that return)."""
+    from distributed import as_completed
+
+    with client:
+        shared = client.scatter(ctx, broadcast=True, hash=False)  # sent once, not with every run
+        token = uuid.uuid4().hex[:8]
+        futures = {
+            client.submit(_worker, shared, s, folders[s].resolve(), threads, probe, key=f"omnifuse-{s.key}-{token}"): s
+            for s in todo
+        }
+        try:
+            for k, fut in enumerate(as_completed(futures, loop=client.loop), 1):
+                try:
+                    s, sec, where = fut.result()
+                except Exception as e:
+                    if getattr(e, "_omnifuse_run", None) is None:  # the worker died, or the scheduler is gone
+                        _tag(e, futures[fut], "the Dask cluster")
+                    raise
+                log.info("run %d/%d finished on %s: %s (%.0f s)", k, len(todo), where, s.key, sec)
+                yield s, sec, where
+        finally:
+            with contextlib.suppress(Exception):
+                client.cancel([f for f in futures if not f.done()])
+
+
+def _spec_stamp(folder: Path) -> int | None:
+    """When ``folder/spec.json`` was last written (None: absent); a run writes it when it starts."""
+    try:
+        return (folder / "spec.json").stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _report_failure(
+    e: Exception, todo: list[RunSpec], folders: dict[RunSpec, Path], before: dict[RunSpec, int | None] | None
+) -> None:
+    """Log which run failed: the one the exception names (raised inside a run, or a Dask run whose worker
+    died), else, with ``before`` (the ``spec.json`` stamps at dispatch; a loky worker that died:
+    ``TerminatedWorkerError`` names no run), the runs that had started and not finished (``spec.json``
+    written since dispatch, no ``DONE``)."""
+    tagged = getattr(e, "_omnifuse_run", None)
+    if tagged is not None:
+        log.error("run %s failed on %s: %s: %s", tagged[0], tagged[1], type(e).__name__, e)
+    elif before is not None:
+        started = [
+            s.key for s in todo if _spec_stamp(folders[s]) not in (None, before[s]) and not (folders[s] / DONE).exists()
+        ]
+        log.error(
+            "a worker failed (%s: %s); runs started and not finished: %s",
+            type(e).__name__,
+            e,
+            ", ".join(started) or "none",
+        )
+        e.add_note(f"omnifuse: runs started and not finished: {', '.join(started) or 'none'}")
+    else:
+        return
+    log.error("finished runs are kept: run the study again to resume")
 
 
 def run_all(
@@ -490,13 +755,24 @@ def run_all(
     progress: bool = True,
     on_done: Callable[[RunSpec], None] | None = None,
     probe: ProbeFactory | None = None,
+    backend: str = "loky",
+    scheduler: str | None = None,
 ) -> RunnerStats:
     """Run every spec not finished yet under ``out/runs``; finished ones are reused.
 
-    ``n_jobs`` > 1 trains that many runs at once in joblib (loky) processes, each with
-    ``threads`` torch threads (default: the CPU count divided by ``n_jobs``, at least 1); ``n_jobs`` = 1
-    trains in this process with its current thread setting. ``on_done(spec)`` is called after each run;
-    ``probe`` observes every run (see :class:`RunProbe`)."""
+    ``backend="loky"`` (default): ``n_jobs`` > 1 trains that many runs at once in joblib (loky) processes,
+    each with ``threads`` torch threads (default: the CPU count divided by ``n_jobs``, at least 1) and each
+    ending itself when this process ends; ``n_jobs`` = 1 trains in this process with its current thread
+    setting. ``backend="dask"``: the runs are tasks of the Dask cluster whose scheduler is ``scheduler`` (an
+    address or a scheduler file), one per worker thread at a time, ``threads`` torch threads each (default 1;
+    ``n_jobs`` is not used); ``out`` and the cache must be on a file system every worker shares. A run's
+    numbers do not depend on the backend (its seeds are its own; same ``threads``, same software).
+
+    A run that raises stops the study with that exception, after an error log naming the run and its worker;
+    the runs finished so far are kept. ``on_done(spec)`` is called after each run; ``probe`` observes every
+    run (see :class:`RunProbe`)."""
+    if backend not in BACKENDS:
+        raise StudyError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
     t0 = time.perf_counter()
     stats = RunnerStats()
     todo = []
@@ -516,6 +792,15 @@ def run_all(
             stats.stale,
             out,
         )
+    here = backend == "loky" and (n_jobs == 1 or len(todo) <= 1)
+    parallel = backend == "loky" and not here  # a dead loky worker names no run: see _report_failure
+    before = {s: _spec_stamp(stats.folders[s]) for s in todo} if parallel else None
+    if backend == "dask" and todo:
+        outcomes = _dispatch_dask(ctx, todo, stats.folders, Path(out), threads, probe, scheduler)
+    elif here or not todo:
+        outcomes = _dispatch_here(ctx, todo, stats.folders, threads if here else None, probe)
+    else:
+        outcomes = _dispatch_loky(ctx, todo, stats.folders, n_jobs, threads, probe)
     bar = make_progress() if progress and todo else None
     task = bar.add_task("runs", total=len(todo), info=f"{stats.reused} reused") if bar is not None else None
 
@@ -529,18 +814,15 @@ def run_all(
     if bar is not None:
         bar.start()
     try:
-        if n_jobs == 1 or len(todo) <= 1:
-            if threads:
-                torch.set_num_threads(threads)
-            for s in todo:
-                done(*_worker(ctx, s, stats.folders[s], None, probe))
-        else:
-            from joblib import Parallel, delayed
-
-            nt = threads or max(1, (os.cpu_count() or 1) // n_jobs)
-            par = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
-            main = os.getpid()
-            for s, sec in par(delayed(_worker)(ctx, s, stats.folders[s], nt, probe, main) for s in todo):
+        with contextlib.closing(outcomes):  # a stop (an error, on_done raising) cancels what is dispatched
+            while True:
+                try:
+                    s, sec, _ = next(outcomes)
+                except StopIteration:
+                    break
+                except Exception as e:
+                    _report_failure(e, todo, stats.folders, before)
+                    raise
                 done(s, sec)
     finally:
         if bar is not None:

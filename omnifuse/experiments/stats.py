@@ -7,6 +7,11 @@ methods on the same folds, and bootstrap confidence intervals of the mean over f
   (sd 0 up to rounding), give NaN: never a made-up p value.
 - Bootstrap CI of the mean over folds: each replicate resamples the test rows of every fold with replacement
   (within the fold), recomputes each fold's metric and averages; the percentile interval of those means.
+- Calibration: ``ece`` is the expected calibration error (:func:`omnifuse.fuse.metrics.expected_calibration_error`,
+  :data:`omnifuse.fuse.metrics.ECE_BINS` equal-width bins). A cell whose predictions carry the probabilities
+  before calibration (:attr:`FoldPred.p_raw`) also gets ``<metric>_uncalibrated`` for :data:`RAW_METRICS`
+  (per fold, mean and sd, pooled); a cell without them (a run stored before calibration existed, a
+  reference score) has no such key: no calibration information.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from scipy import stats as sps
 
 from omnifuse.fuse import metrics
 
-METRICS = ("auroc", "auprc", "brier")
+METRICS = ("auroc", "auprc", "brier", "ece")
+RAW_METRICS = ("auroc", "brier", "ece")
+"""The metrics also computed on the probabilities before calibration (AUROC: unchanged for binary and
+multilabel tasks, it can move for multiclass ones; see :mod:`omnifuse.fuse.calibration`)."""
 
 
 @dataclass
@@ -78,20 +86,23 @@ def corrected_ttest(a: Sequence[float], b: Sequence[float], test_train_ratio: fl
 
 
 def pooled_metrics(preds: Sequence[FoldPred], kind: str) -> dict[str, float]:
-    """AUROC and AUPRC of the out-of-fold predictions pooled over the folds of each repeat, averaged over the
-    repeats (``auroc_pooled``, ``auprc_pooled``): one score for every row, unlike the mean over folds, which
-    hides folds on different probability scales."""
+    """Every metric of :data:`METRICS` on the out-of-fold predictions pooled over the folds of each repeat,
+    averaged over the repeats (``auroc_pooled``, ``auprc_pooled``, ``brier_pooled``, ``ece_pooled``): one score
+    for every row, unlike the mean over folds, which hides folds on different probability scales. When every
+    cell holds its probabilities before calibration, the same of those (``auroc_pooled_uncalibrated``...)."""
     by_repeat: dict[int, list[FoldPred]] = defaultdict(list)
     for fp in preds:
         by_repeat[fp.repeat].append(fp)
+    raw = bool(preds) and all(fp.p_raw is not None for fp in preds)
     out: dict[str, float] = {}
-    for m in ("auroc", "auprc"):
-        vals = []
-        for cells in by_repeat.values():
-            y = np.concatenate([c.y for c in cells])
-            p = np.concatenate([c.p for c in cells])
-            vals.append(metric_fn(m, kind)(y, p) if len(y) else math.nan)
-        out[f"{m}_pooled"] = mean_sd(vals)[0]
+    for m in METRICS:
+        for suffix in ("", "_uncalibrated") if raw else ("",):
+            vals = []
+            for cells in by_repeat.values():
+                y = np.concatenate([c.y for c in cells])
+                p = np.concatenate([c.p if not suffix or c.p_raw is None else c.p_raw for c in cells])
+                vals.append(metric_fn(m, kind)(y, p) if len(y) else math.nan)
+            out[f"{m}_pooled{suffix}"] = mean_sd(vals)[0]
     return out
 
 
@@ -110,6 +121,8 @@ def metric_fn(name: str, kind: str) -> Callable[[np.ndarray, np.ndarray], float]
         return lambda y, p: metrics.auprc(y, p, kind)
     if name == "brier":
         return lambda y, p: metrics.brier(y, p, kind)
+    if name == "ece":
+        return lambda y, p: metrics.expected_calibration_error(y, p, kind, metrics.ECE_BINS)
     raise ValueError(f"unknown metric {name!r}; known: {METRICS}")
 
 
@@ -178,7 +191,8 @@ def fast_fold_bootstrap_ci(
 # ---------------------------------------------------------------------------------- fold records
 @dataclass
 class FoldPred:
-    """The predictions of one (method, repeat, fold, group, subset) cell: labels ``y`` and probabilities ``p``."""
+    """The predictions of one (method, repeat, fold, group, subset) cell: labels ``y`` and probabilities ``p``
+    (calibrated when the run was); ``p_raw``: the same rows' probabilities before calibration (None: unknown)."""
 
     method: str
     repeat: int
@@ -188,11 +202,13 @@ class FoldPred:
     y: np.ndarray
     p: np.ndarray
     rate: float = 0.0
+    p_raw: np.ndarray | None = None
 
 
 def fold_records(preds: Iterable[FoldPred], kind: str) -> list[dict[str, Any]]:
-    """One record per cell: method, rate, repeat, fold, group, subset, n, auroc, auprc, brier (NaN where the
-    subset has no row or one class only)."""
+    """One record per cell: method, rate, repeat, fold, group, subset, n, auroc, auprc, brier, ece (NaN where
+    the subset has no row or one class only) and, for a cell with ``p_raw``, ``<metric>_uncalibrated`` of
+    :data:`RAW_METRICS`."""
     out = []
     for fp in preds:
         rec: dict[str, Any] = {
@@ -206,6 +222,9 @@ def fold_records(preds: Iterable[FoldPred], kind: str) -> list[dict[str, Any]]:
         }
         for m in METRICS:
             rec[m] = metric_fn(m, kind)(fp.y, fp.p) if fp.y.shape[0] else math.nan
+        if fp.p_raw is not None:
+            for m in RAW_METRICS:
+                rec[f"{m}_uncalibrated"] = metric_fn(m, kind)(fp.y, fp.p_raw) if fp.y.shape[0] else math.nan
         out.append(rec)
     return out
 
@@ -223,12 +242,14 @@ def summarize(
     """(summary rows, fold records) of a study's predictions.
 
     A summary row per (method, rate, group, subset): ``n_folds``, ``n_rows`` (summed over folds),
-    ``<metric>_mean``/``_sd``, ``auroc_ci``/``auprc_ci`` (fold bootstrap, for subsets in ``ci_subsets``, all when
-    None), ``auroc_pooled``/``auprc_pooled`` (:func:`pooled_metrics`), and for each method ``r`` in ``against``
-    present in the cell, paired over (repeat, fold): ``pc_auroc_vs_<r>`` and ``pc_auprc_vs_<r>`` (the corrected
-    resampled t-test, :func:`corrected_ttest` with ``test_train_ratio``: n_test / n_train of the folds),
-    ``p_auroc_vs_<r>``, ``t_auroc_vs_<r>`` and ``p_auprc_vs_<r>`` (the plain paired t-test, optimistic over
-    overlapping training sets: labelled as such), ``diff_auroc_vs_<r>`` and ``n_pairs_vs_<r>``."""
+    ``<metric>_mean``/``_sd`` (:data:`METRICS`), ``<metric>_uncalibrated_mean``/``_sd`` (:data:`RAW_METRICS`,
+    cells with probabilities before calibration), ``auroc_ci``/``auprc_ci`` (fold bootstrap, for subsets in
+    ``ci_subsets``, all when None), ``<metric>_pooled`` (and ``_pooled_uncalibrated``: :func:`pooled_metrics`),
+    and for each method ``r`` in ``against`` present in the cell, paired over (repeat, fold): ``pc_auroc_vs_<r>``
+    and ``pc_auprc_vs_<r>`` (the corrected resampled t-test, :func:`corrected_ttest` with ``test_train_ratio``:
+    n_test / n_train of the folds), ``p_auroc_vs_<r>``, ``t_auroc_vs_<r>`` and ``p_auprc_vs_<r>`` (the plain
+    paired t-test, optimistic over overlapping training sets: labelled as such), ``diff_auroc_vs_<r>`` and
+    ``n_pairs_vs_<r>``."""
     recs = fold_records(preds, kind)
     cells: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(recs):
@@ -253,6 +274,10 @@ def summarize(
             row[f"{m}_mean"], row[f"{m}_sd"] = mu, sd
             if m == "auroc":
                 row["n_folds_defined"] = k
+        for m in RAW_METRICS:
+            raw = [r[f"{m}_uncalibrated"] for r in cell if f"{m}_uncalibrated" in r]
+            if raw:
+                row[f"{m}_uncalibrated_mean"], row[f"{m}_uncalibrated_sd"], _ = mean_sd(raw)
         if ci_subsets is None or subset in ci_subsets:
             fp = [(preds[i].y, preds[i].p) for i in idx]
             row["auroc_ci"] = list(fast_fold_bootstrap_ci("auroc", kind, fp, n_boot, seed=seed))

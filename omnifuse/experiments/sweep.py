@@ -48,7 +48,16 @@ def sweep(
     record = study_record("sweep", cache, ctx, cfg)
     write_config(out, record)
     specs = [s for r in rates for s in fold_specs(ctx, methods, cfg.method_overrides, rate=r, mode=modality)]
-    stats = run_all(ctx, specs, out, n_jobs=cfg.n_jobs, threads=cfg.threads, progress=cfg.progress)
+    stats = run_all(
+        ctx,
+        specs,
+        out,
+        n_jobs=cfg.n_jobs,
+        threads=cfg.threads,
+        progress=cfg.progress,
+        backend=cfg.backend,
+        scheduler=cfg.scheduler,
+    )
     preds = collect.collect(ctx, stats.folders, specs, combos=False)
     data = ctx.data()
     summary, recs = summarize(preds, data.task_kind, against=methods[:1], n_boot=cfg.n_boot, seed=cfg.seed)

@@ -67,7 +67,16 @@ def unimodal(
         for r, rep in enumerate(ctx.folds)
         for k in range(len(rep))
     ]
-    stats = run_all(ctx, fused_specs + uni_specs, out, n_jobs=cfg.n_jobs, threads=cfg.threads, progress=cfg.progress)
+    stats = run_all(
+        ctx,
+        fused_specs + uni_specs,
+        out,
+        n_jobs=cfg.n_jobs,
+        threads=cfg.threads,
+        progress=cfg.progress,
+        backend=cfg.backend,
+        scheduler=cfg.scheduler,
+    )
     preds = collect.collect(ctx, stats.folders, fused_specs, partial=False)
     for s in uni_specs:
         # the unimodal model's own rows: test rows holding m (its "m alone" combination); renamed "unimodal"

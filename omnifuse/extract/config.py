@@ -81,7 +81,22 @@ class ExtractConfig:
         None, help="Background decoding threads when there are no worker processes (default 2; 0 decodes inline)."
     )
     modalities: list[str] | None = option(None, flag="--modality", help="Encode only this modality (repeat).")
-    overwrite: bool = option(False, help="Replace an existing cache of another specification.")
+    add_modalities: list[str] | None = option(
+        None,
+        flag="--add-modality",
+        help="Add this modality of the dataset to the existing cache --out (repeat), encoding only it: the "
+        "cache's other modalities are not rewritten. The dataset must give the cache's stays and modalities (a "
+        "manifest: its spec plus the new modality). Rerun the same command to resume it.",
+    )
+    modality_name: str | None = option(
+        None,
+        help="With one --add-modality: its name in the cache (default: the dataset's), to keep the same input "
+        "under another encoder beside the first, e.g. --add-modality report --modality-name report_bert "
+        "--text-encoder bert-base-uncased.",
+    )
+    overwrite: bool = option(
+        False, help="Replace an existing cache of another specification (with --add-modality: only that modality)."
+    )
     rows_per_block: int | dict[str, int] | None = option(
         None, help="Rows per stored block (one number, or per modality); default: the cache's choice.", cli=False
     )
@@ -96,6 +111,13 @@ class ExtractConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be at least 0, got {value}")
+        adds = self.add_modalities
+        if adds is not None and not adds:
+            raise ValueError("--add-modality needs the name of a modality of the dataset")
+        if adds is not None and self.modalities is not None:
+            raise ValueError("--modality and --add-modality cannot be combined: --add-modality encodes what it adds")
+        if self.modality_name is not None and (adds is None or len(adds) != 1):
+            raise ValueError("--modality-name names the one modality added; give exactly one --add-modality")
 
     def to_json(self) -> dict[str, Any]:
         return to_json(self)

@@ -11,30 +11,33 @@ Resuming a store checks that it still describes the inputs: every row's input fi
 (``omnifuse.extract.inputs``) is compared with the one stored with it, and each done block holding a changed
 row is encoded again; labels, references and splits that changed are rewritten. Raw array inputs go through
 ``omnifuse.extract.values`` (infinite, too large or implausible values masked and counted).
+
+``add_modalities`` (``omnifuse extract --add-modality``) encodes only the named modalities into an existing
+store, checked and planned by ``omnifuse.extract.addition``; the other modalities are not written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from omnifuse.cache import CacheError, CacheSpec, CacheWriter, ModalitySpec, store
-from omnifuse.cache.meta import read_meta
+from omnifuse.cache.meta import additions, group_meta, read_meta, renamed_additions
+from omnifuse.extract import addition
 from omnifuse.extract.config import ExtractConfig
 from omnifuse.extract.datasets.base import Adapter, Cohort, Item, RawModality, Skip
 from omnifuse.extract.distributed import DistContext, init_distributed
@@ -56,6 +59,7 @@ from omnifuse.options import resolve, to_json
 from omnifuse.utils import make_progress
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_SKIP_LOGS = 20  # per modality and reason; the rest go to DEBUG (the counts are in the summary)
 
@@ -98,7 +102,8 @@ class ExtractSummary:
     """What ``extract`` did: rows, per-modality coverage, skipped inputs and masked values counted by reason.
 
     ``changed``: rows of labels, references and splits that differed from the resumed store's (rewritten);
-    ``seconds``: wall time of this run.
+    ``seconds``: wall time of this run; ``added``: the modalities this run added to an existing store
+    (``--add-modality``; ``modalities`` then holds only them).
     """
 
     out: Path
@@ -109,6 +114,7 @@ class ExtractSummary:
     world_size: int = 1
     seconds: float = 0.0
     changed: dict[str, int] = field(default_factory=dict)
+    added: list[str] = field(default_factory=list)
 
     @property
     def skipped(self) -> dict[str, dict[str, int]]:
@@ -119,7 +125,7 @@ class ExtractSummary:
         return {m: dict(r.values_masked) for m, r in self.modalities.items() if r.values_masked}
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "rows": self.rows,
             "resumed": self.resumed,
             "world_size": self.world_size,
@@ -130,13 +136,18 @@ class ExtractSummary:
                 for m, r in self.modalities.items()
             },
         }
+        if self.added:
+            out["added"] = list(self.added)
+        return out
 
     def render(self) -> Any:
         """A rich table: modality, coverage, items encoded this run, items/s, skips and masked values."""
         from rich.table import Table
 
         title = f"extracted {self.rows} rows into {self.out} in {self.seconds:.1f} s"
-        if self.resumed:
+        if self.added:
+            title = f"added {', '.join(self.added)} ({self.rows} rows) to {self.out} in {self.seconds:.1f} s"
+        elif self.resumed:
             changed = sum(r.rows_changed for r in self.modalities.values())
             title += f" (resumed; {changed} rows with changed inputs re-encoded)" if changed else " (resumed)"
         t = Table(title=title)
@@ -388,7 +399,8 @@ def _inputs(adapter: Adapter, name: str, start: int, stop: int) -> list[Item | S
 @dataclass
 class _Pass:
     """One modality's pass over its pending blocks: the run, the adapter, the modality (its spec and the
-    adapter's input kind), its report and its progress task."""
+    adapter's input kind), its report, its progress task and ``source``, the adapter's name for the modality
+    (the spec's, unless it was added under another name)."""
 
     run: _Run
     adapter: Adapter
@@ -396,6 +408,7 @@ class _Pass:
     input: str
     report: ModalityReport
     task: Any
+    source: str
 
     def prepare(self, pending: list[tuple[int, int]]) -> tuple[dict[int, _Block], list[tuple[int, int, Item]]]:
         """Blocks to fill and the present items ``(block, offset, item)``; missing and skipped rows resolved,
@@ -405,7 +418,7 @@ class _Pass:
         for start, stop in pending:
             b = _Block(start, stop, self.spec)
             blocks[start] = b
-            got = _inputs(self.adapter, self.spec.name, start, stop)
+            got = _inputs(self.adapter, self.source, start, stop)
             b.input_hash[:] = input_hashes(self.input, got)
             for off, it in enumerate(got):
                 if it is None:
@@ -649,12 +662,16 @@ def _write_cohort(writer: CacheWriter, cohort: Cohort, existed: bool) -> dict[st
     return changed
 
 
-def _invalidate_changed(writer: CacheWriter, adapter: Adapter, raws: list[RawModality]) -> dict[str, tuple[int, int]]:
+def _invalidate_changed(
+    writer: CacheWriter, adapter: Adapter, raws: list[RawModality], sources: dict[str, str] | None = None
+) -> dict[str, tuple[int, int]]:
     """Compare every done block's stored input fingerprints with the adapter's inputs now; mark the blocks
-    holding a changed row not done, so this run encodes them again. ``{modality: (rows, blocks)}``."""
+    holding a changed row not done, so this run encodes them again. ``raws`` are under their names in the
+    cache; ``sources``: the adapter's name of those added under another name. ``{modality: (rows, blocks)}``."""
     out = {}
     for r in raws:
-        starts, rows = stale_blocks(writer, r.name, r.input, partial(_inputs, adapter, r.name))
+        source = (sources or {}).get(r.name, r.name)
+        starts, rows = stale_blocks(writer, r.name, r.input, partial(_inputs, adapter, source))
         if starts:
             log.warning(
                 "%s: inputs of %d rows changed since the store was written; encoding their %d blocks again",
@@ -665,6 +682,31 @@ def _invalidate_changed(writer: CacheWriter, adapter: Adapter, raws: list[RawMod
             writer.invalidate_blocks(r.name, starts)
             out[r.name] = (rows, len(starts))
     return out
+
+
+def _invalidate_renamed(writer: CacheWriter, adapter: Adapter, selected: list[RawModality]) -> None:
+    """A run of the dataset's own modalities cannot encode those added under another name (it has not their
+    encoder), but their inputs are its modalities': the blocks of theirs holding a changed row are marked not
+    written (that modality then reads as incomplete; the rest of the store stays finalized) and a warning
+    says which command encodes them again."""
+    by_name = {r.name: r for r in selected}
+    for name, source in renamed_additions(group_meta(writer.group)).items():
+        raw = by_name.get(source)
+        if raw is None or name not in {m.name for m in writer.spec.modalities}:
+            continue
+        starts, rows = stale_blocks(writer, name, raw.input, partial(_inputs, adapter, source))
+        if starts:
+            log.warning(
+                "%s: inputs of %d rows of %s changed; its %d blocks are marked not written: run the "
+                "`--add-modality %s --modality-name %s` command that added it again to encode them",
+                name,
+                rows,
+                source,
+                len(starts),
+                source,
+                name,
+            )
+            writer.invalidate_blocks(name, starts)
 
 
 @dataclass
@@ -704,6 +746,7 @@ def _open_or_create(
             opened = _Opened(writer, existed, _write_cohort(writer, cohort, existed))
             if existed:
                 opened.inputs_changed = _invalidate_changed(writer, adapter, selected)
+                _invalidate_renamed(writer, adapter, selected)
         except Exception as e:  # tell the other ranks before raising here
             err = f"{type(e).__name__}: {e}"
             dist.broadcast(err)
@@ -713,8 +756,7 @@ def _open_or_create(
         raise CacheError(f"rank 0 could not create {out}: {err}")
     if opened is None:
         writer = CacheWriter.open(out)
-        mine = json.dumps(spec.to_json(), sort_keys=True, default=str)
-        if json.dumps(writer.spec.to_json(), sort_keys=True, default=str) != mine:
+        if writer.spec_differences(spec):
             raise CacheError(f"rank {dist.rank}: the store at {out} has another specification than this rank's")
         opened = _Opened(writer, existed)
     return opened
@@ -784,7 +826,9 @@ def extract(
     ``text_encoder`` may also be built encoders (then ``device``, ``precision``, ``text_pooling``,
     ``max_words`` and ``max_tokens`` are the encoder's own; the configuration records their names).
     ``limit``: only the first ``limit`` rows. ``modalities``: encode only these (the store still has all; a
-    later run without the option completes it). Under torchrun each rank encodes its own blocks.
+    later run without the option completes it). ``add_modalities``: add these of the adapter's modalities to
+    the existing store at ``out`` instead, encoding only them (``modality_name``: the name of the one added;
+    ``omnifuse.extract.addition`` says what is checked). Under torchrun each rank encodes its own blocks.
     ``num_workers``: image/volume decoding processes (default ``default_num_workers``: several on a GPU,
     none on a small CPU); with none, ``decode_threads`` background threads at the lowest priority decode
     ahead of the encoder (default ``DECODE_THREADS``; 0 decodes inline, between forwards). The resolved
@@ -792,6 +836,8 @@ def extract(
     """
     t0 = time.perf_counter()
     cfg, built = _resolve_config(adapter, out, config, overrides)
+    if cfg.add_modalities is not None:
+        return _add(adapter, cfg, built, t0)
     dev = resolve_device(cfg.device)
     dist = init_distributed(dev)
     try:
@@ -833,6 +879,122 @@ def extract(
         dist.close()
 
 
+def _on_main(dist: DistContext, out: Path, work: Callable[[], T]) -> T | None:
+    """``work()`` on rank 0, its error told to the other ranks (which raise too); ``None`` on the others."""
+    err = None
+    result = None
+    if dist.is_main:
+        try:
+            result = work()
+        except Exception as e:  # tell the other ranks before raising here
+            err = f"{type(e).__name__}: {e}"
+            dist.broadcast(err)
+            raise
+    err = dist.broadcast(err)
+    if err is not None:
+        raise CacheError(f"rank 0 could not add to {out}: {err}")
+    return result
+
+
+def _check_addition(
+    out: Path, adapter: Adapter, cohort: Cohort, raws: list[RawModality], reqs: list[addition.Request], overwrite: bool
+) -> CacheWriter:
+    """Rank 0, before any encoder is built: the store against the dataset (``addition``: dataset, stays,
+    tasks, the other modalities' definitions, blocks and inputs; names the store has). Writes nothing."""
+    writer = CacheWriter.open(out)
+    addition.check_dataset(out, writer.spec, adapter)
+    addition.check_rows(out, writer, cohort)
+    addition.check_cohort(out, writer.spec, cohort)
+    addition.plan(out, writer, reqs, None, overwrite)
+    arrays = build_spec(adapter, cohort, [r for r in raws if r.input == "array"], {})
+    addition.check_others(out, writer, raws, arrays, {q.name for q in reqs}, partial(_inputs, adapter))
+    return writer
+
+
+def _apply_addition(
+    writer: CacheWriter,
+    cfg: ExtractConfig,
+    adapter: Adapter,
+    cohort: Cohort,
+    reqs: list[addition.Request],
+    specs: dict[str, ModalitySpec],
+) -> _Opened:
+    """Rank 0, once the encoders are built: refuse an addition of a name the store has with another spec,
+    remove the modalities to replace, rewrite labels that changed, create the new modalities and mark the
+    blocks of a resumed addition whose inputs changed not done."""
+    out = writer.path
+    actions = addition.plan(out, writer, reqs, specs, cfg.overwrite)
+    for name, action in actions.items():
+        if action == "replace":
+            log.warning("%s: replacing the cache's modality %r (--overwrite)", out, name)
+            writer.remove_modality(name)
+    changed = _write_cohort(writer, cohort, existed=True)
+    new = {q.name: q.source for q in reqs if actions[q.name] != "resume"}
+    if new:
+        order = [r.name for r in adapter.modalities()]
+        spec = addition.merged_spec(writer.spec, {n: specs[n] for n in new}, new, order, adapter.options())
+        writer.add_modalities(spec, new, cfg.rows_per_block)
+    resumed = [q for q in reqs if actions[q.name] == "resume"]
+    opened = _Opened(writer, True, changed)
+    opened.inputs_changed = _invalidate_changed(
+        writer, adapter, [q.as_stored() for q in resumed], {q.name: q.source for q in resumed}
+    )
+    return opened
+
+
+def _add(adapter: Adapter, cfg: ExtractConfig, built: dict[str, Any], t0: float) -> ExtractSummary:
+    """``extract`` with ``add_modalities``: encode only those modalities into the existing store ``cfg.out``
+    (see ``omnifuse.extract.addition``); the summary holds them only. The store is checked before any
+    encoder is built, so a refused addition costs no model loading."""
+    assert cfg.out is not None and cfg.add_modalities is not None
+    out = Path(cfg.out)
+    stored = CacheSpec.from_json(addition.read_store(out)["spec"])
+    dev = resolve_device(cfg.device)
+    dist = init_distributed(dev)
+    try:
+        cohort = adapter.cohort()
+        limit = cfg.limit if cfg.limit is not None else addition.stored_limit(stored)
+        if limit is not None:
+            cohort = _limit_cohort(cohort, limit)
+        raws_all = adapter.modalities()
+        reqs = addition.requests(out, cfg.add_modalities, cfg.modality_name, raws_all)
+        raws = [r for r in raws_all if r.available]
+        writer = _on_main(dist, out, partial(_check_addition, out, adapter, cohort, raws, reqs, cfg.overwrite))
+        img, txt, vol = _build_encoders(cfg, {q.raw.input for q in reqs}, dev, built)
+        encs = {q.name: {"image": img, "text": txt, "volume": vol, "array": None}[q.raw.input] for q in reqs}
+        specs = {m.name: m for m in build_spec(adapter, cohort, [q.as_stored() for q in reqs], encs).modalities}
+
+        def apply() -> _Opened:
+            assert writer is not None  # rank 0, which checked the store
+            return _apply_addition(writer, cfg, adapter, cohort, reqs, specs)
+
+        applied = _on_main(dist, out, apply)
+        opened = applied if applied is not None else _Opened(CacheWriter.open(out), True)
+        encoders = _Encoders(
+            img,
+            txt,
+            vol,
+            cfg.batch_size,
+            default_num_workers(dev) if cfg.num_workers is None else cfg.num_workers,
+            DECODE_THREADS if cfg.decode_threads is None else cfg.decode_threads,
+        )
+        show = cfg.progress and dist.is_main
+        prog = make_progress(rate=True) if show else None
+        run = _Run(opened.writer, cohort.stay_id, prog, show)
+        with prog if prog is not None else contextlib.nullcontext():
+            reports = {
+                q.name: _encode_modality(
+                    run, adapter, opened.writer.spec.modality(q.name), q.as_stored(), encoders, dist, q.source
+                )
+                for q in reqs
+            }
+        for name, (rows, blocks) in opened.inputs_changed.items():
+            reports[name].rows_changed, reports[name].blocks_reencoded = rows, blocks
+        return _finish(dist, opened, reports, True, to_json(cfg), t0, added=[q.name for q in reqs])
+    finally:
+        dist.close()
+
+
 @dataclass
 class _Encoders:
     """What encoding a modality needs besides its blocks: the encoders and the batching and decoding."""
@@ -846,9 +1008,16 @@ class _Encoders:
 
 
 def _encode_modality(
-    run: _Run, adapter: Adapter, mspec: ModalitySpec, raw: RawModality, enc: _Encoders, dist: DistContext
+    run: _Run,
+    adapter: Adapter,
+    mspec: ModalitySpec,
+    raw: RawModality,
+    enc: _Encoders,
+    dist: DistContext,
+    source: str | None = None,
 ) -> ModalityReport:
-    """Encode and write this rank's pending blocks of one modality; its report for this run."""
+    """Encode and write this rank's pending blocks of one modality (``raw`` under its name in the cache;
+    ``source``: the adapter's name for it, default the same); its report for this run."""
     writer, prog = run.writer, run.progress
     rep = ModalityReport(name=raw.name, input=raw.input, kind=mspec.kind, shape=mspec.shape)
     nblocks = len(writer.done_blocks(raw.name))
@@ -856,7 +1025,7 @@ def _encode_modality(
     pending = writer.pending_blocks(raw.name, dist.rank, dist.world_size)
     task = prog.add_task(f"{raw.name} ({raw.input})", total=None) if run.show else None
     t1 = time.perf_counter()
-    p = _Pass(run, adapter, mspec, raw.input, rep, task)
+    p = _Pass(run, adapter, mspec, raw.input, rep, task, source or raw.name)
     if pending:
         if raw.input == "array":
             _run_arrays(p, pending)
@@ -881,10 +1050,13 @@ def _finish(
     complete: bool,
     config: dict[str, Any],
     t0: float,
+    added: list[str] | None = None,
 ) -> ExtractSummary:
     """Gather the ranks' reports, count coverage, skips and masked values from the store, and finalise it
     (rank 0) with the run's summary and its configuration ``config`` (JSON) unless it is finalized already
-    (a rerun that changed nothing leaves the store as it was). ``t0``: the run's start (``perf_counter``)."""
+    (a rerun that changed nothing leaves the store as it was). ``t0``: the run's start (``perf_counter``).
+    Modalities being added whose blocks are now all done are recorded as finished (``added``: the modalities
+    an addition run added; the store's first summary and configuration then stay as they are)."""
     writer = opened.writer
     dist.barrier()
     gathered = dist.gather(reports)
@@ -913,12 +1085,31 @@ def _finish(
         m.missing = int((~mask & done_rows).sum())
         merged[name] = m
     summary = ExtractSummary(
-        writer.path, writer.n, merged, opened.existed, False, dist.world_size, changed=dict(opened.changed)
+        writer.path,
+        writer.n,
+        merged,
+        opened.existed,
+        False,
+        dist.world_size,
+        changed=dict(opened.changed),
+        added=list(added or []),
     )
-    all_done = all(writer.done_blocks(ms.name).all() for ms in writer.spec.modalities)
+    # modalities being added have their own done markers: they never hold the rest of the store back
+    all_done = all(writer.done_blocks(ms.name).all() for ms in writer.spec.modalities if ms.name not in writer.adding)
     summary.seconds = time.perf_counter() - t0
+    report_json = summary.to_json()["modalities"]
     if dist.is_main and complete and all_done and not writer.finalized:
-        writer.finalize(extra={"extract": summary.to_json(), "extract_config": config})
+        if added:  # an addition whose label rewrites unfinalized the store: the first run's summary stays
+            writer.finalize()
+        else:
+            run = summary.to_json()
+            recorded = additions(group_meta(writer.group))
+            before = (group_meta(writer.group).get("summary") or {}).get("extract", {}).get("modalities", {})
+            kept = {k: v for k, v in before.items() if k in recorded and k not in run["modalities"]}
+            run["modalities"] = {**run["modalities"], **kept}
+            writer.finalize(extra={"extract": run, "extract_config": config})
+    if dist.is_main:
+        writer.finish_additions(sorted(writer.adding & set(reports)), config, report_json)
     dist.barrier()
     summary.finalized = bool(read_meta(writer.path).get("finalized", False))
     return summary

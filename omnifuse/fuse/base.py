@@ -25,11 +25,44 @@ class ModalityInfo:
     ``kind``: ``vector`` [D], ``sequence`` [L, D] with a token mask, ``timeseries`` [T, F], ``tabular`` [F].
     ``shape`` is the per-row input shape fed to the encoder (after normalisation, which may append
     observed-indicator columns).
+
+    Tabular modalities normalised by a version-3 normaliser also carry, per encoder input column (length
+    ``shape[-1]``): ``feature_kinds`` -- ``"numeric"`` (a scaled value), ``"binary"`` (read as it is: binary
+    and pass-through columns, observed-indicators) or ``"categorical:<n>"`` (an embedding index 0..n, 0 the
+    missing index) -- and ``bin_edges``, the piecewise-linear-encoding bin edges of each numeric column (None
+    for the others). None (the default, and every model saved before them): a plain MLP reads every column.
+    Both are written into ``model.json`` (:meth:`to_json`) so a saved model rebuilds identically.
     """
 
     name: str
     kind: str
     shape: tuple[int, ...]
+    feature_kinds: tuple[str, ...] | None = None
+    bin_edges: tuple[tuple[float, ...] | None, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``model.json`` entry of this modality (``feature_kinds`` and ``bin_edges`` only when set)."""
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "shape": list(self.shape)}
+        if self.feature_kinds is not None:
+            out["feature_kinds"] = list(self.feature_kinds)
+        if self.bin_edges is not None:
+            out["bin_edges"] = [None if e is None else list(e) for e in self.bin_edges]
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModalityInfo:
+        """The inverse of :meth:`to_json` (an entry without kinds, from an older ``model.json``, gives None)."""
+        kinds = d.get("feature_kinds")
+        edges = d.get("bin_edges")
+        return cls(
+            str(d["name"]),
+            str(d["kind"]),
+            tuple(int(s) for s in d["shape"]),
+            feature_kinds=None if kinds is None else tuple(str(k) for k in kinds),
+            bin_edges=None
+            if edges is None
+            else tuple(None if e is None else tuple(float(v) for v in e) for e in edges),
+        )
 
 
 @dataclass

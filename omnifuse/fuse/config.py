@@ -69,6 +69,12 @@ class TrainConfig:
         choices=("row", "modality"),
     )
     ensemble: int = option(1, help="Models per fold, with different seeds; their probabilities are averaged.")
+    calibrate: bool = option(
+        True,
+        help="Temperature-scale each fold's network on its inner validation split (one temperature per label, "
+        "one for multiclass; minimising the validation log loss) and report calibrated probabilities, keeping the "
+        "uncalibrated ones beside them; reference learners keep T = 1.",
+    )
     mining_rows: int = option(
         512,
         help="Training rows TLA mines its lazy combination on after each epoch "

@@ -4,7 +4,10 @@
 [B, d] and is finite for an explicit all-zero input and an all-false token mask: that output is the
 ``v_m^miss`` of eq. 2-3 (the missing modality's embedding).
 
-- ``vector`` [D] and ``tabular`` [F]: a two-layer MLP.
+- ``vector`` [D] and ``tabular`` [F]: a two-layer MLP. A tabular modality whose :class:`ModalityInfo` carries
+  column kinds (a version-3 normaliser) is read by :class:`TabularEncoder`: each categorical column through its
+  own ``nn.Embedding``, numeric columns as they are (``numeric="linear"``), piecewise-linear encoded
+  (``"ple"``) or periodic (``"periodic"``), all concatenated into the MLP.
 - ``sequence`` [L, D]: a linear projection then masked attention pooling (``pool="attention"``) or masked
   mean pooling (``pool="mean"``); a row with no valid token pools to zeros before the output layer.
 - ``timeseries`` [T, F]: a GRU (``rnn="gru"``) or LSTM (``rnn="lstm"``) over time, last hidden state.
@@ -17,6 +20,7 @@ documented parameters ``d`` and ``encoder`` (options on top of the backbone's).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -33,17 +37,19 @@ ENCODER_KINDS = ("vector", "tabular", "sequence", "timeseries")
 class Backbone:
     """The modality encoders every method uses by default: width ``d`` of each ``v_m``, dropout, the MLP width
     of vector/tabular encoders (``hidden``; None: ``max(d, min(2 d, input width))``), the sequence pooling
-    (``pool``: "attention" or "mean") and the time-series RNN (``rnn``: "gru" or "lstm")."""
+    (``pool``: "attention" or "mean"), the time-series RNN (``rnn``: "gru" or "lstm") and the encoding of
+    numeric tabular columns (``numeric``: "linear", the value itself; "ple", piecewise-linear; "periodic")."""
 
     d: int = 64
     dropout: float = 0.1
     hidden: int | None = None
     pool: str = "attention"
     rnn: str = "gru"
+    numeric: str = "linear"
 
     def options(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The encoder options (``dropout``, ``hidden``, ``pool``, ``rnn``) with ``overrides`` on top; an unknown
-        key raises ``TypeError`` naming it."""
+        """The encoder options (``dropout``, ``hidden``, ``pool``, ``rnn``, ``numeric``) with ``overrides`` on
+        top; an unknown key raises ``TypeError`` naming it."""
         base = {k: v for k, v in asdict(self).items() if k != "d"}
         unknown = sorted(set(overrides or {}) - set(base))
         if unknown:
@@ -52,7 +58,142 @@ class Backbone:
 
 
 BACKBONE = Backbone()
-"""The shared backbone (d = 64, dropout 0.1, attention pooling, GRU): every registered method's default."""
+"""The shared backbone (d = 64, dropout 0.1, attention pooling, GRU, numeric columns read linearly): every
+registered method's default."""
+
+NUMERIC_ENCODINGS = ("linear", "ple", "periodic")
+
+NUMERIC_EMBED_DIM = 8
+"""Width of the per-column embedding of a numeric column under ``numeric="ple"`` or ``"periodic"``."""
+
+PERIODIC_FREQUENCIES = 8
+PERIODIC_SIGMA = 0.1
+"""Periodic embeddings: this many trainable frequencies per column, initialised from N(0, sigma^2) (inputs are
+robust-scaled, so most lie within a few units of 0)."""
+
+
+def embedding_dim(n: int) -> int:
+    """Width of the embedding of a categorical column with ``n`` categories (``n + 1`` rows with the missing
+    index): ``min(16, round(1.6 (n + 1)^0.56))`` (fast.ai's rule of thumb, capped at 16 for small cohorts)."""
+    return int(min(16, round(1.6 * (n + 1) ** 0.56)))
+
+
+class PiecewiseLinearEmbedding(nn.Module):
+    """Piecewise-linear encoding then a per-column linear layer and ReLU (Gorishniy et al., NeurIPS 2022,
+    "On Embeddings for Numerical Features in Tabular Deep Learning", eq. 1 and the "Q-LR" embedding).
+
+    For a column with bin edges ``b_0 < ... < b_T`` (training quantiles, fitted by the normaliser), a value ``x``
+    is encoded as ``e in R^T`` with ``e_t = (x - b_{t-1}) / (b_t - b_{t-1})`` clipped to ``>= 0`` for ``t > 1``
+    and to ``<= 1`` for ``t < T`` (the first and last bins extrapolate): 1 for every bin below ``x``, the
+    fraction inside its bin, 0 above. Columns with fewer bins are padded with zero components.
+    ``[B, F] -> [B, F, k]`` with ``k`` = :data:`NUMERIC_EMBED_DIM`: ``ReLU(e W_f + c_f)`` per column ``f``.
+    """
+
+    left: torch.Tensor
+    width: torch.Tensor
+    first: torch.Tensor
+    last: torch.Tensor
+    valid: torch.Tensor
+
+    def __init__(self, edges: list[tuple[float, ...]], k: int = NUMERIC_EMBED_DIM) -> None:
+        super().__init__()
+        t_max = max(len(e) - 1 for e in edges)
+        left = torch.zeros(len(edges), t_max)
+        width = torch.ones(len(edges), t_max)
+        nbins = torch.tensor([len(e) - 1 for e in edges])
+        for f, e in enumerate(edges):
+            et = torch.tensor(e, dtype=torch.float32)
+            left[f, : len(e) - 1] = et[:-1]
+            width[f, : len(e) - 1] = (et[1:] - et[:-1]).clamp(min=1e-6)
+        t = torch.arange(t_max)
+        self.register_buffer("left", left, persistent=False)
+        self.register_buffer("width", width, persistent=False)
+        self.register_buffer("first", (t == 0).expand(len(edges), -1).clone(), persistent=False)
+        self.register_buffer("last", t[None, :] == (nbins[:, None] - 1), persistent=False)
+        self.register_buffer("valid", t[None, :] < nbins[:, None], persistent=False)
+        self.weight = nn.Parameter(torch.randn(len(edges), t_max, k) / math.sqrt(t_max))
+        self.bias = nn.Parameter(torch.zeros(len(edges), k))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, F] -> [B, F, T_max], the piecewise-linear vector of every column (padded bins 0)."""
+        e = (x[..., None] - self.left) / self.width
+        e = torch.where(self.first, e, e.clamp(min=0))
+        e = torch.where(self.last, e, e.clamp(max=1))
+        return e * self.valid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(torch.einsum("bft,ftk->bfk", self.encode(x), self.weight) + self.bias)
+
+
+class PeriodicEmbedding(nn.Module):
+    """Periodic embedding then a per-column linear layer and ReLU (Gorishniy et al. 2022, "PLR"): with
+    trainable frequencies ``c_f`` [K], ``v = [sin(2 pi c_f x), cos(2 pi c_f x)]`` [2K], then ``ReLU(v W_f + b_f)``.
+    ``[B, F] -> [B, F, k]``."""
+
+    def __init__(self, n: int, k: int = NUMERIC_EMBED_DIM, frequencies: int = PERIODIC_FREQUENCIES) -> None:
+        super().__init__()
+        self.freq = nn.Parameter(torch.randn(n, frequencies) * PERIODIC_SIGMA)
+        self.weight = nn.Parameter(torch.randn(n, 2 * frequencies, k) / math.sqrt(2 * frequencies))
+        self.bias = nn.Parameter(torch.zeros(n, k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = 2 * math.pi * self.freq * x[..., None]  # [B, F, K]
+        v = torch.cat([torch.sin(a), torch.cos(a)], dim=-1)
+        return torch.relu(torch.einsum("bfj,fjk->bfk", v, self.weight) + self.bias)
+
+
+class TabularEncoder(nn.Module):
+    """[B, F] -> [B, d] for a tabular modality with column kinds (:attr:`ModalityInfo.feature_kinds`).
+
+    Categorical columns (``categorical:<n>``, an index 0..n with 0 missing) each through an ``nn.Embedding(n + 1,
+    embedding_dim(n))``; numeric columns as they are (``numeric="linear"``) or through a
+    :class:`PiecewiseLinearEmbedding` (``"ple"``, bin edges from ``info.bin_edges``) or :class:`PeriodicEmbedding`
+    (``"periodic"``); binary columns as they are. The parts are concatenated (numeric/binary values in column
+    order, then the numeric embeddings flattened, then the categorical embeddings) and read by the MLP of
+    :class:`MLPEncoder` (Linear, GELU, dropout, Linear, LayerNorm).
+    """
+
+    plain: torch.Tensor
+    num: torch.Tensor
+    cat: torch.Tensor
+
+    def __init__(
+        self, info: ModalityInfo, d: int, hidden: int | None = None, dropout: float = 0.1, numeric: str = "linear"
+    ) -> None:
+        super().__init__()
+        kinds = list(info.feature_kinds or [])
+        if len(kinds) != info.shape[-1]:
+            raise ValueError(f"modality {info.name!r}: {len(kinds)} column kinds for {info.shape[-1]} columns")
+        cat = [(j, int(k.split(":")[1])) for j, k in enumerate(kinds) if k.startswith("categorical:")]
+        num = [j for j, k in enumerate(kinds) if k == "numeric"]
+        edges = list(info.bin_edges or [None] * len(kinds))
+        if numeric == "ple" and any(edges[j] is None or len(edges[j] or ()) < 2 for j in num):
+            raise ValueError(f"modality {info.name!r}: numeric='ple' needs bin edges for every numeric column")
+        self.numeric = numeric if num else "linear"
+        plain = [j for j in range(len(kinds)) if j not in dict(cat) and (self.numeric == "linear" or j not in num)]
+        self.register_buffer("plain", torch.tensor(plain, dtype=torch.long), persistent=False)
+        self.register_buffer("num", torch.tensor(num, dtype=torch.long), persistent=False)
+        self.register_buffer("cat", torch.tensor([j for j, _ in cat], dtype=torch.long), persistent=False)
+        self.sizes = [n + 1 for _, n in cat]
+        self.embeddings = nn.ModuleList([nn.Embedding(n + 1, embedding_dim(n)) for _, n in cat])
+        self.num_embedding: nn.Module | None = None
+        if self.numeric == "ple":
+            self.num_embedding = PiecewiseLinearEmbedding([tuple(edges[j] or ()) for j in num])
+        elif self.numeric == "periodic":
+            self.num_embedding = PeriodicEmbedding(len(num))
+        width = len(plain) + sum(embedding_dim(n) for _, n in cat)
+        width += 0 if self.num_embedding is None else len(num) * NUMERIC_EMBED_DIM
+        self.mlp = MLPEncoder(width, d, hidden=hidden, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, tokens_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.reshape(x.shape[0], -1).float()
+        parts = [x.index_select(1, self.plain)]
+        if self.num_embedding is not None:
+            parts.append(self.num_embedding(x.index_select(1, self.num)).flatten(1))
+        if len(self.embeddings):
+            codes = x.index_select(1, self.cat).round().long()
+            parts += [emb(codes[:, i].clamp(0, self.sizes[i] - 1)) for i, emb in enumerate(self.embeddings)]
+        return self.mlp(torch.cat(parts, dim=1))
 
 
 class MLPEncoder(nn.Module):
@@ -125,18 +266,28 @@ def build_encoder(info: ModalityInfo, d: int = BACKBONE.d, **kw: Any) -> nn.Modu
     -> [B, d].
 
     Keyword options (defaults: :data:`BACKBONE`'s): ``dropout`` (all), ``hidden`` (vector/tabular MLP width),
-    ``pool`` ("attention" or "mean", sequences), ``rnn`` ("gru" or "lstm", time series). Unknown options
-    raise ``TypeError``.
+    ``pool`` ("attention" or "mean", sequences), ``rnn`` ("gru" or "lstm", time series), ``numeric``
+    ("linear", "ple" or "periodic", numeric columns of tabular modalities with column kinds). Unknown options
+    raise ``TypeError``. A tabular modality with column kinds is read by :class:`TabularEncoder` unless it
+    has no categorical column and ``numeric="linear"`` (then the plain MLP, the same network as before kinds).
     """
     try:
         opts = BACKBONE.options(kw)
     except TypeError as e:
         raise TypeError(f"modality {info.name!r}: {e}") from None
     dropout, hidden, pool, rnn = float(opts["dropout"]), opts["hidden"], opts["pool"], opts["rnn"]
+    numeric = opts["numeric"]
+    if numeric not in NUMERIC_ENCODINGS:
+        raise ValueError(
+            f"modality {info.name!r}: numeric encoding must be one of {NUMERIC_ENCODINGS}, got {numeric!r}"
+        )
     shape = tuple(int(s) for s in info.shape)
     if info.kind in ("vector", "tabular"):
         if len(shape) != 1:
             raise ValueError(f"modality {info.name!r} of kind {info.kind} needs a 1-d shape, got {shape}")
+        kinds = info.feature_kinds if info.kind == "tabular" else None
+        if kinds is not None and (numeric != "linear" or any(k.startswith("categorical:") for k in kinds)):
+            return TabularEncoder(info, d, hidden=hidden, dropout=dropout, numeric=numeric)
         return MLPEncoder(shape[0], d, hidden=hidden, dropout=dropout)
     if info.kind == "sequence":
         if len(shape) != 2:

@@ -13,6 +13,13 @@ predictions into the two per-combination views every command reports:
 
 "Hold" means present in the mask the run was evaluated with (after simulated missingness, when there is any).
 
+Calibration (``cfg.calibrate``, on by default): after training, a network's (an ensemble's averaged)
+probabilities on the inner validation rows, as they are, fix a temperature per label (one for multiclass) by
+:func:`omnifuse.fuse.calibration.fit_temperature`; every reported probability (``overall``, ``combos``) is
+rescaled by it and the uncalibrated ones are kept (``overall_raw``, ``combos_raw``). The test rows never reach
+the fit. Reference learners have no inner validation split and keep ``T`` = 1, as does a validation split
+without a positive (or without a row) for a label (logged).
+
 Seed policy (written once, here; ``seed`` is the run's or study's ``--seed``):
 
 - folds of repeat ``r``: :func:`fold_seed` = ``seed + r`` (patient-grouped, stratified ``make_folds``);
@@ -25,6 +32,7 @@ Seed policy (written once, here; ``seed`` is the run's or study's ``--seed``):
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from collections.abc import Sequence
@@ -36,10 +44,13 @@ import torch
 
 from omnifuse.cache import CacheData, cache_fingerprint
 from omnifuse.fuse.base import FusionMethod
+from omnifuse.fuse.calibration import apply_temperature, fit_temperature
 from omnifuse.fuse.config import TrainConfig
 from omnifuse.fuse.data import FuseData, Normalizer, inner_split, make_folds, simulate_missing
 from omnifuse.fuse.methods import build_method, get_method
 from omnifuse.fuse.trainer import Trainer, TrainerCallback, check_finite, predict_probs, seed_everything
+
+log = logging.getLogger(__name__)
 
 VIEWS = ("all_masked", "complete")
 """The per-combination views of :func:`combination_views` that every command reports (``partial`` too in
@@ -113,7 +124,10 @@ class FoldPlan:
 class FoldRun:
     """What :func:`run_fold` produced. ``present`` [n, M] is the presence of the test rows' modalities (after
     simulated missingness); ``overall`` [n, C] their probabilities as they are; ``combos[i]`` [n, C] with the
-    modalities outside ``plan.combos[i]`` masked (absent when the model does not see one of them)."""
+    modalities outside ``plan.combos[i]`` masked (absent when the model does not see one of them). Both are
+    calibrated with ``temperature`` (floats: one per label for binary and multilabel tasks, one for multiclass;
+    all 1 when not calibrated); ``overall_raw`` and ``combos_raw`` hold the same predictions before it (the
+    same arrays when every temperature is 1)."""
 
     model: Any
     normalizer: Normalizer
@@ -130,6 +144,9 @@ class FoldRun:
     combos: dict[int, np.ndarray]
     members: list[Any] = field(default_factory=list)
     best_is_last: list[bool] = field(default_factory=list)
+    temperature: list[float] = field(default_factory=list)
+    overall_raw: np.ndarray | None = None
+    combos_raw: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class FoldError(ValueError):
@@ -220,6 +237,16 @@ def run_fold(
             probs = [predict_probs(m, data, test, norm, cfg.eval_batch_size, mask) for m in members]
             return np.mean(probs, axis=0).astype(np.float32) if len(probs) > 1 else probs[0]
 
+    overall_raw = predict(None)
+    combos_raw = {i: predict(m) for i, m in masks.items()}
+    n_t = 1 if data.task_kind == "multiclass" else int(overall_raw.shape[1])
+    temperature = np.ones(n_t)
+    if trainers and cfg.calibrate:
+        temperature = _fit_temperature(data, members, val, norm, cfg, plan.fold)
+
+    def calibrated(p: np.ndarray) -> np.ndarray:
+        return p if np.all(temperature == 1.0) else apply_temperature(p, temperature, data.task_kind)
+
     first = trainers[0] if trainers else None
     return FoldRun(
         model=members[0],
@@ -233,11 +260,29 @@ def run_fold(
         test_rows=test,
         present=data.mask[torch.as_tensor(test, device=data.device)].cpu().numpy(),
         y=data.labels_numpy(test),
-        overall=predict(None),
-        combos={i: predict(m) for i, m in masks.items()},
+        overall=calibrated(overall_raw),
+        combos={i: calibrated(p) for i, p in combos_raw.items()},
         members=members,
         best_is_last=[t.best_is_last for t in trainers],
+        temperature=[float(t) for t in temperature],
+        overall_raw=overall_raw,
+        combos_raw=combos_raw,
     )
+
+
+def _fit_temperature(
+    data: FuseData, members: Sequence[Any], val: np.ndarray, norm: Normalizer, cfg: TrainConfig, fold: int
+) -> np.ndarray:
+    """The temperatures of a fold's networks (:func:`omnifuse.fuse.calibration.fit_temperature`) on their
+    averaged probabilities of the validation rows ``val`` as they are; ones when ``val`` is empty."""
+    where = f"fold {fold}"
+    if len(val) == 0:
+        log.warning("%s: no validation row: temperature kept at 1", where)
+        return np.ones(1 if data.task_kind == "multiclass" else data.num_outputs)
+    probs = np.mean([predict_probs(m, data, val, norm, cfg.eval_batch_size) for m in members], axis=0)
+    t = fit_temperature(data.labels_numpy(val), probs, data.task_kind, where=where)
+    log.info("%s: temperature %s (fitted on %d validation rows)", where, ", ".join(f"{v:.3f}" for v in t), len(val))
+    return t
 
 
 def combination_views(

@@ -1,6 +1,6 @@
 """Evaluation metrics: AUROC, AUPRC (= average precision, the step-wise area of scikit-learn's
 ``average_precision_score``, not the trapezoidal area), macro and micro averages for multilabel, Brier
-score, bootstrap confidence intervals and reliability-curve data.
+score, log loss, expected calibration error (ECE), bootstrap confidence intervals and reliability-curve data.
 
 Inputs are numpy arrays: binary ``y`` [N] or [N, 1] in {0, 1} with scores [N] or [N, 1]; multilabel
 ``y`` [N, C] with per-label probabilities [N, C]; multiclass ``y`` [N] class indices with probabilities
@@ -171,14 +171,62 @@ def bootstrap_ci(
     return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
 
 
+def probability_bins(p: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index in ``[0, n_bins)`` of each probability ``p`` (any shape) over ``n_bins`` equal-width bins of
+    [0, 1]: bin ``b`` is ``(b / n_bins, (b + 1) / n_bins]`` and the first also holds 0, so a value on an inner
+    edge goes to the lower bin (scikit-learn's ``calibration_curve(strategy="uniform")``). The one binning
+    behind :func:`reliability_curve` and :func:`expected_calibration_error`."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], np.asarray(p, dtype=np.float64))
+
+
+def _binned_gap(outcome: np.ndarray, conf: np.ndarray, n_bins: int) -> float:
+    """``sum_b (n_b / n) |mean(outcome_b) - mean(conf_b)|`` over the non-empty equal-width bins of ``conf`` [n];
+    NaN for no row."""
+    n = conf.shape[0]
+    if n == 0:
+        return float("nan")
+    ids = probability_bins(conf, n_bins)
+    s_out = np.bincount(ids, weights=outcome, minlength=n_bins)
+    s_conf = np.bincount(ids, weights=conf, minlength=n_bins)
+    return float(np.abs(s_out - s_conf).sum() / n)  # n_b |mean_out - mean_conf| = |sum_out - sum_conf|
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, kind: str = "binary", n_bins: int = 15) -> float:
+    """Expected calibration error over ``n_bins`` equal-width bins of [0, 1] (:func:`probability_bins`):
+    ``ECE = sum_b (n_b / n) |o_b - c_b|``, where per bin ``c_b`` is the mean confidence and ``o_b`` the observed
+    frequency of the rows in it (Naeini et al., AAAI 2015; Guo et al., ICML 2017, eq. 3).
+
+    - binary: confidence = the positive-class probability ``p`` [N] or [N, 1], outcome = the label;
+    - multiclass: confidence = the top-label probability ``max_c p`` of ``p`` [N, C], outcome = whether the
+      top label is the true class ``y`` [N] (ties: the first class);
+    - multilabel: the binary ECE of every label ``p[:, c]`` against ``y[:, c]``, averaged over the C labels.
+
+    NaN for no row. The one ECE computation of omnifuse (studies, ``omnifuse train``, figures)."""
+    if kind == "multiclass":
+        yy = np.asarray(y).astype(np.int64).ravel()
+        pp = np.asarray(p, dtype=np.float64)
+        if pp.ndim != 2:
+            raise ValueError(f"multiclass scores must be [N, C], got shape {pp.shape}")
+        if yy.shape[0] != pp.shape[0]:
+            raise ValueError(f"labels {yy.shape} and scores {pp.shape} differ in rows")
+        return _binned_gap((pp.argmax(1) == yy).astype(np.float64), pp.max(1, initial=0.0), n_bins)
+    y2, p2 = _as_2d(y, p, kind)
+    if y2.shape[0] == 0:
+        return float("nan")
+    return float(np.mean([_binned_gap(y2[:, c], p2[:, c], n_bins) for c in range(y2.shape[1])]))
+
+
 def reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10, kind: str = "binary") -> dict[str, list]:
     """Reliability-diagram data over equal-width probability bins (all label cells pooled): per non-empty
-    bin the mean predicted probability, the observed fraction of positives and the count (the same
-    bins as scikit-learn's ``calibration_curve(strategy="uniform")``)."""
+    bin the mean predicted probability, the observed fraction of positives and the count (the bins of
+    :func:`probability_bins`, those of scikit-learn's ``calibration_curve(strategy="uniform")``)."""
     y2, p2 = _as_2d(y, p, kind)
     yy, pp = y2.ravel(), p2.ravel()
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ids = np.searchsorted(edges[1:-1], pp)  # a value on an inner edge goes to the lower bin
+    ids = probability_bins(pp, n_bins)
     out: dict[str, list] = {"mean_predicted": [], "fraction_positive": [], "count": [], "bin_lower": []}
     for b in range(n_bins):
         sel = ids == b
@@ -190,19 +238,24 @@ def reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10, kind: str 
     return out
 
 
+ECE_BINS = 15
+"""Bins of the ECE every table reports (equal width)."""
+
+
 def evaluate(
     y: np.ndarray, p: np.ndarray, kind: str, n_boot: int = 1000, seed: int = 0, reliability_bins: int = 10
 ) -> dict:
     """All metrics of one set of predictions (probabilities ``p``), with bootstrap CIs for AUROC and AUPRC.
 
-    Keys: n, auroc, auroc_ci, auprc (average precision), auprc_ci, brier, and for multilabel also
-    auroc_micro, auprc_micro and auroc_per_label; reliability (curve data)."""
+    Keys: n, auroc, auroc_ci, auprc (average precision), auprc_ci, brier, ece (:data:`ECE_BINS` bins), and for
+    multilabel also auroc_micro, auprc_micro and auroc_per_label; reliability (curve data)."""
     res: dict = {"n": int(np.asarray(y).shape[0])}
     res["auroc"] = auroc(y, p, kind)
     res["auroc_ci"] = list(bootstrap_ci(lambda a, b: auroc(a, b, kind), y, p, n_boot, seed=seed))
     res["auprc"] = auprc(y, p, kind)
     res["auprc_ci"] = list(bootstrap_ci(lambda a, b: auprc(a, b, kind), y, p, n_boot, seed=seed + 1))
     res["brier"] = brier(y, p, kind)
+    res["ece"] = expected_calibration_error(y, p, kind, ECE_BINS)
     if kind == "multilabel":
         res["auroc_micro"] = auroc(y, p, kind, average="micro")
         res["auprc_micro"] = auprc(y, p, kind, average="micro")

@@ -8,7 +8,12 @@ table and test treats them alike. Their features (:func:`reference_features`), p
 - ``vector`` [D]: the pooled embedding as it is; ``sequence`` [L, D]: the mean over valid tokens;
 - ``timeseries`` [T, F]: per channel the last observed value, the mean, min and max of the observed values and
   the count of observations (5 F columns);
-- ``tabular`` [F]: the values as they are;
+- ``tabular`` [F]: the values as they are; a categorical column (the cache's ``categorical:<n>``, transform
+  ``categorical`` of a version-3 normaliser) keeps its code 0..n-1 (NaN missing) and is declared categorical
+  to the learner (:func:`categorical_columns`): one-hot for ``logreg`` (missing and unseen codes: all zeros),
+  native categorical splits for ``gbm`` (``categorical_features``; a column with more than
+  :data:`GBM_MAX_CATEGORIES` categories keeps its most frequent training categories and pools the rest in one
+  "other" category), so codes are never read as ordered numbers;
 - one missingness indicator per modality (1 present, 0 missing); a missing modality's features are NaN.
 
 Raw clinical values (tabular, time series) are first clipped to the fold's training clip bounds (those of
@@ -30,12 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from omnifuse.fuse.base import ModelInfo
@@ -43,6 +49,12 @@ from omnifuse.fuse.data import FuseData, Normalizer
 from omnifuse.fuse.registry import register_reference
 
 LEARNERS = ("logreg", "gbm")
+
+GBM_BINS = 63
+GBM_MAX_CATEGORIES = GBM_BINS - 1
+"""``HistGradientBoostingClassifier`` needs categorical codes below ``max_bins``: a column with more categories
+keeps its ``GBM_MAX_CATEGORIES - 1`` most frequent training categories (codes by frequency) and maps the others
+to one "other" code."""
 
 
 def _clip(x: np.ndarray, norm: Normalizer, name: str) -> np.ndarray:
@@ -94,6 +106,43 @@ def reference_features(
     return np.concatenate(blocks, axis=1)
 
 
+def categorical_columns(data: FuseData, norm: Normalizer) -> list[tuple[int, int]]:
+    """(column in :func:`reference_features`' matrix, number of categories) of every categorical column: the
+    tabular columns a version-3 normaliser transforms as ``categorical`` (none with an older one)."""
+    out, pos = [], 0
+    for name in data.modalities:
+        kind, st = data.kinds[name], norm.stats[name]
+        if kind == "tabular":
+            for c, (t, n) in enumerate(zip(st.get("transform") or [], st.get("n_categories") or [], strict=True)):
+                if t == "categorical":
+                    out.append((pos + c, int(n)))
+        f = data.x[name].shape[-1]
+        pos += (5 * f if kind == "timeseries" else f) + 1
+    return out
+
+
+def _gbm_codes(x: np.ndarray, cats: list[tuple[int, int]], maps: list[np.ndarray] | None) -> list[np.ndarray]:
+    """The lookup (code -> gbm code, -1 missing) of every categorical column, fitted on ``x`` when ``maps`` is
+    None; applies them to ``x`` in place (codes outside 0..n-1 and NaN read as missing)."""
+    out = []
+    for i, (j, n) in enumerate(cats):
+        v = x[:, j]
+        ok = np.isfinite(v) & (v >= 0) & (v < n) & (v == np.round(v))
+        code = np.where(ok, v, 0).astype(np.int64)
+        if maps is None:
+            lut = np.arange(n, dtype=np.int64)
+            if n > GBM_MAX_CATEGORIES:
+                freq = np.bincount(code[ok], minlength=n)
+                order = np.argsort(-freq, kind="stable")
+                lut = np.full(n, GBM_MAX_CATEGORIES - 1, dtype=np.int64)
+                lut[order[: GBM_MAX_CATEGORIES - 1]] = np.arange(GBM_MAX_CATEGORIES - 1)
+        else:
+            lut = maps[i]
+        x[:, j] = np.where(ok, lut[code], np.nan)
+        out.append(lut)
+    return out
+
+
 class ReferenceLearner:
     """A scikit-learn model behind the registry (kind ``"reference"``): ``learner`` ``"logreg"`` or ``"gbm"``.
 
@@ -115,13 +164,19 @@ class ReferenceLearner:
         self.Cs, self.max_iter, self.learning_rate = tuple(Cs), int(max_iter), float(learning_rate)
         self.models: list[Any] = []
         self.constant: list[float | None] = []
+        self.categorical: list[tuple[int, int]] = []
+        self.gbm_maps: list[np.ndarray] = []
 
-    def _new(self, groups: np.ndarray, y: np.ndarray) -> Any:
+    def _new(self, groups: np.ndarray, y: np.ndarray, width: int) -> Any:
+        cats = self.categorical
         if self.learner == "gbm":
+            is_cat = np.zeros(width, dtype=bool)
+            is_cat[[j for j, _ in cats]] = True
             return HistGradientBoostingClassifier(
                 max_iter=self.max_iter,
                 learning_rate=self.learning_rate,
-                max_bins=63,
+                max_bins=GBM_BINS,
+                categorical_features=is_cat if cats else None,
                 early_stopping=True,
                 n_iter_no_change=20,
                 validation_fraction=0.1,
@@ -132,11 +187,31 @@ class ReferenceLearner:
         if k >= 2:
             cv = list(GroupKFold(n_splits=k).split(y, y, groups))
             lr = LogisticRegressionCV(Cs=list(self.Cs), cv=cv, scoring="neg_log_loss", max_iter=2000)
-        return make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(), lr)
+        numeric = make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler())
+        if not cats:
+            return make_pipeline(numeric, lr)
+        cat_idx = [j for j, _ in cats]
+        onehot = OneHotEncoder(
+            categories=[np.arange(n, dtype=np.float64) for _, n in cats], handle_unknown="ignore", sparse_output=False
+        )
+        cols = ColumnTransformer(
+            [("numeric", numeric, [j for j in range(width) if j not in set(cat_idx)]), ("onehot", onehot, cat_idx)]
+        )
+        return make_pipeline(cols, lr)
+
+    def _features(self, data: FuseData, rows: np.ndarray, norm: Normalizer, mask: torch.Tensor | None = None):
+        """The feature matrix with the categorical columns prepared for the learner (gbm: its codes)."""
+        x = reference_features(data, rows, norm, mask)
+        if self.learner == "gbm" and self.categorical:
+            _gbm_codes(x, self.categorical, self.gbm_maps)
+        return x
 
     def fit(self, data: FuseData, rows: np.ndarray, norm: Normalizer) -> ReferenceLearner:
         rows = rows[data.y_mask[torch.as_tensor(rows, device=data.device)].cpu().numpy()]
+        self.categorical = categorical_columns(data, norm)
         x = reference_features(data, rows, norm)
+        if self.learner == "gbm" and self.categorical:
+            self.gbm_maps = _gbm_codes(x, self.categorical, None)
         y = data.labels_numpy(rows)
         groups = data.subject_id[rows]
         targets = [y] if self.info.task_kind == "multiclass" else [y[:, c] for c in range(y.shape[1])]
@@ -148,14 +223,14 @@ class ReferenceLearner:
                     self.models.append(None)
                     self.constant.append(float(np.mean(t)))
                     continue
-                self.models.append(self._new(groups, t).fit(x, t))
+                self.models.append(self._new(groups, t, x.shape[1]).fit(x, t))
                 self.constant.append(None)
         return self
 
     def predict_proba(
         self, data: FuseData, rows: np.ndarray, norm: Normalizer, mask: torch.Tensor | None = None
     ) -> np.ndarray:
-        x = reference_features(data, rows, norm, mask)
+        x = self._features(data, rows, norm, mask)
         with threadpool_limits(limits=torch.get_num_threads()):
             return self._predict(x, len(rows))
 

@@ -7,6 +7,12 @@ Per fold the test rows are evaluated overall, per modality combination in both v
 ``complete``: only the rows holding it) and per natural presence pattern. The run folder receives
 ``config.json`` (resolved), ``metrics.json``, ``predictions.csv``, ``lazy_combinations.json`` and per fold
 ``fold<k>/model.safetensors`` with ``model.json`` and ``normalizer.json`` (never pickle).
+
+Probabilities are calibrated per fold (``calibrate``, :mod:`omnifuse.fuse.calibration`; see
+:func:`omnifuse.fuse.fold.run_fold`): the metrics are those of the calibrated probabilities, with the Brier score
+and ECE before calibration beside them (``brier_uncalibrated``, ``ece_uncalibrated``), each fold's
+``temperature``, and the out-of-fold predictions pooled over the folds before and after (``pooled``,
+``pooled_uncalibrated``); ``predictions.csv`` holds both probabilities and ``model.json`` the temperature.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class FoldResult:
     best_val_auroc: float
     history: list[dict[str, Any]]
     records: dict[str, list]
+    probs_raw: np.ndarray | None = None  # [n_test, C] before calibration (None: the same as probs)
+    temperature: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +80,16 @@ class RunResult:
 
 def _scores(y: np.ndarray, p: np.ndarray, kind: str) -> dict[str, Any]:
     return {"n": int(len(y)), "auroc": metrics.auroc(y, p, kind), "auprc": metrics.auprc(y, p, kind)}
+
+
+def _uncalibrated_metrics(run: FoldRun, kind: str) -> dict[str, Any]:
+    """A fold's temperature and the Brier score and ECE of its test predictions before calibration."""
+    raw = run.overall if run.overall_raw is None else run.overall_raw
+    return {
+        "temperature": list(run.temperature),
+        "brier_uncalibrated": metrics.brier(run.y, raw, kind),
+        "ece_uncalibrated": metrics.expected_calibration_error(run.y, raw, kind, metrics.ECE_BINS),
+    }
 
 
 def combination_metrics(
@@ -118,7 +136,7 @@ def save_checkpoints(
         return
     for i, member in enumerate(run.members or [run.model]):
         dst = folder if i == 0 else folder / f"member{i}"
-        _save_network(member, run.normalizer, cfg, dst, data, method_params, fingerprint)
+        _save_network(member, run.normalizer, cfg, dst, data, method_params, fingerprint, run.temperature)
 
 
 def _save_network(
@@ -129,7 +147,12 @@ def _save_network(
     data: FuseData,
     method_params: dict[str, Any],
     fingerprint: dict[str, Any] | None,
+    temperature: list[float] | None = None,
 ) -> None:
+    """One network's checkpoint. ``model.json``'s ``temperature`` (floats: one per output for binary and
+    multilabel tasks, one for multiclass; all 1 when the run was not calibrated) is the fold's: fitted on the
+    averaged probabilities of the fold's members, the same in every member's file; ``omnifuse predict``
+    rescales probabilities with it (:func:`omnifuse.fuse.calibration.apply_temperature`)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,8 +169,11 @@ def _save_network(
                 "task_kind": info.task_kind,
                 "classes": data.classes,
                 "num_outputs": info.num_outputs,
-                "modalities": [{"name": m.name, "kind": m.kind, "shape": list(m.shape)} for m in info.modalities],
+                "modalities": [m.to_json() for m in info.modalities],
                 "raw_shapes": {n: list(data.raw_shape(n)) for n in data.modalities},
+                "temperature": [float(t) for t in temperature]
+                if temperature
+                else [1.0] * (1 if info.task_kind == "multiclass" else int(info.num_outputs)),
                 "cache_fingerprint": None
                 if fingerprint is None
                 else {k: fingerprint[k] for k in ("schema", "modalities", "encoders_digest", "digest")},
@@ -157,9 +183,21 @@ def _save_network(
     )
 
 
+TRAIN_STAYS = "train_stays.npy"
+"""The file of a fold folder that names the stays the fold trained on (see :func:`save_training_stays`)."""
+
+
+def save_training_stays(folder: Path, data: FuseData, train_rows: np.ndarray) -> None:
+    """``folder/train_stays.npy``: the sorted stay ids (int64 [n], a plain ``.npy``, no pickle) of the fold's
+    training rows, its inner validation rows included (they chose the epoch): the stays ``omnifuse predict``
+    must not score with this fold's model when it claims out-of-fold scores."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / TRAIN_STAYS, np.sort(np.asarray(data.stay_id[train_rows], dtype=np.int64)), allow_pickle=False)
+
+
 def _mean_metrics(folds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for k in ("auroc", "auprc", "brier", "auroc_micro", "auprc_micro"):
+    for k in ("auroc", "auprc", "brier", "ece", "brier_uncalibrated", "ece_uncalibrated", "auroc_micro", "auprc_micro"):
         v = [f[k] for f in folds if k in f and f[k] is not None and not math.isnan(f[k])]
         if v:
             out[k] = float(np.mean(v))
@@ -175,6 +213,29 @@ def _mean_metrics(folds: list[dict[str, Any]]) -> dict[str, Any]:
         n: {view: {k: float(np.mean(x)) for k, x in d.items()} for view, d in views.items()}
         for n, views in combos.items()
     }
+    return out
+
+
+def pooled_metrics(data: FuseData, results: list[FoldResult]) -> dict[str, dict[str, float]]:
+    """AUROC, AUPRC, Brier score and ECE of the out-of-fold predictions of every fold scored together:
+    ``pooled`` (the reported, calibrated probabilities) and ``pooled_uncalibrated`` (before calibration). Beside
+    the fold means they show fold models on different probability scales (a pooled AUROC below the fold mean)."""
+    if not results:
+        return {}
+    kind = data.task_kind
+    y = data.labels_numpy(np.concatenate([r.test_rows for r in results]))
+    out = {}
+    for key, probs in (
+        ("pooled", [r.probs for r in results]),
+        ("pooled_uncalibrated", [r.probs if r.probs_raw is None else r.probs_raw for r in results]),
+    ):
+        p = np.concatenate(probs)
+        out[key] = {
+            "auroc": metrics.auroc(y, p, kind),
+            "auprc": metrics.auprc(y, p, kind),
+            "brier": metrics.brier(y, p, kind),
+            "ece": metrics.expected_calibration_error(y, p, kind, metrics.ECE_BINS),
+        }
     return out
 
 
@@ -278,15 +339,26 @@ def train(
                     "n_train": run.n_train,
                     "n_val": run.n_val,
                     "n_test": int(len(run.test_rows)),
+                    **_uncalibrated_metrics(run, data.task_kind),
                 }
             )
             results.append(
                 FoldResult(
-                    k, run.test_rows, run.overall, fm, run.best_epoch, run.best_val_auroc, run.history, run.records
+                    k,
+                    run.test_rows,
+                    run.overall,
+                    fm,
+                    run.best_epoch,
+                    run.best_val_auroc,
+                    run.history,
+                    run.records,
+                    probs_raw=run.overall_raw,
+                    temperature=list(run.temperature),
                 )
             )
             if out_dir is not None and cfg.save_checkpoints:
                 save_checkpoints(run, cfg, out_dir / f"fold{k}", data, method_params, fingerprint)
+                save_training_stays(out_dir / f"fold{k}", data, train_rows)
     finally:
         if progress is not None:
             progress.stop()
@@ -300,8 +372,14 @@ def train(
                 "all_masked": "every test row, the modalities outside the combination masked",
                 "complete": "the test rows holding every modality of the combination",
             },
+            "calibration": "temperature scaling on each fold's inner validation split"
+            if cfg.calibrate
+            else "none (--no-calibrate)",
+            "ece_definition": f"expected calibration error, {metrics.ECE_BINS} equal-width bins (binary: positive-"
+            "class probability; multiclass: top-label confidence; multilabel: mean over labels)",
             "folds": [r.metrics for r in results],
             "mean": _mean_metrics([r.metrics for r in results]),
+            **pooled_metrics(data, results),
             "history": [r.history for r in results],
         }
     )
@@ -312,21 +390,25 @@ def train(
 
 
 def write_predictions(path: Path, data: FuseData, results: list[FoldResult]) -> None:
-    """CSV: stay_id, fold, the label(s) and the score(s) (probabilities) of every test row."""
+    """CSV: stay_id, fold, the label(s), the score(s) (probabilities, calibrated when the run was) and the
+    same before calibration (``score_uncalibrated``, ``score_uncalibrated_<class>``) of every test row."""
     C = data.num_outputs
     if data.task_kind == "binary":
         lab_cols, score_cols = ["label"], ["score"]
     else:
         lab_cols = ["label"] if data.task_kind == "multiclass" else [f"label_{c}" for c in data.classes]
         score_cols = [f"score_{c}" for c in data.classes]
+    raw_cols = [c.replace("score", "score_uncalibrated", 1) for c in score_cols]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["stay_id", "fold", *lab_cols, *score_cols])
+        w.writerow(["stay_id", "fold", *lab_cols, *score_cols, *raw_cols])
         for r in results:
             y = data.labels_numpy(r.test_rows)
+            raw = r.probs if r.probs_raw is None else r.probs_raw
             for i, row in enumerate(r.test_rows):
                 labs = [int(y[i])] if data.task_kind == "multiclass" else [int(v) for v in y[i][:C]]
-                w.writerow([int(data.stay_id[row]), r.fold, *labs, *(f"{p:.6g}" for p in r.probs[i])])
+                scores = [f"{p:.6g}" for p in (*r.probs[i], *raw[i])]
+                w.writerow([int(data.stay_id[row]), r.fold, *labs, *scores])
 
 
 def grid(
@@ -382,16 +464,34 @@ def grid(
 
 
 def results_table(result: RunResult | dict[str, Any]):
-    """A short rich table of a run: per fold and mean AUROC, AUPRC (average precision) with CIs, Brier."""
+    """A short rich table of a run: per fold, mean and pooled out of fold: AUROC, AUPRC (average precision) with
+    CIs, Brier score and ECE (before calibration in brackets), each fold's temperature and best epoch."""
     from rich.table import Table
 
     m = result.metrics if isinstance(result, RunResult) else result
-    t = Table(title=f"{m.get('method')} on {m.get('task')}")
-    for col in ("fold", "n test", "AUROC [95% CI]", "AUPRC (AP) [95% CI]", "Brier", "best epoch"):
+    calibrated = any(t != 1.0 for fm in m["folds"] for t in fm.get("temperature") or [])
+    t = Table(
+        title=f"{m.get('method')} on {m.get('task')}",
+        caption="Brier and ECE of the calibrated probabilities (before temperature scaling in brackets); pooled: "
+        "every fold's test predictions scored together"
+        if calibrated
+        else None,
+    )
+    for col in ("fold", "n test", "AUROC [95% CI]", "AUPRC (AP) [95% CI]", "Brier", "ECE", "T", "best epoch"):
         t.add_column(col)
 
     def f(v: Any) -> str:
         return "-" if v is None else f"{v:.3f}"
+
+    def both(d: dict[str, Any], key: str, raw: Any = None) -> str:
+        """The value, and in brackets the one before calibration when the run was calibrated."""
+        raw = d.get(f"{key}_uncalibrated") if raw is None else raw
+        return f"{f(d.get(key))} ({f(raw)})" if calibrated and raw is not None else f(d.get(key))
+
+    def temp(v: list[float] | None) -> str:
+        if not v:
+            return "-"
+        return f"{v[0]:.2f}" if len(v) == 1 else f"{min(v):.2f}-{max(v):.2f}"
 
     for fm in m["folds"]:
         ci_a, ci_p = fm.get("auroc_ci") or [None, None], fm.get("auprc_ci") or [None, None]
@@ -400,7 +500,9 @@ def results_table(result: RunResult | dict[str, Any]):
             str(fm["n_test"]),
             f"{f(fm['auroc'])} [{f(ci_a[0])}, {f(ci_a[1])}]",
             f"{f(fm['auprc'])} [{f(ci_p[0])}, {f(ci_p[1])}]",
-            f(fm["brier"]),
+            both(fm, "brier"),
+            both(fm, "ece"),
+            temp(fm.get("temperature")),
             str(fm["best_epoch"]),
         )
     mean = m["mean"]
@@ -409,9 +511,20 @@ def results_table(result: RunResult | dict[str, Any]):
         "",
         f"{f(mean.get('auroc'))} ± {f(mean.get('auroc_std'))}",
         f"{f(mean.get('auprc'))} ± {f(mean.get('auprc_std'))}",
-        f(mean.get("brier")),
+        both(mean, "brier"),
+        both(mean, "ece"),
+        "",
         "",
     )
+    pooled, raw = m.get("pooled"), m.get("pooled_uncalibrated") or {}
+    if pooled:
+        t.add_row(
+            "pooled",
+            str(sum(fm["n_test"] for fm in m["folds"])),
+            *(both(pooled, k, raw.get(k)) for k in ("auroc", "auprc", "brier", "ece")),
+            "",
+            "",
+        )
     return t
 
 

@@ -19,7 +19,19 @@ from omnifuse.cache import (
     SchemaMismatchError,
     open_cache,
 )
-from omnifuse.cache.meta import check_schema, group_meta, new_meta, read_meta
+from omnifuse.cache.meta import (
+    adding,
+    additions,
+    check_schema,
+    drop_addition,
+    finish_addition,
+    group_meta,
+    new_meta,
+    read_meta,
+    renamed_additions,
+    reopen_addition,
+    start_addition,
+)
 from tests.helpers import write_toy_cache
 
 
@@ -92,3 +104,21 @@ def test_attributes_describe_the_cache(tmp_path):
     assert c.spec.modality("img").encoder == "resnet34" and c.spec.modality("img").encoder_hash == "abc"
     assert {"python", "zarr", "numpy"} <= set(c.meta["software"])
     assert c.meta["created"] and c.spec.license == "ODbL"
+
+
+def test_addition_records_start_finish_reopen_and_drop():
+    meta: dict = {}
+    assert additions(meta) == {} and adding(meta) == set() and renamed_additions(meta) == {}
+    start_addition(meta, "report", "report")
+    start_addition(meta, "report_bert", "report")
+    assert adding(meta) == {"report", "report_bert"} and renamed_additions(meta) == {"report_bert": "report"}
+    finish_addition(meta, "report", {"text_encoder": "minilm"})
+    assert adding(meta) == {"report_bert"} and meta["additions"]["report"]["config"] == {"text_encoder": "minilm"}
+    assert meta["additions"]["report"]["finished"] >= meta["additions"]["report"]["started"]
+    reopen_addition(meta, "report")
+    assert adding(meta) == {"report", "report_bert"}
+    drop_addition(meta, "report_bert")
+    assert set(meta["additions"]) == {"report"} and renamed_additions(meta) == {}
+    copy = additions(meta)
+    copy["report"]["source"] = "changed"
+    assert meta["additions"]["report"]["source"] == "report"  # a copy: the attributes change only on purpose

@@ -22,6 +22,7 @@ def tiny() -> dict:
     """Keyword arguments every study accepts: tiny models, 2 epochs, no progress bar, no printing."""
     return {
         "epochs": 2,
+        "repeats": 1,
         "progress": False,
         "print_table": False,
         "method_overrides": copy.deepcopy(TINY_OVERRIDES),

@@ -129,3 +129,27 @@ def test_load_references_from_a_cache(ref_cache):
 def test_run_preds_needs_a_finished_run(tmp_path):
     with pytest.raises(FileNotFoundError):
         run_preds(_ctx(), RunSpec("concat", "concat"), tmp_path / "nothing")
+
+
+def test_raw_probabilities_travel_with_the_cells_and_old_runs_read_as_no_calibration(tmp_path):
+    """A run stores ``overall_raw`` beside the calibrated ``overall``: the overall and reference cells carry it;
+    a run folder written before calibration existed has none (``p_raw`` None) and reads as before."""
+    spec = RunSpec("concat", "concat", fold=1)
+    arrays = _write_run(tmp_path / "old")
+    raw = arrays["overall"] ** 2
+    new = tmp_path / "new"
+    new.mkdir()
+    np.savez_compressed(new / "predictions.npz", **arrays, overall_raw=raw, temperature=np.array([1.7]))
+    (new / "run.json").write_text(json.dumps({"spec": {"fold": 1}, "temperature": [1.7]}))
+    refs = {"score": (np.zeros(30, dtype=np.float32), np.isin(np.arange(30), [20, 23, 24]))}
+    cells = _cells(run_preds(_ctx(), spec, new, references=refs))
+    np.testing.assert_array_equal(cells[("overall", "as_is")].p_raw, raw)
+    np.testing.assert_array_equal(cells[("reference_subset:score", "as_is")].p_raw, raw[[0, 3, 4]])
+    assert cells[("img", "complete")].p_raw is None  # per combination: calibrated only
+    old = _cells(run_preds(_ctx(), spec, tmp_path / "old", references=refs))
+    assert all(c.p_raw is None for c in old.values()) and set(old) == set(cells)
+    # pooled before calibration: only labels whose every run stored it
+    s2 = RunSpec("sum", "sum", fold=1)
+    got = pooled(_ctx(), {spec: new, s2: tmp_path / "old"}, [spec, s2], raw=True)
+    assert set(got) == {"concat"}
+    np.testing.assert_array_equal(got["concat"][1], raw)

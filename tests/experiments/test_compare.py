@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from omnifuse.cache.reader import open_cache
 from omnifuse.experiments.compare import compare, default_methods
 from omnifuse.experiments.runner import load_run
+from omnifuse.fuse.calibration import apply_temperature
 from omnifuse.fuse.methods import METHODS
 from tests.helpers import assert_png, read_csv_rows
 
@@ -121,6 +122,20 @@ def test_compare_end_to_end(ref_cache, tmp_path, tiny):
     assert "| method | parameters | folds | AUROC |" in md and "Reference score score" in md and "reliability.png" in md
     res = json.loads((out / "results.json").read_text())
     assert res["runs_trained"] == 9 and len(res["folds"]) == len(fold_rows)
+
+    # calibration: every run's temperature, ECE beside Brier, before and after in the tables
+    assert "| Brier | ECE |" in md and "### Calibration: before → after temperature scaling" in md
+    for m in methods:
+        temps = res["per_method"][m]["temperature"]
+        assert len(temps) == 3 and all(len(t) == 1 and t[0] > 0 for t in temps)
+        row = next(x for x in summ if x["method"] == m and x["group"] == "overall")
+        assert {"ece_mean", "brier_uncalibrated_mean", "ece_uncalibrated_mean", "auroc_pooled_uncalibrated"} <= set(row)
+        for k in range(3):
+            a, run = load_run(out / "runs" / m / "rate0_random" / f"r0f{k}")
+            assert run["temperature"] == a["temperature"].tolist() == temps[k]
+            np.testing.assert_allclose(a["overall"], apply_temperature(a["overall_raw"], temps[k], "binary"), atol=1e-7)
+        fold_brier = [float(x["brier_uncalibrated"]) for x in fold_rows if x["method"] == m and x["group"] == "overall"]
+        assert float(row["brier_uncalibrated_mean"]) == pytest.approx(np.mean(fold_brier))
     # a second call reuses every run and gives the same numbers
     r2 = compare(ref_cache, "mortality", methods, folds=3, out=out, n_boot=30, **tiny)
     assert (r2.runs_trained, r2.runs_reused) == (0, 9)

@@ -23,6 +23,23 @@ def test_reliability_figure_one_panel_or_one_per_curve(tmp_path, k):
     assert_png(path)
 
 
+@pytest.mark.parametrize("k", [2, 5])
+def test_reliability_figure_before_and_after_calibration(tmp_path, k):
+    """Two panels (before, after) for up to four curves; one panel per curve, before dashed, beyond. A curve
+    without probabilities before calibration (a reference score, an old run) is drawn after only."""
+    curves = {f"m{i}": _curve(i) for i in range(k)}
+    before = {f"m{i}": (curves[f"m{i}"][0], curves[f"m{i}"][1] ** 0.5) for i in range(k - 1)}
+    path = tmp_path / f"rel{k}.png"
+    assert reliability_figure(path, curves, "binary", n_bins=5, title="tiny", before=before) == path
+    assert_png(path)
+    with_before = reliability_figure(tmp_path / "b.png", curves, "binary", before=before)
+    without = reliability_figure(tmp_path / "a.png", curves, "binary")
+    if k <= 4:  # a second panel: a wider image
+        from PIL import Image
+
+        assert Image.open(with_before).size[0] > 1.5 * Image.open(without).size[0]
+
+
 def test_group_bars(tmp_path):
     rows = [
         {"method": m, "group": g, "auroc_mean": 0.6 + 0.1 * i + 0.05 * j, "auroc_sd": 0.02 if j else None}

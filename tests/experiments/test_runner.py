@@ -170,3 +170,40 @@ def test_unimodal_run_trains_only_on_rows_holding_the_modality(ref_cache, tmp_pa
     assert run["n_train"] + run["n_val"] == int(ctx.data().mask[torch.as_tensor(tr), j].sum())
     keys = {k for k in arrays if k.startswith("combo")}
     assert keys == {f"combo{1 + j}"}  # only the combination the model can see: "rep" alone
+
+
+def test_calibrated_and_uncalibrated_runs_are_never_reused_for_each_other(ref_cache, tmp_path):
+    """``calibrate`` is a training option: it is part of a run's spec.json, so a finished run of one setting is
+    retrained for the other; each run stores its temperature and its raw probabilities."""
+    from omnifuse.fuse.calibration import apply_temperature
+
+    out = tmp_path / "s"
+
+    def run(calibrate: bool):
+        ctx = build_context(
+            ref_cache,
+            "mortality",
+            folds=2,
+            seed=0,
+            combinations="full",
+            train_options={**TINY_OPTIONS, "epochs": 2, "calibrate": calibrate},
+        )
+        specs = fold_specs(ctx, ["concat", "logreg"], TINY_OVERRIDES)
+        return specs, run_all(ctx, specs, out, progress=False)
+
+    specs, st = run(True)
+    assert (st.trained, st.reused) == (4, 0)
+    on = {s: load_run(st.folders[s]) for s in specs}
+    assert json.loads((st.folders[specs[0]] / "spec.json").read_text())["train"]["calibrate"] is True
+    specs, st = run(False)
+    assert (st.trained, st.reused) == (4, 0)
+    for s in specs:
+        (a_on, r_on), (a_off, r_off) = on[s], load_run(st.folders[s])
+        assert r_off["temperature"] == [1.0] and a_off["temperature"].tolist() == [1.0]
+        np.testing.assert_array_equal(a_off["overall"], a_off["overall_raw"])
+        np.testing.assert_array_equal(a_on["overall_raw"], a_off["overall_raw"])  # the same training
+        scaled = apply_temperature(a_on["overall_raw"], r_on["temperature"], "binary")
+        np.testing.assert_allclose(a_on["overall"], scaled, atol=1e-7)  # T = 1 returns the unclipped values
+        assert (r_on["temperature"] == [1.0]) == (s.label == "logreg")  # reference learners keep T = 1
+    specs, st = run(False)
+    assert (st.trained, st.reused) == (0, 4)

@@ -126,3 +126,35 @@ def test_fast_bootstrap_equals_the_loop(name):
     fast = fast_fold_bootstrap_ci(name, "binary", folds, n_boot=300, seed=9)
     assert fast == pytest.approx(slow, abs=1e-12)
     assert not math.isnan(fast[0])
+
+
+def test_calibration_columns_before_and_after():
+    """ECE and Brier per fold (calibrated) with the same before calibration where the cell carries ``p_raw``;
+    pooled metrics of both; a cell without ``p_raw`` (an old run, a reference score) has no such key."""
+    from omnifuse.fuse import metrics
+
+    y = (0, 0, 1, 1)
+    raw = [[0.05, 0.4, 0.35, 0.99], [0.01, 0.2, 0.3, 0.9]]
+    cal = [[0.1, 0.4, 0.38, 0.8], [0.1, 0.25, 0.3, 0.7]]
+    preds = [
+        FoldPred(
+            "x", 0, k, "overall", "as_is", np.array(y, float)[:, None], np.array(c)[:, None], 0.0, np.array(r)[:, None]
+        )
+        for k, (c, r) in enumerate(zip(cal, raw, strict=True))
+    ] + [_fp("old", k, r) for k, r in enumerate(raw)]
+    summary, recs = summarize(preds, "binary", n_boot=0)
+    for r, fp in zip(recs[:2], preds[:2], strict=True):
+        assert r["ece"] == pytest.approx(metrics.expected_calibration_error(fp.y, fp.p, "binary", 15))
+        assert r["brier_uncalibrated"] == pytest.approx(np.mean((fp.p_raw - fp.y) ** 2))
+        assert r["ece_uncalibrated"] == pytest.approx(metrics.expected_calibration_error(fp.y, fp.p_raw, n_bins=15))
+        assert r["auroc_uncalibrated"] == r["auroc"]
+    row = pick(summary, method="x")[0]
+    assert row["brier_uncalibrated_mean"] == pytest.approx(np.mean([r["brier_uncalibrated"] for r in recs[:2]]))
+    assert row["ece_mean"] == pytest.approx(np.mean([r["ece"] for r in recs[:2]]))
+    yy = np.concatenate([fp.y for fp in preds[:2]])
+    assert row["auroc_pooled_uncalibrated"] == pytest.approx(roc_auc_score(yy, np.concatenate(raw)))
+    assert row["auroc_pooled"] == pytest.approx(roc_auc_score(yy, np.concatenate(cal)))
+    assert row["ece_pooled"] == pytest.approx(metrics.expected_calibration_error(yy, np.concatenate(cal), n_bins=15))
+    old = pick(summary, method="old")[0]
+    assert "brier_uncalibrated_mean" not in old and "auroc_pooled_uncalibrated" not in old
+    assert "brier_uncalibrated" not in recs[-1] and old["brier_pooled"] == row["brier_pooled_uncalibrated"]

@@ -31,7 +31,7 @@ runner = CliRunner()
 def test_dataset_defaults_fill_unset_encoders():
     cfg = extract_config()
     assert (cfg.dataset, cfg.text_encoder, cfg.text_pooling) == ("eicu-demo", "minilm", "mean")
-    assert cfg.image_encoder == "microsoft/resnet-34" and cfg.dataset_options == {"pre_admission_text": False}
+    assert cfg.image_encoder == "microsoft/resnet-34" and cfg.dataset_options == {"pre_admission_text": False, "care_limitation": False}
     cfg = extract_config(dataset="mimic", root="/data/mimic", text_pooling="cls")
     assert (cfg.text_encoder, cfg.text_pooling) == ("bert-base-uncased", "cls")  # given values are kept
     assert cfg.dataset_options["root"] == Path("/data/mimic") and cfg.dataset_options["timestep"] == 2.0
@@ -115,3 +115,25 @@ def test_conflicting_dataset_options_are_refused(monkeypatch):
     )
     with pytest.raises(TypeError, match="option 'batch_size' is also an ExtractConfig field"):
         dataset_cli_parameters({"c": registry.DATASETS["c"]})
+
+
+def test_add_modality_options_are_checked_together():
+    cfg = extract_config(
+        dataset="manifest",
+        manifest="m.csv",
+        spec="s.toml",
+        add_modalities=["report"],
+        modality_name="report_bert",
+        text_encoder="bert-base-uncased",
+    )
+    assert cfg.add_modalities == ["report"] and cfg.modality_name == "report_bert"
+    for bad, message in (
+        (dict(modality_name="x"), "--modality-name names the one modality added; give exactly one --add-modality"),
+        (dict(add_modalities=["a", "b"], modality_name="x"), "give exactly one --add-modality"),
+        (dict(add_modalities=["a"], modalities=["b"]), "--modality and --add-modality cannot be combined"),
+        (dict(add_modalities=[]), "--add-modality needs the name of a modality"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ExtractConfig(**bad)
+    r = runner.invoke(app, ["extract", "--help"], env={"COLUMNS": "200"})
+    assert "--add-modality" in r.output and "--modality-name" in r.output

@@ -7,13 +7,17 @@ import torch
 
 from omnifuse.fuse.data import (
     CLIP_QUANTILES,
+    IQR_TO_SD,
+    PLE_BINS,
     DataError,
     Normalizer,
+    _fit_column,
     inner_split,
     load_fuse_data,
     make_folds,
     simulate_missing,
 )
+from tests.helpers import kinds_cache_data
 
 
 def test_load_from_written_cache_keeps_float16(tiny_cache):
@@ -44,7 +48,7 @@ def test_folds_are_patient_grouped_and_cover_labelled_rows(tiny_data):
 def test_normalizer_uses_training_rows_and_adds_indicators(tiny_data):
     d = load_fuse_data(tiny_data, "mortality", device="cpu")
     rows = np.arange(80)
-    norm = Normalizer.fit(d, rows)
+    norm = Normalizer.fit(d, rows, scaling="robust")
     st = norm.stats["ehr"]
     present = rows[d.mask[rows, 2].numpy()]
     raw = d.x["ehr"][present].numpy().reshape(-1, 4)
@@ -52,7 +56,10 @@ def test_normalizer_uses_training_rows_and_adds_indicators(tiny_data):
     lo = np.nanquantile(col, CLIP_QUANTILES[0], method="higher")
     hi = np.nanquantile(col, CLIP_QUANTILES[1], method="lower")
     assert (st["low"][0], st["high"][0]) == (pytest.approx(lo, rel=1e-5), pytest.approx(hi, rel=1e-5))
-    assert st["mean"][0] == pytest.approx(np.nanmean(np.clip(raw[:, 0], lo, hi)), rel=1e-4)
+    clipped = np.clip(col[np.isfinite(col)], lo, hi)
+    q1, med, q3 = np.quantile(clipped, [0.25, 0.5, 0.75])
+    assert st["transform"] == ["numeric", "numeric", "numeric", "identity"]  # an old cache: all numeric
+    assert st["mean"][0] == pytest.approx(med, rel=1e-4) and st["std"][0] == pytest.approx((q3 - q1) / 1.349, rel=1e-4)
     assert st["low"][3] is None and st["high"][3] is None  # not standardised: not clipped
     assert st["mean"][3] == 0.0 and st["std"][3] == 1.0  # not in "continuous": passes as is
     assert st["indicators"] == [1, 2, 3]  # column 0 is never NaN
@@ -116,8 +123,108 @@ def test_a_corrupt_normalizer_is_refused_by_name(tiny_data, tmp_path):
     legacy = {
         "version": 1,
         "modalities": {
-            k: {kk: vv for kk, vv in v.items() if kk not in ("low", "high")}
+            k: {kk: vv for kk, vv in v.items() if kk in ("kind", "mean", "std", "indicators", "n_rows")}
             for k, v in Normalizer.fit(d, np.arange(80)).stats.items()
         },
     }
     assert torch.isfinite(Normalizer.from_json(legacy).apply("ehr", d.x["ehr"][:3])).all()
+
+
+def _kinds_fit(scaling="robust"):
+    d = load_fuse_data(kinds_cache_data(n=200), "mortality", device="cpu")
+    rows = np.arange(150)
+    norm = Normalizer.fit(d, rows, scaling=scaling)
+    present = rows[d.mask[rows, 1].numpy()]
+    return d, norm, d.x["lab"][present].numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("scaling", ["robust", "standard"])
+def test_kinds_choose_the_transform_log_and_scaling_by_hand(scaling):
+    """numeric:log: log1p of the clipped, shifted value then scaled; numeric: scaled (median and IQR / 1.349, or
+    mean and sd); binary as it is; statistics from the present training rows only."""
+    d, norm, raw = _kinds_fit(scaling)
+    st = norm.stats["lab"]
+    assert st["transform"] == ["numeric", "log", "binary", "categorical"] and st["indicators"] == [1, 2]
+    test = d.x["lab"][150:].numpy().astype(np.float64)
+    z = norm.apply("lab", d.x["lab"][150:]).numpy()
+    for c, log in ((0, False), (1, True)):
+        v = raw[np.isfinite(raw[:, c]), c]
+        lo = np.quantile(v, CLIP_QUANTILES[0], method="higher")
+        hi = np.quantile(v, CLIP_QUANTILES[1], method="lower")
+        q1, q3 = np.quantile(v, [0.25, 0.75])
+        lo, hi = max(lo, q1 - 20 * (q3 - q1)), min(hi, q3 + 20 * (q3 - q1))
+        shift = max(0.0, -lo) if log else 0.0
+        f = (lambda a: np.log1p(np.clip(a, lo, hi) + shift)) if log else (lambda a: np.clip(a, lo, hi))  # noqa: B023
+        t1, med, t3 = np.quantile(f(v), [0.25, 0.5, 0.75])
+        center, scale = (med, (t3 - t1) / IQR_TO_SD) if scaling == "robust" else (f(v).mean(), f(v).std())
+        assert st["log_shift"][c] == pytest.approx(shift)
+        want = np.where(np.isfinite(test[:, c]), (f(test[:, c]) - center) / scale, 0.0)
+        np.testing.assert_allclose(z[:, c], want, rtol=1e-4, atol=1e-5)
+        edges = np.quantile((f(v) - center) / scale, np.linspace(0, 1, PLE_BINS + 1))
+        np.testing.assert_allclose(st["bin_edges"][c], edges, atol=2e-6)  # PLE bins: training quantiles
+    # binary: the value as it is (not clipped, not scaled), missing 0 and its indicator
+    ok = np.isfinite(test[:, 2])
+    np.testing.assert_array_equal(z[:, 2], np.where(ok, test[:, 2], 0.0))
+    assert set(np.unique(z[:, 2])) <= {0.0, 1.0} and st["low"][2] is None and (st["mean"][2], st["std"][2]) == (0, 1)
+    np.testing.assert_array_equal(z[:, 5], ok.astype(np.float32))
+
+
+def test_log_shift_makes_the_clipped_training_minimum_zero():
+    v = torch.linspace(-3.0, 50.0, 1001, dtype=torch.float64)
+    f = _fit_column(v, True, "robust", edges=False)
+    assert f["low"] == pytest.approx(float(v[1])) and f["shift"] == pytest.approx(-float(v[1]))
+    logged = np.log1p(np.clip(v.numpy(), f["low"], f["high"]) + f["shift"])
+    assert logged.min() == 0.0
+    assert f["center"] == pytest.approx(np.median(logged))
+
+
+def test_robust_scale_falls_back_to_the_sd_when_the_iqr_is_zero():
+    v = torch.tensor([1.0] * 20 + [2.0, 5.0], dtype=torch.float64)
+    f = _fit_column(v, False, "robust", edges=True)
+    sd = np.clip(v.numpy(), f["low"], f["high"]).std()  # of the clipped values (5 is clipped to 2)
+    assert f["center"] == 1.0 and f["high"] == 2.0 and f["scale"] == pytest.approx(sd)
+    assert _fit_column(torch.ones(5, dtype=torch.float64), False, "robust", edges=True)["scale"] == 1.0
+    std = _fit_column(torch.arange(10, dtype=torch.float64), False, "standard", edges=False)
+    clipped = np.clip(np.arange(10.0), 1, 8)  # the 0.1 % / 99.9 % quantiles of ten values: the 2nd and 9th
+    assert (std["low"], std["high"]) == (1.0, 8.0)
+    assert (std["center"], std["scale"]) == (pytest.approx(clipped.mean()), pytest.approx(clipped.std()))
+
+
+def test_categorical_codes_pass_through_with_the_missing_index():
+    """code k -> k + 1, missing / not a code -> 0; never standardised, no indicator; the model info says so."""
+    d, norm, _ = _kinds_fit()
+    st = norm.stats["lab"]
+    assert (st["mean"][3], st["std"][3], st["low"][3], st["n_categories"][3]) == (0.0, 1.0, None, 3)
+    x = torch.tensor([[60.0, 100.0, 1.0, c] for c in (0.0, 1.0, 2.0, float("nan"), 3.0, 1.5, -1.0)])
+    np.testing.assert_array_equal(norm.apply("lab", x)[:, 3].numpy(), [1, 2, 3, 0, 0, 0, 0])
+    z = d.batch(np.arange(200), norm).x["lab"]
+    raw = d.x["lab"][:, 3].numpy()
+    want = np.where(np.isfinite(raw), raw + 1, 0) * d.mask[:, 1].numpy()  # a missing modality reads as missing
+    np.testing.assert_array_equal(z[:, 3].numpy(), want)
+    info = d.model_info(norm).modalities[1]
+    assert info.feature_kinds == ("numeric", "numeric", "binary", "categorical:3", "binary", "binary")
+    assert info.bin_edges is not None and info.bin_edges[2] is None and len(info.bin_edges[0] or ()) == PLE_BINS + 1
+
+
+def test_a_version_2_normalizer_still_loads_and_applies_as_before():
+    v2 = {
+        "version": 2,
+        "clip_quantiles": [0.001, 0.999],
+        "modalities": {
+            "lab": {
+                "kind": "tabular",
+                "mean": [10.0, 0.0],
+                "std": [2.0, 1.0],
+                "low": [5.0, None],
+                "high": [20.0, None],
+                "indicators": [1],
+                "n_rows": 9,
+            }
+        },
+    }
+    norm = Normalizer.from_json(json.loads(json.dumps(v2)))
+    x = torch.tensor([[12.0, 3.0], [100.0, float("nan")], [float("nan"), 1.0]])
+    want = torch.tensor([[1.0, 3.0, 1.0], [5.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    assert torch.equal(norm.apply("lab", x), want)
+    assert norm.input_kinds("lab", 3) == (None, None)  # a plain MLP, as before kinds
+    assert Normalizer.from_json(norm.to_json()).stats == norm.stats

@@ -1,12 +1,18 @@
-"""The one fold runner: its seed policy, its two per-combination views, and the proof that ``omnifuse train``
-and ``omnifuse experiment compare`` give the same per-fold numbers for the same options."""
+"""The one fold runner: its seed policy, its two per-combination views, its calibration (temperature fitted on
+the validation rows, calibrated and raw predictions, T = 1 for reference learners and splits without a
+positive), and the proof that ``omnifuse train`` and ``omnifuse experiment compare`` give the same per-fold
+numbers for the same options."""
+
+import logging
 
 import numpy as np
 import pytest
 
 from omnifuse.experiments.compare import compare
+from omnifuse.fuse import metrics
+from omnifuse.fuse.calibration import apply_temperature, fit_temperature
 from omnifuse.fuse.config import resolve_config
-from omnifuse.fuse.data import load_fuse_data
+from omnifuse.fuse.data import inner_split, load_fuse_data
 from omnifuse.fuse.fold import (
     FoldPlan,
     combination_views,
@@ -18,6 +24,7 @@ from omnifuse.fuse.fold import (
     run_seed,
 )
 from omnifuse.fuse.train import train
+from omnifuse.fuse.trainer import predict_probs
 from tests.helpers import TINY_OPTIONS, TINY_OVERRIDES
 
 
@@ -65,6 +72,44 @@ def test_run_fold_predicts_every_combination_on_every_test_row(ref_cache):
     assert run.n_train + run.n_val == len(tr) and run.present.shape == (len(te), len(data.modalities))
 
 
+def test_run_fold_calibrates_on_the_validation_rows_and_keeps_the_raw_predictions(ref_cache):
+    data = load_fuse_data(ref_cache, "mortality", device="cpu")
+    ((tr, te),) = make_repeated_folds(data, 3, 1, 0)[0][:1]
+    cfg = resolve_config(None, task="mortality", epochs=3, progress=False, **TINY_OPTIONS)
+    plan = FoldPlan("concat", tr, te, seed=5, params=TINY_OVERRIDES["concat"], combos=[data.modalities[:2]])
+    run = run_fold(data, plan, cfg)
+    # the temperature: fitted on the model's predictions of the inner validation rows, never the test rows
+    _, val = inner_split(data, tr, cfg.val_fraction, seed=plan.seed)
+    assert run.n_val == len(val) and not set(val) & set(te)
+    want = fit_temperature(data.labels_numpy(val), predict_probs(run.model, data, val, run.normalizer, 1024), "binary")
+    assert len(run.temperature) == 1 and run.temperature[0] == pytest.approx(want[0], rel=1e-9)
+    assert run.temperature[0] != 1.0
+    # every reported probability is the raw one rescaled by it; AUROC is unchanged
+    np.testing.assert_allclose(run.overall, apply_temperature(run.overall_raw, run.temperature, "binary"), atol=1e-7)
+    np.testing.assert_allclose(run.combos[0], apply_temperature(run.combos_raw[0], run.temperature, "binary"))
+    assert not np.allclose(run.overall, run.overall_raw)
+    assert metrics.auroc(run.y, run.overall) == pytest.approx(metrics.auroc(run.y, run.overall_raw), abs=1e-9)
+    # --no-calibrate: the same training, T = 1, the raw predictions reported
+    off = run_fold(data, plan, resolve_config(cfg, calibrate=False))
+    assert off.temperature == [1.0] and off.overall is off.overall_raw
+    np.testing.assert_array_equal(off.overall_raw, run.overall_raw)
+    np.testing.assert_array_equal(off.combos[0], run.combos_raw[0])
+
+
+def test_run_fold_keeps_t_one_for_reference_learners_and_splits_without_a_positive(ref_cache, caplog):
+    data = load_fuse_data(ref_cache, "mortality", device="cpu")
+    ((tr, te),) = make_repeated_folds(data, 3, 1, 0)[0][:1]
+    cfg = resolve_config(None, task="mortality", epochs=1, progress=False, **TINY_OPTIONS)
+    ref = run_fold(data, FoldPlan("logreg", tr, te, seed=5), cfg)
+    assert ref.temperature == [1.0] and ref.overall is ref.overall_raw and ref.n_val == 0
+    negatives = tr[data.labels_numpy(tr)[:, 0] == 0][:20]
+    plan = FoldPlan("concat", tr, te, seed=5, params=TINY_OVERRIDES["concat"], val_rows=negatives)
+    with caplog.at_level(logging.WARNING, logger="omnifuse.fuse.calibration"):
+        run = run_fold(data, plan, cfg)
+    assert run.temperature == [1.0] and run.overall is run.overall_raw
+    assert "fold 0: calibration split holds no positive: temperature kept at 1" in caplog.text
+
+
 @pytest.mark.parametrize("method", ["concat", "omnifuse"])
 def test_train_and_compare_give_identical_fold_metrics(ref_cache, tmp_path, method):
     """The same options through ``train`` and ``experiment compare``: the same per-fold AUROC and AUPRC, overall
@@ -87,6 +132,7 @@ def test_train_and_compare_give_identical_fold_metrics(ref_cache, tmp_path, meth
         "mortality",
         [method],
         folds=3,
+        repeats=1,
         seed=4,
         missing_rate=0.3,
         out=tmp_path / method,

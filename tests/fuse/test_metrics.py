@@ -62,3 +62,42 @@ def test_reliability_matches_sklearn_calibration_curve(scores):
     np.testing.assert_allclose(r["fraction_positive"], frac)
     np.testing.assert_allclose(r["mean_predicted"], mean)
     assert sum(r["count"]) == len(y)
+
+
+def test_ece_binary_by_hand():
+    """5 bins of width 0.2; 0.8 sits on an inner edge and goes to the lower bin (0.6, 0.8]:
+    (2/6)|0.5 - 0.125| + (1/6)|0 - 0.3| + (1/6)|1 - 0.5| + (1/6)|1 - 0.8| + (1/6)|1 - 0.95| = 0.3."""
+    y = np.array([0, 1, 0, 1, 1, 1])
+    p = np.array([0.1, 0.15, 0.3, 0.5, 0.8, 0.95])
+    assert metrics.expected_calibration_error(y, p, "binary", n_bins=5) == pytest.approx(0.3, abs=1e-12)
+    assert metrics.expected_calibration_error(y[:, None], p[:, None], n_bins=5) == pytest.approx(0.3, abs=1e-12)
+    # one bin: |mean(y) - mean(p)|
+    assert metrics.expected_calibration_error(y, p, n_bins=1) == pytest.approx(abs(4 / 6 - p.mean()), abs=1e-12)
+    assert np.isnan(metrics.expected_calibration_error(np.zeros(0), np.zeros(0)))
+
+
+def test_ece_multiclass_top_label_by_hand():
+    """Top-label confidences 0.7 (right), 0.5 (wrong), 0.4 (right), 0.9 (wrong), 2 bins:
+    (2/4)|0.5 - 0.45| + (2/4)|0.5 - 0.8| = 0.175."""
+    p = np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1], [0.3, 0.3, 0.4], [0.9, 0.05, 0.05]])
+    y = np.array([0, 0, 2, 1])
+    assert metrics.expected_calibration_error(y, p, "multiclass", n_bins=2) == pytest.approx(0.175, abs=1e-12)
+
+
+def test_ece_multilabel_is_the_mean_over_labels_by_hand():
+    """Label 0: (2/4)|0 - 0.25| + (2/4)|1 - 0.75| = 0.25; label 1: (3/4)|1/3 - 7/30| + (1/4)|1 - 0.7| = 0.15."""
+    y = np.array([[1, 0], [0, 0], [1, 1], [0, 1]])
+    p = np.array([[0.9, 0.2], [0.2, 0.1], [0.6, 0.7], [0.3, 0.4]])
+    assert metrics.expected_calibration_error(y, p, "multilabel", n_bins=2) == pytest.approx(0.2, abs=1e-12)
+
+
+def test_ece_bins_are_the_reliability_curves(scores):
+    """ECE = the count-weighted gap of the reliability curve's bins (one binning behind both)."""
+    y, p = scores
+    r = metrics.reliability_curve(y, p, n_bins=7)
+    gap = np.abs(np.subtract(r["fraction_positive"], r["mean_predicted"]))
+    want = float((gap * np.asarray(r["count"])).sum() / len(y))
+    assert metrics.expected_calibration_error(y, p, n_bins=7) == pytest.approx(want, abs=1e-12)
+    assert metrics.evaluate(y, p, "binary", n_boot=0)["ece"] == pytest.approx(
+        metrics.expected_calibration_error(y, p, n_bins=metrics.ECE_BINS)
+    )

@@ -12,8 +12,15 @@ from omnifuse.fuse.config import resolve_config
 from omnifuse.fuse.data import Normalizer, load_fuse_data
 from omnifuse.fuse.fold import FoldPlan, make_repeated_folds, run_fold
 from omnifuse.fuse.methods import build_method, get_method, list_methods
-from omnifuse.fuse.reference import _series_summary, reference_features
-from tests.helpers import TINY_OPTIONS, synthetic_cache_data
+from omnifuse.fuse.reference import (
+    GBM_MAX_CATEGORIES,
+    ReferenceLearner,
+    _gbm_codes,
+    _series_summary,
+    categorical_columns,
+    reference_features,
+)
+from tests.helpers import TINY_OPTIONS, kinds_cache_data, synthetic_cache_data
 
 
 def test_time_series_summary_by_hand():
@@ -66,3 +73,39 @@ def test_registered_like_methods_and_run_by_the_fold_runner():
     assert run.n_train == len(tr) and run.n_val == 0 and run.history == []
     with pytest.raises(ValueError, match="has no parameter 'depth'"):
         run_fold(d, FoldPlan("gbm", tr, te, seed=3, params={"depth": 3}), cfg)
+
+
+def test_categorical_columns_are_one_hot_for_logreg_and_native_for_gbm():
+    d = load_fuse_data(kinds_cache_data(n=200), "mortality", device="cpu")
+    rows = np.arange(200)
+    norm = Normalizer.fit(d, rows)
+    cats = categorical_columns(d, norm)
+    assert cats == [(12 + 1 + 3, 3)]  # img [12] and its indicator, then lab's fourth column
+    f = reference_features(d, rows, norm)
+    raw = d.x["lab"][:, 3].numpy()
+    np.testing.assert_array_equal(f[:, 16], np.where(d.mask[:, 1].numpy(), raw, np.nan))  # the codes as they are
+    info = d.model_info(norm)
+    lr = ReferenceLearner(info, "logreg").fit(d, rows, norm)
+    cols = lr.models[0][0]  # the ColumnTransformer: standardised numbers, then the one-hot block
+    x = f[:4].copy()
+    x[:, 16] = [0.0, 2.0, np.nan, 7.0]
+    onehot = cols.transform(x)[:, -3:]
+    np.testing.assert_array_equal(onehot, [[1, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]])  # missing, unseen: 0
+    gbm = ReferenceLearner(info, "gbm").fit(d, rows, norm)
+    is_cat = gbm.models[0].is_categorical_
+    assert is_cat[16] and is_cat.sum() == 1
+    p = gbm.predict_proba(d, rows[:10], norm)
+    assert p.shape == (10, 1) and np.isfinite(p).all()
+
+
+def test_gbm_pools_rare_categories_beyond_its_bins():
+    n = 70  # more categories than the gbm's bins hold: code k appears 70 - k times
+    codes = np.r_[np.repeat(np.arange(n), np.arange(n, 0, -1)), [np.nan] * 3]
+    x = np.stack([np.zeros_like(codes), codes], axis=1)
+    (lut,) = _gbm_codes(x, [(1, n)], None)
+    keep = GBM_MAX_CATEGORIES - 1  # the most frequent categories keep a code of their own
+    np.testing.assert_array_equal(lut[:keep], np.arange(keep))
+    assert (lut[keep:] == keep).all() and np.isnan(x[-3:, 1]).all() and np.nanmax(x[:, 1]) == keep
+    y = np.array([[5.0, 3.0], [5.0, 69.0], [5.0, 80.0]])
+    _gbm_codes(y, [(1, n)], [lut])
+    np.testing.assert_array_equal(y[:, 1], [3.0, keep, np.nan])

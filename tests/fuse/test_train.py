@@ -6,7 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from omnifuse.fuse.train import grid, print_results, train
+from omnifuse.fuse import metrics
+from omnifuse.fuse.calibration import apply_temperature
+from omnifuse.fuse.data import load_fuse_data
+from omnifuse.fuse.train import grid, print_results, results_table, train
 from tests.helpers import read_csv_rows, synthetic_cache_data
 
 
@@ -27,6 +30,58 @@ def test_run_folder_contents_and_loss_goes_down(tiny_cache, tmp_path, fast):
     assert len(lazy["fold0"]) == len(r.folds[0].history) and lazy["fold0"][0]["lazy"]
     assert (out / "fold0" / "model.safetensors").exists() and (out / "fold0" / "normalizer.json").exists()
     print_results(r)
+
+
+@pytest.mark.parametrize("task", ["mortality", "pheno", "subtype"])
+def test_calibration_is_saved_reported_and_pooled(tiny_cache, tmp_path, fast, task):
+    """model.json holds the fold's temperature; predictions.csv the calibrated and the raw scores (the one the
+    other rescaled); metrics.json the Brier score and ECE before and after, and the pooled metrics of both."""
+    out = tmp_path / "run"
+    fast["method_params"] = {"d": 8, "hidden": 8}
+    r = train(tiny_cache, task, "concat", folds=2, out=out, **fast)
+    m = json.loads((out / "metrics.json").read_text())
+    kind = m["task_kind"]
+    rows = read_csv_rows(out / "predictions.csv")
+    cols = ["score"] if kind == "binary" else [c for c in rows[0] if c.startswith("score_") and "uncal" not in c]
+    raw_cols = [c.replace("score", "score_uncalibrated", 1) for c in cols]
+    for k, fr in enumerate(r.folds):
+        meta = json.loads((out / f"fold{k}" / "model.json").read_text())
+        assert meta["temperature"] == fr.temperature == m["folds"][k]["temperature"]
+        assert len(meta["temperature"]) == (1 if kind == "multiclass" else fr.probs.shape[1])
+        np.testing.assert_allclose(fr.probs, apply_temperature(fr.probs_raw, fr.temperature, kind), atol=1e-7)
+        fold_rows = [x for x in rows if x["fold"] == str(k)]
+        raw = np.array([[float(x[c]) for c in raw_cols] for x in fold_rows])
+        cal = np.array([[float(x[c]) for c in cols] for x in fold_rows])
+        np.testing.assert_allclose(raw, fr.probs_raw, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(cal, fr.probs, rtol=1e-5, atol=1e-7)
+        assert len(fold_rows) == m["folds"][k]["n_test"]
+        lab_cols = [c for c in rows[0] if c.startswith("label")]
+        y = np.array([[int(x[c]) for c in lab_cols] for x in fold_rows])
+        y = y[:, 0] if kind == "multiclass" else y
+        f = m["folds"][k]
+        assert f["ece"] == pytest.approx(metrics.expected_calibration_error(y, fr.probs, kind, 15), abs=1e-12)
+        assert f["ece_uncalibrated"] == pytest.approx(metrics.expected_calibration_error(y, fr.probs_raw, kind, 15))
+        assert f["brier_uncalibrated"] == pytest.approx(metrics.brier(y, fr.probs_raw, kind), abs=1e-12)
+    assert {"ece", "brier_uncalibrated", "ece_uncalibrated"} <= set(m["mean"])
+    assert set(m["pooled"]) == set(m["pooled_uncalibrated"]) == {"auroc", "auprc", "brier", "ece"}
+    print_results(r)
+    assert [c.header for c in results_table(r).columns][4:7] == ["Brier", "ECE", "T"]
+
+
+def test_pooled_metrics_are_the_concatenated_folds(tiny_data, fast):
+    fast["method_params"] = {"d": 8, "hidden": 8}
+    r = train(tiny_data, "mortality", "concat", folds=3, **fast)
+    data = load_fuse_data(tiny_data, "mortality", device="cpu")
+    y = data.labels_numpy(np.concatenate([f.test_rows for f in r.folds]))
+    p = np.concatenate([f.probs for f in r.folds])
+    q = np.concatenate([f.probs_raw for f in r.folds])
+    pooled, raw = r.metrics["pooled"], r.metrics["pooled_uncalibrated"]
+    assert pooled["auroc"] == pytest.approx(metrics.auroc(y, p)) and raw["auroc"] == pytest.approx(metrics.auroc(y, q))
+    assert pooled["ece"] == pytest.approx(metrics.expected_calibration_error(y, p, "binary", 15))
+    assert raw["brier"] == pytest.approx(metrics.brier(y, q))
+    off = train(tiny_data, "mortality", "concat", folds=3, calibrate=False, **fast)
+    assert all(f.temperature == [1.0] for f in off.folds)
+    assert off.metrics["pooled"] == off.metrics["pooled_uncalibrated"] == raw
 
 
 def test_same_seed_same_metrics(tiny_data, fast):

@@ -36,7 +36,7 @@ def two_caches(tmp_path):
 def test_a_study_retrains_runs_made_from_another_cache_and_says_so(two_caches, tmp_path):
     a, b = two_caches
     out = tmp_path / "cmp"
-    kw = dict(folds=2, out=out, epochs=1, progress=False, print_table=False, n_boot=0,
+    kw = dict(folds=2, repeats=1, out=out, epochs=1, progress=False, print_table=False, n_boot=0,
               method_overrides={"concat": TINY_OVERRIDES["concat"]}, options=TINY_OPTIONS)
     first = compare(a, "mortality", ["concat"], **kw)
     assert (first.runs_trained, first.runs_reused, first.runs_stale) == (2, 0, 0)

@@ -178,7 +178,7 @@ def test_killing_a_study_stops_its_workers(cache, tmp_path):
         import os, sys
         from omnifuse.experiments.compare import compare
         print(os.getpid(), flush=True)
-        compare({str(cache)!r}, "mortality", ["concat", "sum"], folds=4, out={str(tmp_path / "cmp")!r},
+        compare({str(cache)!r}, "mortality", ["concat", "sum"], folds=4, repeats=1, out={str(tmp_path / "cmp")!r},
                 n_jobs=2, threads=1, epochs=200, progress=False, print_table=False,
                 options={{**{TINY_OPTIONS!r}, "patience": 200}})
     """)

@@ -15,6 +15,11 @@ dtypes, shapes and bytes, in sorted order) and ``preprocessing()``, which includ
   mask, or a pooled vector [B, H] (mean over valid tokens, or the first/CLS token).
 - ``VolumeEncoder``: slices along z through an ``ImageEncoder``: [B, S, D] with a slice mask, or pooled [B, D].
 
+Models from the hub load through ``hub.hub_load``: a local folder or a model in the local Hugging Face cache
+loads without the network; otherwise one quick check (``HF_HUB_OFFLINE``, then a 3 s ``HEAD`` to the hub)
+refuses at once, naming the offline choices (the bundled ``minilm``, ``random:resnet34``, a local folder),
+instead of transformers' retry loop.
+
 All run in ``torch.inference_mode``, batched, on ``cuda`` when available (``device="auto"``), with bf16
 autocast where the hardware computes bf16 natively (about 2x for ResNet34 and BERT on an AMX CPU; on a CPU
 without it, bf16 is emulated and 5-6x slower than fp32, so ``auto`` keeps fp32) and channels_last for images.
@@ -31,6 +36,7 @@ from omnifuse.extract.encoders.base import (
     resolve_precision,
     weights_hash,
 )
+from omnifuse.extract.encoders.hub import OFFLINE_CHOICES, HubUnreachableError, hub_load
 from omnifuse.extract.encoders.image import (
     DEFAULT_IMAGE_ENCODER,
     ImageEncoder,
@@ -70,6 +76,7 @@ __all__ = [
     "ENCODERS",
     "FAMILIES",
     "MINILM",
+    "OFFLINE_CHOICES",
     "RANDOM_LICENCE",
     "RANDOM_SOURCE",
     "TEXT_POOLINGS",
@@ -78,6 +85,7 @@ __all__ = [
     "Encoder",
     "EncoderEntry",
     "FrozenEncoder",
+    "HubUnreachableError",
     "ImageEncoder",
     "ImageOptions",
     "TextEncoder",
@@ -90,6 +98,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "first_words",
     "get_encoder_entry",
+    "hub_load",
     "list_encoders",
     "random_resnet34",
     "register_encoder",

@@ -19,6 +19,7 @@ import transformers
 from torch import nn
 
 from omnifuse.extract.encoders.base import RANDOM_LICENCE, RANDOM_SOURCE, FrozenEncoder, random_init_note, seeded
+from omnifuse.extract.encoders.hub import HubUnreachableError, cache_state, hub_load, is_local
 from omnifuse.extract.encoders.registry import (
     EncoderEntry,
     Weights,
@@ -126,9 +127,13 @@ def random_resnet34(seed: int = 0) -> nn.Module:
 
 
 def _from_pretrained(name: str) -> nn.Module:
-    """``AutoModel.from_pretrained(name)``; ``ValueError`` naming the registered image encoders otherwise."""
+    """``AutoModel.from_pretrained(name)`` through ``hub.hub_load`` (a local folder or cached model without the
+    network; one line, not a retry loop, when the hub cannot be reached); ``ValueError`` naming the registered
+    image encoders otherwise."""
     try:
-        return transformers.AutoModel.from_pretrained(name)
+        return hub_load(name, name, "image", transformers.AutoModel.from_pretrained)
+    except HubUnreachableError:
+        raise
     except (OSError, ValueError) as e:  # missing files; an unknown model type or a malformed hub id
         names = [entry.name for entry in list_encoders("image")]
         raise ValueError(
@@ -237,14 +242,23 @@ def torchvision_resnet34_encoder(entry: EncoderEntry, opts: ImageOptions) -> Ima
 
 
 def _hf_image_prep(name: str, size: int) -> ImagePreprocess:
-    """Mean and std from the model's image processor config when it has one, else ImageNet."""
+    """Mean and std from the model's image processor config when it has one, else ImageNet. The config comes
+    from a local folder, the local Hugging Face cache or the hub (``hub.hub_load``); when none can say whether
+    it exists (offline, never downloaded), ``HubUnreachableError``: guessing ImageNet there would give another
+    normalisation than the same command online."""
     mean, std = IMAGENET_MEAN, IMAGENET_STD
+    processor = "preprocessor_config.json"
+    if not is_local(name) and cache_state(name, processor) == "absent":
+        log.info("%s has no image processor config; using ImageNet normalisation", name)
+        return ImagePreprocess(size=size, mean=mean, std=std)
     try:
-        proc = transformers.AutoImageProcessor.from_pretrained(name)
+        proc = hub_load(name, name, "image", transformers.AutoImageProcessor.from_pretrained, processor)
         m, s = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
         if m is not None and s is not None and len(m) == 3 and len(s) == 3:
             mean = (float(m[0]), float(m[1]), float(m[2]))
             std = (float(s[0]), float(s[1]), float(s[2]))
+    except HubUnreachableError:
+        raise
     except (OSError, ValueError, KeyError) as e:
         log.info("no image processor config for %s (%s); using ImageNet normalisation", name, type(e).__name__)
     return ImagePreprocess(size=size, mean=mean, std=std)

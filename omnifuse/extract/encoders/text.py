@@ -19,6 +19,7 @@ import transformers
 from torch import nn
 
 from omnifuse.extract.encoders.base import FrozenEncoder, check_pooling, pooled_shape
+from omnifuse.extract.encoders.hub import HubUnreachableError, hub_load
 from omnifuse.extract.encoders.registry import EncoderEntry, Weights, entry_for, entry_weights, register_encoder
 from omnifuse.extract.images import InputError
 
@@ -153,10 +154,14 @@ def minilm_source() -> str:
     return str(path) if path.exists() else MINILM
 
 
-def _load(name: str, source: str, from_pretrained: Callable[[str], T]) -> T:
-    """``from_pretrained(source)`` (``AutoTokenizer``'s or ``AutoModel``'s), errors naming the encoder."""
+def _load(name: str, source: str, from_pretrained: Callable[..., T]) -> T:
+    """``from_pretrained(source)`` (``AutoTokenizer``'s or ``AutoModel``'s) through ``hub.hub_load`` (a local
+    folder or cached model without the network; one line, not a retry loop, when the hub cannot be reached),
+    errors naming the encoder."""
     try:
-        return from_pretrained(source)
+        return hub_load(name, source, "text", from_pretrained)
+    except HubUnreachableError:
+        raise
     except (OSError, ValueError) as e:  # missing files; an unknown model type or a malformed hub id
         raise ValueError(f"text encoder {name!r} cannot be loaded by transformers (hub id or folder): {e}") from e
 

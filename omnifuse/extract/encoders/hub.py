@@ -1,0 +1,139 @@
+"""Loading from the Hugging Face hub: one quick check first, so an offline machine gets one line.
+
+Without it, transformers asks the hub for every file of a model it does not have locally and retries each
+request with back-off: offline, ``bert-base-uncased`` took 29 s of doubled warnings before an error that
+names none of the choices that work offline. ``hub_load(name, source, family, from_pretrained)`` instead:
+
+1. loads a local folder as it is (no network), and leaves a name that cannot be a hub id (a path that does
+   not exist) to transformers, which refuses it without the network;
+2. loads a model whose ``config.json`` is in the local Hugging Face cache from there
+   (``local_files_only=True``: no network, whatever the connection);
+3. refuses at once when offline mode is set (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``);
+4. otherwise sends one ``HEAD`` request to the hub endpoint (``HF_ENDPOINT``, default
+   ``https://huggingface.co``; proxies from the environment apply) with a :data:`HUB_TIMEOUT_S` timeout, once
+   per process, and refuses when no answer comes;
+5. and only then lets transformers download.
+
+The refusal is a :class:`HubUnreachableError` (a ``ValueError``: ``omnifuse extract`` prints it as one
+``error:`` line) naming the encoder and :data:`OFFLINE_CHOICES`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub.utils import validate_repo_id
+
+T = TypeVar("T")
+
+HUB_TIMEOUT_S = 3.0
+"""Seconds the reachability check waits for the hub's answer."""
+
+OFFLINE_CHOICES = (
+    "--text-encoder minilm (the bundled offline MiniLM), --image-encoder random:resnet34 (seeded random "
+    "weights, no download), or a local model folder (--text-encoder PATH, --image-encoder PATH)"
+)
+"""The encoders that build without the hub, as the refusal names them."""
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+
+CacheState = Literal["cached", "absent", "unknown"]
+
+
+class HubUnreachableError(ValueError):
+    """A hub model is needed, it is not in the local cache, and the hub cannot be reached (or offline mode is
+    set). The message is one line naming the encoder and the offline choices."""
+
+
+def offline_requested() -> bool:
+    """Whether offline mode is set: ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` true now (read at each
+    call, not when huggingface_hub was imported), or huggingface_hub's own flag."""
+    env = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(v in _TRUE for v in env) or bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_endpoint() -> str:
+    """The hub's address: ``HF_ENDPOINT`` when set, else huggingface_hub's (``https://huggingface.co``)."""
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def hub_reachable(endpoint: str, timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether ``endpoint`` answers one ``HEAD`` request within ``timeout`` seconds (any HTTP status counts as
+    an answer). Cached per process: a run checks once."""
+    request = urllib.request.Request(endpoint, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 - the hub's https endpoint
+            return True
+    except urllib.error.HTTPError:
+        return True  # the hub answered (403, 404...): it is reachable
+    except (urllib.error.URLError, OSError, ValueError):  # no route, DNS, timeout, refused, a bad HF_ENDPOINT
+        return False
+
+
+def cache_state(repo_id: str, filename: str = "config.json") -> CacheState:
+    """Whether ``filename`` of the hub model ``repo_id`` is in the local Hugging Face cache (``cached``), known
+    not to exist there (``absent``: the hub said so before), or neither (``unknown``)."""
+    try:
+        found = try_to_load_from_cache(repo_id, filename)
+    except Exception:  # noqa: BLE001 - an id the hub would refuse (HFValidationError...): not cached
+        return "unknown"
+    if isinstance(found, str):
+        return "cached"
+    return "unknown" if found is None else "absent"
+
+
+def _refusal(name: str, family: str, why: str) -> HubUnreachableError:
+    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    return HubUnreachableError(
+        f"{family} encoder {name!r} is not in the local Hugging Face cache ({cache}) and {why}; "
+        f"offline choices: {OFFLINE_CHOICES}"
+    )
+
+
+def require_hub(name: str, family: str) -> None:
+    """Raise :class:`HubUnreachableError` when offline mode is set or the hub does not answer in time."""
+    if offline_requested():
+        raise _refusal(name, family, "offline mode is set (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)")
+    endpoint = hub_endpoint()
+    if not hub_reachable(endpoint):
+        raise _refusal(name, family, f"the hub ({endpoint}) did not answer within {HUB_TIMEOUT_S:g} s")
+
+
+def is_local(source: str) -> bool:
+    """Whether ``source`` names a folder or file on this machine (then nothing is downloaded)."""
+    return Path(source).expanduser().exists()
+
+
+def is_repo_id(source: str) -> bool:
+    """Whether ``source`` can be a hub model id (``name`` or ``org/name``); a path such as ``/data/model`` or
+    ``./model`` that does not exist is not one, and transformers refuses it without the network."""
+    try:
+        validate_repo_id(source)
+    except Exception:  # noqa: BLE001 - HFValidationError, or a value that is not a string
+        return False
+    return True
+
+
+def hub_load(
+    name: str, source: str, family: str, from_pretrained: Callable[..., T], filename: str = "config.json"
+) -> T:
+    """``from_pretrained(source)`` (``AutoModel``'s, ``AutoTokenizer``'s...) without transformers' retry loop
+    when the hub cannot be reached: see the module docstring. ``filename``: the file whose presence in the
+    local cache means the model was downloaded before. ``name``: the encoder, for the message."""
+    if is_local(source) or not is_repo_id(source):
+        return from_pretrained(source)
+    if cache_state(source, filename) == "cached":
+        try:
+            return from_pretrained(source, local_files_only=True)
+        except OSError:  # some files of the model are not in the cache: the hub has to give them
+            pass
+    require_hub(name, family)
+    return from_pretrained(source)
