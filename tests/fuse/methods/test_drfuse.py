@@ -5,18 +5,13 @@ available tokens, the loss as the weighted sum of its terms, learning end to end
 
 from __future__ import annotations
 
-import itertools
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import omnifuse.fuse.methods.drfuse  # noqa: F401  (registers the method)
 from omnifuse.fuse.base import ModalityInfo, ModelInfo
-from omnifuse.fuse.config import resolve_config
-from omnifuse.fuse.data import load_fuse_data
-from omnifuse.fuse.fold import FoldPlan, make_repeated_folds, run_fold
 from omnifuse.fuse.methods import build_method
 from omnifuse.fuse.methods.drfuse import (
     attention_rank_loss,
@@ -24,7 +19,15 @@ from omnifuse.fuse.methods.drfuse import (
     jsd_loss,
     logit_pool,
 )
-from tests.helpers import TINY_OPTIONS, TWO, assert_learns, sigmoid, vector_batch, write_synthetic_cache
+from tests.helpers import (
+    TASK_OUTPUTS,
+    TWO,
+    assert_learns,
+    assert_run_fold_every_combination,
+    sigmoid,
+    vector_batch,
+    write_synthetic_cache,
+)
 
 
 def test_logit_pool_is_their_formula_and_the_mean_probability() -> None:
@@ -156,16 +159,6 @@ def cache(tmp_path_factory):
     return write_synthetic_cache(tmp_path_factory.mktemp("drfuse") / "c.zarr", n=120, seed=1)
 
 
-@pytest.mark.parametrize("task,c", [("mortality", 1), ("pheno", 3), ("subtype", 3)])
+@pytest.mark.parametrize("task,c", TASK_OUTPUTS)
 def test_run_fold_every_task_and_missing_pattern(cache, task: str, c: int) -> None:
-    data = load_fuse_data(cache, task, device="cpu")
-    ((tr, te),) = make_repeated_folds(data, 3, 1, 0)[0][:1]
-    cfg = resolve_config(None, task=task, epochs=2, progress=False, **TINY_OPTIONS)
-    combos = [list(x) for r in range(1, 4) for x in itertools.combinations(data.modalities, r)]
-    run = run_fold(data, FoldPlan("drfuse", tr, te, seed=5, params={"d": 8}, combos=combos), cfg)
-    assert run.overall.shape == (len(te), c) and sorted(run.combos) == list(range(len(combos)))
-    for p in [run.overall, *run.combos.values()]:
-        assert p.shape == (len(te), c) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
-        if task == "subtype":
-            np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(run.combos[len(combos) - 1], run.overall, atol=1e-5)  # every modality = as is
+    assert_run_fold_every_combination(cache, "drfuse", {"d": 8}, task, c)

@@ -5,7 +5,6 @@ end to end, and one fold through ``run_fold`` for every task kind and every miss
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -16,13 +15,18 @@ from sklearn.cluster import KMeans
 
 import omnifuse.fuse.methods.smil  # noqa: F401  (registers the method)
 from omnifuse.fuse.base import DroppedBatch, ModalityInfo, ModelInfo
-from omnifuse.fuse.config import resolve_config
-from omnifuse.fuse.data import load_fuse_data
-from omnifuse.fuse.fold import FoldPlan, make_repeated_folds, run_fold
 from omnifuse.fuse.layers import task_loss
 from omnifuse.fuse.methods import build_method
 from omnifuse.fuse.methods.smil import kmeans_priors, presence_input, reconstruct
-from tests.helpers import TINY_OPTIONS, TWO, FakeTrainer, assert_learns, vector_batch, write_synthetic_cache
+from tests.helpers import (
+    TASK_OUTPUTS,
+    TWO,
+    FakeTrainer,
+    assert_learns,
+    assert_run_fold_every_combination,
+    vector_batch,
+    write_synthetic_cache,
+)
 
 THREE = TWO + [ModalityInfo("c", "vector", (6,))]
 QUIET = {"dropout": 0.0, "encoder": {"dropout": 0.0}}  # deterministic in training mode
@@ -160,18 +164,7 @@ def cache(tmp_path_factory):
     return write_synthetic_cache(tmp_path_factory.mktemp("smil") / "c.zarr", n=120, seed=1)
 
 
-@pytest.mark.parametrize("task,c", [("mortality", 1), ("pheno", 3), ("subtype", 3)])
+@pytest.mark.parametrize("task,c", TASK_OUTPUTS)
 def test_run_fold_every_task_and_missing_pattern(cache, task: str, c: int) -> None:
-    data = load_fuse_data(cache, task, device="cpu")
-    ((tr, te),) = make_repeated_folds(data, 3, 1, 0)[0][:1]
-    cfg = resolve_config(None, task=task, epochs=2, progress=False, **TINY_OPTIONS)
-    combos = [list(x) for r in range(1, 4) for x in itertools.combinations(data.modalities, r)]
-    params = {"d": 8, "priors": 3, "hidden": 8}
-    run = run_fold(data, FoldPlan("smil", tr, te, seed=5, params=params, combos=combos), cfg)
-    assert run.overall.shape == (len(te), c) and sorted(run.combos) == list(range(len(combos)))
-    for p in [run.overall, *run.combos.values()]:
-        assert p.shape == (len(te), c) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
-        if task == "subtype":
-            np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(run.combos[len(combos) - 1], run.overall, atol=1e-5)  # every modality = as is
+    run = assert_run_fold_every_combination(cache, "smil", {"d": 8, "priors": 3, "hidden": 8}, task, c)
     assert float(run.model.priors.abs().sum()) > 0  # k-means priors of the training rows
