@@ -15,7 +15,15 @@ from typing import Any
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import AblationConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config
-from omnifuse.experiments.runner import StudyError, finish_study, fold_specs, run_all, study_context, study_record
+from omnifuse.experiments.runner import (
+    StudyError,
+    finish_study,
+    fold_specs,
+    run_all,
+    study_context,
+    study_record,
+    test_train_ratio,
+)
 from omnifuse.experiments.stats import pick, summarize
 from omnifuse.fuse.methods import get_method
 from omnifuse.fuse.methods.omnifuse import ABLATION_SWITCHES
@@ -73,7 +81,13 @@ def ablation(
     data = ctx.data()
     against = ["ablation_f"] if "f" in cfg.rows else []
     summary, recs = summarize(
-        preds, data.task_kind, against=against, n_boot=cfg.n_boot, seed=cfg.seed, ci_subsets=("as_is",)
+        preds,
+        data.task_kind,
+        against=against,
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        ci_subsets=("as_is",),
+        test_train_ratio=test_train_ratio(ctx),
     )
     names = [combination_name(c, ctx.modalities) for c in ctx.combos]
     tick = lambda b: "✓" if b else ""  # noqa: E731
@@ -84,7 +98,7 @@ def ablation(
             x = pick(summary, method=lab, group=g, subset="as_is" if g == "overall" else "complete")
             cells.append(fms(x[0]["auroc_mean"], x[0]["auroc_sd"]) if x else "-")
         x = pick(summary, method=lab, group="overall", subset="as_is")
-        cells.append(fp(x[0].get("p_auroc_vs_ablation_f")) if x else "-")
+        cells.append(fp(x[0].get("pc_auroc_vs_ablation_f")) if x else "-")
         table.append(cells)
     ns = []
     for g in names:
@@ -94,7 +108,7 @@ def ablation(
         Section(
             "Ablation (table 4): AUROC mean ± sd over folds; combinations on the test rows holding them, "
             "other modalities masked",
-            ["row", "DWFuse", "TLA", "IMP-fw", "IMP-bw", "overall", *ns, "p overall vs (f)"],
+            ["row", "DWFuse", "TLA", "IMP-fw", "IMP-bw", "overall", *ns, "p overall vs (f), corrected"],
             table,
             "Row (e) reading: DWFuse + IMP-fw + IMP-bw with TLA off (IMP-bw needs IMP-fw).",
         )

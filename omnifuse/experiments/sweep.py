@@ -19,7 +19,15 @@ from typing import Any
 from omnifuse.experiments import collect, figures
 from omnifuse.experiments.config import SweepConfig, study_config
 from omnifuse.experiments.report import Section, StudyResult, fms, fp, write_config
-from omnifuse.experiments.runner import StudyError, finish_study, fold_specs, run_all, study_context, study_record
+from omnifuse.experiments.runner import (
+    StudyError,
+    finish_study,
+    fold_specs,
+    run_all,
+    study_context,
+    study_record,
+    test_train_ratio,
+)
 from omnifuse.experiments.stats import pick, summarize
 
 
@@ -60,7 +68,14 @@ def sweep(
     )
     preds = collect.collect(ctx, stats.folders, specs, combos=False)
     data = ctx.data()
-    summary, recs = summarize(preds, data.task_kind, against=methods[:1], n_boot=cfg.n_boot, seed=cfg.seed)
+    summary, recs = summarize(
+        preds,
+        data.task_kind,
+        against=methods[:1],
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        test_train_ratio=test_train_ratio(ctx),
+    )
     rows = []
     for m in methods:
         cells = [m]
@@ -70,10 +85,10 @@ def sweep(
         rows.append(cells)
     if len(methods) > 1:
         for m in methods[1:]:
-            cells = [f"p {m} vs {methods[0]}"]
+            cells = [f"p {m} vs {methods[0]} (corrected)"]
             for r in rates:
                 x = pick(summary, method=m, rate=r, group="overall")
-                cells.append(fp(x[0].get(f"p_auroc_vs_{methods[0]}")) if x else "-")
+                cells.append(fp(x[0].get(f"pc_auroc_vs_{methods[0]}")) if x else "-")
             rows.append(cells)
     dropped = "every modality at random" if modality == "random" else f"modality {modality}"
     sections = [

@@ -28,8 +28,9 @@ from omnifuse.experiments.runner import (
     run_all,
     study_context,
     study_record,
+    test_train_ratio,
 )
-from omnifuse.experiments.stats import FoldPred, paired_ttest, pick, summarize
+from omnifuse.experiments.stats import FoldPred, corrected_ttest, paired_ttest, pick, summarize
 
 
 def unimodal(
@@ -85,7 +86,13 @@ def unimodal(
                 preds.append(FoldPred("unimodal", p.repeat, p.fold, p.group, p.subset, p.y, p.p))
     data = ctx.data()
     summary, recs = summarize(
-        preds, data.task_kind, against=["unimodal"], n_boot=cfg.n_boot, seed=cfg.seed, ci_subsets=("complete",)
+        preds,
+        data.task_kind,
+        against=["unimodal"],
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        ci_subsets=("complete",),
+        test_train_ratio=test_train_ratio(ctx),
     )
     full = "+".join(ctx.modalities)
     rows = []
@@ -96,7 +103,7 @@ def unimodal(
             r = pick(summary, method=f, group=m, subset="complete")
             cells += [
                 fms(r[0]["auroc_mean"], r[0]["auroc_sd"]) if r else "-",
-                fp(r[0].get("p_auroc_vs_unimodal")) if r else "-",
+                fp(r[0].get("pc_auroc_vs_unimodal")) if r else "-",
             ]
         rows.append(cells)
     fr = [
@@ -111,7 +118,7 @@ def unimodal(
     ]
     headers = ["modality", "test rows", f"unimodal ({cfg.unimodal_method}) AUROC"]
     for f in fused:
-        headers += [f"{f} given only it", "p vs unimodal"]
+        headers += [f"{f} given only it", "p vs unimodal (corrected)"]
     sections = [
         Section(
             "AUROC per modality: unimodal model against fused models given only that modality "
@@ -129,8 +136,9 @@ def unimodal(
             uni = {(x["repeat"], x["fold"]): x["auroc"] for x in recs if x["method"] == "unimodal" and x["group"] == m}
             fus = {(x["repeat"], x["fold"]): x["auroc"] for x in recs if x["method"] == f and x["group"] == m}
             common = sorted(set(uni) & set(fus))
-            t = paired_ttest([fus[c] for c in common], [uni[c] for c in common])
-            lazy[f][m] = {"diff_auroc_fused_minus_unimodal": t.mean_diff, "p": t.p}
+            a, b = [fus[c] for c in common], [uni[c] for c in common]
+            t, tc = paired_ttest(a, b), corrected_ttest(a, b, test_train_ratio(ctx))
+            lazy[f][m] = {"diff_auroc_fused_minus_unimodal": t.mean_diff, "p": tc.p, "p_plain": t.p}
     bar_rows = [r for r in summary if r["subset"] == "complete" and r["group"] in ctx.modalities]
     hl = {
         f"{f}, all modalities": pick(summary, method=f, group=full, subset="complete")[0]["auroc_mean"]

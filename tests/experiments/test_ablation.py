@@ -6,7 +6,9 @@ import json
 import pytest
 
 from omnifuse.experiments.ablation import ablation, row_params
+from omnifuse.experiments.report import fp
 from omnifuse.experiments.runner import StudyError, load_run
+from omnifuse.experiments.stats import pick
 from tests.helpers import assert_png
 
 
@@ -25,6 +27,11 @@ def test_ablation_rows(ref_cache, tmp_path, tiny):
     assert "IMP-bw needs IMP-fw" in cfg["row_e_reading"]
     md = (out / "results.md").read_text()
     assert "| (e) | ✓ |  | ✓ | ✓ |" in md
+    # the table's p is the corrected resampled t-test (the plain one stays in results.csv)
+    (e,) = pick(r.summary, method="ablation_e", group="overall", subset="as_is")
+    assert "p overall vs (f), corrected" in md
+    assert md.split("| (e) |")[1].split("\n")[0].rstrip(" |").endswith(fp(e["pc_auroc_vs_ablation_f"]))
+    assert "p_auroc_vs_ablation_f" in e
     assert_png(out / "ablation.png")
 
 
