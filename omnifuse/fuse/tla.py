@@ -100,7 +100,8 @@ def mine_lazy(
     ``mask`` is what they hold). The distance ``D(o, y)`` is the sample-wise cross-entropy [B]
     (:func:`omnifuse.fuse.layers.row_loss`; multilabel: the mean over labels). The rows: the common rows
     (labelled, holding every modality) for every combination when there are at least ``min_common`` of them,
-    else for each combination the labelled rows holding all its modalities. Returns a :class:`Mining`.
+    else for each combination the labelled rows holding all its modalities (in the first case only the common
+    rows are passed through the model). Returns a :class:`Mining`.
 
     Fast path (same result): with ``encode(batch) -> v`` [B, M, d] (eq. 1, the true embeddings) and
     ``fuse(v, mask) -> o`` (eq. 2-5 and 11 from embeddings and a presence mask), each batch is encoded once
@@ -114,11 +115,16 @@ def mine_lazy(
     # [0]: every eligible row of a combination; [1]: the common rows only (accumulated together, one pass)
     sums = torch.zeros(2, len(combos), dtype=torch.float64)
     counts = torch.zeros(2, len(combos), dtype=torch.long)
-    n_common = 0
+    batches = list(batches)
+    n_common = sum(int((b.mask.all(1) & b.y_mask.to(torch.bool)).sum()) for b in batches)
+    only_common = n_common >= max(int(min_common), 1)
     for batch in batches:
+        if only_common:  # the result reads the common rows only: the other rows need no pass (same result)
+            batch = batch.select(batch.mask.all(1) & batch.y_mask.to(torch.bool))
+            if batch.mask.shape[0] == 0:
+                continue
         labelled = batch.y_mask.to(torch.bool)
         common = batch.mask.all(1) & labelled
-        n_common += int(common.sum())
         v = encode(batch) if encode is not None and fuse is not None else None
         for i, combo in enumerate(combos):
             c = torch.tensor(combo, dtype=torch.bool, device=batch.mask.device)

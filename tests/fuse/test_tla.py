@@ -77,6 +77,10 @@ def test_mining_scores_every_combination_on_the_common_rows():
     }
     assert lazy_common == {"b", "c", "b+c"}
     assert per.table["b"]["distance"] < common.table["b"]["distance"]
+    # in common mode only the common rows are passed through the model (the others cannot change the result)
+    seen: list[int] = []
+    mine_lazy(lambda x: (seen.extend(x.index.tolist()), joint(x))[1], [b], ["a", "b", "c"], "binary", min_common=6)
+    assert set(seen) == set(range(6, 12))
     # unlabelled rows are never common
     b.y_mask[6] = False
     assert mine_lazy(joint, [b], ["a", "b", "c"], "binary", min_common=6).rows == "per_combination"
