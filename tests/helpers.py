@@ -245,9 +245,10 @@ TASK_OUTPUTS = [("mortality", 1), ("pheno", 3), ("subtype", 3)]
 def assert_run_fold_every_combination(cache: str | Path, method: str, params: dict[str, object], task: str,
                                       c: int):
     """One fold of ``method`` (``params``) through :func:`omnifuse.fuse.fold.run_fold` on ``task`` of the
-    synthetic ``cache`` (3 modalities, every missingness pattern), predicting the test rows with each of the 7
-    modality combinations: finite probabilities in [0, 1] of shape [n, c] (rows summing to 1 for multiclass),
-    and the combination of every modality equal to the rows as they are. Returns the :class:`FoldRun`."""
+    synthetic ``cache`` (3 modalities, every missingness pattern), predicting the test rows with each of the 8
+    modality combinations, none included: finite probabilities in [0, 1] of shape [n, c] (rows summing to 1
+    for multiclass), one prediction for every row when nothing is present, and the combination of every
+    modality equal to the rows as they are. Returns the :class:`FoldRun`."""
     import itertools
 
     from omnifuse.fuse.config import resolve_config
@@ -257,7 +258,7 @@ def assert_run_fold_every_combination(cache: str | Path, method: str, params: di
     data = load_fuse_data(cache, task, device="cpu")
     ((tr, te),) = make_repeated_folds(data, 3, 1, 0)[0][:1]
     cfg = resolve_config(None, task=task, epochs=2, progress=False, **TINY_OPTIONS)
-    combos = [list(x) for r in range(1, 4) for x in itertools.combinations(data.modalities, r)]
+    combos = [list(x) for r in range(0, 4) for x in itertools.combinations(data.modalities, r)]
     run = run_fold(data, FoldPlan(method, tr, te, seed=5, params=dict(params), combos=combos), cfg)
     assert run.overall.shape == (len(te), c) and sorted(run.combos) == list(range(len(combos)))
     for p in [run.overall, *run.combos.values()]:
@@ -265,6 +266,8 @@ def assert_run_fold_every_combination(cache: str | Path, method: str, params: di
         if task == "subtype":
             np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(run.combos[len(combos) - 1], run.overall, atol=1e-5)  # every modality = as is
+    none = run.combos[0]  # nothing present: nothing tells the rows apart
+    np.testing.assert_allclose(none, np.broadcast_to(none[:1], none.shape), atol=1e-5)
     return run
 
 

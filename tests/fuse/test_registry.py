@@ -54,6 +54,10 @@ SMALL: dict[str, dict[str, Any]] = {
     "shaspec": {"d": 16, "hidden": 16},
     "m3care": {"d": 16, "heads": 2, "bank": 8},
     "smil": {"d": 16, "hidden": 16, "priors": 3},
+    "flexmoe": {"d": 16, "warmup_epochs": 0},
+    "healnet": {"d": 16, "latents": 4, "latent_dim": 8},
+    "muse": {"d": 16},
+    "umse": {"d": 16},
 }
 # option sets of the baselines, each on one task kind and M = 3
 OPTIONS: list[tuple[str, dict[str, Any], str]] = [
@@ -80,6 +84,7 @@ OPTIONS: list[tuple[str, dict[str, Any], str]] = [
 # the methods of this package whose missing slots never see the masked input (zero fill or a token)
 BASELINES = {
     "concat", "sum", "se_gate", "gblend", "ogm_ge", "pmr", "medfuse", "mdrop", "drfuse", "shaspec", "m3care", "smil",
+    "flexmoe", "healnet", "muse", "umse",
 }
 
 

@@ -3,8 +3,8 @@
 Entries (``omnifuse methods`` lists them): OmniFuse (``omnifuse``) with its variants (``dwfuse_only``,
 ``omnifuse_no_imp``, the ablation rows ``ablation_a`` .. ``ablation_f``) and the baselines (``concat``,
 ``sum``, ``se_gate``, ``gblend``, ``ogm_ge``, ``pmr``, ``medfuse``, ``mdrop``) and the missing-modality
-methods (``drfuse``, ``shaspec``, ``m3care``, ``smil``). Import the registry API from
-here: ``from omnifuse.fuse.methods import build_method, get_method, list_methods, METHODS``;
+methods (``drfuse``, ``shaspec``, ``m3care``, ``smil``, ``flexmoe``, ``healnet``, ``muse``, ``umse``). Import
+the registry API from here: ``from omnifuse.fuse.methods import build_method, get_method, list_methods, METHODS``;
 ``parameter_count(name, info, **params)`` gives an entry's trainable parameters (total, encoders, fusion).
 """
 
@@ -14,10 +14,13 @@ from omnifuse.fuse import reference  # the reference learners logreg and gbm
 from omnifuse.fuse.methods import (
     concat,
     drfuse,
+    flexmoe,
     gblend,
+    healnet,
     m3care,
     mdrop,
     medfuse,
+    muse,
     ogm_ge,
     omnifuse,
     pmr,
@@ -25,6 +28,7 @@ from omnifuse.fuse.methods import (
     shaspec,
     smil,
     sum,
+    umse,
 )
 from omnifuse.fuse.methods.common import parameter_count
 from omnifuse.fuse.registry import (
@@ -53,6 +57,10 @@ METHOD_MODULES = (
     shaspec,
     m3care,
     smil,
+    flexmoe,
+    healnet,
+    muse,
+    umse,
 )
 """The modules that register the entries, in the order they are imported."""
 
