@@ -67,8 +67,12 @@ def test_fingerprint_keys_and_what_they_cover(demo):
 def test_fingerprint_reads_no_embedding(demo, tmp_path):
     """Cheap: it reads attributes and the one-number-per-row arrays, never ``<m>/x``."""
     copy = _copy(demo, tmp_path / "copy.zarr")
+    removed = set()
     for m in cache_fingerprint(demo)["modalities"]:
-        shutil.rmtree(copy / m / "x" / "c")
+        if (copy / m / "x" / "c").exists():  # a modality no row of the 30 holds has no chunk written
+            shutil.rmtree(copy / m / "x" / "c")
+            removed.add(m)
+    assert {"vitals", "apache", "history", "admission"} <= removed
     assert cache_fingerprint(copy) == cache_fingerprint(demo)
 
 
