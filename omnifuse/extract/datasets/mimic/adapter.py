@@ -20,7 +20,7 @@ from omnifuse.extract.datasets.mimic import cohort as mimic_cohort
 from omnifuse.extract.datasets.mimic import cxr
 from omnifuse.extract.datasets.mimic.ccs import PHENOTYPE_MAPS, PHENOTYPES
 from omnifuse.extract.datasets.mimic.clean import EHR_MODES, EhrMode
-from omnifuse.extract.datasets.mimic.discretize import discretize, n_bins
+from omnifuse.extract.datasets.mimic.discretize import discretize_parquet, n_bins
 from omnifuse.extract.datasets.mimic.events import MORTALITY_HOURS, collect_events
 from omnifuse.extract.datasets.mimic.readers import MimicLayout
 from omnifuse.extract.datasets.mimic.variables import (
@@ -355,13 +355,12 @@ class MimicAdapter:
         self.cohort()
         if self._ehr is None:
             assert self._stays is not None
-            ev = pl.read_parquet(self.workdir / f"events_{self.layout.version}.parquet")
-            remap = np.full(int(self._old_rows.max()) + 1 if len(self._old_rows) else 1, -1, dtype=np.int64)
-            remap[self._old_rows] = np.arange(len(self._old_rows))
-            new_row = remap[np.clip(ev["row"].to_numpy().astype(np.int64), 0, len(remap) - 1)]
-            ev = ev.with_columns(pl.Series("row", new_row)).filter(pl.col("row") >= 0)
-            self._ehr = discretize(
-                ev, self._stays.height, self.timestep, self.hours, end_hours=self._stays["los_h"].to_numpy()
+            self._ehr = discretize_parquet(  # one block of stays at a time (memory: a block, not the file)
+                self.workdir / f"events_{self.layout.version}.parquet",
+                self._old_rows,
+                self.timestep,
+                self.hours,
+                end_hours=self._stays["los_h"].to_numpy(),
             )
         return self._ehr
 

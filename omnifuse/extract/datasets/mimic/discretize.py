@@ -5,13 +5,22 @@ Rules (mimic3-benchmarks ``Discretizer`` with ``impute_strategy='previous'``, ``
 bin int(t / timestep - 1e-6) (so bin k covers (k*timestep, (k+1)*timestep], t = 0 in bin 0); the last event of a
 bin wins; a bin without an event carries the previous bin's value forward, or the variable's normal value
 before the first event; the mask column is 1 only in bins with an event.
+
+Every stay is discretised from its own events alone, so stays can be discretised in blocks:
+``discretize_parquet`` reads the events file of ``events.collect_events`` one block of stays at a time (its row
+groups), which keeps memory to a block's events and intermediates plus the output (full MIMIC-IV: 73,000 stays,
+[N, 24, 76] float32 = 530 MB) and gives the same bytes as ``discretize`` on the whole file.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
+from omnifuse.extract.datasets.mimic.events import BLOCK_KEY
 from omnifuse.extract.datasets.mimic.variables import (
     CATEGORIES,
     NORMAL_VALUES,
@@ -100,4 +109,65 @@ def discretize(
         else:
             out[:, :, offs[i]] = filled[:, :, i]
     out[:, :, N_VALUE_COLS:] = mask
+    return out
+
+
+def discretize_parquet(
+    path: str | Path,
+    rows: np.ndarray,
+    timestep: float,
+    hours: float,
+    end_hours: np.ndarray | None = None,
+) -> np.ndarray:
+    """Discretise the events file of ``events.collect_events`` one block of stays at a time.
+
+    ``rows`` [N]: for each output row, its ``row`` in the file (strictly increasing; rows of the file not
+    listed, e.g. stays the cohort dropped, are skipped). ``end_hours`` [N] as in ``discretize``. The file's
+    row groups hold one block of ``block_stays`` rows each (named in its metadata, ``events.BLOCK_KEY``); each
+    block's row groups are read, their rows mapped to output rows and passed to ``discretize``. A file without
+    that key is read as one block. Returns float32 [N, T, 76], equal to ``discretize`` of all events with their
+    rows mapped (the same bytes: no step of ``discretize`` looks across stays).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    n = rows.size
+    T = n_bins(hours, timestep)
+    if n and (rows[0] < 0 or np.any(np.diff(rows) <= 0)):
+        raise ValueError(f"{path}: rows must be non-negative and strictly increasing")
+    end = np.full(n, float(hours)) if end_hours is None else np.asarray(end_hours, dtype=float)
+    if end.shape != (n,):
+        raise ValueError(f"end_hours must have shape ({n},), got {end.shape}")
+    pf = pq.ParquetFile(str(path))
+    meta = pf.schema_arrow.metadata or {}
+    last = int(rows[-1]) + 1 if n else 0
+    block = int(meta[BLOCK_KEY]) if BLOCK_KEY in meta else max(last, 1)
+    row_col = pf.schema_arrow.get_field_index("row")
+    groups: dict[int, list[int]] = {}
+    for g in range(pf.num_row_groups):
+        st = pf.metadata.row_group(g).column(row_col).statistics
+        if pf.metadata.row_group(g).num_rows == 0:
+            continue
+        if BLOCK_KEY not in meta:
+            groups.setdefault(0, []).append(g)
+        elif st is None or not st.has_min_max or int(st.min) // block != int(st.max) // block:
+            raise ValueError(f"{path}: row group {g} does not hold one block of {block} stays")
+        else:
+            groups.setdefault(int(st.min) // block, []).append(g)
+    out = np.empty((n, T, N_VALUE_COLS + N_VARS), dtype=np.float32)
+    lookup = np.full(block, -1, dtype=np.int64)
+    for b in range((last + block - 1) // block):
+        lo, hi = np.searchsorted(rows, [b * block, (b + 1) * block])
+        if lo == hi:
+            continue
+        if b in groups:
+            ev = pl.from_arrow(pf.read_row_groups(groups[b]))
+            assert isinstance(ev, pl.DataFrame)
+        else:
+            ev = pl.DataFrame(schema={"row": pl.Int64, "hours": pl.Float64, "var": pl.Int8, "val": pl.Float64})
+        lookup[:] = -1
+        lookup[rows[lo:hi] - b * block] = np.arange(hi - lo)
+        local = ev["row"].to_numpy().astype(np.int64) - b * block
+        inside = (local >= 0) & (local < block)
+        mapped = np.where(inside, lookup[np.clip(local, 0, block - 1)], -1)
+        ev = ev.with_columns(pl.Series("row", mapped)).filter(pl.col("row") >= 0)
+        out[lo:hi] = discretize(ev, int(hi - lo), timestep, hours, end_hours=end[lo:hi])
     return out
