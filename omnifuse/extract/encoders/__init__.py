@@ -2,7 +2,11 @@
 
 Every named encoder is an entry of the registry (``registry.py``, timm style): ``list_encoders(family)``,
 ``get_encoder_entry(name)``; ``omnifuse encoders`` prints them. The entries are declared with
-``@register_encoder`` in ``image.py``, ``text.py`` and ``volume.py``, imported here. Any transformers hub id or
+``@register_encoder`` in ``image.py`` (ResNet34), ``xrv.py`` (torchxrayvision DenseNet-121), ``biomedclip.py``
+(BiomedCLIP's image and text towers), ``vision_hub.py`` (RAD-DINO, MedSigLIP), ``text.py`` (BERT, MiniLM),
+``clinical_text.py`` (Bio_ClinicalBERT, BiomedBERT, CXR-BERT) and ``volume.py``, all imported here; each
+records its authors' preprocessing, output shapes and licence (``docs/encoders.md``). Weight files of the
+authors' own formats are read by ``checkpoints.py`` without their libraries. Any transformers hub id or
 local folder also builds, as an unregistered entry (licence ``UNKNOWN_LICENCE``).
 
 Every built encoder carries a ``name`` (the cache's ``encoder``: hub id, local path or a registry name such as
@@ -25,6 +29,8 @@ autocast where the hardware computes bf16 natively (about 2x for ResNet34 and BE
 without it, bf16 is emulated and 5-6x slower than fp32, so ``auto`` keeps fp32) and channels_last for images.
 """
 
+# the modules of the other registered entries: importing them registers them
+from omnifuse.extract.encoders import biomedclip, clinical_text, vision_hub, xrv  # noqa: F401
 from omnifuse.extract.encoders.base import (
     RANDOM_LICENCE,
     RANDOM_SOURCE,

@@ -16,6 +16,11 @@ names none of the choices that work offline. ``hub_load(name, source, family, fr
 
 The refusal is a :class:`HubUnreachableError` (a ``ValueError``: ``omnifuse extract`` prints it as one
 ``error:`` line) naming the encoder and :data:`OFFLINE_CHOICES`.
+
+Single weight files go the same way: ``hub_file`` (one file of a hub repository, e.g. open_clip's
+``open_clip_pytorch_model.bin``) and ``url_file`` (a file at a plain URL, e.g. torchxrayvision's GitHub
+release, kept where torchxrayvision itself keeps it). A gated repository the user has not been granted
+(``GatedRepoError``) is refused in one line that says how to obtain access (``access``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import GatedRepoError
 from huggingface_hub.utils import validate_repo_id
 
 T = TypeVar("T")
@@ -137,3 +143,68 @@ def hub_load(
             pass
     require_hub(name, family)
     return from_pretrained(source)
+
+
+def is_gated_error(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) says a gated hub repository refused this user: a
+    ``GatedRepoError``, or transformers' ``OSError`` that wraps one."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, GatedRepoError) or "gated repo" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def gated_refusal(name: str, family: str, source: str, access: str) -> ValueError:
+    """The one-line refusal for a gated model this machine has no access to."""
+    return ValueError(
+        f"{family} encoder {name!r} ({source}) is gated on the Hugging Face hub and this machine has "
+        f"no access: {access}"
+    )
+
+
+def hub_file(name: str, repo_id: str, filename: str, family: str, access: str = "") -> str:
+    """The local path of ``filename`` in the hub repository ``repo_id``: from the local Hugging Face cache
+    without the network when it is there, else downloaded after the quick reachability check of ``hub_load``.
+    ``access``: how to obtain access, for a gated repository. Errors are one-line ``ValueError``s."""
+    if cache_state(repo_id, filename) == "cached":
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):
+            return found
+    require_hub(name, family)
+    try:
+        return str(hf_hub_download(repo_id, filename))
+    except Exception as e:  # noqa: BLE001 - gated, missing file, network: one line naming the file
+        if access and is_gated_error(e):
+            raise gated_refusal(name, family, repo_id, access) from e
+        raise ValueError(
+            f"{family} encoder {name!r}: cannot download {filename} from {repo_id} ({type(e).__name__}: {e})"
+        ) from e
+
+
+URL_TIMEOUT_S = 30.0
+"""Seconds ``url_file`` waits for a server to answer."""
+
+
+def url_file(name: str, url: str, dest: str | Path, family: str) -> Path:
+    """``dest`` when it exists; else the file at ``url`` downloaded there (through ``dest.part``, renamed once
+    complete). Offline mode or an unreachable server: a one-line ``ValueError`` naming the URL and where to
+    put the file by hand."""
+    dest = Path(dest).expanduser()
+    if dest.is_file():
+        return dest
+    hint = f"download {url} and put it at {dest}"
+    if offline_requested():
+        raise ValueError(f"{family} encoder {name!r}: {dest} is missing and offline mode is set; {hint}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as r, open(part, "wb") as f:  # noqa: S310
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        part.unlink(missing_ok=True)
+        raise ValueError(f"{family} encoder {name!r}: cannot download its weights ({type(e).__name__}); {hint}") from e
+    part.replace(dest)
+    return dest

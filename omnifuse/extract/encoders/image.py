@@ -1,10 +1,13 @@
 """Image encoders: a frozen backbone maps inputs [B, 3, size, size] (``images.ImagePreprocess``) to [B, D].
 
-Registered: ``microsoft/resnet-34`` (the default; transformers ``ResNetModel``, ``pooler_output``
+Registered here: ``microsoft/resnet-34`` (the default; transformers ``ResNetModel``, ``pooler_output``
 (B, 512, 1, 1) flattened to [B, 512]), ``random:resnet34`` (the same architecture with seeded random weights:
 tests, offline machines) and ``torchvision:resnet34`` (where torchvision imports; it is optional and imported
-only when that encoder is built). Any other image backbone transformers loads, by hub id or local folder,
-builds as an unregistered entry whose normalisation comes from its image processor config.
+only when that encoder is built). The chest X-ray and medical encoders are registered in their own modules
+(``xrv``: torchxrayvision DenseNet-121; ``biomedclip``: BiomedCLIP's ViT-B/16; ``vision_hub``: RAD-DINO and
+MedSigLIP), each at its authors' resolution and normalisation (``ImageOptions.size`` None) with the poolings
+its entry declares. Any other image backbone transformers loads, by hub id or local folder, builds as an
+unregistered entry whose normalisation comes from its image processor config.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -90,6 +94,16 @@ class ImageEncoder(FrozenEncoder):
     def preprocessing(self) -> dict[str, object]:
         return {**self.prep.as_dict(), "precision": self.precision, **self.provenance()}
 
+    @classmethod
+    def for_entry(
+        cls, entry: EncoderEntry, w: Weights[Any], prep: ImagePreprocess, opts: ImageOptions, pooling: str
+    ) -> ImageEncoder:
+        """A registered entry's encoder: its authors' preprocessing ``prep`` at ``opts.size`` (None: the
+        authors' size), ``pooling`` and, for random weights, ``init`` recorded in the preprocessing."""
+        size = prep.size if opts.size is None else opts.size
+        prep = replace(prep, size=size, extra={**prep.extra, "pooling": pooling, **w.init})
+        return cls(w.model, entry.name, prep, opts.device, opts.precision, source=w.source, licence=w.licence)
+
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, size, size] float32 (normalised) -> [B, D] float32 on the CPU."""
@@ -161,14 +175,30 @@ def resnet34_architecture() -> nn.Module:
 
 @dataclass(frozen=True)
 class ImageOptions:
-    """What an image builder is given besides its entry. ``pretrained=False``: the entry's architecture with
-    random weights seeded by ``seed`` (recorded as source ``random`` and ``init`` in the preprocessing)."""
+    """What an image builder is given besides its entry. ``size``: input resolution (None: the entry's own,
+    224 for ResNet34 and unregistered models). ``pretrained=False``: the entry's architecture with random
+    weights seeded by ``seed`` (recorded as source ``random`` and ``init`` in the preprocessing). ``pooling``:
+    one of the entry's poolings (None: its first)."""
 
-    size: int = DEFAULT_IMAGE_SIZE
+    size: int | None = None
     seed: int = 0
     pretrained: bool = True
     device: str | torch.device = "auto"
     precision: str = "auto"
+    pooling: str | None = None
+
+
+def image_pooling(entry: EncoderEntry, opts: ImageOptions) -> str:
+    """``opts.pooling`` (None: the entry's first), checked against the entry's poolings."""
+    pooling = opts.pooling or entry.poolings[0]
+    if pooling not in entry.poolings:
+        raise ValueError(f"image encoder {entry.name!r} has no pooling {pooling!r}; it has {list(entry.poolings)}")
+    return pooling
+
+
+def prep_record(prep: ImagePreprocess, pooling: str) -> dict[str, object]:
+    """The preprocessing an entry declares: its ``prep`` and its default ``pooling``."""
+    return {**prep.as_dict(), "pooling": pooling}
 
 
 ImageBuilder = Callable[[EncoderEntry, ImageOptions], ImageEncoder]
@@ -176,7 +206,8 @@ ImageBuilder = Callable[[EncoderEntry, ImageOptions], ImageEncoder]
 
 def _imagenet_encoder(entry: EncoderEntry, w: Weights[nn.Module], opts: ImageOptions) -> ImageEncoder:
     """An ImageNet-normalised entry's encoder at ``opts.size`` px (``init`` recorded for random weights)."""
-    prep = replace(IMAGENET_PREP, size=opts.size, extra=dict(w.init))
+    image_pooling(entry, opts)
+    prep = replace(IMAGENET_PREP, size=opts.size or DEFAULT_IMAGE_SIZE, extra=dict(w.init))
     return ImageEncoder(w.model, entry.name, prep, opts.device, opts.precision, source=w.source, licence=w.licence)
 
 
@@ -269,8 +300,10 @@ def hub_image_encoder(entry: EncoderEntry, opts: ImageOptions) -> ImageEncoder:
     chest X-ray foundation model...), normalised as its image processor config says. Pretrained only."""
     if not opts.pretrained:
         raise ValueError(f"image encoder {entry.name!r} is not registered: only registered ones build random")
+    if opts.pooling is not None:
+        raise ValueError(f"image encoder {entry.name!r} is not registered: its pooling is its model's own")
     model = _from_pretrained(entry.source)
-    prep = _hf_image_prep(entry.source, opts.size)
+    prep = _hf_image_prep(entry.source, opts.size or DEFAULT_IMAGE_SIZE)
     return ImageEncoder(
         model, entry.name, prep, opts.device, opts.precision, source=entry.source, licence=entry.licence
     )
@@ -280,15 +313,17 @@ def build_image_encoder(
     name: str = DEFAULT_IMAGE_ENCODER,
     device: str | torch.device = "auto",
     precision: str = "auto",
-    size: int = DEFAULT_IMAGE_SIZE,
+    size: int | None = None,
     seed: int = 0,
     pretrained: bool = True,
+    pooling: str | None = None,
 ) -> ImageEncoder:
-    """An image encoder by registered name or alias (``microsoft/resnet-34``, ``random:resnet34``,
-    ``torchvision:resnet34``), or any transformers hub id / local folder. ``pretrained=False`` builds a
-    registered encoder's architecture with random weights seeded by ``seed`` (tests, offline machines)."""
+    """An image encoder by registered name or alias (``omnifuse encoders --family image`` lists them), or any
+    transformers hub id / local folder. ``size``: input resolution (None: the entry's authors' size).
+    ``pretrained=False`` builds a registered encoder's architecture with random weights seeded by ``seed``
+    (tests, offline machines). ``pooling``: one of the entry's poolings (None: its default)."""
     entry = entry_for(name, "image", hub_image_encoder)
-    enc = entry.builder(entry, ImageOptions(size, seed, pretrained, device, precision))
+    enc = entry.builder(entry, ImageOptions(size, seed, pretrained, device, precision, pooling))
     if not isinstance(enc, ImageEncoder):
         raise TypeError(f"the builder of image encoder {entry.name!r} returned {type(enc).__name__}")
     return enc

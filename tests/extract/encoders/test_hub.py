@@ -225,3 +225,33 @@ def test_write_tabular_manifest_needs_no_encoder_and_no_network(monkeypatch, no_
         ],
     )
     assert r.exit_code == 0, r.output
+
+
+def test_weight_files_come_from_the_cache_or_are_refused_in_one_line(monkeypatch, tmp_path):
+    """``hub_file`` (open_clip's checkpoint) and ``url_file`` (torchxrayvision's release) without a network."""
+    f = tmp_path / "open_clip_pytorch_model.bin"
+    f.write_bytes(b"weights")
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: pytest.fail("cached: no network check"))
+    monkeypatch.setattr(hub, "try_to_load_from_cache", lambda repo, name: str(f))
+    assert hub.hub_file("biomedclip", "org/clip", f.name, "image") == str(f)
+    monkeypatch.setattr(hub, "try_to_load_from_cache", lambda repo, name: None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubUnreachableError, match="image encoder 'biomedclip' is not in the local Hugging Face"):
+        hub.hub_file("biomedclip", "org/clip", f.name, "image")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: True)
+
+    def gated(*a, **k):
+        raise OSError("Cannot access gated repo for url https://huggingface.co/org/clip/resolve/main/w.bin")
+
+    monkeypatch.setattr(hub, "hf_hub_download", gated)
+    with pytest.raises(ValueError, match=r"^image encoder 'x' \(org/clip\) is gated .* no access: ask for it$"):
+        hub.hub_file("x", "org/clip", "w.bin", "image", access="ask for it")
+    with pytest.raises(ValueError, match=r"^image encoder 'x': cannot download w\.bin from org/clip \(OSError"):
+        hub.hub_file("x", "org/clip", "w.bin", "image")  # no access note: the plain one-line error
+    assert hub.url_file("xrv", "https://example.invalid/w.pt", f, "image") == f  # present: used as it is
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dest = tmp_path / "models_data" / "w.pt"
+    with pytest.raises(ValueError, match=r"offline mode is set; download https://example\.invalid/w\.pt and put it at"):
+        hub.url_file("xrv", "https://example.invalid/w.pt", dest, "image")
+    assert not dest.exists()

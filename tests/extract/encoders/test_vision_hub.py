@@ -1,0 +1,111 @@
+"""RAD-DINO and MedSigLIP offline: the real configurations' sizes against a hand count and the published
+ones, the forward at the real resolution (one layer), the poolings the model cards describe, the
+preprocessing against their processor configs, and the gated-model refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+
+from omnifuse.extract.encoders import build_image_encoder, get_encoder_entry, vision_hub
+
+
+def vit_count(d: int, layers: int, mlp: int, tokens: int, patch: int, per_layer_extra: int, extra: int) -> int:
+    """Parameters of a pre-norm ViT written out: patch conv, positions, per layer two LayerNorms, q/k/v/out
+    projections and the MLP (with biases), the final LayerNorm, plus model-specific extras."""
+    layer = 2 * 2 * d + 4 * (d * d + d) + (d * mlp + mlp) + (mlp * d + d) + per_layer_extra
+    return (3 * patch * patch * d + d) + tokens * d + layers * layer + 2 * d + extra
+
+
+def test_rad_dino_is_dinov2_vit_b14_at_518():
+    config = vision_hub.rad_dino_config()
+    with torch.device("meta"):
+        n = sum(p.numel() for p in transformers.Dinov2Model(config).parameters())
+    # 1 + 37 x 37 positions; per layer two LayerScale vectors; CLS and mask tokens
+    assert n == vit_count(768, 12, 3072, 1 + 37 * 37, 14, per_layer_extra=2 * 768, extra=2 * 768)
+    assert 86.0e6 < n < 87.0e6  # DINOv2 ViT-B/14: 86 M (facebookresearch/dinov2 README)
+
+
+def test_medsiglip_is_siglip_400m_at_448():
+    config = vision_hub.medsiglip_config()
+    with torch.device("meta"):
+        n = sum(p.numel() for p in transformers.SiglipVisionModel(config).parameters())
+    d, mlp = 1152, 4304
+    head = d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * mlp + mlp) + (mlp * d + d)  # probe, MHA, LN, MLP
+    assert n == vit_count(d, 27, mlp, 32 * 32, 14, per_layer_extra=0, extra=head) == 428_565_440
+    assert 4.0e8 < n < 4.4e8  # the model card: "a 400M parameter vision encoder"
+
+
+@pytest.fixture()
+def one_layer(monkeypatch):
+    """Both entries at one layer (their sizes at full depth are checked above)."""
+    for name in ("rad_dino_config", "medsiglip_config"):
+        full = getattr(vision_hub, name)
+
+        def small(full=full):
+            c = full()
+            c.num_hidden_layers = 1
+            return c
+
+        monkeypatch.setattr(vision_hub, name, small)
+
+
+def test_rad_dino_poolings_and_preprocessing(one_layer, tmp_path):
+    enc = build_image_encoder("rad-dino", device="cpu", precision="fp32", pretrained=False)
+    prep = enc.preprocessing()
+    assert (prep["image_size"], prep["resize"], prep["pooling"]) == (518, "shorter_side_center_crop", "cls")
+    assert prep["mean"] == [0.5307] * 3 and prep["std"] == [0.2583] * 3  # its preprocessor_config.json
+    assert prep["source"] == "random" and prep["init"] == "random(seed=0)"
+    Image.fromarray(np.full((600, 700), 90, np.uint8), mode="L").save(tmp_path / "g.png")
+    x = enc.load(tmp_path / "g.png")
+    assert x.shape == (3, 518, 518)
+    torch.testing.assert_close(x, torch.full((3, 518, 518), (90 / 255 - 0.5307) / 0.2583))
+    x = torch.randn(1, 3, 518, 518)
+    y = enc.encode(x)
+    with torch.inference_mode():
+        out = enc.model.model(pixel_values=x)
+    assert y.shape == (1, 768) and out.last_hidden_state.shape == (1, 1 + 37 * 37, 768)
+    torch.testing.assert_close(y, out.pooler_output)  # the card's cls_embeddings
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 0])  # CLS after the final LayerNorm
+    patch = build_image_encoder("rad-dino", device="cpu", precision="fp32", pretrained=False, pooling="patch_mean")
+    assert patch.weights_hash == enc.weights_hash and patch.preprocessing()["pooling"] == "patch_mean"
+    torch.testing.assert_close(patch.encode(x), out.last_hidden_state[:, 1:].mean(1), rtol=1e-4, atol=1e-5)
+
+
+def test_medsiglip_poolings_and_preprocessing(one_layer, tmp_path):
+    enc = build_image_encoder("google/medsiglip-448", device="cpu", precision="fp32", pretrained=False)
+    assert enc.name == "medsiglip" and enc.shape == (1152,) == get_encoder_entry("medsiglip").output_shape()
+    prep = enc.preprocessing()
+    assert (prep["image_size"], prep["resize"], prep["mean"], prep["std"]) == (448, "squash", [0.5] * 3, [0.5] * 3)
+    Image.fromarray(np.full((300, 500), 200, np.uint8), mode="L").save(tmp_path / "w.png")
+    x = enc.load(tmp_path / "w.png")  # SiglipImageProcessor: the whole image to 448 x 448, (v / 255 - 0.5) / 0.5
+    torch.testing.assert_close(x, torch.full((3, 448, 448), (200 / 255 - 0.5) / 0.5))
+    x = torch.randn(1, 3, 448, 448)
+    with torch.inference_mode():
+        out = enc.model.model(pixel_values=x)
+    assert out.last_hidden_state.shape == (1, 32 * 32, 1152)
+    torch.testing.assert_close(enc.encode(x), out.pooler_output)  # the attention-pooling head
+    mean = build_image_encoder("medsiglip", device="cpu", precision="fp32", pretrained=False, pooling="mean")
+    torch.testing.assert_close(mean.encode(x), out.last_hidden_state.mean(1), rtol=1e-4, atol=1e-5)
+
+
+def test_a_gated_model_without_access_is_refused_in_one_line(monkeypatch):
+    def gated(*args, **kwargs):
+        raise OSError("You are trying to access a gated repo. Make sure to have access to it at ...")
+
+    monkeypatch.setattr(vision_hub, "hub_load", gated)
+    with pytest.raises(ValueError) as err:
+        build_image_encoder("medsiglip", device="cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("image encoder 'medsiglip' (google/medsiglip-448) is gated")
+    assert "accept the Health AI Developer Foundations terms" in msg and "hf auth login" in msg
+
+    def missing(*args, **kwargs):
+        raise OSError("no file named model.safetensors")
+
+    monkeypatch.setattr(vision_hub, "hub_load", missing)
+    with pytest.raises(ValueError, match="image encoder 'rad-dino' cannot be loaded from microsoft/rad-dino: no file"):
+        build_image_encoder("microsoft/rad-dino", device="cpu")
