@@ -1,7 +1,7 @@
 """The store's ``omnifuse`` attributes: written once by the creator, read and checked by every opener.
 
 The writer builds them with :func:`new_meta`; the reader and the writer (when it resumes) read them with
-:func:`read_meta`, which refuses anything that is not an omnifuse cache of :data:`SCHEMA_VERSION`. Keeping
+:func:`read_meta`, which refuses anything that is not an omnifuse cache of a readable schema version. Keeping
 both sides here lets ``reader`` and ``writer`` depend on this module instead of on each other.
 
 Modalities added to a finished store (``omnifuse extract --add-modality``) are recorded under
@@ -24,7 +24,13 @@ from typing import Any
 
 import zarr
 
-from omnifuse.cache.schema import SCHEMA_VERSION, CacheError, CacheSpec, SchemaMismatchError
+from omnifuse.cache.schema import (
+    READABLE_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
+    CacheError,
+    CacheSpec,
+    SchemaMismatchError,
+)
 from omnifuse.cache.store import ATTR_KEY
 
 
@@ -55,11 +61,13 @@ def new_meta(spec: CacheSpec, n_rows: int) -> dict[str, Any]:
 
 
 def check_schema(meta: dict[str, Any], path: Path) -> None:
-    """Raise :class:`SchemaMismatchError` unless ``meta`` (the attributes of ``path``) has this schema version."""
+    """Raise :class:`SchemaMismatchError` unless ``meta`` (the attributes of ``path``) has a schema version this
+    omnifuse reads (:data:`~omnifuse.cache.schema.READABLE_SCHEMA_VERSIONS`: a version-2 store reads as before)."""
     v = meta.get("schema_version")
-    if v != SCHEMA_VERSION:
+    if v not in READABLE_SCHEMA_VERSIONS:
+        readable = " and ".join(str(r) for r in READABLE_SCHEMA_VERSIONS)
         raise SchemaMismatchError(
-            f"{path} was written with cache schema version {v}, this omnifuse reads version {SCHEMA_VERSION}; "
+            f"{path} was written with cache schema version {v}, this omnifuse reads versions {readable}; "
             "re-run `omnifuse extract` with this version to rebuild it"
         )
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 2
-"""Bumped whenever array names, shapes or attribute meanings change; readers refuse other versions.
-Version 2 added, per modality, ``input_hash`` (each row's input fingerprint) and ``counts`` (each block's
-skips and masked values)."""
+SCHEMA_VERSION = 3
+"""Bumped whenever array names, shapes or attribute meanings change; readers refuse versions outside
+:data:`READABLE_SCHEMA_VERSIONS`. Version 2 added, per modality, ``input_hash`` (each row's input fingerprint)
+and ``counts`` (each block's skips and masked values). Version 3 added variable-length time series (a
+``timeseries`` modality whose ``preprocessing["variable_length"]`` is true holds a per-step mask
+``tokens_mask`` [N, T]: rows shorter than T are zero-padded) and the task keys of a modality's
+``preprocessing`` (``input_for``, ``default_for``: :func:`task_inputs`); a reader that ignores either would
+read padding as data or feed a task a window it must not see, so older readers must refuse these stores."""
+
+READABLE_SCHEMA_VERSIONS = (2, 3)
+"""The versions this omnifuse reads: a version-2 store has neither step masks nor task keys (every time
+series full length, every modality an input of every task), so it reads as it always did."""
 
 MODALITY_KINDS = ("vector", "sequence", "timeseries", "tabular")
 TASK_KINDS = ("binary", "multilabel", "multiclass")
@@ -147,6 +155,14 @@ class ModalitySpec:
             if len(self.shape) != 2:
                 raise CacheError(f"sequence modality {self.name!r} needs shape (L, D), got {self.shape}")
             self.has_tokens_mask = True
+        if self.kind == "timeseries" and self.preprocessing.get("variable_length"):
+            if len(self.shape) != 2:
+                raise CacheError(f"time-series modality {self.name!r} needs shape (T, F), got {self.shape}")
+            self.has_tokens_mask = True  # the per-step mask: True for a row's first (length) steps
+        for key in TASK_KEYS:
+            tasks = self.preprocessing.get(key)
+            if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
+                raise CacheError(f"modality {self.name!r}: preprocessing[{key!r}] must be a list of task names")
         if self.dtype not in ("float16", "float32"):
             raise CacheError(f"modality {self.name!r}: dtype must be float16 or float32, got {self.dtype!r}")
         if self.feature_names is not None and len(self.feature_names) != self.shape[-1]:
@@ -154,6 +170,13 @@ class ModalitySpec:
                 f"modality {self.name!r}: {len(self.feature_names)} feature names for {self.shape[-1]} features"
             )
         check_feature_kinds(self.preprocessing, self.shape[-1], self.feature_names, f"modality {self.name!r}")
+
+    @property
+    def variable_length(self) -> bool:
+        """A time series whose rows hold their first ``length`` of ``shape[0]`` steps, the rest zero padding;
+        the per-step mask is ``tokens_mask`` (schema version 3). False for every other modality and for every
+        time series of a version-2 store (full length)."""
+        return self.kind == "timeseries" and self.has_tokens_mask
 
     @property
     def feature_kinds(self) -> list[str]:
@@ -241,3 +264,55 @@ class CacheSpec:
 
 
 _RESERVED = {"stay_id", "subject_id", "labels", "reference", "splits", "time"}
+
+TASK_KEYS = ("input_for", "default_for")
+"""Keys of a modality's ``preprocessing`` that tie it to tasks (schema version 3; absent: every task):
+
+- ``input_for``: the only tasks the modality may be an input of. A modality holding data past another task's
+  prediction time (MIMIC's whole-stay EHR, ``ehr_stay``, runs past the 48 h of in-hospital mortality) names
+  the tasks it serves; stage two refuses it for the others (:func:`check_task_inputs`).
+- ``default_for``: the tasks for which stage two chooses it when no modalities are named (the 48 h ``ehr``
+  beside ``ehr_stay`` is a default of mortality only, yet may be named for phenotyping)."""
+
+
+def min_schema_version(m: ModalitySpec) -> int:
+    """The oldest schema version that can describe ``m``: 3 for a variable-length time series or a modality
+    tied to tasks, else 2."""
+    return 3 if m.variable_length or any(k in m.preprocessing for k in TASK_KEYS) else 2
+
+
+def _tasks_of(m: ModalitySpec, key: str) -> list[str] | None:
+    v = m.preprocessing.get(key)
+    return None if v is None else [str(t) for t in v]
+
+
+def task_inputs(spec: CacheSpec, task: str, available: list[str] | None = None) -> list[str]:
+    """The modalities stage two uses for ``task`` when none are named: of ``available`` (default: the spec's
+    modalities, in order), those that may be inputs of ``task`` (``input_for``) and are among its defaults
+    (``default_for``); a modality with neither key (every modality of a version-2 store), or not in ``spec``,
+    is an input of every task."""
+    by_name = {m.name: m for m in spec.modalities}
+    out = []
+    for name in [m.name for m in spec.modalities] if available is None else available:
+        m = by_name.get(name)
+        allowed = None if m is None else _tasks_of(m, "input_for")
+        default = None if m is None else _tasks_of(m, "default_for")
+        if (allowed is None or task in allowed) and (default is None or task in default):
+            out.append(name)
+    return out
+
+
+def check_task_inputs(spec: CacheSpec, task: str, names: list[str]) -> None:
+    """``CacheError`` naming the modality when one of ``names`` may not be an input of ``task`` (its
+    ``input_for`` does not list the task: it holds data from after the task's prediction time)."""
+    by_name = {m.name: m for m in spec.modalities}
+    for n in names:
+        m = by_name.get(n)
+        allowed = None if m is None else _tasks_of(m, "input_for")
+        if allowed is not None and task not in allowed:
+            window = m.preprocessing.get("window") if m is not None else None
+            why = f" ({window})" if window else ""
+            raise CacheError(
+                f"modality {n!r} is an input of {', '.join(map(repr, allowed))} only{why}: it would show task "
+                f"{task!r} data from after its prediction time; leave it out of --modality"
+            )

@@ -45,7 +45,7 @@ from omnifuse.cache.meta import (
     start_addition,
     utc_now,
 )
-from omnifuse.cache.schema import CacheError, CacheSpec, ModalitySpec
+from omnifuse.cache.schema import SCHEMA_VERSION, CacheError, CacheSpec, ModalitySpec, min_schema_version
 
 
 def _check_ids(stay_ids: np.ndarray, subject_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -454,7 +454,8 @@ class CacheWriter:
         """Write rows ``[start, stop)`` of a modality (one whole block), then mark the block done.
 
         ``x`` [stop-start, *shape]; rows with ``mask`` False are stored as zeros; ``tokens_mask``
-        [rows, L] is required for sequence modalities; non-finite values in present rows of an embedding
+        [rows, L] is required for sequence modalities and variable-length time series (their per-step mask;
+        the steps outside it are stored as zeros); non-finite values in present rows of an embedding
         modality, and infinite values in a raw tabular/time-series one, are an error (raw modalities keep
         NaN as "not observed"). ``input_hash`` uint64 [rows]: each row's input fingerprint (default 0, not
         recorded); ``counts``: JSON-ready counts of the block (skips, masked values), summed over the store
@@ -490,7 +491,8 @@ class CacheWriter:
         tm = None
         if m.has_tokens_mask:
             if tokens_mask is None:
-                raise CacheError(f"{modality}: sequence modality needs tokens_mask")
+                what = "variable-length time series" if m.variable_length else "sequence modality"
+                raise CacheError(f"{modality}: {what} needs tokens_mask")
             tm = np.asarray(tokens_mask, dtype=bool) & mask[:, None]
             if tm.shape != (rows, m.shape[0]):
                 raise CacheError(f"{modality}: tokens_mask shape {tm.shape} != {(rows, m.shape[0])}")
@@ -562,6 +564,10 @@ class CacheWriter:
                 _create_modality_arrays(self.group, theirs[name], self.n, over)
         meta = group_meta(self.group)
         meta["spec"] = spec.to_json()
+        # a version-2 store given a modality that only version 3 describes (a variable-length time series, a
+        # modality tied to tasks) becomes version 3, so an omnifuse that cannot read it refuses it
+        version = max([int(meta.get("schema_version", SCHEMA_VERSION))] + [min_schema_version(theirs[n]) for n in new])
+        meta["schema_version"] = version
         for name, source in new.items():
             start_addition(meta, name, source)
         self._write_meta(meta, "the store's attributes")

@@ -7,7 +7,8 @@ table and test treats them alike. Their features (:func:`reference_features`), p
 
 - ``vector`` [D]: the pooled embedding as it is; ``sequence`` [L, D]: the mean over valid tokens;
 - ``timeseries`` [T, F]: per channel the last observed value, the mean, min and max of the observed values and
-  the count of observations (5 F columns);
+  the count of observations (5 F columns); the padding of a variable-length series (steps outside its step
+  mask, ``FuseData.tokens_mask``) is not observed, so a row's summary is the same whatever its padded length;
 - ``tabular`` [F]: the values as they are; a categorical column (the cache's ``categorical:<n>``, transform
   ``categorical`` of a version-3 normaliser) keeps its code 0..n-1 (NaN missing) and is declared categorical
   to the learner (:func:`categorical_columns`): one-hot for ``logreg`` (missing and unseen codes: all zeros),
@@ -96,7 +97,11 @@ def reference_features(
             tm = data.tokens_mask[name][torch.as_tensor(rows, device=data.device)].cpu().numpy()[..., None]
             f = (x * tm).sum(1) / np.maximum(tm.sum(1), 1)
         elif kind == "timeseries":
-            f = _series_summary(_clip(x, norm, name))
+            x = _clip(x, norm, name)
+            if name in data.tokens_mask:  # a variable-length series: its padding is not observed
+                steps = data.tokens_mask[name][torch.as_tensor(rows, device=data.device)].cpu().numpy()
+                x = np.where(steps[..., None], x, np.nan)
+            f = _series_summary(x)
         elif kind == "tabular":
             f = _clip(x, norm, name)
         else:

@@ -18,7 +18,7 @@ def test_fingerprint_is_stable_and_follows_the_labels(tmp_path):
     _, _, _, _, (y, ym, *_rest) = write_toy_cache(path)
     fp = cache_fingerprint(path)
     assert fp == cache_fingerprint(open_cache(path)) == cache_fingerprint(load_cache(path))
-    assert fp["schema"] == 2 and fp["dataset"] == {"name": "toy", "version": "1"}
+    assert fp["schema"] == 3 and fp["dataset"] == {"name": "toy", "version": "1"}
     assert fp["modalities"]["img"]["encoder_hash"] == "abc" and fp["modalities"]["rep"]["shape"] == [5, 4]
     assert all(len(fp[k]) == 64 for k in ("rows", "inputs", "labels", "encoders_digest", "digest"))
     assert canonical_json({"b": 1, "a": [1, 2]}) == b'{"a":[1,2],"b":1}'

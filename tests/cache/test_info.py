@@ -32,7 +32,7 @@ def test_format_info_renders_the_numbers(tmp_path):
     _, _, _, truth, (y, ym, *_rest) = write_toy_cache(path)
     info = cache_info(path)
     lines = format_info(info).splitlines()
-    assert lines[0] == f"{path}: toy 1 (schema v2)"  # finalized: no warning
+    assert lines[0] == f"{path}: toy 1 (schema v3)"  # finalized: no warning
     img = next(line for line in lines if line.startswith("img "))
     assert img.split()[1:4] == ["vector", "8", "float16"] and img.split()[-1] == "resnet34"
     assert img.split()[4] == str(int(truth["img"][1].sum()))

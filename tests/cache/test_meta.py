@@ -100,7 +100,7 @@ def test_attributes_describe_the_cache(tmp_path):
     path = tmp_path / "c.zarr"
     write_toy_cache(path)
     c = open_cache(path)
-    assert c.meta["schema_version"] == SCHEMA_VERSION == 2 and c.meta["finalized"] is True
+    assert c.meta["schema_version"] == SCHEMA_VERSION == 3 and c.meta["finalized"] is True
     assert c.spec.modality("img").encoder == "resnet34" and c.spec.modality("img").encoder_hash == "abc"
     assert {"python", "zarr", "numpy"} <= set(c.meta["software"])
     assert c.meta["created"] and c.spec.license == "ODbL"

@@ -20,7 +20,7 @@ from omnifuse.extract.datasets.mimic import cohort as mimic_cohort
 from omnifuse.extract.datasets.mimic import cxr
 from omnifuse.extract.datasets.mimic.ccs import PHENOTYPE_MAPS, PHENOTYPES
 from omnifuse.extract.datasets.mimic.clean import EHR_MODES, EhrMode
-from omnifuse.extract.datasets.mimic.discretize import discretize_parquet, n_bins
+from omnifuse.extract.datasets.mimic.discretize import discretize_parquet, discretize_stays, n_bins, stay_bins
 from omnifuse.extract.datasets.mimic.events import MORTALITY_HOURS, collect_events
 from omnifuse.extract.datasets.mimic.readers import MimicLayout
 from omnifuse.extract.datasets.mimic.variables import (
@@ -42,6 +42,8 @@ DATA_USE = (
     "who has not signed that agreement."
 )
 Task = Literal["both", "mortality", "phenotyping"]
+PHENOTYPE_HOURS = 336.0
+"""Default cap of the whole-stay EHR (``ehr_stay``): 14 days, 168 bins of 2 h (docs/mimic.md, "Whole stay")."""
 
 
 class MimicAdapter:
@@ -51,14 +53,16 @@ class MimicAdapter:
     (MIMIC-IV only). ``reports_root``: MIMIC-CXR reports (folder or zip; default ``cxr_root``).
     ``task``: "both" (all stays; mortality masked for stays < 48 h), "mortality" (stays >= 48 h only) or
     "phenotyping" (all stays; CXR window = the whole stay). ``timestep`` hours per bin; ``hours`` the EHR
-    window from ICU admission; ``include_pa`` lets PA views be chosen as well as AP; ``ehr_mode``
+    window from ICU admission (the ``ehr`` modality); ``phenotype_hours`` the cap of the whole-stay EHR of the
+    phenotyping task (``ehr_stay``: each stay's first min(LOS, cap) hours, variable length; 0: none, and
+    phenotyping reads the ``hours`` window); ``include_pa`` lets PA views be chosen as well as AP; ``ehr_mode``
     "benchmark" reproduces the benchmark's item map, value cleaning and tie-break (MedFuse's port on MIMIC-IV),
     "clean" is omnifuse's cleaning with plausibility ranges; ``phenotype_map`` maps MIMIC-IV's ICD-10 codes as
     MedFuse ("medfuse") or through the CMS GEM ("gem"); ``workdir`` holds the intermediate parquet.
     """
 
     name = "mimic"
-    version = "2"  # 2: ehr_mode and phenotype_map (benchmark cleaning, MedFuse labels by default)
+    version = "3"  # 2: ehr_mode and phenotype_map (benchmark cleaning, MedFuse labels); 3: ehr_stay (whole stay)
     license = DATA_USE
 
     def __init__(
@@ -70,6 +74,7 @@ class MimicAdapter:
         task: Task = "both",
         timestep: float = 2.0,
         hours: float = 48.0,
+        phenotype_hours: float = PHENOTYPE_HOURS,
         include_pa: bool = False,
         ehr_mode: EhrMode = "benchmark",
         phenotype_map: str = "medfuse",
@@ -85,6 +90,10 @@ class MimicAdapter:
             raise ValueError(f"phenotype_map must be one of {PHENOTYPE_MAPS}, got {phenotype_map!r}")
         if timestep <= 0 or hours <= 0 or hours < timestep:
             raise ValueError(f"need 0 < timestep <= hours, got timestep={timestep}, hours={hours}")
+        if phenotype_hours != 0 and not phenotype_hours >= timestep:
+            raise ValueError(
+                f"phenotype_hours must be 0 (no whole-stay EHR) or at least timestep={timestep}, got {phenotype_hours}"
+            )
         if self.layout.version == "mimic-iii" and (cxr_root is not None or reports_root is not None):
             raise ValueError(
                 "MIMIC-CXR links to MIMIC-IV subject_ids only; a MIMIC-III root cannot be matched to chest X-rays "
@@ -96,6 +105,9 @@ class MimicAdapter:
         self.task: Task = task
         self.timestep = float(timestep)
         self.hours = float(hours)
+        self.phenotype_hours = float(phenotype_hours)
+        # the whole-stay EHR exists where the phenotyping task does
+        self.whole_stay = task != "mortality" and self.phenotype_hours > 0
         self.include_pa = include_pa
         self.ehr_mode: EhrMode = ehr_mode
         self.phenotype_map = phenotype_map
@@ -108,6 +120,7 @@ class MimicAdapter:
         self._cohort: Cohort | None = None
         self._stays: pl.DataFrame | None = None
         self._ehr: np.ndarray | None = None
+        self._ehr_stay: tuple[np.ndarray, np.ndarray] | None = None  # (values [S, 76], offsets [N + 1])
         self._chosen: dict[int, tuple[int, int, str]] | None = None  # row -> (subject, study, dicom)
         self._reports: cxr.ReportStore | None = None
         self._said: set[str] = set()
@@ -122,6 +135,7 @@ class MimicAdapter:
             "task": self.task,
             "timestep_h": self.timestep,
             "hours": self.hours,
+            "phenotype_hours": self.phenotype_hours,
             "include_pa": self.include_pa,
             "ehr_mode": self.ehr_mode,
             "phenotype_map": self.phenotype_map,
@@ -129,7 +143,15 @@ class MimicAdapter:
 
     def modalities(self) -> list[RawModality]:
         T = n_bins(self.hours, self.timestep)
-        return [
+        ehr_pre = {
+            "continuous": continuous_indices(),
+            "timestep_h": self.timestep,
+            "hours": self.hours,
+            "imputation": "previous, normal value before the first observation",
+            "ehr_mode": self.ehr_mode,
+            "layout": "mimic3-benchmarks discretiser: 59 value columns then 17 masks",
+        }
+        ehr = [
             RawModality(
                 name="ehr",
                 input="array",
@@ -137,16 +159,32 @@ class MimicAdapter:
                 shape=(T, N_FEATURES),
                 feature_names=feature_names(),
                 dtype="float32",
-                preprocessing={
-                    "continuous": continuous_indices(),
-                    "timestep_h": self.timestep,
-                    "hours": self.hours,
-                    "imputation": "previous, normal value before the first observation",
-                    "ehr_mode": self.ehr_mode,
-                    "layout": "mimic3-benchmarks discretiser: 59 value columns then 17 masks",
-                },
+                # beside the whole stay, the first `hours` are mortality's default EHR (phenotyping may name it)
+                preprocessing={**ehr_pre, "default_for": ["mortality"]} if self.whole_stay else ehr_pre,
                 ranges=ehr_ranges(self.ehr_mode),
-            ),
+            )
+        ]
+        if self.whole_stay:
+            ehr.append(
+                RawModality(
+                    name="ehr_stay",
+                    input="array",
+                    kind="timeseries",
+                    shape=(n_bins(self.phenotype_hours, self.timestep), N_FEATURES),
+                    feature_names=feature_names(),
+                    dtype="float32",
+                    preprocessing={
+                        **ehr_pre,
+                        "hours": self.phenotype_hours,
+                        "window": "the whole ICU stay up to phenotype_hours (runs past 48 h)",
+                        "variable_length": True,
+                        "input_for": ["phenotyping"],
+                    },
+                    ranges=ehr_ranges(self.ehr_mode),
+                )
+            )
+        return [
+            *ehr,
             RawModality(
                 name="cxr",
                 input="image",
@@ -179,6 +217,9 @@ class MimicAdapter:
         if modality == "ehr":
             ehr = self.ehr_arrays()
             return [Item(ehr[r]) for r in rows]
+        if modality == "ehr_stay" and self.whole_stay:
+            values, offsets = self.ehr_stay_arrays()
+            return [Item(values[offsets[r] : offsets[r + 1]]) for r in rows]
         if modality in ("cxr", "report"):
             if self.cxr_root is None:
                 self._say_once("no-cxr", "no MIMIC-CXR source given: cxr and report are missing for every stay")
@@ -224,11 +265,11 @@ class MimicAdapter:
     def _build(self) -> None:
         stays, rules = mimic_cohort.base_stays(self.layout)
         ev_path = self.workdir / f"events_{self.layout.version}.parquet"
-        ev = collect_events(
+        ev = collect_events(  # events of the longest window asked for; each array cuts its own
             self.layout,
             stays,
             ev_path,
-            hours=self.hours,
+            hours=max(self.hours, self.phenotype_hours) if self.whole_stay else self.hours,
             mode=self.ehr_mode,
             batch_rows=self.batch_rows,
         )
@@ -282,6 +323,20 @@ class MimicAdapter:
             },
             "ehr_window": ("first min(hours, length of stay) hours of the stay; masks 0 after ICU discharge"),
         }
+        if self.whole_stay:
+            los = stays["los_h"].to_numpy()
+            bins = stay_bins(los, self.phenotype_hours, self.timestep)
+            extra["ehr_stay"] = {
+                "window": "first min(length of stay, phenotype_hours) hours; no bin after ICU discharge",
+                "phenotype_hours": self.phenotype_hours,
+                "max_bins": n_bins(self.phenotype_hours, self.timestep),
+                "stays_longer_than_cap": int((los > self.phenotype_hours).sum()),
+                "bins_per_stay": {
+                    "mean": round(float(bins.mean()), 2) if N else 0.0,
+                    "median": float(np.median(bins)) if N else 0.0,
+                    "max": int(bins.max()) if N else 0,
+                },
+            }
         if self.cxr_root is not None:
             self._match_cxr(stays, extra, splits)
         else:
@@ -364,6 +419,24 @@ class MimicAdapter:
             )
         return self._ehr
 
+    def ehr_stay_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole-stay EHR of every cohort row, ``(values float32 [S, 76], offsets int64 [N + 1])``: row ``i``
+        holds ``values[offsets[i]:offsets[i + 1]]``, its first min(LOS, phenotype_hours) hours in
+        ``stay_bins`` bins (computed once, then kept; ``ValueError`` without a whole-stay EHR)."""
+        if not self.whole_stay:
+            raise ValueError(f"no whole-stay EHR with task={self.task!r}, phenotype_hours={self.phenotype_hours}")
+        self.cohort()
+        if self._ehr_stay is None:
+            assert self._stays is not None
+            self._ehr_stay = discretize_stays(
+                self.workdir / f"events_{self.layout.version}.parquet",
+                self._old_rows,
+                self.timestep,
+                self.phenotype_hours,
+                self._stays["los_h"].to_numpy(),
+            )
+        return self._ehr_stay
+
 
 def ehr_ranges(ehr_mode: str) -> dict[str, tuple[float | None, float | None]]:
     """Plausible ranges of the 76 EHR columns, checked again by the pipeline: one-hot and mask columns [0, 1];
@@ -392,7 +465,12 @@ class MimicOptions:
         choices=("both", "mortality", "phenotyping"),
     )
     timestep: float = option(2.0, help="EHR bin width in hours.")
-    hours: float = option(48.0, help="EHR window from ICU admission, in hours.")
+    hours: float = option(48.0, help="EHR window from ICU admission, in hours (the ehr modality).")
+    phenotype_hours: float = option(
+        PHENOTYPE_HOURS,
+        help="Cap, in hours, of the phenotyping task's whole-stay EHR (ehr_stay: each stay's first min(LOS, cap) "
+        "hours, variable length; the benchmark has no cap). 0: no ehr_stay, phenotyping reads the ehr window.",
+    )
     include_pa: bool = option(False, help="Accept PA views besides AP.")
     ehr_mode: str = option(
         "benchmark",
@@ -424,6 +502,7 @@ def build_mimic(opts: MimicOptions) -> MimicAdapter:
         task=opts.task,  # type: ignore[arg-type]
         timestep=opts.timestep,
         hours=opts.hours,
+        phenotype_hours=opts.phenotype_hours,
         include_pa=opts.include_pa,
         ehr_mode=opts.ehr_mode,  # type: ignore[arg-type]
         phenotype_map=opts.phenotype_map,

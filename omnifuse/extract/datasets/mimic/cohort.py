@@ -5,7 +5,8 @@ Root rules, in the benchmark's order (each logged with how many stays it exclude
 2. no transfer between care units (MIMIC-III: same first/last care unit and ward; MIMIC-IV: same care unit);
 3. the stay's admission and patient exist;
 4. the admission has exactly one ICU stay left after rule 2;
-5. age at ICU admission >= 18;
+5. age at ICU admission >= 18 (MIMIC-IV: anchor_age + year(intime) - anchor_year; the stays on which MedFuse's
+   rule, anchor_age >= 18, decides otherwise are counted in the rule's log entry);
 6. at least one usable event of the 17 variables between ICU admission and ICU discharge (applied after
    the events are read, ``events.py``).
 """
@@ -92,7 +93,13 @@ def base_stays(layout: MimicLayout) -> tuple[pl.DataFrame, list[dict]]:
     st = st.with_columns(age.alias("age"))
     st = st.with_columns(pl.when(pl.col("age") < 0).then(90.0).otherwise(pl.col("age")).alias("age"))
     n = st.height
+    # MedFuse (mimic4extract mimic3csv.add_age_to_icustays, filter_icustays_on_age) keeps anchor_age >= 18: the
+    # age in the anchor year, not at the stay. Count the stays on which the two rules decide otherwise.
+    medfuse_rule = (pl.col("anchor_age") >= 18) != (pl.col("age") >= 18)
+    differs = 0 if iii else int(st.select(medfuse_rule.sum()).item())
     st = step(st.filter(pl.col("age") >= 18), "age < 18 at ICU admission", n)
+    if not iii:
+        log[-1]["medfuse_anchor_age_rule_differs"] = differs
     died = (
         pl.col("dod").is_not_null() & (pl.col("admittime") <= pl.col("dod")) & (pl.col("dischtime") >= pl.col("dod"))
     ) | (

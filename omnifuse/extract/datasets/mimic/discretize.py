@@ -10,10 +10,16 @@ Every stay is discretised from its own events alone, so stays can be discretised
 ``discretize_parquet`` reads the events file of ``events.collect_events`` one block of stays at a time (its row
 groups), which keeps memory to a block's events and intermediates plus the output (full MIMIC-IV: 73,000 stays,
 [N, 24, 76] float32 = 530 MB) and gives the same bytes as ``discretize`` on the whole file.
+
+The whole stay (the benchmark's phenotyping, ``Discretizer.transform(X, end=period_length)``): ``stay_bins``
+gives each stay's number of bins, int(min(LOS, cap) / timestep + 1 - 1e-6), and ``discretize_stays`` its bins
+as one ragged array (the first ``stay_bins`` bins of the discretisation with end = min(LOS, cap), which no
+bin after them can change: every step is causal), so memory holds the stays' own bins, not N x T_cap.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +42,14 @@ N_VALUE_COLS = 59
 def n_bins(hours: float, timestep: float) -> int:
     """Number of bins for a window of ``hours`` (the benchmark's formula)."""
     return int(hours / timestep + 1.0 - EPS)
+
+
+def stay_bins(los_hours: np.ndarray, cap_hours: float, timestep: float) -> np.ndarray:
+    """int64 [N]: the bins of each stay's whole-stay discretisation, ``n_bins(min(LOS, cap), timestep)`` (the
+    benchmark's ``N_bins`` for ``end`` = the phenotyping period, LOS in hours), at least 1 (a stay of length 0
+    with an event at its admission time has one bin; the benchmark's discretiser would stop on it)."""
+    end = np.minimum(np.asarray(los_hours, dtype=float), float(cap_hours))
+    return np.maximum(1, (end / timestep + 1.0 - EPS).astype(np.int64))
 
 
 def _normal_codes() -> np.ndarray:
@@ -129,8 +143,45 @@ def discretize_parquet(
     rows mapped (the same bytes: no step of ``discretize`` looks across stays).
     """
     rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((rows.size, n_bins(hours, timestep), N_VALUE_COLS + N_VARS), dtype=np.float32)
+    for lo, hi, x in iter_discretized(path, rows, timestep, hours, end_hours):
+        out[lo:hi] = x
+    return out
+
+
+def discretize_stays(
+    path: str | Path, rows: np.ndarray, timestep: float, cap_hours: float, los_hours: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whole-stay discretisation of ``rows`` of the events file (as ``discretize_parquet``), each stay up
+    to ``cap_hours``: ``(values float32 [S, 76], offsets int64 [N + 1])``, stay ``i``'s bins being
+    ``values[offsets[i]:offsets[i + 1]]``, ``stay_bins(los_hours, cap_hours, timestep)[i]`` of them. Equal to the
+    first bins of ``discretize_parquet(path, rows, timestep, cap_hours, end_hours=los_hours)``; one block of
+    stays is held [block, T_cap, 76] at a time."""
+    rows = np.asarray(rows, dtype=np.int64)
+    los = np.asarray(los_hours, dtype=float)
+    if los.shape != rows.shape:
+        raise ValueError(f"los_hours must have shape {rows.shape}, got {los.shape}")
+    lengths = stay_bins(los, cap_hours, timestep)
+    offsets = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.empty((int(offsets[-1]), N_VALUE_COLS + N_VARS), dtype=np.float32)
+    for lo, hi, x in iter_discretized(path, rows, timestep, cap_hours, los):
+        keep = np.arange(x.shape[1])[None, :] < lengths[lo:hi, None]  # [block, T_cap], row-major = stay order
+        values[offsets[lo] : offsets[hi]] = x[keep]
+    return values, offsets
+
+
+def iter_discretized(
+    path: str | Path,
+    rows: np.ndarray,
+    timestep: float,
+    hours: float,
+    end_hours: np.ndarray | None = None,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(lo, hi, x)``: output rows ``lo:hi`` (one block of the file's stays) and their discretisation
+    x float32 [hi - lo, T, 76] (``discretize_parquet``'s arguments and rules), block after block."""
+    rows = np.asarray(rows, dtype=np.int64)
     n = rows.size
-    T = n_bins(hours, timestep)
     if n and (rows[0] < 0 or np.any(np.diff(rows) <= 0)):
         raise ValueError(f"{path}: rows must be non-negative and strictly increasing")
     end = np.full(n, float(hours)) if end_hours is None else np.asarray(end_hours, dtype=float)
@@ -152,7 +203,6 @@ def discretize_parquet(
             raise ValueError(f"{path}: row group {g} does not hold one block of {block} stays")
         else:
             groups.setdefault(int(st.min) // block, []).append(g)
-    out = np.empty((n, T, N_VALUE_COLS + N_VARS), dtype=np.float32)
     lookup = np.full(block, -1, dtype=np.int64)
     for b in range((last + block - 1) // block):
         lo, hi = np.searchsorted(rows, [b * block, (b + 1) * block])
@@ -169,5 +219,4 @@ def discretize_parquet(
         inside = (local >= 0) & (local < block)
         mapped = np.where(inside, lookup[np.clip(local, 0, block - 1)], -1)
         ev = ev.with_columns(pl.Series("row", mapped)).filter(pl.col("row") >= 0)
-        out[lo:hi] = discretize(ev, int(hi - lo), timestep, hours, end_hours=end[lo:hi])
-    return out
+        yield int(lo), int(hi), discretize(ev, int(hi - lo), timestep, hours, end_hours=end[lo:hi])

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from omnifuse.extract.datasets.mimic.cohort import base_stays
-from omnifuse.extract.datasets.mimic.discretize import discretize, discretize_parquet
+from omnifuse.extract.datasets.mimic.discretize import discretize, discretize_parquet, discretize_stays
 from omnifuse.extract.datasets.mimic.events import BLOCK_KEY, collect_events
 from omnifuse.extract.datasets.mimic.readers import MimicLayout
 from omnifuse.extract.datasets.mimic.variables import VARIABLES, column_offsets
@@ -61,6 +61,28 @@ def test_blocks_give_the_adapters_bytes(demo, block, request, tmp_path):
     y = discretize_parquet(path, rows, 2.0, 48.0, end_hours=los)
     assert y.dtype == np.float32 and y.tobytes() == x.tobytes()
     assert y.tobytes() == _whole(path, rows, los).tobytes()
+
+
+@pytest.mark.parametrize("demo, block", [("m3", 7), ("m4", 1), ("m4", 50)])
+def test_whole_stay_blocks_give_the_adapters_bytes(demo, block, request, tmp_path):
+    """The whole-stay EHR (cap 336 h) discretised block by block is the adapter's (blocks of 4,096 stays: one
+    block on a demo), and each stay's bins are the first bins of the whole file discretised at once."""
+    a, c, _ = request.getfixturevalue(demo)
+    stays, _ = base_stays(a.layout)
+    path = tmp_path / "events.parquet"
+    rows = np.flatnonzero(collect_events(a.layout, stays, path, hours=336.0, block_stays=block)["any_in_stay"])
+    los = a.stays()["los_h"].to_numpy()
+    values, offsets = discretize_stays(path, rows, 2.0, 336.0, los)
+    want_values, want_offsets = a.ehr_stay_arrays()
+    assert offsets.tobytes() == want_offsets.tobytes() and values.tobytes() == want_values.tobytes()
+    ev = pl.read_parquet(path)
+    remap = np.full(int(ev["row"].max()) + 1, -1, dtype=np.int64)
+    remap[rows[rows < remap.size]] = np.flatnonzero(rows < remap.size)
+    ev = ev.with_columns(pl.Series("row", remap[ev["row"].to_numpy()])).filter(pl.col("row") >= 0)
+    dense = discretize(ev, rows.size, 2.0, 336.0, end_hours=los)  # [N, 168, 76] at once
+    for i in range(rows.size):
+        n = offsets[i + 1] - offsets[i]
+        assert values[offsets[i] : offsets[i + 1]].tobytes() == dense[i, :n].tobytes()
 
 
 def test_a_subset_of_rows_is_those_rows_of_the_whole(m4, tmp_path):

@@ -50,3 +50,54 @@ def test_mimic4_cohort_and_labels(m4):
     # the demo's capillary refill has no text value: never observed
     assert x[:, :, COL["mask->Capillary refill rate"]].sum() == 0
     assert x[:, :, COL["mask->Glascow coma scale eye opening"]].sum() > 0
+
+
+def test_medfuse_anchor_age_rule_is_compared_and_counted(m4, tmp_path):
+    """MIMIC-IV age at the stay is anchor_age + year(intime) - anchor_year; MedFuse keeps anchor_age >= 18. No
+    demo stay is decided otherwise; on a copy of the demo whose patients table makes one patient 18 at a stay
+    but 17 in the anchor year (we keep, MedFuse drops) and another 17 at a stay but 18 in the anchor year (we
+    drop, MedFuse keeps), both are counted and only the second is excluded."""
+    import polars as pl
+
+    from omnifuse.extract.datasets.mimic.cohort import base_stays
+    from omnifuse.extract.datasets.mimic.readers import MimicLayout
+
+    rules = {r["rule"]: r for r in m4[1].extra["cohort_rules"]}
+    assert rules["age < 18 at ICU admission"]["excluded"] == 0
+    assert rules["age < 18 at ICU admission"]["medfuse_anchor_age_rule_differs"] == 0
+    root = tmp_path / "iv"
+    (root / "icu").mkdir(parents=True)
+    (root / "hosp").mkdir()
+    (root / "icu/icustays.csv.gz").symlink_to(D4 / "icu/icustays.csv.gz")
+    (root / "hosp/admissions.csv.gz").symlink_to(D4 / "hosp/admissions.csv.gz")
+    icu = pl.read_csv(D4 / "icu/icustays.csv.gz", infer_schema_length=0)
+    pat = pl.read_csv(D4 / "hosp/patients.csv.gz", infer_schema_length=0)
+    stays, log = base_stays(MimicLayout.detect(D4))
+    one = icu.group_by("subject_id").len().filter(pl.col("len") == 1)["subject_id"].cast(pl.Int64)
+    kept = stays.filter(pl.col("subject_id").is_in(one.implode())).join(
+        pat.select(pl.col("subject_id").cast(pl.Int64), pl.col("anchor_year").cast(pl.Int64)), on="subject_id"
+    )
+    d = kept["intime"].dt.year() - kept["anchor_year"]
+    a = int(kept["subject_id"][int(np.flatnonzero(d.to_numpy() >= 1)[0])])  # a stay after the anchor year
+    b = int(kept["subject_id"][int(np.flatnonzero(d.to_numpy() == 0)[0])])  # a stay in the anchor year
+    d_a = int(d[int(np.flatnonzero(kept["subject_id"].to_numpy() == a)[0])])
+    pat = pat.with_columns(
+        pl.when(pl.col("subject_id") == str(a))
+        .then(pl.lit(str(18 - d_a)))  # 18 at the stay, 17 or less in the anchor year
+        .when(pl.col("subject_id") == str(b))
+        .then(pl.lit("18"))
+        .otherwise(pl.col("anchor_age"))
+        .alias("anchor_age"),
+        pl.when(pl.col("subject_id") == str(b))
+        .then((pl.col("anchor_year").cast(pl.Int64) + 1).cast(pl.Utf8))  # 17 at the stay
+        .otherwise(pl.col("anchor_year"))
+        .alias("anchor_year"),
+    )
+    pat.write_csv(root / "hosp/patients.csv")
+    got, log2 = base_stays(MimicLayout.detect(root))
+    age = {r["rule"]: r for r in log2}["age < 18 at ICU admission"]
+    assert age["excluded"] == 1 and age["medfuse_anchor_age_rule_differs"] == 2
+    assert set(stays["stay_id"].to_list()) - set(got["stay_id"].to_list()) == set(
+        stays.filter(pl.col("subject_id") == b)["stay_id"].to_list()
+    )
+    assert float(got.filter(pl.col("subject_id") == a)["age"].item()) == 18.0

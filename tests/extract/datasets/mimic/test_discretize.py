@@ -93,3 +93,34 @@ def test_same_time_tie_compares_keys_as_text_first():
     cats = CATEGORIES["Glascow coma scale eye opening"]
     ev2 = _ev([(0, 1.0, EYE, float(cats.index("To Speech"))), (0, 1.0, EYE, float(cats.index("Spontaneously")))])
     assert discretize(ev2, 1, timestep=2.0, hours=48.0)[0, 0, COL["Glascow coma scale eye opening->To Speech"]] == 1
+
+
+def test_whole_stay_bins_by_hand(tmp_path):
+    """``discretize_stays``: each stay's int(min(LOS, cap) / ts + 1 - 1e-6) bins (at least 1), events after the
+    cap ignored, stored one stay after another (offsets)."""
+    from omnifuse.extract.datasets.mimic.discretize import discretize_stays, stay_bins
+
+    path = tmp_path / "ev.parquet"
+    _ev(
+        [
+            (0, 0.5, HR, 70.0),
+            (0, 4.9, HR, 80.0),
+            (0, 5.0, HR, 85.0),  # bin 2 = (4, 6], last wins
+            (1, 9.99, HR, 90.0),  # bin 4 = (8, 10], the last bin under a 10 h cap
+            (1, 10.5, HR, 1.0),  # after the cap: ignored
+            (2, 0.0, HR, 60.0),  # a stay of length 0 with an event at admission: one bin
+        ]
+    ).write_parquet(path)
+    los = np.array([5.0, 30.0, 0.0])
+    assert stay_bins(los, 10.0, 2.0).tolist() == [3, 5, 1]
+    assert stay_bins(np.array([48.0, 47.9, 400.0]), 336.0, 2.0).tolist() == [24, 24, 168]
+    values, offsets = discretize_stays(path, np.arange(3), 2.0, 10.0, los)
+    assert offsets.tolist() == [0, 3, 8, 9] and values.shape == (9, 76) and values.dtype == np.float32
+    hr, m = values[:, COL["Heart Rate"]], values[:, COL["mask->Heart Rate"]]
+    assert hr[:3].tolist() == [70, 70, 85] and m[:3].tolist() == [1, 0, 1]
+    assert hr[3:8].tolist() == [86, 86, 86, 86, 90] and m[3:8].tolist() == [0, 0, 0, 0, 1]
+    assert hr[8] == 60 and m[8] == 1
+    # the same bins as the dense discretisation with the cap as its window and the LOS as each stay's end
+    dense = discretize(pl.read_parquet(path), 3, 2.0, 10.0, end_hours=los)
+    for i in range(3):
+        assert np.array_equal(values[offsets[i] : offsets[i + 1]], dense[i, : offsets[i + 1] - offsets[i]])

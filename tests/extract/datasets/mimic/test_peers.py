@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from omnifuse.extract.datasets.mimic import MimicAdapter
 from omnifuse.extract.datasets.mimic.ccs import PHENOTYPES
 from omnifuse.extract.datasets.mimic.cohort import phenotype_labels
 from omnifuse.extract.datasets.mimic.variables import feature_names
@@ -144,3 +145,49 @@ def test_mimic4_ehr_equals_medfuse_outside_gcs(m4):
     assert ref["stay_id"].n_unique() == 54 and ref.height == 54 * 24
     compared, per_var, bad, _ = _mismatches(x, c.stay_id, ref)
     assert compared == 54 * 24 * 27 and bad == 0, f"cells differing from MedFuse, stays per variable: {per_var}"
+
+
+def _whole_stay_reference() -> tuple[pl.DataFrame, dict[int, int]]:
+    """The benchmark's phenotyping discretisation of every MIMIC-III demo stay, every bin (``m3_ehr.csv.gz``:
+    bins 0-23, ``m3_ehr_stay_tail.csv.gz``: the bins after), and each stay's number of bins."""
+    floats = {c: pl.Float64 for c in NAMES}
+    head = pl.read_csv(FIXTURES / "m3_ehr.csv.gz", schema_overrides=floats)
+    tail = pl.read_csv(FIXTURES / "m3_ehr_stay_tail.csv.gz", schema_overrides=floats)
+    assert tail.columns == head.columns and tail["bin"].min() == 24
+    ref = pl.concat([head, tail]).sort("stay_id", "bin")
+    n_bins = dict(ref.group_by("stay_id").len().iter_rows())
+    for sid, period in _labels("m3_labels.csv.gz").select("stay_id", "period_length").iter_rows():
+        assert n_bins[sid] == int(float(period) / 2.0 + 1.0 - 1e-6)  # Discretizer.transform(X, end=period)
+    return ref, n_bins
+
+
+def _compare_whole_stay(values: np.ndarray, offsets: np.ndarray, stay_ids: np.ndarray, ref: pl.DataFrame) -> int:
+    """Cells of the reference's (stay, bin) rows that differ from ours (every reference row must be ours)."""
+    row = {int(s): i for i, s in enumerate(stay_ids)}
+    start = offsets[[row[s] for s in ref["stay_id"]]]
+    b = ref["bin"].to_numpy()
+    assert (start + b < offsets[[row[s] + 1 for s in ref["stay_id"]]]).all()
+    r = ref.select(ref.columns[2:]).to_numpy().astype(np.float32)
+    return int((values[start + b] != r).sum())
+
+
+def test_mimic3_whole_stay_ehr_equals_the_benchmarks_phenotyping_in_every_cell(m3, tmp_path):
+    """``ehr_stay`` against mimic3-benchmarks' phenotyping discretisation (the whole stay, no cap): with a cap
+    above the longest demo stay (850 h), every bin of every stay; with the default cap (336 h), each stay's first
+    min(bins, 168) bins, the longer stays cut there."""
+    ref, n_bins = _whole_stay_reference()
+    assert ref.height == sum(n_bins.values()) == 5782 and max(n_bins.values()) == 425 and len(n_bins) == 113
+    a = MimicAdapter(D3, phenotype_hours=852.0, workdir=tmp_path)
+    values, offsets = a.ehr_stay_arrays()
+    assert np.array_equal(a.cohort().stay_id, m3[1].stay_id)
+    row = {int(s): i for i, s in enumerate(a.cohort().stay_id)}
+    assert all(offsets[row[s] + 1] - offsets[row[s]] == n for s, n in n_bins.items())  # the same bins per stay
+    assert values.shape == (5782, 76) and _compare_whole_stay(values, offsets, a.cohort().stay_id, ref) == 0
+    # the default cap: the first 168 bins of each stay
+    d, _, _ = m3
+    values, offsets = d.ehr_stay_arrays()
+    capped = ref.filter(pl.col("bin") < 168)
+    lengths = np.diff(offsets)
+    assert all(lengths[row[s]] == min(n, 168) for s, n in n_bins.items())
+    assert sum(n > 168 for n in n_bins.values()) == d.cohort().extra["ehr_stay"]["stays_longer_than_cap"] == 6
+    assert _compare_whole_stay(values, offsets, d.cohort().stay_id, capped) == 0
