@@ -19,7 +19,7 @@ from omnifuse.experiments.runner import (
     StudyError,
     finish_study,
     fold_specs,
-    run_all,
+    run_study,
     study_context,
     study_record,
     test_train_ratio,
@@ -67,16 +67,7 @@ def ablation(
     write_config(out, record)
     labels = [f"ablation_{r}" for r in cfg.rows]
     specs = fold_specs(ctx, labels, cfg.method_overrides, rate=cfg.missing_rate, mode=cfg.missing_mode)
-    stats = run_all(
-        ctx,
-        specs,
-        out,
-        n_jobs=cfg.n_jobs,
-        threads=cfg.threads,
-        progress=cfg.progress,
-        backend=cfg.backend,
-        scheduler=cfg.scheduler,
-    )
+    stats = run_study(ctx, specs, cfg)
     preds = collect.collect(ctx, stats.folders, specs, partial=False)
     data = ctx.data()
     against = ["ablation_f"] if "f" in cfg.rows else []
@@ -128,4 +119,4 @@ def ablation(
             title="Ablation of OmniFuse's components (table 4)",
         )
     ]
-    return finish_study("ablation", cfg, config, stats, t0, (summary, recs, sections, figs))
+    return finish_study("ablation", cfg, record, stats, t0, (summary, recs, sections, figs))

@@ -7,11 +7,15 @@ paired t-tests of every method against OmniFuse and against its DWFuse-only vari
 IMP-fw and IMP-bw off, the paper's table 3 column) over the same folds, the calibration of every method
 (per-fold temperatures, Brier, ECE and pooled AUROC before and after temperature scaling), a reliability
 figure before and after calibration, and the cache's reference score (APACHE IVa on eICU) on the test rows
-that have one, with every method scored on those same rows.
+that have one, with every method scored on those same rows. With ``attribution``, every fusion network's
+per-stay Shapley values of each modality, summarised per method and missingness pattern
+(:mod:`omnifuse.experiments.shapley`). At the end, ``report.md``: the study's report
+(:func:`omnifuse.experiments.run_report.write_report`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -20,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from omnifuse.experiments import collect, figures
+from omnifuse.experiments import collect, figures, shapley
 from omnifuse.experiments.config import CompareConfig, study_config
-from omnifuse.experiments.report import Section, StudyResult, fci, fms, fnum, fp, write_config
+from omnifuse.experiments.report import Section, StudyResult, calibration_section, fci, fms, fnum, fp, write_config
 from omnifuse.experiments.runner import (
     StudyContext,
     finish_study,
     fold_specs,
     load_run,
-    run_all,
+    run_study,
     study_context,
     study_record,
     test_train_ratio,
@@ -68,8 +72,19 @@ def compare(
     with ``threads`` torch threads each (on 2 cores ``n_jobs=2, threads=1`` is fastest). Resumable: finished
     runs under ``out/runs`` are reused.
 
+    ``attribution=True``: every fusion network's run also stores its test rows' Shapley values of each modality
+    (exact up to 8 modalities per stay; :mod:`omnifuse.experiments.shapley`), and the study writes their
+    summary (``attribution.csv``: mean |value| per method, modality and missingness pattern),
+    ``attribution.png``, ``attribution_patterns.png`` and a section of results.md; runs finished without values
+    are retrained (a study run keeps no model). Reference learners are not attributed. Measured on the eICU demo
+    (8 modalities, every method of the README's comparison, fold 0): attribution adds 52 % to the runs' CPU time
+    (28 % for OmniFuse, 51 to 87 % for the smaller networks; ``benchmarks/study_attribution.py``), hence off by
+    default.
+
     Writes config.json, results.csv (summary), folds.csv, results.json, results.md, reliability.png (before and
-    after calibration) and auroc_by_combination.png; prints the tables.
+    after calibration), auroc_by_combination.png and report.md (:mod:`omnifuse.experiments.run_report`: the
+    configuration, data, metrics, calibration, attribution and TLA trace; figure ``report-tla.png``); prints
+    the tables.
 
     Measured on the eICU demo cache (2,492 labelled stays, 5 modalities, MiniLM mean-pooled text) on 2 CPU
     cores shared with other jobs (about 4x oversubscribed), ``n_jobs=2, threads=1``: ``["omnifuse", "concat"]``
@@ -83,19 +98,11 @@ def compare(
     if len(set(names)) != len(names):
         raise ValueError(f"methods listed twice: {names}")
     ctx = study_context(cache, cfg)
+    ctx.attribution = bool(cfg.attribution)
     record = study_record("compare", cache, ctx, cfg, methods=names)
     write_config(out, record)
     specs = fold_specs(ctx, names, cfg.method_overrides, rate=cfg.missing_rate, mode=cfg.missing_mode)
-    stats = run_all(
-        ctx,
-        specs,
-        out,
-        n_jobs=cfg.n_jobs,
-        threads=cfg.threads,
-        progress=cfg.progress,
-        backend=cfg.backend,
-        scheduler=cfg.scheduler,
-    )
+    stats = run_study(ctx, specs, cfg)
     refs = collect.load_references(cache)
     data = ctx.data()
     preds = collect.collect(ctx, stats.folders, specs, references=refs)
@@ -113,16 +120,42 @@ def compare(
     per_method = {m: _run_summary([stats.folders[s] for s in specs if s.label == m]) for m in names}
     sections = compare_sections(summary, names, ctx, against, refs, per_method)
     figs = compare_figures(out, ctx, stats.folders, specs, summary, names, refs, data.task_kind)
-    return finish_study(
+    extra: dict[str, Any] = {"per_method": per_method}
+    if cfg.attribution:
+        att_secs, att_figs, cost = _attribution(out, ctx, stats.folders, specs, names)
+        sections, figs = sections + att_secs, figs + att_figs
+        extra["attribution"] = cost
+    res = finish_study(
         "compare",
         cfg,
         record,
         stats,
         t0,
         (summary, fold_recs, sections, figs),
-        extra={"per_method": per_method},
+        extra=extra,
         result_cls=CompareResult,
     )
+    from omnifuse.experiments.run_report import write_report
+
+    t1 = time.perf_counter()
+    path = write_report(out)
+    log.info("report written to %s (%.1f s)", path, time.perf_counter() - t1)
+    return res
+
+
+def _attribution(
+    out: Path, ctx: StudyContext, folders: dict, specs: Sequence[Any], names: Sequence[str]
+) -> tuple[list[Section], list[Path], dict[str, Any]]:
+    """The attribution summary of the study's runs (:func:`omnifuse.experiments.shapley.write_attribution`):
+    sections, figures and its cost (attribution and training wall seconds of the attributed runs)."""
+    attributed = [s for s in specs if shapley.attributable(s.method)]
+    recs = [json.loads((folders[s] / "run.json").read_text()) for s in attributed]
+    train = sum(float(r.get("seconds") or 0.0) for r in recs)
+    spent = sum(float((r.get("attribution") or {}).get("seconds") or 0.0) for r in recs)
+    cpu = sum(float((r.get("attribution") or {}).get("cpu_seconds") or 0.0) for r in recs)
+    runs = [(s.label, folders[s]) for s in attributed]
+    _, secs, figs = shapley.write_attribution(out, ctx.modalities, runs, names, train_seconds=train)
+    return secs, figs, {"seconds": spent, "cpu_seconds": cpu, "train_seconds": train, "runs": len(attributed)}
 
 
 def _run_summary(folders: list[Path]) -> dict[str, Any]:
@@ -137,24 +170,6 @@ def _run_summary(folders: list[Path]) -> dict[str, Any]:
         "runs": len(runs),
         "temperature": [r.get("temperature") for r in runs],
     }
-
-
-def _temperatures(runs: list[list[float] | None] | None) -> str:
-    """Median temperature over a method's runs (and labels) with its range; "-" when no run recorded one."""
-    vals = [t for r in runs or [] if r for t in r]
-    if not vals:
-        return "-"
-    if min(vals) == max(vals):
-        return fnum(vals[0], 2)
-    return f"{fnum(float(np.median(vals)), 2)} [{fnum(min(vals), 2)}, {fnum(max(vals), 2)}]"
-
-
-def _before_after(row: dict[str, Any], before: str, after: str) -> str:
-    """``"before → after"`` of two summary fields; the after value alone when the run has no before."""
-    b = row.get(before)
-    if b is None or (isinstance(b, float) and b != b):
-        return fnum(row.get(after))
-    return f"{fnum(b)} → {fnum(row.get(after))}"
 
 
 def _p_cols(against: Sequence[str]) -> list[str]:
@@ -312,59 +327,6 @@ def compare_sections(
                 )
             )
     return secs
-
-
-def calibration_section(
-    summary: list[dict[str, Any]], methods: Sequence[str], extra: dict[str, dict[str, Any]] | None = None
-) -> Section:
-    """Per method: its temperatures (median over folds and labels, [range]), then before → after temperature
-    scaling: Brier score and ECE (mean over folds), pooled Brier, ECE and AUROC (every test row of a repeat
-    scored together), beside the fold-mean AUROC. A method never scaled (every temperature 1: reference learners,
-    ``calibrate=false``) or without probabilities before calibration (runs stored before calibration existed)
-    shows one number."""
-    extra = extra or {}
-    rows = []
-    for m in methods:
-        r = pick_one(summary, method=m, group="overall", subset="as_is")
-        if r is None:
-            continue
-        temps = extra.get(m, {}).get("temperature")
-        scaled = any(t != 1.0 for run in temps or [] if run for t in run)
-
-        def cell(before: str, after: str, r: dict[str, Any] = r, scaled: bool = scaled) -> str:
-            return _before_after(r, before, after) if scaled else fnum(r.get(after))
-
-        rows.append(
-            [
-                m,
-                _temperatures(temps),
-                cell("brier_uncalibrated_mean", "brier_mean"),
-                cell("ece_uncalibrated_mean", "ece_mean"),
-                cell("brier_pooled_uncalibrated", "brier_pooled"),
-                cell("ece_pooled_uncalibrated", "ece_pooled"),
-                fnum(r["auroc_mean"]),
-                cell("auroc_pooled_uncalibrated", "auroc_pooled"),
-            ]
-        )
-    return Section(
-        "Calibration: before → after temperature scaling (each fold's network on its inner validation split)",
-        [
-            "method",
-            "temperature",
-            "Brier",
-            "ECE",
-            "Brier pooled",
-            "ECE pooled",
-            "AUROC (fold mean)",
-            "AUROC pooled",
-        ],
-        rows,
-        "temperature: median over folds (and labels) [range]; T > 1 softens over-confident probabilities. Brier, ECE: "
-        "mean over folds; pooled: every out-of-fold prediction of a repeat scored together (fold models on "
-        "different probability scales lower the pooled AUROC below the fold mean; calibration brings them onto "
-        "one scale). Fold AUROC does not change with a temperature (binary, multilabel). Reference learners "
-        "keep T = 1 (no inner validation split).",
-    )
 
 
 def compare_figures(

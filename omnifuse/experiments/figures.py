@@ -7,12 +7,15 @@
 - :func:`sweep_figure`: a metric against the simulated missing rate, mean ± sd band over folds (figures 4-6);
 - :func:`imputation_curve`: cosine similarity of imputed to true embeddings and validation AUROC across
   epochs (figure 7);
-- :func:`tsne_figure`: t-SNE map of real and imputed embeddings per modality (figure 8).
+- :func:`tsne_figure`: t-SNE map of real and imputed embeddings per modality (figure 8);
+- :func:`tla_figure`: OmniFuse's TLA trace: which combination was lazy after each epoch, its distance and the
+  L_TLA loss term per epoch.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -250,6 +253,85 @@ def tsne_figure(path: Path, maps: dict[str, tuple[np.ndarray, np.ndarray]], titl
         ax.set_yticks([])
         if i == 0:
             ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def tla_figure(path: Path, traces: dict[str, list[dict[str, Any]]], title: str = "", max_rows: int = 12) -> Path:
+    """OmniFuse's TLA trace (eq. 15-17), one row of two panels per method of ``traces`` (the first six):
+    ``{label: [run, ...]}``,
+    a run being ``{"lazy": [per-epoch record of the lazy combination: {"epoch", "lazy", "distances": {combination:
+    {"distance", "n"}}}], "history": [per-epoch training record with "loss_tla"], "best_epoch": int}``.
+
+    Left: for each combination that was ever lazy (the ``max_rows`` most frequent), the share of runs in which it
+    was the lazy one after each epoch (a heat map; white: none). Right: the distance (mean cross-entropy) of the
+    lazy combination per epoch, mean ± sd over the runs, and on the right axis the L_TLA term of the training
+    loss (eq. 17), mean over the runs; dotted vertical lines: the runs' selected epochs."""
+    from matplotlib.ticker import MaxNLocator
+
+    labels = list(traces)[:6]
+    fig = _figure(11.0, 3.4 * max(1, len(labels)))
+    for i, label in enumerate(labels):
+        runs = traces[label]
+        n_ep = max((int(r.get("epoch", 0)) + 1 for run in runs for r in run["lazy"]), default=1)
+        counts: dict[str, int] = {}
+        for run in runs:
+            for r in run["lazy"]:
+                name = r.get("lazy") or "(none)"
+                counts[name] = counts.get(name, 0) + 1
+        names = [k for k, _ in sorted(counts.items(), key=lambda kv: -kv[1])][:max_rows]
+        grid = np.zeros((len(names), n_ep))
+        dist = np.full((len(runs), n_ep), np.nan)
+        tla = np.full((len(runs), n_ep), np.nan)
+        for j, run in enumerate(runs):
+            for r in run["lazy"]:
+                e, name = int(r.get("epoch", 0)), r.get("lazy") or "(none)"
+                if name in names:
+                    grid[names.index(name), e] += 1.0 / len(runs)
+                d = (r.get("distances") or {}).get(name, {}).get("distance")
+                if d is not None:
+                    dist[j, e] = float(d)
+            for h in run.get("history") or []:
+                e = int(h.get("epoch", -1))
+                if 0 <= e < n_ep and h.get("loss_tla") is not None:
+                    tla[j, e] = float(h["loss_tla"])
+        ax = fig.add_subplot(len(labels), 2, 2 * i + 1)
+        im = ax.imshow(grid, aspect="auto", cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels([n if len(n) <= 34 else n[:32] + "…" for n in names], fontsize=6)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{label}: lazy combination after each epoch ({len(runs)} runs)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+        cb.set_label("share of runs", fontsize=7)
+        cb.ax.tick_params(labelsize=6)
+        ax2 = fig.add_subplot(len(labels), 2, 2 * i + 2)
+        ep = np.arange(n_ep)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an epoch no run reached: NaN, not drawn
+            mu, sd = np.nanmean(dist, 0), np.nanstd(dist, 0)
+            tl = np.nanmean(tla, 0)
+        ax2.plot(ep, mu, color="C0", marker="o", ms=2.5, lw=1.2, label="lazy distance (mean CE)")
+        ax2.fill_between(ep, mu - sd, mu + sd, color="C0", alpha=0.2)
+        for run in runs:
+            b = run.get("best_epoch")
+            if isinstance(b, int) and b >= 0:
+                ax2.axvline(b, color="grey", lw=0.6, ls=":")
+        ax2.set_xlabel("epoch", fontsize=8)
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax2.set_ylabel("distance of the lazy combination", fontsize=7)
+        ax2.tick_params(labelsize=7)
+        ax2.grid(alpha=0.3)
+        if np.isfinite(tl).any():
+            ax3 = ax2.twinx()
+            ax3.plot(ep, tl, color="C3", lw=1.2, ls="--", label="L_TLA (training loss term)")
+            ax3.set_ylabel("L_TLA", fontsize=7)
+            ax3.tick_params(labelsize=7)
+            ax3.legend(fontsize=6, loc="upper right")
+        ax2.legend(fontsize=6, loc="upper left")
+        ax2.set_title("distance of the lazy combination and L_TLA (dotted: selected epochs)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)

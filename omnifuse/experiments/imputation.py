@@ -30,7 +30,7 @@ from omnifuse.experiments.runner import (
     finish_study,
     freeze_params,
     method_params,
-    run_all,
+    run_study,
     study_context,
     study_record,
 )
@@ -182,16 +182,7 @@ def imputation(cache: Any, task: str | None = None, *, config: Any = None, **ove
     record = study_record("imputation", cache, ctx, cfg, method_params=params)
     write_config(out, record)
     spec = RunSpec(label="omnifuse", method="omnifuse", params=freeze_params(params), fold=fold)
-    stats = run_all(
-        ctx,
-        [spec],
-        out,
-        threads=cfg.threads,
-        progress=cfg.progress,
-        backend=cfg.backend,
-        scheduler=cfg.scheduler,
-        probe=functools.partial(ImputationProbe, max_rows=cfg.max_rows),
-    )
+    stats = run_study(ctx, [spec], cfg, probe=functools.partial(ImputationProbe, max_rows=cfg.max_rows))
     folder = stats.folders[spec]
     run = json.loads((folder / "run.json").read_text())
     recs = run["imputation"]
@@ -238,7 +229,7 @@ def imputation(cache: Any, task: str | None = None, *, config: Any = None, **ove
     return finish_study(
         "imputation",
         cfg,
-        config,
+        record,
         stats,
         t0,
         (

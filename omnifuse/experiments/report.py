@@ -1,6 +1,7 @@
 """Writing a study's results: ``config.json`` (resolved), ``results.csv`` (one summary row per method and
 cell), ``folds.csv`` (one row per fold and cell), ``results.json`` (all of it), ``results.md`` (Markdown
-tables) and the same tables printed with rich."""
+tables) and the same tables printed with rich; the number formats of every table, and the calibration table
+(:func:`calibration_section`) that compare's results and every report share."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
+from omnifuse.experiments.stats import pick_one
 from omnifuse.utils import json_safe
 
 
@@ -165,3 +169,75 @@ def write_study(result: ResultT, print_table: bool = True, title: str = "") -> R
     if print_table:
         result.print()
     return result
+
+
+# ------------------------------------------------------------------------------------- calibration
+def temperatures_cell(runs: list[list[float] | None] | None) -> str:
+    """Median temperature over a method's runs (and labels) with its range; "-" when no run recorded one."""
+    vals = [t for r in runs or [] if r for t in r]
+    if not vals:
+        return "-"
+    if min(vals) == max(vals):
+        return fnum(vals[0], 2)
+    return f"{fnum(float(np.median(vals)), 2)} [{fnum(min(vals), 2)}, {fnum(max(vals), 2)}]"
+
+
+def before_after(row: dict[str, Any], before: str, after: str) -> str:
+    """``"before → after"`` of two summary fields; the after value alone when the run has no before."""
+    b = row.get(before)
+    if b is None or (isinstance(b, float) and b != b):
+        return fnum(row.get(after))
+    return f"{fnum(b)} → {fnum(row.get(after))}"
+
+
+def calibration_section(
+    summary: list[dict[str, Any]], methods: Sequence[str], extra: dict[str, dict[str, Any]] | None = None
+) -> Section:
+    """Per method: its temperatures (median over folds and labels, [range]), then before → after temperature
+    scaling: Brier score and ECE (mean over folds), pooled Brier, ECE and AUROC (every test row of a repeat
+    scored together), beside the fold-mean AUROC. A method never scaled (every temperature 1: reference learners,
+    ``calibrate=false``) or without probabilities before calibration (runs stored before calibration existed)
+    shows one number."""
+    extra = extra or {}
+    rows = []
+    for m in methods:
+        r = pick_one(summary, method=m, group="overall", subset="as_is")
+        if r is None:
+            continue
+        temps = extra.get(m, {}).get("temperature")
+        scaled = any(t != 1.0 for run in temps or [] if run for t in run)
+
+        def cell(before: str, after: str, r: dict[str, Any] = r, scaled: bool = scaled) -> str:
+            return before_after(r, before, after) if scaled else fnum(r.get(after))
+
+        rows.append(
+            [
+                m,
+                temperatures_cell(temps),
+                cell("brier_uncalibrated_mean", "brier_mean"),
+                cell("ece_uncalibrated_mean", "ece_mean"),
+                cell("brier_pooled_uncalibrated", "brier_pooled"),
+                cell("ece_pooled_uncalibrated", "ece_pooled"),
+                fnum(r["auroc_mean"]),
+                cell("auroc_pooled_uncalibrated", "auroc_pooled"),
+            ]
+        )
+    return Section(
+        "Calibration: before → after temperature scaling (each fold's network on its inner validation split)",
+        [
+            "method",
+            "temperature",
+            "Brier",
+            "ECE",
+            "Brier pooled",
+            "ECE pooled",
+            "AUROC (fold mean)",
+            "AUROC pooled",
+        ],
+        rows,
+        "temperature: median over folds (and labels) [range]; T > 1 softens over-confident probabilities. Brier, ECE: "
+        "mean over folds; pooled: every out-of-fold prediction of a repeat scored together (fold models on "
+        "different probability scales lower the pooled AUROC below the fold mean; calibration brings them onto "
+        "one scale). Fold AUROC does not change with a temperature (binary, multilabel). Reference learners "
+        "keep T = 1 (no inner validation split).",
+    )

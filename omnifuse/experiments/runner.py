@@ -36,8 +36,10 @@ import numpy as np
 import torch
 
 from omnifuse.cache.reader import open_cache
+from omnifuse.cache.schema import task_inputs
 from omnifuse.experiments.config import CombinationStudyConfig, StudyConfig
 from omnifuse.experiments.report import ResultT, Section, StudyResult, write_study
+from omnifuse.experiments.shapley import SHAPLEY_FILE, attributable, run_attribution, save_run_attribution
 from omnifuse.fuse.config import TrainConfig, resolve_config
 from omnifuse.fuse.data import FuseData, load_fuse_data
 from omnifuse.fuse.fold import FoldPlan, FoldRun, data_fingerprint, fold_data, make_repeated_folds, run_fold, run_seed
@@ -170,7 +172,10 @@ def combinations_for(names: Sequence[str], which: str | Sequence[str] = "full+si
 class StudyContext:
     """What every run of a study shares. ``cache``: a path (workers load it themselves) or loaded data;
     ``folds[repeat][fold] = (train rows, test rows)`` (positions in the task's rows); ``cfg``: the resolved
-    training options; ``combos``: the combinations evaluated per run (presence tuples over ``modalities``)."""
+    training options; ``combos``: the combinations evaluated per run (presence tuples over ``modalities``);
+    ``attribution``: every fusion network's run also stores its test rows' Shapley values
+    (:mod:`omnifuse.experiments.shapley`); ``provenance``: what the cache's fingerprint records of its making
+    (dataset, adapter options, encoders; written to ``config.json``)."""
 
     cache: Any
     task: str
@@ -180,6 +185,8 @@ class StudyContext:
     combos: list[tuple[bool, ...]]
     seed: int = 0
     fingerprint: str | None = None  # the cache's fingerprint digest: finished runs are reused only for it
+    attribution: bool = False
+    provenance: dict[str, Any] | None = None
     _data: dict = field(default_factory=dict, repr=False)
 
     def data(self, modalities: Sequence[str] | None = None) -> FuseData:
@@ -213,11 +220,23 @@ def _load_base(cache: Any, task: str, modalities: list[str], cfg: TrainConfig) -
     if isinstance(cache, FuseData):
         return cache
     if isinstance(cache, (str, Path)):
-        key = (str(Path(cache).resolve()), task, tuple(modalities), cfg.device, cfg.allow_incomplete)
+        key = (
+            str(Path(cache).resolve()),
+            task,
+            tuple(modalities),
+            cfg.device,
+            cfg.allow_incomplete,
+            cfg.data_in_memory,
+        )
         if key not in _PROCESS_DATA:
             _PROCESS_DATA.clear()
             _PROCESS_DATA[key] = load_fuse_data(
-                cache, task, modalities, device=cfg.device, allow_incomplete=cfg.allow_incomplete
+                cache,
+                task,
+                modalities,
+                device=cfg.device,
+                allow_incomplete=cfg.allow_incomplete,
+                in_memory=cfg.data_in_memory,
             )
         return _PROCESS_DATA[key]
     return load_fuse_data(cache, task, modalities, device=cfg.device, allow_incomplete=cfg.allow_incomplete)
@@ -251,7 +270,7 @@ def build_context(
     if out is not None:
         ensure_writable(Path(out))
     if isinstance(cache, (str, Path)):
-        data = _load_base(cache, task, modalities or _cache_modalities(cache), cfg)
+        data = _load_base(cache, task, modalities or _cache_modalities(cache, task), cfg)
     else:
         data = load_fuse_data(cache, task, modalities, device=cfg.device, allow_incomplete=cfg.allow_incomplete)
     names = list(data.modalities)
@@ -271,11 +290,18 @@ def build_context(
         check_folds(Path(out), data, splits)
     fp = data_fingerprint(cache)
     ctx.fingerprint = None if fp is None else fp["digest"]
+    ctx.provenance = None if fp is None else {k: fp[k] for k in PROVENANCE_KEYS if k in fp}
     return ctx
 
 
-def _cache_modalities(cache: str | Path) -> list[str]:
-    return [m.name for m in open_cache(cache).spec.modalities]
+PROVENANCE_KEYS = ("schema", "dataset", "adapter_options", "modalities", "encoders_digest", "digest")
+"""The parts of the cache fingerprint a study records in ``config.json`` (``cache_provenance``)."""
+
+
+def _cache_modalities(cache: str | Path, task: str) -> list[str]:
+    """The cache's modalities for ``task`` when none are named (``cache.schema.task_inputs``: MIMIC's whole-stay
+    EHR for phenotyping only, the 48 h one for mortality)."""
+    return task_inputs(open_cache(cache).spec, task)
 
 
 def folds_json(data: FuseData, splits: list[list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, Any]:
@@ -326,7 +352,11 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
     overall probabilities before calibration) and ``temperature`` [C] (multiclass [1]; ones when not
     calibrated). A model that does not see a modality of a combination gives no ``combo<i>``. Runs stored
     before calibration existed have neither ``overall_raw`` nor ``temperature`` (:func:`load_run` reads them
-    as they are: no calibration information)."""
+    as they are: no calibration information).
+
+    With ``ctx.attribution`` a fusion network's run (not a reference learner) also writes ``shapley.npz``: its
+    test rows' Shapley values (:func:`omnifuse.experiments.shapley.run_attribution`), and ``run.json``'s
+    ``attribution`` (their cost; ``seconds`` and ``cpu_seconds`` stay those of training and prediction)."""
     t0, c0 = time.perf_counter(), time.process_time()
     base = fold_data(ctx.data(), spec.rate, spec.mode, ctx.seed, spec.repeat, spec.fold)
     names = list(spec.modalities) if spec.modalities else list(ctx.modalities)
@@ -355,6 +385,13 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
     }
     folder.mkdir(parents=True, exist_ok=True)
     save_arrays(folder / "predictions.npz", arrays)
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    attribution: dict[str, Any] = {}
+    if ctx.attribution and attributable(spec.method):
+        values, attribution = run_attribution(
+            run, data, ctx.cfg.eval_batch_size, seed=run_seed(ctx.seed, spec.repeat, spec.fold)
+        )
+        save_run_attribution(folder, values)
     rec = {
         "spec": spec.to_json(),
         "method_params": {**get_method(spec.method).defaults, **spec.method_params},
@@ -367,12 +404,13 @@ def execute_run(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFact
         "n_val": run.n_val,
         "n_test": int(len(test_rows)),
         "mask_digest": mask_digest(base.mask),
-        "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - c0,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "threads": torch.get_num_threads(),
         "history": run.history,
         "records": run.records,
         "combos": [combination_name(c, ctx.modalities) for c in ctx.combos],
+        **({"attribution": attribution} if attribution else {}),
         **(watcher.finish(run, data, folder) if watcher is not None else {}),
     }
     (folder / "run.json").write_text(json.dumps(json_safe(rec), indent=1))
@@ -408,6 +446,7 @@ class RunnerStats:
     trained: int = 0
     reused: int = 0
     stale: int = 0  # finished runs of this spec made from another cache (fingerprint): retrained
+    unattributed: int = 0  # finished runs without the Shapley values the study asks for: retrained
     seconds: float = 0.0
     folders: dict[RunSpec, Path] = field(default_factory=dict)
 
@@ -418,7 +457,9 @@ def _spec_fingerprint(ctx: StudyContext, spec: RunSpec, probe: ProbeFactory | No
             "spec": spec.to_json(),
             "probe": None if probe is None else str(probe),
             "train": {
-                k: v for k, v in ctx.cfg.to_json().items() if k not in ("progress", "device", "method", "method_params")
+                k: v
+                for k, v in ctx.cfg.to_json().items()
+                if k not in ("progress", "device", "data_in_memory", "method", "method_params")
             },
             "combos": [combination_name(c, ctx.modalities) for c in ctx.combos],
             "modalities": ctx.modalities,
@@ -441,6 +482,13 @@ def _finished(folder: Path) -> dict[str, Any] | None:
         return dict(json.loads((folder / "spec.json").read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError):
         return None
+
+
+def lacks_attribution(ctx: StudyContext, spec: RunSpec, folder: Path) -> bool:
+    """A finished run of a study asking for attribution (``ctx.attribution``) that a fusion network trained
+    without storing its Shapley values: they need the fold's model, which a study run does not keep, so the run
+    is trained again."""
+    return ctx.attribution and attributable(spec.method) and not (folder / SHAPLEY_FILE).exists()
 
 
 def _stale(ctx: StudyContext, spec: RunSpec, folder: Path, probe: ProbeFactory | None) -> bool:
@@ -779,7 +827,11 @@ def run_all(
     for s in specs:
         folder = Path(out) / "runs" / s.key
         stats.folders[s] = folder
-        if is_done(ctx, s, folder, probe):
+        finished = is_done(ctx, s, folder, probe)
+        if finished and lacks_attribution(ctx, s, folder):
+            stats.unattributed += 1
+            todo.append(s)
+        elif finished:
             stats.reused += 1
         else:
             stats.stale += _stale(ctx, s, folder, probe)
@@ -790,6 +842,13 @@ def run_all(
         log.warning(
             "%d finished run(s) in %s were made from another cache (its fingerprint changed): retraining them",
             stats.stale,
+            out,
+        )
+    if stats.unattributed:
+        log.warning(
+            "%d finished run(s) in %s were trained without attribution (Shapley values need the fold's model, "
+            "which a study run does not keep): retraining them",
+            stats.unattributed,
             out,
         )
     here = backend == "loky" and (n_jobs == 1 or len(todo) <= 1)
@@ -829,6 +888,25 @@ def run_all(
             bar.stop()
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def run_study(
+    ctx: StudyContext, specs: Sequence[RunSpec], cfg: StudyConfig, probe: ProbeFactory | None = None
+) -> RunnerStats:
+    """:func:`run_all` of a study's ``specs`` with the study configuration's runner options: into ``cfg.out``,
+    ``cfg.n_jobs`` runs at once with ``cfg.threads`` torch threads each, ``cfg.progress``, on ``cfg.backend``
+    (``cfg.scheduler`` for Dask); ``probe`` observes every run."""
+    return run_all(
+        ctx,
+        specs,
+        Path(cfg.out),
+        n_jobs=cfg.n_jobs,
+        threads=cfg.threads,
+        progress=cfg.progress,
+        probe=probe,
+        backend=cfg.backend,
+        scheduler=cfg.scheduler,
+    )
 
 
 def fold_specs(
@@ -880,6 +958,7 @@ def study_record(name: str, cache: Any, ctx: StudyContext, cfg: StudyConfig, **e
             "study": name,
             "cache": str(cache) if isinstance(cache, (str, Path)) else None,
             "cache_fingerprint": ctx.fingerprint,
+            "cache_provenance": ctx.provenance,
             "config": cfg.to_json(),
             "modalities": ctx.modalities,
             "combinations": [combination_name(c, ctx.modalities) for c in ctx.combos],

@@ -23,7 +23,7 @@ from omnifuse.experiments.runner import (
     StudyError,
     finish_study,
     fold_specs,
-    run_all,
+    run_study,
     study_context,
     study_record,
     test_train_ratio,
@@ -56,16 +56,7 @@ def sweep(
     record = study_record("sweep", cache, ctx, cfg)
     write_config(out, record)
     specs = [s for r in rates for s in fold_specs(ctx, methods, cfg.method_overrides, rate=r, mode=modality)]
-    stats = run_all(
-        ctx,
-        specs,
-        out,
-        n_jobs=cfg.n_jobs,
-        threads=cfg.threads,
-        progress=cfg.progress,
-        backend=cfg.backend,
-        scheduler=cfg.scheduler,
-    )
+    stats = run_study(ctx, specs, cfg)
     preds = collect.collect(ctx, stats.folders, specs, combos=False)
     data = ctx.data()
     summary, recs = summarize(
@@ -105,4 +96,4 @@ def sweep(
             out / "sweep_auprc.png", summary, methods, "auprc", title=f"AUPRC vs missing rate ({dropped})"
         ),
     ]
-    return finish_study("sweep", cfg, config, stats, t0, (summary, recs, sections, figs))
+    return finish_study("sweep", cfg, record, stats, t0, (summary, recs, sections, figs))

@@ -25,7 +25,7 @@ from omnifuse.experiments.runner import (
     fold_specs,
     freeze_params,
     method_params,
-    run_all,
+    run_study,
     study_context,
     study_record,
     test_train_ratio,
@@ -68,16 +68,7 @@ def unimodal(
         for r, rep in enumerate(ctx.folds)
         for k in range(len(rep))
     ]
-    stats = run_all(
-        ctx,
-        fused_specs + uni_specs,
-        out,
-        n_jobs=cfg.n_jobs,
-        threads=cfg.threads,
-        progress=cfg.progress,
-        backend=cfg.backend,
-        scheduler=cfg.scheduler,
-    )
+    stats = run_study(ctx, fused_specs + uni_specs, cfg)
     preds = collect.collect(ctx, stats.folders, fused_specs, partial=False)
     for s in uni_specs:
         # the unimodal model's own rows: test rows holding m (its "m alone" combination); renamed "unimodal"
@@ -156,4 +147,4 @@ def unimodal(
             hlines=hl,
         )
     ]
-    return finish_study("unimodal", cfg, config, stats, t0, (summary, recs, sections, figs), extra={"laziness": lazy})
+    return finish_study("unimodal", cfg, record, stats, t0, (summary, recs, sections, figs), extra={"laziness": lazy})

@@ -215,7 +215,10 @@ def training_stays(run_dir: str | Path, folds: list[int]) -> dict[int, np.ndarra
     k-fold run saved before that file existed, recovered from ``predictions.csv`` (fold ``k`` trained on the
     test rows of every other fold, since the folds partition the labelled rows); None when neither tells (a
     run on a stored split or a single hold-out, saved before the file): nothing can be matched then. A file
-    that is not a 1-D integer array is a :class:`CheckpointError` naming it."""
+    that is there but damaged (empty, truncated, not ``.npy``, not a 1-D integer array) is a
+    :class:`CheckpointError` naming it, never a fallback: a damaged record of the training stays could
+    otherwise let a fold model score stays it trained on. (When only some folds have the file, it is read as a
+    run saved before it: ``predictions.csv``.)"""
     run_dir = Path(run_dir)
     files = {k: run_dir / f"fold{k}" / TRAIN_STAYS for k in folds}
     if all(p.exists() for p in files.values()):
@@ -223,8 +226,13 @@ def training_stays(run_dir: str | Path, folds: list[int]) -> dict[int, np.ndarra
         for k, p in files.items():
             try:
                 ids = np.load(p, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"{p} is not a .npy array of stay ids ({type(e).__name__})") from e
+            except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or truncated header
+                raise CheckpointError(
+                    f"{p} is not a .npy array of stay ids ({type(e).__name__}: {str(e)[:80]}); the file is damaged: "
+                    "restore it, or remove every fold's train_stays.npy to fall back on predictions.csv"
+                ) from e
+            if not isinstance(ids, np.ndarray):  # an .npz archive under the .npy name
+                raise CheckpointError(f"{p} is not a .npy array of stay ids (an .npz archive)")
             if ids.ndim != 1 or ids.dtype.kind not in "iu":
                 raise CheckpointError(f"{p} must hold a 1-D array of integer stay ids, got {ids.dtype} {ids.shape}")
             out[k] = ids.astype(np.int64)

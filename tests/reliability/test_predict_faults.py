@@ -106,3 +106,27 @@ def test_a_cache_without_labels_is_scored(run, tmp_path):
     res = predict(src, cd, tmp_path / "s.csv")
     assert res["score"].shape == (40, 1) and np.isfinite(res["score"]).all()
     assert (tmp_path / "s.csv").read_text().splitlines()[0].startswith("stay_id,score")
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "npz"])
+def test_a_damaged_train_stays_file_is_named_and_never_a_fallback(run, tmp_path, damage):
+    """A damaged record of a fold's training stays stops predict with one line naming the file (a silent fallback
+    to predictions.csv or to "new stays" could score a stay with a model that trained on it)."""
+    src, cache = run
+    dst = _copy_run(src, tmp_path)
+    p = dst / "fold1" / "train_stays.npy"
+    data = p.read_bytes()
+    if damage == "empty":
+        p.write_bytes(b"")
+    elif damage == "truncated":
+        p.write_bytes(data[: len(data) - 16])
+    elif damage == "garbage":
+        p.write_bytes(b"\x93NUMPY garbage" * 10)
+    else:
+        with open(p, "wb") as f:
+            np.savez(f, ids=np.arange(3))
+    _error(
+        ["predict", "-r", str(dst), "-c", str(cache), "-o", str(tmp_path / "s.csv"), "--no-shap"],
+        f"{p} is not a .npy array of stay ids",
+    )
+    assert not (tmp_path / "s.csv").exists()
