@@ -7,6 +7,9 @@ losses ``models/drfuse_trainer.py`` (``JSD``, ``DrFuseTrainer._disentangle_loss_
 ``_compute_prediction_losses``, ``_compute_and_log_loss``) and the defaults ``main.py``. Their model has two
 modalities (EHR, always present; CXR, sometimes missing); ours has M slots behind the shared backbone.
 
+Equation numbers: none. The paper's text could not be read here (``docs/methods.md``, "Equation numbers"), so
+the parts carry the paper's names and their code's definitions, and no equation number is cited.
+
 Architecture (shapes: B rows, M modalities, d the backbone's width, C outputs):
 
 - the shared backbone (:class:`~omnifuse.fuse.encoders.EncoderBank`) gives ``v_m`` [B, d] (their feature stems
@@ -52,7 +55,6 @@ Defaults: :data:`DEFAULTS`.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -164,15 +166,16 @@ def attention_rank_loss(attn: torch.Tensor, token_loss: torch.Tensor, rows: torc
     positive terms (their ``loss_attn.sum() / max(1e-6, loss_attn[loss_attn > 0].numel())``); the mean over the
     T (T - 1) / 2 pairs (their ``(loss_attn1 + loss_attn2 + loss_attn3) / 3``)."""
     token_loss = token_loss.detach()
-    terms = []
-    for a, b in itertools.combinations(range(attn.shape[-1]), 2):
-        r = torch.where(token_loss[..., a] < token_loss[..., b], 1.0, -1.0).to(attn.dtype)
-        both = (rows[:, a] & rows[:, b]).to(attn.dtype).unsqueeze(1)  # [B, 1]
-        lossab = both * F.margin_ranking_loss(attn[..., a], attn[..., b], r, margin=0.0, reduction="none")
-        terms.append(lossab.sum() / (lossab > 0).sum().clamp(min=1).to(attn.dtype))
-    if not terms:
+    t = attn.shape[-1]
+    if t < 2:
         return attn.sum() * 0.0
-    return torch.stack(terms).mean()
+    # every pair (a, b), a < b, at once, in the order of itertools.combinations: [B, C, P] with P = T (T - 1) / 2
+    ia, ib = torch.triu_indices(t, t, offset=1, device=attn.device)
+    r = torch.where(token_loss[..., ia] < token_loss[..., ib], 1.0, -1.0).to(attn.dtype)
+    both = (rows[:, ia] & rows[:, ib]).to(attn.dtype).unsqueeze(1)  # [B, 1, P]
+    loss = both * F.margin_ranking_loss(attn[..., ia], attn[..., ib], r, margin=0.0, reduction="none")
+    per_pair = loss.sum((0, 1)) / (loss > 0).sum((0, 1)).clamp(min=1).to(attn.dtype)  # [P]
+    return per_pair.mean()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -238,7 +241,9 @@ class DrFuse(FusionMethod):
         b, m, c, d = mask.shape[0], self.info.num_modalities, self.info.num_outputs, self.d
         E = self.enc(batch)
         E = torch.where(mask.unsqueeze(-1), E, torch.zeros_like(E))  # a missing slot is never read
-        s = torch.stack([self.shared_project(self.shared_branch[j](E[:, j])) for j in range(m)], dim=1)
+        # the branches in the same order as one loop per modality would call them (the same dropout draws); the
+        # common projection once on [B, M, d]
+        s = self.shared_project(torch.stack([self.shared_branch[j](E[:, j]) for j in range(m)], dim=1))
         t = torch.stack([self.distinct_branch[j](E[:, j]) for j in range(m)], dim=1)
         pooled = logit_pool(s, mask)  # [B, d]
         shared_logits = self.shared_head(pooled)
@@ -284,9 +289,12 @@ class DrFuse(FusionMethod):
         jsd = jsd_loss(ex["shared"], mask, self.jsd_form)
         ortho = distinct_loss(ex["shared"], ex["distinct"], mask)
         token_logits = torch.cat([dl, ex["shared_logits"].unsqueeze(1)], dim=1)  # [B, M+1, C]
-        tl = torch.stack(
-            [per_class_loss(token_logits[:, j], y, kind) for j in range(token_logits.shape[1])], dim=-1
-        )  # [B, C, M+1]
+        b, t, c = token_logits.shape
+        tl = (
+            per_class_loss(token_logits.reshape(b * t, c), y.repeat_interleave(t, dim=0), kind)
+            .view(b, t, c)
+            .transpose(1, 2)
+        )  # [B, C, M+1]: each token's own head's per-class loss (elementwise, so one call for all tokens)
         rankable = ex["available"] & ym.to(torch.bool).unsqueeze(1)
         rank = attention_rank_loss(ex["attention"], tl, rankable)
         total = (

@@ -1,7 +1,10 @@
 """Flex-MoE (Yun, Choi, Peng, Wu, Bao, Zhang, Xin, Long, Chen, "Flex-MoE: modeling arbitrary modality
 combination via the flexible mixture-of-experts", NeurIPS 2024), for any number of modalities, on the shared
 backbone. The authors' code is github UNITES-Lab/flex-moe (``models.py``, ``moe_module.py``, ``main.py``,
-``data.py``); the facts below are read from it, the code is ours.
+``data.py``); the facts below are read from it, the code is ours. Equation numbers: none. The paper's text
+could not be read here (``docs/methods.md``, "Equation numbers"); its parts are cited by the panels of its
+Fig. 3 (the figure's caption as quoted on liner.com's review page; the figure is ``assets/Model.png`` in their
+repository), the definitions are their code's.
 
 Notation: B rows, M modalities, d the backbone width, E experts, k the experts each token is routed to,
 ``C = 2^M`` modality combinations (the empty one included).
@@ -21,8 +24,8 @@ Notation: B rows, M modalities, d the backbone width, E experts, k the experts e
   and every second one after (their ``mlp_sparse`` alternation); the M tokens are concatenated ([B, M d]) for a
   linear head (their ``MLP`` with ``num_layers_pred=1``).
 - **Experts and router** (their ``moe_module.FMoETransformerMLP``, ``AddtionalNoisyGate``; FastMoE's
-  ``NoisyGate``, i.e. the noisy top-k gating of Shazeer et al., "Outrageously large neural networks", ICLR 2017,
-  eqs. 3-5): expert e is Linear(d, hidden_times d), GELU, Linear(hidden_times d, d);
+  ``NoisyGate``, i.e. the noisy top-k gating of Shazeer et al., "Outrageously large neural networks", ICLR 2017;
+  its equation numbers were not read here): expert e is Linear(d, hidden_times d), GELU, Linear(hidden_times d, d);
   clean logits ``h W_g`` [T, E], noise standard deviation ``softplus(h W_n) + 0.01`` (training only), noisy
   logits ``H = h W_g + eps * std``; the k largest H are softmax-normalised into the gates, the token's output is
   ``sum_j gate_j expert_{e_j}(h)``.
@@ -32,7 +35,7 @@ Notation: B rows, M modalities, d the backbone width, E experts, k the experts e
   - S-Router: rows whose combination is not the full one push their router logits towards the expert of their
     combination, ``CE(H_t, c_b)`` over the tokens of those rows (the top-1 gate specialised per combination);
   - G-Router: load balancing, ``cv^2(importance) + cv^2(load)`` with ``importance_e = sum_t gate_te``,
-    ``load_e = sum_t P(e in top-k of t)`` (Shazeer et al.'s eqs. 6-10, the smooth load estimator when
+    ``load_e = sum_t P(e in top-k of t)`` (Shazeer et al.'s smooth load estimator when
     k < E in training, else the count of tokens routed to e), ``cv^2(x) = var(x) / (mean(x)^2 + 1e-10)`` with
     the unbiased variance; over the full-combination tokens on all experts plus over the other tokens on
     experts 1..E-1 (expert 0 is the full combination's); over all tokens when every row is full.
@@ -120,8 +123,9 @@ def cv_squared(x: torch.Tensor) -> torch.Tensor:
 
 def prob_in_top_k(clean: torch.Tensor, noisy: torch.Tensor, std: torch.Tensor, k: int) -> torch.Tensor:
     """[T, E]: the probability that expert e is in token t's top k when only its own noise is redrawn
-    (Shazeer et al. 2017, eq. 9): ``Phi((clean - threshold) / std)``, the threshold being the k-th largest of
-    the other noisy logits (the (k+1)-th largest noisy logit when e is in the top k, else the k-th)."""
+    (Shazeer et al. 2017's smooth estimator; its equation number not read here):
+    ``Phi((clean - threshold) / std)``, the threshold being the k-th largest of the other noisy logits (the
+    (k+1)-th largest noisy logit when e is in the top k, else the k-th)."""
     top = noisy.topk(k + 1, dim=1).values  # [T, k+1]
     thr_in = top[:, k : k + 1]  # (k+1)-th largest
     thr_out = top[:, k - 1 : k]  # k-th largest

@@ -4,12 +4,16 @@ backbone. The authors' code is github konst-int-i/healnet (``healnet/models/heal
 ``Attention``, ``FeedForward``, ``PreNorm``; ``healnet/utils/train_utils.py``: ``calc_reg_loss``;
 ``config/best_hyperparams.yml``); the facts below are read from it, the code is ours.
 
+Equation numbers: only eq. 3 (the hybrid early-fusion layer) could be read, in the caption of the paper's
+Fig. 1; the rest of the paper's text could not be read here (``docs/methods.md``, "Equation numbers").
+
 Notation: B rows, M modalities, d the backbone width, L latent channels of width ``latent_dim``, T context
 tokens per modality.
 
 - **Shared latent array** ``S`` [L, latent_dim] (their ``latents``, N(0, 1)), repeated per row: the fused state
   every modality writes into (the paper's Fig. 1A).
-- **Hybrid early-fusion layer** (Fig. 1B and Eq. 3 of the paper): for each of ``depth`` layers and each
+- **Hybrid early-fusion layer** (eq. 3, read in the caption of the paper's Fig. 1, which their repository
+  reproduces as ``assets/healnet_overview_caption.png``; Fig. 1B): for each of ``depth`` layers and each
   modality m in order, a modality-specific pre-norm cross-attention of the latents on the modality's context
   tokens, then a pre-norm feed-forward, both residual: ``S <- S + A_m(LN(S), LN(c_m))``, ``S <- S + FF_m(LN(S))``
   (their ``HealNet.forward``). ``A_m`` is their ``Attention``: queries from S, keys and values from the
@@ -35,6 +39,9 @@ embedding is the single context token, as HEALNet treats a tabular modality (the
 maps ``v_m`` with a learned per-modality Linear(d, T d) to T context tokens (more capacity, documented).
 Their Fourier position encoding of the context is not used: one token has no position (and a learned
 tokeniser needs none).
+
+Computation (the same numbers, tested): a modality's update is computed on the rows holding it only, its dropout
+masks drawn for the whole batch (:class:`FusionLayer`), so the random draws are those of updating every row.
 
 Defaults follow their tuned configurations (``config/best_hyperparams.yml``: ``depth=2``,
 ``cross_heads=1``, ``self_per_cross_attn=0``, ``snn=True``), smaller for speed: ``latents=8`` (theirs
@@ -80,6 +87,16 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _dropout_rows(drop: nn.Module, shape: tuple[int, ...], rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The multiplier ``drop`` applies to a tensor of ``shape`` (its scaled Bernoulli mask in training, ones in
+    evaluation), at ``rows`` [R] of its first dimension: ``drop(ones)`` draws exactly the mask ``drop(x)`` would
+    for an ``x`` of that shape (``x * drop(ones) == drop(x)``), so computing on the rows alone keeps the random
+    draws of computing on all of them."""
+    if not drop.training:
+        return torch.ones((), dtype=like.dtype, device=like.device)
+    return drop(torch.ones(shape, dtype=like.dtype, device=like.device))[rows]
+
+
 class GatedFeedForward(nn.Module):
     """Their ``FeedForward``: ``Linear(w, 2 r w)``, split into (x, gate), ``x * act(gate)`` with SELU
     (``snn=True``, self-normalising) or GELU, ``Linear(r w, w)``, dropout. [..., w] -> [..., w]."""
@@ -91,10 +108,15 @@ class GatedFeedForward(nn.Module):
         self.out = nn.Linear(width * mult, width)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None, total: int | None = None) -> torch.Tensor:
+        """``rows`` [R] (with ``total``): ``x`` holds only these rows of a ``total``-row batch; the dropout mask is
+        drawn for the whole batch (the same random draws as on all rows) and its ``rows`` applied."""
         h, gate = self.inp(x).chunk(2, dim=-1)
         h = h * (F.selu(gate) if self.snn else F.gelu(gate))
-        return self.drop(self.out(h))
+        out = self.out(h)
+        if rows is None or total is None:
+            return self.drop(out)
+        return out * _dropout_rows(self.drop, (total, *out.shape[1:]), rows, out)
 
 
 class LatentAttention(nn.Module):
@@ -116,7 +138,8 @@ class LatentAttention(nn.Module):
     ) -> None:
         super().__init__()
         inner = heads * dim_head
-        self.heads, self.scale, self.temperature = heads, dim_head**-0.5, float(temperature)
+        self.heads, self.dim_head = heads, dim_head
+        self.scale, self.temperature = dim_head**-0.5, float(temperature)
         # one context token (``single``): the weights are 1 whatever the queries, so no query side is built
         self.single = single and context is not None
         self.norm: nn.Module | None = None if self.single else nn.LayerNorm(width)
@@ -126,29 +149,49 @@ class LatentAttention(nn.Module):
         self.to_out = nn.Linear(inner, width)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+        total: int | None = None,
+    ) -> torch.Tensor:
+        """Latents ``x`` [B, L, w], ``context`` [B, T, c] (None: self-attention) -> [B, L, w]. ``rows`` [R] (with
+        ``total``): ``x`` and ``context`` hold only these rows of a ``total``-row batch; the attention dropout's
+        mask is drawn for the whole batch (the same random draws as on all rows)."""
         b, n, _ = x.shape
+        full = (total, self.heads, n) if rows is not None and total is not None else None
         if self.single:
             assert context is not None and self.norm_context is not None and context.shape[1] == 1
             v = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)[1]  # [B, 1, H dh]
-            v = v.view(b, 1, self.heads, -1).transpose(1, 2)  # [B, H, 1, dh]
-            w = self.drop(torch.ones(b, self.heads, n, 1, dtype=v.dtype, device=v.device))
-            out = (w * v).transpose(1, 2).reshape(b, n, -1)
+            v = v.view(b, 1, self.heads, self.dim_head).transpose(1, 2)  # [B, H, 1, dh]
+            if full is None:
+                w = self.drop(torch.ones(b, self.heads, n, 1, dtype=v.dtype, device=v.device))
+            else:
+                assert rows is not None
+                w = _dropout_rows(self.drop, (*full, 1), rows, v).expand(b, self.heads, n, 1)
+            out = (w * v).transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
             return F.leaky_relu(self.to_out(out), negative_slope=0.01)
         assert self.norm is not None and self.to_q is not None
         h = self.norm(x)
         ctx = h if context is None or self.norm_context is None else self.norm_context(context)
-        q = self.to_q(h).view(b, n, self.heads, -1).transpose(1, 2)  # [B, H, L, dh]
+        q = self.to_q(h).view(b, n, self.heads, self.dim_head).transpose(1, 2)  # [B, H, L, dh]
         k, v = self.to_kv(ctx).chunk(2, dim=-1)
-        k = k.view(b, ctx.shape[1], self.heads, -1).transpose(1, 2)  # [B, H, T, dh]
-        v = v.view(b, ctx.shape[1], self.heads, -1).transpose(1, 2)
+        k = k.view(b, ctx.shape[1], self.heads, self.dim_head).transpose(1, 2)  # [B, H, T, dh]
+        v = v.view(b, ctx.shape[1], self.heads, self.dim_head).transpose(1, 2)
         attn = torch.softmax((q @ k.transpose(-1, -2)) * self.scale / self.temperature, dim=-1)
-        out = (self.drop(attn) @ v).transpose(1, 2).reshape(b, n, -1)
+        if full is None:
+            attn = self.drop(attn)
+        else:
+            assert rows is not None
+            attn = attn * _dropout_rows(self.drop, (*full, ctx.shape[1]), rows, attn)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
         return F.leaky_relu(self.to_out(out), negative_slope=0.01)
 
 
 class FusionLayer(nn.Module):
-    """One hybrid early-fusion layer (Eq. 3, Fig. 1B): per modality m in order, ``S <- S + A_m(S, c_m)`` then
+    """One hybrid early-fusion layer (eq. 3, read in the caption of the paper's Fig. 1; Fig. 1B): per modality m
+    in order, ``S <- S + A_m(S, c_m)`` then
     ``S <- S + FF_m(LN(S))`` on the rows holding m (the others keep S), each followed by
     ``self_per_cross_attn`` latent self-attention blocks on every row (their ``HealNet.forward`` loop)."""
 
@@ -189,12 +232,20 @@ class FusionLayer(nn.Module):
         self.self_ff = nn.ModuleList([ff() for _ in range(self_per_cross_attn)])
 
     def forward(self, x: torch.Tensor, contexts: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        """Latents [B, L, w], context tokens per modality [B, T, c], presence [B, M] -> [B, L, w]."""
-        here = mask.view(mask.shape[0], mask.shape[1], 1, 1)
+        """Latents [B, L, w], context tokens per modality [B, T, c], presence [B, M] -> [B, L, w].
+
+        Modality m's update is computed on the rows holding m only (the other rows' update would be discarded);
+        its dropout masks are drawn for the whole batch, so the random draws, and hence the numbers, are those of
+        computing it on every row and keeping it where m is present."""
+        b = x.shape[0]
         for j, (ctx, att, ff) in enumerate(zip(contexts, self.cross, self.cross_ff, strict=True)):
-            upd = x + att(x, ctx)
-            upd = upd + ff(upd)
-            x = torch.where(here[:, j], upd, x)
+            idx = mask[:, j].nonzero(as_tuple=True)[0]  # [R] the rows holding m
+            xs = x[idx]
+            upd = xs + att(xs, ctx[idx], rows=idx, total=b)
+            assert isinstance(ff, nn.Sequential)
+            norm, gated = ff[0], ff[1]
+            upd = upd + gated(norm(upd), rows=idx, total=b)
+            x = x.index_put((idx,), upd)
             for self_att, self_ff in zip(self.self_attn, self.self_ff, strict=True):
                 x = x + self_att(x)
                 x = x + self_ff(x)

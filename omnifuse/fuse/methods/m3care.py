@@ -7,6 +7,9 @@ The authors' code is github choczhang/M3Care, the notebooks ``OV/M3Care.ipynb`` 
 training loop with ``model_loss = BCE_Loss + sum_of_diff * 1e-8``). Their model has six clinical modalities
 behind modality-specific encoders; ours has M slots behind the shared backbone.
 
+Equation numbers: none. The paper's text could not be read here (``docs/methods.md``, "Equation numbers"), so
+the parts carry the paper's names and their code's definitions, and no equation number is cited.
+
 Per modality m (B rows, d the backbone's width; ``v_m`` [B, d] the encoder outputs, a missing slot zero):
 
 1. **patient similarity** (their ``guassian_kernel`` on ``self.bn(self.simiProj[m](h))`` and on
@@ -45,6 +48,10 @@ Our choices (each stated in ``docs/methods.md``):
   bandwidth in evaluation is the bank's;
 - one transformer stack of ``layers`` layers (theirs two single-layer encoders, the second after adding their
   always-present "values" token); the transformer reads every slot, since a missing one holds its imputation.
+
+Computation (the same numbers, tested): in training the M modalities run as batched products over [M, N, N]
+(:meth:`M3Care._graph`, :meth:`M3Care.impute`); in evaluation the bank-and-batch graph is built by blocks
+(:meth:`M3Care._bank_graph`), never as the (bank + B)^2 matrix.
 
 Defaults: :data:`DEFAULTS`.
 """
@@ -111,13 +118,29 @@ def gaussian_kernel(dist: torch.Tensor, bandwidth: torch.Tensor, kernels: int = 
     return out / kernels
 
 
-def combine_similarity(kernels: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+def block_sq_dists(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The blocks of :func:`sq_dists` of ``x`` [N, d] that evaluation needs, the first ``k`` rows being the bank
+    and the other ``b = N - k`` the batch: bank-bank [k, k], batch-bank [b, k] and each batch row's distance to
+    itself [b] (the same formula, so 0 up to rounding)."""
+    sq = x.pow(2).sum(1)
+    xk, xq, sk, sq_q = x[:k], x[k:], sq[:k], sq[k:]
+    kk = (sk.unsqueeze(1) + sk.unsqueeze(0) - 2 * xk @ xk.T).clamp(min=0)
+    qk = (sq_q.unsqueeze(1) + sk.unsqueeze(0) - 2 * xq @ xk.T).clamp(min=0)
+    qq = (sq_q + sq_q - 2 * (xq * xq).sum(1)).clamp(min=0)
+    return kk, qk, qq
+
+
+def combine_similarity(
+    kernels: list[torch.Tensor], present: torch.Tensor, cols: torch.Tensor | None = None
+) -> torch.Tensor:
     """The patient similarity [N, N]: the mean over the modalities both patients hold of the per-modality
-    kernels ``kernels[m]`` [N, N] (``present`` [N, M]); 0 for two patients without a common modality."""
+    kernels ``kernels[m]`` [N, N] (``present`` [N, M]); 0 for two patients without a common modality. With
+    ``cols`` [N', M] the kernels are [N, N'] between the rows ``present`` and the columns ``cols``."""
+    cols = present if cols is None else cols
     num = torch.zeros_like(kernels[0])
     den = torch.zeros_like(kernels[0])
     for j, k in enumerate(kernels):
-        both = (present[:, j : j + 1] & present[:, j].unsqueeze(0)).to(k.dtype)
+        both = (present[:, j : j + 1] & cols[:, j].unsqueeze(0)).to(k.dtype)
         num = num + k * both
         den = den + both
     return num / den.clamp(min=1)
@@ -232,42 +255,122 @@ class M3Care(FusionMethod):
         self.fill_bank(batches)
 
     # --- imputation ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _stacked(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weights [M, in, out] (transposed) and biases [M, 1, out] of M ``nn.Linear`` layers, for one
+        batched product ``baddbmm(b, x [M, N, in], W)`` equal to applying each layer to its own slice."""
+        w = torch.stack([lin.weight for lin in linears]).transpose(1, 2)
+        return w, torch.stack([lin.bias for lin in linears]).unsqueeze(1)
+
     def _graph(
         self, H: torch.Tensor, present: torch.Tensor, allowed: torch.Tensor, bw_rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The filtered similarity [N, N] of the nodes ``H`` [N, M, d] (presence [N, M]); ``allowed`` [N, N] the
         edges that may exist; ``bw_rows`` [N] the nodes whose pairs set the bandwidth. Also returns the
-        stabilisation term (norm differences of the present nodes)."""
-        kernels = []
-        stab = H.sum() * 0.0
+        stabilisation term (norm differences of the present nodes).
+
+        All M modalities at once ([M, N, N] kernels, the projections as batched products); per modality the
+        same numbers as :func:`sq_dists`, :func:`mean_pair_distance`, :func:`gaussian_kernel` and
+        :func:`combine_similarity` (tested against that loop)."""
+        m, n = self.info.num_modalities, H.shape[0]
         fallback = 2.0 * self.d  # the expected squared distance of two independent normalised vectors
-        for j in range(self.info.num_modalities):
+        X = H.transpose(0, 1)  # [M, N, d]
+        proj = X
+        proj_layers = [seq for seq in self.sim_proj if isinstance(seq, nn.Sequential)]
+        for i in (0, 2, 4):  # the sim_proj stacks: Linear, SELU, Linear, SELU, Linear
+            w, b = self._stacked([proj_layers[j][i] for j in range(m)])
+            proj = torch.baddbmm(b, proj, w)
+            proj = F.selu(proj) if i < 4 else proj
+        stab = H.sum() * 0.0
+        for j in range(m):
             here = present[:, j]
-            proj = self.sim_proj[j](H[:, j])
             if bool(here.any()):
-                stab = stab + (proj[here].norm() - H[here, j].norm()).abs()
-            dp, dr = sq_dists(self.norm(proj)), sq_dists(self.norm(H[:, j]))
-            valid = (here & bw_rows).unsqueeze(1) & (here & bw_rows).unsqueeze(0)
-            kp = gaussian_kernel(dp, mean_pair_distance(dp, valid, fallback), self.kernels, self.kernel_mul)
-            kr = gaussian_kernel(dr, mean_pair_distance(dr, valid, fallback), self.kernels, self.kernel_mul)
-            mix = torch.sigmoid(self.eps[j])
-            kernels.append((1 - mix) * kp + mix * kr)
-        sim = combine_similarity(kernels, present) * allowed.to(H.dtype)
-        return filter_similarity(sim, self.threshold), stab
+                stab = stab + (proj[j][here].norm() - H[here, j].norm()).abs()
+        here = present.T  # [M, N]
+        hb = here & bw_rows.unsqueeze(0)
+        off = hb.unsqueeze(2) & hb.unsqueeze(1) & ~torch.eye(n, dtype=torch.bool, device=H.device)
+        count = off.sum((1, 2))  # [M] the pairs setting each modality's bandwidth
+        mix = torch.sigmoid(self.eps).view(m, 1, 1)
+        kern = []
+        for x in (self.norm(proj), self.norm(X)):
+            sq = x.pow(2).sum(-1)  # [M, N]
+            dist = (sq.unsqueeze(2) + sq.unsqueeze(1) - 2 * x @ x.transpose(1, 2)).clamp(min=0)  # [M, N, N]
+            mean = (dist.detach() * off.to(dist.dtype)).sum((1, 2)) / count.clamp(min=1).to(dist.dtype)
+            bw = torch.where(count > 0, mean, torch.full_like(mean, fallback)).view(m, 1, 1)
+            kern.append(gaussian_kernel(dist, bw, self.kernels, self.kernel_mul))
+        K = (1 - mix) * kern[0] + mix * kern[1]  # [M, N, N]
+        both = (here.unsqueeze(2) & here.unsqueeze(1)).to(K.dtype)
+        sim = (K * both).sum(0) / both.sum(0).clamp(min=1)
+        return filter_similarity(sim * allowed.to(H.dtype), self.threshold), stab
 
     def impute(self, H: torch.Tensor, present: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
         """``h~`` [N, M, d]: per modality, the GCN over the neighbours holding it (weights
-        :func:`neighbour_graph`), from the nodes' embeddings ``H`` [N, M, d] (zero where missing)."""
+        :func:`neighbour_graph`), from the nodes' embeddings ``H`` [N, M, d] (zero where missing); all
+        modalities at once (batched products with each modality's own GCN weights)."""
+        m = self.info.num_modalities
+        a = sim.unsqueeze(0) * present.T.to(sim.dtype).unsqueeze(1)  # [M, N, N]: neighbours holding m
+        a = a / a.sum(2, keepdim=True).clamp(min=1e-12)
+        x = H.transpose(0, 1)  # [M, N, d]
+        gcn = [layers for layers in self.gcn if isinstance(layers, nn.ModuleList)]
+        for i in range(len(gcn[0])):
+            w, b = self._stacked([gcn[j][i] for j in range(m)])
+            x = F.selu(torch.baddbmm(b, torch.bmm(a, x), w))
+        return x.transpose(0, 1)
+
+    def _bank_graph(self, H: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Evaluation: the batch ``H`` [B, M, d] (presence ``mask`` [B, M]) imputed from the bank. Returns (each
+        row's filtered similarity to the bank then the batch [B, bank + B], ``h~`` [B, M, d], the stabilisation
+        term).
+
+        The same numbers as :meth:`_graph` then :meth:`impute` on the graph of the bank and the batch (every node
+        sees the bank, a batch row also itself, no other batch row; the bandwidth from the bank's pairs), computed
+        by blocks: bank-bank [k, k], batch-bank [B, k] and the batch rows' own entries [B]. The batch-batch block
+        is zero off its diagonal and the bank never sees the batch, so the (k + B)^2 graph is not built and only
+        the batch rows' imputations are computed (the bank rows' GCN states up to the last layer)."""
+        k = self.bank_size
+        nodes = torch.cat([self.bank_h.to(H.dtype), H], dim=0)
+        present = torch.cat([self.bank_mask, mask], dim=0)
+        bank_present, fallback = self.bank_mask, 2.0 * self.d
+        stab = nodes.sum() * 0.0
+        kk, qk, qq = [], [], []
+        for j in range(self.info.num_modalities):
+            here = present[:, j]
+            proj = self.sim_proj[j](nodes[:, j])
+            if bool(here.any()):
+                stab = stab + (proj[here].norm() - nodes[here, j].norm()).abs()
+            valid = bank_present[:, j].unsqueeze(1) & bank_present[:, j].unsqueeze(0)
+            blocks = []
+            for x in (self.norm(proj), self.norm(nodes[:, j])):
+                d_kk, d_qk, d_qq = block_sq_dists(x, k)
+                bw = mean_pair_distance(d_kk, valid, fallback)
+                blocks.append([gaussian_kernel(dd, bw, self.kernels, self.kernel_mul) for dd in (d_kk, d_qk, d_qq)])
+            mix = torch.sigmoid(self.eps[j])
+            kk.append((1 - mix) * blocks[0][0] + mix * blocks[1][0])
+            qk.append((1 - mix) * blocks[0][1] + mix * blocks[1][1])
+            qq.append((1 - mix) * blocks[0][2] + mix * blocks[1][2])
+        s_kk = filter_similarity(combine_similarity(kk, bank_present), self.threshold)
+        s_qk = filter_similarity(combine_similarity(qk, mask, bank_present), self.threshold)
+        own = mask.to(H.dtype)  # a batch row with itself: the modalities it holds
+        num = sum((q * own[:, j] for j, q in enumerate(qq)), start=torch.zeros_like(qq[0]))
+        s_qq = filter_similarity(num / own.sum(1).clamp(min=1), self.threshold)  # [B]
         out = []
         for j in range(self.info.num_modalities):
-            a = neighbour_graph(sim, present[:, j])
-            x = H[:, j]
+            a_kk = neighbour_graph(s_kk, bank_present[:, j])
+            a_qk = s_qk * bank_present[:, j].to(H.dtype).unsqueeze(0)
+            a_qq = s_qq * own[:, j]
+            norm = (a_qk.sum(1) + a_qq).clamp(min=1e-12)
+            a_qk, a_qq = a_qk / norm.unsqueeze(1), a_qq / norm
+            x_k, x_q = nodes[:k, j], H[:, j]
             layers = self.gcn[j]
             assert isinstance(layers, nn.ModuleList)
-            for lin in layers:
-                x = F.selu(lin(a @ x))
-            out.append(x)
-        return torch.stack(out, dim=1)
+            for i, lin in enumerate(layers):
+                new_q = F.selu(lin(a_qk @ x_k + a_qq.unsqueeze(1) * x_q))
+                if i < len(layers) - 1:
+                    x_k = F.selu(lin(a_kk @ x_k))
+                x_q = new_q
+            out.append(x_q)
+        sim = torch.cat([s_qk, torch.diag_embed(s_qq)], dim=1)
+        return sim, torch.stack(out, dim=1), stab
 
     def forward(self, batch: Batch) -> MethodOutput:
         check_batch(self.info, batch)
@@ -276,22 +379,12 @@ class M3Care(FusionMethod):
         E = self.enc(batch)
         H = torch.where(mask.unsqueeze(-1), E, torch.zeros_like(E))  # a missing slot is never read
         if self.training:  # neighbours: the batch (theirs)
-            nodes, present = H, mask
             allowed = torch.ones(b, b, dtype=torch.bool, device=mask.device)
             bw_rows = torch.ones(b, dtype=torch.bool, device=mask.device)
-            first = 0
+            sim, stab = self._graph(H, mask, allowed, bw_rows)
+            imputed = self.impute(H, mask, sim)  # [B, M, d]
         else:  # neighbours: the bank of training patients, never the other rows of the batch
-            k = self.bank_size
-            nodes = torch.cat([self.bank_h.to(H.dtype), H], dim=0)
-            present = torch.cat([self.bank_mask, mask], dim=0)
-            n = k + b
-            allowed = torch.eye(n, dtype=torch.bool, device=mask.device)
-            allowed[:, :k] = True  # every node sees the bank; a batch row sees itself, no other batch row
-            bw_rows = torch.zeros(n, dtype=torch.bool, device=mask.device)
-            bw_rows[:k] = True
-            first = k
-        sim, stab = self._graph(nodes, present, allowed, bw_rows)
-        imputed = self.impute(nodes, present, sim)[first:]  # [B, M, d]
+            sim, imputed, stab = self._bank_graph(H, mask)
         w1 = torch.sigmoid(torch.stack([self.w_imputed[j](imputed[:, j]) for j in range(m)], dim=1))
         w2 = torch.sigmoid(torch.stack([self.w_own[j](H[:, j]) for j in range(m)], dim=1))
         a = w1 / (w1 + w2)
@@ -300,7 +393,7 @@ class M3Care(FusionMethod):
         logits = self.out(z.reshape(b, -1))
         return MethodOutput(
             logits=logits,
-            extra={"similarity": sim[first:], "imputed": imputed, "embeddings": final, "stab": stab},
+            extra={"similarity": sim, "imputed": imputed, "embeddings": final, "stab": stab},
         )
 
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:

@@ -1,7 +1,8 @@
 """MUSE: mutual-consistent graph contrastive learning on a patient-modality bipartite graph (Wu, Dadu, Tustison,
 Avants, Nalls, Sun, Faghri, "Multimodal patient representation learning with missing modalities and labels",
-ICLR 2024), for any number of modalities, on the shared backbone. The paper's text was not available here; the
-definitions follow the authors' code, github zzachw/MUSE
+ICLR 2024), for any number of modalities, on the shared backbone. The paper's text could not be read here
+(``docs/methods.md``, "Equation numbers"), so no equation number is cited; the definitions follow the authors'
+code, github zzachw/MUSE
 (``src/core/gnn.py``: ``EdgeSAGEConv``, ``GNNStack``, ``MML``; ``src/core/eicu_model.py``; defaults in
 ``src/core/run.py``); the facts below are read from it, the code is ours.
 

@@ -6,6 +6,9 @@ The authors' code is github billhhh/ShaSpec: the model ``DualNet_SS.py`` (``Dual
 with ``distribution_loss = nn.L1Loss()``, ``term_spec`` with ``loss_Dual.DomainClsLoss``). Their model segments
 four MRI sequences; ours classifies from M slots behind the shared backbone.
 
+Equation numbers: none. The paper's text could not be read here (``docs/methods.md``, "Equation numbers"), so
+the parts carry the paper's names and their code's definitions, and no equation number is cited.
+
 Architecture (B rows, M modalities, d the backbone's width, C outputs):
 
 - the shared backbone (:class:`~omnifuse.fuse.encoders.EncoderBank`) gives ``v_m`` [B, d]; a missing slot is set

@@ -8,6 +8,9 @@ training rows holding sound), the networks ``src/models/soundlenet5.py`` (``Soun
 perturbations), the Bayesian meta-learning ``src/train_missing_eval_missing.py`` (``meta_training``) and the
 meta-validation loss ``src/models/loss.py`` (``KDLossAlignTwo(alpha=0.01, beta=0.01)``).
 
+Equation numbers: none. The paper's text could not be read here (``docs/methods.md``, "Equation numbers"), so
+the parts carry the paper's names and their code's definitions, and no equation number is cited.
+
 The model (B rows, M modalities, d the backbone's width, K priors per modality, C outputs):
 
 - the shared backbone (:class:`~omnifuse.fuse.encoders.EncoderBank`) gives ``u_m`` [B, d]; ``z`` [B, M d + M] is

@@ -6,6 +6,9 @@ code is github AITRICS/Medical_Tri_Modal_Pilot (the repository the paper names; 
 ``builder/models/src/transformer/mbt_encoder.py``, class ``TrimodalTransformerEncoder_MBT``); the facts below
 are read from it, the code is ours.
 
+Equation numbers: none. The paper's text could not be read here (``docs/methods.md``, "Equation numbers"), so
+the parts carry the paper's names and their code's definitions, and no equation number is cited.
+
 Notation: B rows, M modalities, d the backbone width, K bottleneck tokens.
 
 - **Unified multi-modal set embedding (UMSE)**: every element of every modality becomes a token in one

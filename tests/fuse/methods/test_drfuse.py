@@ -5,10 +5,12 @@ available tokens, the loss as the weighted sum of its terms, learning end to end
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import omnifuse.fuse.methods.drfuse  # noqa: F401  (registers the method)
 from omnifuse.fuse.base import ModalityInfo, ModelInfo
@@ -18,6 +20,7 @@ from omnifuse.fuse.methods.drfuse import (
     distinct_loss,
     jsd_loss,
     logit_pool,
+    per_class_loss,
 )
 from tests.helpers import (
     TASK_OUTPUTS,
@@ -100,6 +103,52 @@ def test_attention_rank_loss_hand_computed() -> None:
     losses2 = torch.tensor([[[0.1, 0.5]], [[0.1, 0.5]]])
     both = torch.ones(2, 2, dtype=torch.bool)
     assert float(attention_rank_loss(attn2, losses2, both)) == pytest.approx((0.6 + 0.2) / 2, rel=1e-6)
+
+
+def _rank_loss_per_pair(attn, token_loss, rows):
+    """The ranking loss as first written, one pair of tokens at a time (the reference of the vectorised one)."""
+    terms = []
+    for a, b in itertools.combinations(range(attn.shape[-1]), 2):
+        r = torch.where(token_loss[..., a] < token_loss[..., b], 1.0, -1.0)
+        both = (rows[:, a] & rows[:, b]).float().unsqueeze(1)
+        lossab = both * F.margin_ranking_loss(attn[..., a], attn[..., b], r, margin=0.0, reduction="none")
+        terms.append(lossab.sum() / (lossab > 0).sum().clamp(min=1).float())
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("tokens", [2, 4, 9])
+def test_vectorised_rank_loss_equals_the_loop_over_pairs(tokens: int) -> None:
+    g = torch.Generator().manual_seed(tokens)
+    logits = torch.randn(7, 3, tokens, generator=g, requires_grad=True)
+    losses = torch.rand(7, 3, tokens, generator=g).round(decimals=1)  # ties included
+    rows = torch.rand(7, tokens, generator=g) < 0.7
+    got = attention_rank_loss(torch.softmax(logits, -1), losses, rows)
+    (g1,) = torch.autograd.grad(got, logits)
+    want = _rank_loss_per_pair(torch.softmax(logits, -1), losses, rows)
+    (g2,) = torch.autograd.grad(want, logits)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g1, g2)
+    assert float(want) > 0
+    one = torch.ones(2, 1, 1)
+    assert float(attention_rank_loss(one, one, torch.ones(2, 1, dtype=torch.bool))) == 0.0  # one token: no pair
+
+
+@pytest.mark.parametrize("kind,c", [("binary", 1), ("multilabel", 2), ("multiclass", 3)])
+def test_token_losses_of_the_loss_equal_one_call_per_token(kind: str, c: int) -> None:
+    torch.manual_seed(0)
+    mods = TWO + [ModalityInfo("c", "vector", (6,))]
+    model = build_method("drfuse", ModelInfo(mods, kind, c), d=8).eval()
+    mask = torch.tensor([[True, False, True], [False, True, False], [True, True, True], [True, True, False]])
+    y = torch.tensor([0, 2, 1, 2]) if kind == "multiclass" else (torch.arange(4 * c).view(4, c) % 2).float()
+    batch = vector_batch(mask, y, names=("a", "b", "c"))
+    with torch.no_grad():
+        out = model(batch)
+        _, terms = model.loss(batch, out)
+        ex = out.extra
+        token_logits = torch.cat([ex["distinct_logits"], ex["shared_logits"].unsqueeze(1)], dim=1)
+        tl = torch.stack([per_class_loss(token_logits[:, j], y, kind) for j in range(4)], dim=-1)
+        want = _rank_loss_per_pair(ex["attention"], tl, ex["available"])
+    assert terms["rank"] == pytest.approx(float(want), rel=1e-6, abs=1e-8)
 
 
 def test_attention_reads_only_available_tokens_and_the_pooled_shared_one() -> None:

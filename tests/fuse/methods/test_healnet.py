@@ -91,6 +91,53 @@ def test_single_context_token_attention_is_the_general_formula() -> None:
     torch.testing.assert_close(general(x, ctx2), want)
 
 
+def _fuse_on_every_row(model: HEALNet, contexts: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """The fusion as first written: each modality's update computed on every row, kept where it is present
+    (the reference of the present-rows-only update)."""
+    x = model.latents.unsqueeze(0).expand(mask.shape[0], -1, -1)
+    here = mask.view(mask.shape[0], mask.shape[1], 1, 1)
+    for layer in model.layers:
+        for j, (ctx, att, ff) in enumerate(zip(contexts, layer.cross, layer.cross_ff, strict=True)):
+            upd = x + att(x, ctx)
+            upd = upd + ff(upd)
+            x = torch.where(here[:, j], upd, x)
+            for self_att, self_ff in zip(layer.self_attn, layer.self_ff, strict=True):
+                x = x + self_att(x)
+                x = x + self_ff(x)
+    return x
+
+
+@pytest.mark.parametrize("tokens,self_per_cross_attn", [(1, 0), (2, 1)])
+def test_present_rows_update_equals_the_update_on_every_row_in_training(tokens: int, self_per_cross_attn: int) -> None:
+    """Same seed, training mode (dropout on): the same latents and gradients as computing every row's update,
+    so the dropout draws are the same too."""
+    mods = [*TWO, dataclasses.replace(TWO[0], name="c")]
+    torch.manual_seed(0)
+    model = build_method(
+        "healnet", ModelInfo(mods, "binary", 1), d=8, latents=3, latent_dim=8, tokens=tokens,
+        self_per_cross_attn=self_per_cross_attn, attn_dropout=0.3, ff_dropout=0.4,
+    ).train()
+    mask = torch.tensor([[True, False, True], [True, True, False], [False, False, False], [False, True, True]])
+    mask[:, 2] = False  # a modality no row holds: its update is computed on no row, its dropout still drawn
+    batch = vector_batch(mask, torch.zeros(4, 1), names=("a", "b", "c"))
+    results = []
+    for fuse in (model.fuse, lambda c, m: _fuse_on_every_row(model, c, m)):
+        model.zero_grad()
+        torch.manual_seed(11)
+        S = fuse(model.contexts(batch), mask)
+        nxt = torch.rand(3)  # the generator's state after the fusion: the same number of draws
+        (S.pow(2).sum() + S.sum()).backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((S.detach(), nxt, grads))
+    (s1, n1, g1), (s2, n2, g2) = results
+    torch.testing.assert_close(s1, s2)
+    torch.testing.assert_close(n1, n2)
+    assert len(g1) == len(g2)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # sums over rows in another order
+    assert not torch.equal(s1[0], s1[2])  # the updated row differs from the untouched one
+
+
 def test_self_normalising_feed_forward_and_l1_term() -> None:
     model = _model()
     ff = model.layers[0].cross_ff[0][1]

@@ -20,6 +20,7 @@ from omnifuse.fuse.methods.m3care import (
     gaussian_kernel,
     mean_pair_distance,
     neighbour_graph,
+    sq_dists,
 )
 from tests.helpers import (
     TASK_OUTPUTS,
@@ -98,6 +99,110 @@ def test_evaluation_neighbours_are_the_bank_never_the_batch() -> None:
             torch.testing.assert_close(model(batch.select(torch.tensor([i]))).logits, out.logits[i : i + 1])
         model.bank_h.mul_(-1.0)  # other neighbours, another imputation
         assert not torch.allclose(model(batch).extra["imputed"][0, 1], out.extra["imputed"][0, 1])
+
+
+def _graph_per_modality(model, H, present, allowed, bw_rows):
+    """``_graph`` as first written, one modality at a time with the pure functions (the reference of the
+    batched version)."""
+    kernels, stab = [], H.sum() * 0.0
+    for j in range(model.info.num_modalities):
+        here = present[:, j]
+        proj = model.sim_proj[j](H[:, j])
+        if bool(here.any()):
+            stab = stab + (proj[here].norm() - H[here, j].norm()).abs()
+        dp, dr = sq_dists(model.norm(proj)), sq_dists(model.norm(H[:, j]))
+        valid = (here & bw_rows).unsqueeze(1) & (here & bw_rows).unsqueeze(0)
+        kp = gaussian_kernel(dp, mean_pair_distance(dp, valid, 2.0 * model.d), model.kernels, model.kernel_mul)
+        kr = gaussian_kernel(dr, mean_pair_distance(dr, valid, 2.0 * model.d), model.kernels, model.kernel_mul)
+        mix = torch.sigmoid(model.eps[j])
+        kernels.append((1 - mix) * kp + mix * kr)
+    sim = combine_similarity(kernels, present) * allowed.to(H.dtype)
+    return filter_similarity(sim, model.threshold), stab
+
+
+def _impute_per_modality(model, H, present, sim):
+    out = []
+    for j in range(model.info.num_modalities):
+        a, x = neighbour_graph(sim, present[:, j]), H[:, j]
+        for lin in model.gcn[j]:
+            x = F.selu(lin(a @ x))
+        out.append(x)
+    return torch.stack(out, dim=1)
+
+
+def test_batched_graph_and_imputation_equal_the_loop_over_modalities() -> None:
+    torch.manual_seed(0)
+    from omnifuse.fuse.base import ModalityInfo
+
+    info = ModelInfo([ModalityInfo(n, "vector", (6,)) for n in "abcd"], "binary", 1)
+    model = build_method("m3care", info, d=8, heads=2, gcn_layers=2)
+    with torch.no_grad():
+        model.threshold.fill_(-1.5)
+        model.eps.copy_(torch.tensor([-0.3, 0.5, 2.0, -2.0]))
+    g = torch.Generator().manual_seed(1)
+    present = torch.rand(7, 4, generator=g) < 0.6
+    present[:, 3] = False  # a modality nobody holds: the fallback bandwidth
+    present[0] = False  # a patient with nothing
+    H = torch.randn(7, 4, 8, generator=g, requires_grad=True) * present.unsqueeze(-1)
+    allowed = torch.rand(7, 7, generator=g) < 0.8
+    bw_rows = torch.tensor([True, True, True, True, True, False, False])
+    sim, stab = model._graph(H, present, allowed, bw_rows)
+    imputed = model.impute(H, present, sim)
+    ref_sim, ref_stab = _graph_per_modality(model, H, present, allowed, bw_rows)
+    ref_imputed = _impute_per_modality(model, H, present, ref_sim)
+    torch.testing.assert_close(sim, ref_sim, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stab, ref_stab)
+    torch.testing.assert_close(imputed, ref_imputed, rtol=1e-5, atol=1e-6)
+    assert float(sim.abs().sum()) > 0
+    grads = torch.autograd.grad((imputed.pow(2).sum() + stab), [H, model.threshold, model.eps])
+    ref_grads = torch.autograd.grad((ref_imputed.pow(2).sum() + ref_stab), [H, model.threshold, model.eps])
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _full_graph_reference(model, batch):
+    """Evaluation as first written: the full (bank + B)^2 graph through ``_graph`` and ``impute``, then the batch
+    rows kept (the reference of the blockwise ``_bank_graph``)."""
+    mask = batch.mask.to(torch.bool)
+    b, k = mask.shape[0], model.bank_size
+    E = model.enc(batch)
+    H = torch.where(mask.unsqueeze(-1), E, torch.zeros_like(E))
+    nodes = torch.cat([model.bank_h, H], dim=0)
+    present = torch.cat([model.bank_mask, mask], dim=0)
+    allowed = torch.eye(k + b, dtype=torch.bool)
+    allowed[:, :k] = True
+    bw_rows = torch.zeros(k + b, dtype=torch.bool)
+    bw_rows[:k] = True
+    sim, stab = model._graph(nodes, present, allowed, bw_rows)
+    return sim[k:], model.impute(nodes, present, sim)[k:], stab
+
+
+@pytest.mark.parametrize("gcn_layers", [1, 2, 3])
+def test_blockwise_evaluation_equals_the_full_graph(gcn_layers: int) -> None:
+    torch.manual_seed(0)
+    names = ("a", "b", "c")
+    from omnifuse.fuse.base import ModalityInfo
+
+    info = ModelInfo([ModalityInfo(n, "vector", (6,)) for n in names], "binary", 1)
+    model = build_method("m3care", info, d=8, heads=2, bank=12, gcn_layers=gcn_layers)
+    g = torch.Generator().manual_seed(3)
+    bank_mask = torch.rand(10, 3, generator=g) < 0.7  # 10 rows for a bank of 12: two empty bank rows
+    bank_rows = vector_batch(bank_mask, torch.zeros(10, 1), seed=4, names=names)
+    model.on_epoch_end(FakeTrainer([bank_rows]), 0)
+    with torch.no_grad():
+        model.threshold.fill_(-2.0)  # a low threshold: most edges kept, so the aggregation matters
+    model.eval()
+    mask = torch.rand(9, 3, generator=g) < 0.6
+    mask[0] = False  # a row without any modality
+    mask[1] = True
+    batch = vector_batch(mask, torch.zeros(9, 1), seed=5, names=names)
+    with torch.no_grad():
+        out = model(batch)
+        sim, imputed, stab = _full_graph_reference(model, batch)
+    torch.testing.assert_close(out.extra["similarity"], sim, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.extra["imputed"], imputed, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.extra["stab"], stab)
+    assert float(sim[:, 12:].abs().sum()) > 0 and float(imputed.abs().sum()) > 0
 
 
 def test_stabilisation_term_hand_computed() -> None:
