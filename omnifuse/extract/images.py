@@ -1,4 +1,4 @@
-"""Image decoding and preprocessing for the frozen image encoders (PIL and torch, no torchvision).
+"""Image decoding and preprocessing for the frozen image encoders (PIL and torch; torchvision optional).
 
 Every image becomes a float32 tensor [3, size, size]: decoded, scaled to [0, 1], grey copied to three
 channels, the shorter side resized to ``size`` (bilinear, antialiased) and centre-cropped, then normalised
@@ -10,6 +10,14 @@ this is faster than resizing float planes and differs from it only by the 8-bit 
 pixels (at most one grey level, 1/255 before normalisation). 16-bit and float images, and volume slices, are
 resized as float32 planes.
 
+On a CUDA device where torchvision imports, JPEGs are decoded on the GPU instead (``GpuJpegDecoder``: nvJPEG
+through ``torchvision.io.decode_jpeg``, whole batches at once) and preprocessed there by
+``ImagePreprocess.from_uint8``, the same steps written in torch: a box average by the DCT scale PIL's draft
+mode would have decoded at (``jpeg_draft_scale``), the antialiased bilinear resize (PyTorch's antialiased
+kernel computes PIL's filter), rounding to 8 bit, the crop and the normalisation. Files nvJPEG is not given
+(not JPEG, CMYK...) or refuses are decoded by PIL as above, one by one, and counted
+(``GpuJpegDecoder.counts``).
+
 An image of more than :data:`MAX_IMAGE_PIXELS` pixels (width times height, read from the file's header
 before any pixel is decoded) is refused as an ``InputError``: a decompression bomb, such as a 20,000 x 20,000
 PNG of a few hundred kilobytes that would take 400 MB or more once decoded, is masked like any unreadable
@@ -18,6 +26,11 @@ image. Importing this module sets PIL's own limit (``PIL.Image.MAX_IMAGE_PIXELS`
 
 from __future__ import annotations
 
+import io
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 MAX_IMAGE_PIXELS = 180_000_000
 """Largest image decoded, in pixels: about 13,400 x 13,400, ten times a large chest X-ray (4,280 x 3,520 is
@@ -100,6 +115,39 @@ class ImagePreprocess:
         std = np.asarray(self.std, dtype=np.float64).reshape(3, 1, 1)
         mean = np.asarray(self.mean, dtype=np.float64).reshape(3, 1, 1)
         return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+    def from_uint8(self, img: torch.Tensor, draft: int = 1) -> torch.Tensor:
+        """Decoded 8-bit images [B, C, H, W] (uint8, C = 1 or 3, any device) -> normalised [B, 3, size, size]
+        float32 on the same device: ``from_pil8`` written in torch, for images decoded on the GPU.
+
+        ``draft`` > 1 stands for PIL's reduced-scale JPEG decoding (``open_image``): a ``draft`` x ``draft``
+        box average (partial boxes at the right and bottom edges average the pixels they hold), which is
+        what decoding at 1/``draft`` of the DCT scale computes up to the JPEG's own rounding. Then the
+        antialiased bilinear resize of the shorter side to ``size`` (PyTorch's ``antialias=True`` kernel
+        computes PIL's bilinear filter), rounding to 8 bit as PIL's 8-bit resize does, the centre crop, and
+        ``(v / 255 - mean) / std`` per channel, grey copied to three channels. On the same decoded pixels it
+        differs from ``from_pil8`` by at most one grey level (PIL rounds between its horizontal and vertical
+        passes as well; tests/extract/test_images_gpu.py).
+        """
+        import torch.nn.functional as F  # noqa: N812 - the usual name
+
+        if img.ndim != 4 or img.shape[1] not in (1, 3) or img.dtype != torch.uint8:
+            raise ValueError(f"from_uint8 takes uint8 [B, 1 or 3, H, W], got {img.dtype} {tuple(img.shape)}")
+        x = img.float()
+        if draft > 1:
+            x = F.avg_pool2d(x, draft, stride=draft, ceil_mode=True).round_()  # the scaled decode is 8-bit too
+        h, w = int(x.shape[2]), int(x.shape[3])
+        if h < 1 or w < 1:
+            raise InputError(f"unsupported image shape {(h, w)}")
+        s = self.size
+        nh, nw = self._target(h, w)
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+            x = x.round_().clamp_(0.0, 255.0)
+        top, left = (nh - s) // 2, (nw - s) // 2
+        x = x[:, :, top : top + s, left : left + s]
+        scale, bias = (torch.from_numpy(a).to(x.device) for a in self._affine())
+        return (x * scale + bias).contiguous()  # [B, 1 or 3, S, S] * [3, 1, 1]: grey broadcasts to three
 
     def from_float(self, arr: np.ndarray) -> torch.Tensor:
         """[H, W] or [H, W, 3] float values in [0, 1] -> normalised tensor [3, size, size]."""
@@ -197,3 +245,156 @@ def load_image(path: str | Path, prep: ImagePreprocess) -> torch.Tensor:
     if img.mode in ("L", "RGB"):
         return prep.from_pil8(img)
     return prep.from_float(_as_float(img))
+
+
+# --------------------------------------------------------------------------- JPEGs decoded on the GPU
+
+GPU_DECODED = "GPU"
+"""``GpuJpegDecoder.counts`` key of the JPEGs decoded on the device; the other keys say why PIL decoded one."""
+NVJPEG_FAILED = "nvJPEG failed"
+GPU_JPEG_MODES = ("L", "RGB")  # 8-bit grey and colour JPEGs; CMYK and YCCK ones are decoded by PIL
+GPU_RESIZE_CHUNK = 8  # images preprocessed together: 8 chest X-rays of 2544 x 3056 take 250 MB as float32
+
+
+def jpeg_draft_scale(width: int, height: int, requested: int) -> int:
+    """The DCT scale (1, 2, 4 or 8) at which PIL decodes a ``width`` x ``height`` JPEG for a draft of
+    ``requested`` x ``requested`` (``open_image``): the largest not above ``min(width, height) // requested``
+    per side, as ``PIL.JpegImagePlugin.JpegImageFile.draft`` chooses it."""
+    scale = min(width // requested, height // requested)
+    return next((s for s in (8, 4, 2) if scale >= s), 1)
+
+
+@dataclass(frozen=True)
+class JpegFile:
+    """A JPEG read but not decoded: its bytes ``data`` [N] uint8, and ``height`` and ``width`` from its header."""
+
+    data: torch.Tensor
+    height: int
+    width: int
+
+
+def read_jpeg(path: str | Path) -> JpegFile | str:
+    """A file's bytes when it is a JPEG that nvJPEG decodes as PIL would (8-bit grey or colour), else the reason
+    PIL decodes it instead (``"not a JPEG"``, ``"JPEG in mode CMYK"``). The file is read once and only its
+    header parsed. Raises ``InputError`` as ``open_image`` does for a missing or unreadable file and for one
+    of more than :data:`MAX_IMAGE_PIXELS` pixels."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found")
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, mode, (w, h) = img.format, img.mode, img.size
+    except Image.DecompressionBombError:
+        raise InputError(f"image larger than the pixel limit ({MAX_IMAGE_PIXELS:,} pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"unreadable image ({type(e).__name__})") from None
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InputError(f"image larger than the pixel limit ({MAX_IMAGE_PIXELS:,} pixels)")
+    if fmt != "JPEG":
+        return "not a JPEG"
+    if mode not in GPU_JPEG_MODES:
+        return f"JPEG in mode {mode}"
+    return JpegFile(torch.frombuffer(bytearray(data), dtype=torch.uint8), h, w)
+
+
+class GpuJpegDecoder:
+    """Batches of ``JpegFile`` -> encoder inputs [3, size, size] float32 on ``device``.
+
+    One ``decode_jpeg(list_of_byte_tensors, device=device, mode=mode)`` call (torchvision's nvJPEG decoder)
+    per batch, then ``ImagePreprocess.from_uint8`` on the device for the images of one size together (at most
+    ``GPU_RESIZE_CHUNK`` at a time). A batch the decoder refuses is decoded again one file at a time, so one
+    bad file costs only itself. ``counts``: files decoded on the device (``GPU_DECODED``) and ones given back
+    to the caller (``NVJPEG_FAILED``), who decodes them with PIL and adds its own reasons.
+    """
+
+    def __init__(self, decode_jpeg: Callable[..., Any], mode: Any, prep: ImagePreprocess, device: torch.device) -> None:
+        self._decode_jpeg = decode_jpeg
+        self.mode = mode
+        self.prep = prep
+        self.device = device
+        self.counts: Counter[str] = Counter()
+
+    def _decode(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision from 0.29 on points to torchcodec
+            out = self._decode_jpeg(data, device=self.device, mode=self.mode)
+        out = list(out) if isinstance(out, (list, tuple)) else [out]
+        if len(out) != len(data):
+            raise RuntimeError(f"decode_jpeg returned {len(out)} images for {len(data)} files")
+        return out
+
+    def decode(self, files: list[JpegFile]) -> list[torch.Tensor | None]:
+        """One [3, size, size] float32 tensor on the device per file, or ``None`` where the decoder failed or
+        returned another size than the file's header (counted as ``NVJPEG_FAILED``)."""
+        if not files:
+            return []
+        raw: list[torch.Tensor | None]
+        try:
+            raw = list(self._decode([f.data for f in files]))
+        except Exception:  # noqa: BLE001 - one bad file fails the whole call: decode them one by one
+            raw = []
+            for f in files:
+                try:
+                    raw.append(self._decode([f.data])[0])
+                except Exception:  # noqa: BLE001 - this file goes to PIL, which masks it if it cannot read it
+                    raw.append(None)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, (f, img) in enumerate(zip(files, raw, strict=True)):
+            if (
+                img is not None
+                and img.ndim == 3
+                and img.shape[0] in (1, 3)
+                and img.dtype == torch.uint8
+                and (int(img.shape[1]), int(img.shape[2])) == (f.height, f.width)
+            ):
+                groups.setdefault(tuple(img.shape), []).append(k)
+        out: list[torch.Tensor | None] = [None] * len(files)
+        for (_, h, w), ks in groups.items():
+            draft = jpeg_draft_scale(w, h, 2 * self.prep.size)
+            for a in range(0, len(ks), GPU_RESIZE_CHUNK):
+                part = ks[a : a + GPU_RESIZE_CHUNK]
+                x = self.prep.from_uint8(torch.stack([raw[k] for k in part]), draft)  # type: ignore[misc]
+                for j, k in enumerate(part):
+                    out[k] = x[j]
+        done = sum(o is not None for o in out)
+        self.counts[GPU_DECODED] += done
+        if done < len(files):
+            self.counts[NVJPEG_FAILED] += len(files) - done
+        return out
+
+
+def _probe_jpeg() -> torch.Tensor:
+    """The bytes of a 16 x 16 grey JPEG."""
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16), mode="L").save(buf, format="JPEG")
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
+
+def gpu_jpeg_decoder(prep: ImagePreprocess, device: torch.device) -> GpuJpegDecoder | None:
+    """A ``GpuJpegDecoder`` for ``device`` when it is a CUDA device and torchvision imports with a
+    ``decode_jpeg`` that decodes a small JPEG there; else ``None`` (JPEGs are then decoded by PIL), the reason
+    logged once. torchvision is optional and imported here only."""
+    if device.type != "cuda":
+        return None
+    try:
+        import torchvision  # noqa: F401 - optional (omnifuse[gpu])
+        import torchvision.io as tvio
+    except Exception as e:  # noqa: BLE001 - not installed, or a build that fails to import with more than ImportError
+        log.info("JPEGs are decoded by PIL on the CPU: torchvision does not import (%s)", type(e).__name__)
+        return None
+    decode = getattr(tvio, "decode_jpeg", None)
+    mode = getattr(getattr(tvio, "ImageReadMode", None), "UNCHANGED", None)
+    if decode is None or mode is None:
+        log.info("JPEGs are decoded by PIL on the CPU: this torchvision has no decode_jpeg with ImageReadMode")
+        return None
+    dec = GpuJpegDecoder(decode, mode, prep, device)
+    try:
+        img = dec._decode([_probe_jpeg()])[0]
+        if tuple(img.shape[-2:]) != (16, 16) or img.device.type != device.type:
+            raise RuntimeError(f"got {tuple(img.shape)} on {img.device}")
+    except Exception as e:  # noqa: BLE001 - a torchvision built without nvJPEG, a driver problem...
+        log.info("JPEGs are decoded by PIL on the CPU: torchvision cannot decode them on %s (%s)", device, e)
+        return None
+    log.info("JPEGs are decoded on %s by nvJPEG (torchvision %s)", device, getattr(torchvision, "__version__", "?"))
+    return dec

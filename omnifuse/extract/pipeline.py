@@ -21,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -51,7 +52,17 @@ from omnifuse.extract.encoders import (
     build_volume_encoder,
     resolve_device,
 )
-from omnifuse.extract.images import ImagePreprocess, InputError, load_image
+from omnifuse.extract.images import (
+    GPU_DECODED,
+    NVJPEG_FAILED,
+    GpuJpegDecoder,
+    ImagePreprocess,
+    InputError,
+    JpegFile,
+    gpu_jpeg_decoder,
+    load_image,
+    read_jpeg,
+)
 from omnifuse.extract.inputs import input_hashes, stale_blocks
 from omnifuse.extract.values import Checked, ValueGuard, check_ranges
 from omnifuse.extract.volumes import volume_slices
@@ -178,25 +189,35 @@ class ExtractSummary:
 class _FileDataset(Dataset):
     """Decodes image files (``[3, S, S]``) or volumes (``[s, 3, S, S]``) in DataLoader workers.
 
-    Returns ``(index, tensor)`` or ``(index, reason)`` for an unusable input.
+    Returns ``(index, tensor)`` or ``(index, reason)`` for an unusable input. With ``jpeg_bytes`` (images
+    decoded on the GPU) a JPEG nvJPEG can decode is only read: ``(index, JpegFile)``; any other image is
+    decoded here, ``(index, _CpuDecoded)`` saying why.
     """
 
-    def __init__(self, paths: list[Any], prep: ImagePreprocess, volume: VolumeEncoder | None) -> None:
+    def __init__(
+        self, paths: list[Any], prep: ImagePreprocess, volume: VolumeEncoder | None, jpeg_bytes: bool = False
+    ) -> None:
         self.paths = paths
         self.prep = prep
         self.max_slices = volume.max_slices if volume is not None else 0
         self.window = volume.window if volume is not None else None
         self.is_volume = volume is not None
+        self.jpeg_bytes = jpeg_bytes and volume is None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+    def __getitem__(self, i: int) -> tuple[int, Any]:
         """One decoded input, or a short reason. Any exception (a decompression bomb, a decoder bug, memory)
         masks this item only: the reason names the exception's type, never its message."""
         try:
             if self.is_volume:
                 return i, volume_slices(self.paths[i], self.prep, self.max_slices, self.window)
+            if self.jpeg_bytes:
+                got = read_jpeg(self.paths[i])
+                if isinstance(got, JpegFile):
+                    return i, got
+                return i, _CpuDecoded(load_image(self.paths[i], self.prep), got)
             return i, load_image(self.paths[i], self.prep)
         except InputError as e:
             return i, str(e)
@@ -209,6 +230,44 @@ def _collate_images(batch: list[tuple[int, torch.Tensor | str]]) -> tuple[list[i
     bad = [(i, t) for i, t in batch if not isinstance(t, torch.Tensor)]
     x = torch.stack([t for _, t in ok], 0) if ok else None
     return [i for i, _ in ok], x, bad
+
+
+@dataclass(frozen=True)
+class _CpuDecoded:
+    """An image decoded by PIL where the GPU decodes JPEGs, and why (``read_jpeg``'s reason)."""
+
+    x: torch.Tensor
+    why: str
+
+
+@dataclass
+class _JpegBatch:
+    """A batch where the GPU decodes JPEGs: images decoded by PIL (``idx``, ``x`` [b, 3, S, S], ``why`` for
+    each), JPEGs read but not decoded (``jpeg_idx``, ``jpegs``) and unusable inputs ``bad`` (index, reason)."""
+
+    idx: list[int]
+    x: torch.Tensor | None
+    why: list[str]
+    jpeg_idx: list[int]
+    jpegs: list[JpegFile]
+    bad: list[tuple[int, str]]
+
+    def pin_memory(self) -> _JpegBatch:
+        """The same batch in page-locked memory (the DataLoader's pinning thread calls this): the copies to
+        the GPU (``non_blocking``) and nvJPEG's reads of the bytes then need no staging copy."""
+        x = self.x.pin_memory() if self.x is not None else None
+        jpegs = [JpegFile(f.data.pin_memory(), f.height, f.width) for f in self.jpegs]
+        return _JpegBatch(self.idx, x, self.why, self.jpeg_idx, jpegs, self.bad)
+
+
+def _collate_jpegs(batch: list[tuple[int, Any]]) -> _JpegBatch:
+    cpu = [(i, t) for i, t in batch if isinstance(t, _CpuDecoded)]
+    jpegs = [(i, t) for i, t in batch if isinstance(t, JpegFile)]
+    bad = [(i, t) for i, t in batch if isinstance(t, str)]
+    x = torch.stack([t.x for _, t in cpu], 0) if cpu else None
+    return _JpegBatch(
+        [i for i, _ in cpu], x, [t.why for _, t in cpu], [i for i, _ in jpegs], [t for _, t in jpegs], bad
+    )
 
 
 def _collate_volumes(batch: list[tuple[int, torch.Tensor | str]]) -> tuple[list[int], list[torch.Tensor], list]:
@@ -461,8 +520,12 @@ class _Pass:
 
 
 def _run_arrays(p: _Pass, pending: list[tuple[int, int]]) -> None:
-    """Array inputs pass through ``ValueGuard`` (masked and counted values) into the store unchanged."""
+    """Array inputs pass through ``ValueGuard`` (masked and counted values) into the store unchanged.
+
+    A variable-length time series (``ModalitySpec.variable_length``, shape (T, F)) takes items of shape (t, F),
+    1 <= t <= T: the t steps are checked, zero-padded to T and stored with their step mask (t steps True)."""
     guard = ValueGuard(p.spec)
+    T = p.spec.shape[0]
     for start, stop in pending:
         blocks, work = p.prepare([(start, stop)])
         b = blocks[start]
@@ -472,7 +535,11 @@ def _run_arrays(p: _Pass, pending: list[tuple[int, int]]) -> None:
             except Exception:  # noqa: BLE001 - per-item isolation: whatever the value is, only this row is masked
                 p.skip(b, off, "array is not numeric")
                 continue
-            if arr.shape != p.spec.shape:
+            if p.spec.variable_length:
+                if arr.ndim != 2 or arr.shape[1:] != p.spec.shape[1:] or not 1 <= arr.shape[0] <= T:
+                    p.skip(b, off, f"array shape {arr.shape} is not (1..{T}, {p.spec.shape[1]})")
+                    continue
+            elif arr.shape != p.spec.shape:
                 p.skip(b, off, f"array shape {arr.shape} != {p.spec.shape}")
                 continue
             checked = guard.check(arr)
@@ -480,13 +547,64 @@ def _run_arrays(p: _Pass, pending: list[tuple[int, int]]) -> None:
             if checked.skip is not None:
                 p.skip(b, off, checked.skip)
                 continue
-            p.store(b, off, it, checked.values)
+            if p.spec.variable_length:
+                values = np.zeros(p.spec.shape)
+                values[: arr.shape[0]] = checked.values
+                p.store(b, off, it, values, np.arange(T) < arr.shape[0])
+            else:
+                p.store(b, off, it, checked.values)
             p.report.items_encoded += 1
         p.flush(blocks)
         p.advance(len(work))
 
 
+def text_lengths(enc: TextEncoder, texts: list[str]) -> list[int]:
+    """Tokens of each prepared text as ``enc.encode`` gives them to the model (special tokens included, at most
+    ``enc.max_tokens``): the padding of a batch is set by its longest. Characters where the tokenizer cannot
+    say (a tokenizer without ``input_ids``)."""
+    try:
+        ids = enc.tokenizer(texts, truncation=True, max_length=enc.max_tokens)["input_ids"]  # type: ignore[operator]
+        lengths = [len(t) for t in ids]
+        if len(lengths) == len(texts):
+            return lengths
+    except Exception:  # noqa: BLE001 - the order only changes the speed, never the embeddings
+        pass
+    return [len(t) for t in texts]
+
+
+def text_batches(
+    enc: TextEncoder, texts: list[str], batch_size: int
+) -> Iterator[tuple[list[list[int]], torch.Tensor, torch.Tensor | None]]:
+    """Prepared ``texts`` encoded in batches of ``batch_size``: ``(rows, x, tokens_mask)`` per batch, ``x[j]``
+    (and ``tokens_mask[j]``) being the embedding of every position in ``rows[j]``.
+
+    Each distinct text is encoded once (eICU demo: 15 % of the ``history`` texts repeat another of their
+    block), and the distinct texts go in order of their token length (``text_lengths``), so that a batch is
+    padded to a length close to each of its texts'. Ordering all texts by characters, as before, left 13 % of
+    the tokens of the eICU ``history`` batches padding, this 5 % (``benchmarks/text_order.py``). The
+    embeddings are ``enc.encode``'s of each text:
+    the attention mask keeps padding out of every valid position, so batch and order change them only by
+    float rounding (tests/extract/test_text_order.py: below 1e-5).
+    """
+    first: dict[str, int] = {}
+    rows: list[list[int]] = []
+    for i, t in enumerate(texts):
+        k = first.setdefault(t, len(first))
+        if k == len(rows):
+            rows.append([])
+        rows[k].append(i)
+    distinct = list(first)
+    lengths = text_lengths(enc, distinct)
+    order = sorted(range(len(distinct)), key=lambda k: lengths[k])  # stable: ties keep the block's order
+    for a in range(0, len(order), batch_size):
+        part = order[a : a + batch_size]
+        x, tm = enc.encode([distinct[k] for k in part])
+        yield [rows[k] for k in part], x, tm
+
+
 def _run_text(p: _Pass, pending: list[tuple[int, int]], enc: TextEncoder, batch_size: int) -> None:
+    """Texts of each block: prepared (an unusable one masked with its reason), encoded by ``text_batches``
+    (each distinct text once, in order of token length), stored in the rows they came from."""
     for start, stop in pending:
         blocks, work = p.prepare([(start, stop)])
         b = blocks[start]
@@ -498,16 +616,164 @@ def _run_text(p: _Pass, pending: list[tuple[int, int]], enc: TextEncoder, batch_
                 p.skip(b, off, str(e))
             except Exception as e:  # noqa: BLE001 - per-item isolation; the type only, never the text
                 p.skip(b, off, f"text cannot be prepared ({type(e).__name__})")
-        ready.sort(key=lambda r: len(r[1]))  # similar lengths share a batch: less padding
-        for i in range(0, len(ready), batch_size):
-            chunk = ready[i : i + batch_size]
-            x, tm = enc.encode([t for _, t, _ in chunk])
-            for j, (off, _, it) in enumerate(chunk):
-                p.store(b, off, it, x[j].numpy(), None if tm is None else tm[j].numpy())
-            p.report.items_encoded += len(chunk)
-            p.advance(len(chunk))
+        for groups, x, tm in text_batches(enc, [t for _, t, _ in ready], batch_size):
+            done = 0
+            for j, group in enumerate(groups):
+                xj, tj = x[j].numpy(), None if tm is None else tm[j].numpy()
+                for i in group:
+                    off, _, it = ready[i]
+                    p.store(b, off, it, xj, tj)
+                done += len(group)
+            p.report.items_encoded += done
+            p.advance(done)
         p.advance(len(work) - len(ready))
         p.flush(blocks)
+
+
+def _pinned(batches: Iterable[Any]) -> Iterator[Any]:
+    """Batches (``_JpegBatch`` or ``(indices, x, bad)``) in page-locked memory, for non_blocking copies to a GPU
+    where no DataLoader pins them."""
+    for b in batches:
+        if isinstance(b, _JpegBatch):
+            yield b.pin_memory()
+        else:
+            idx, x, bad = b
+            yield idx, (x.pin_memory() if isinstance(x, torch.Tensor) else x), bad
+
+
+def _gpu_jpeg_batches(
+    batches: Iterable[_JpegBatch], jpeg: GpuJpegDecoder, paths: list[Any], prep: ImagePreprocess
+) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+    """``_JpegBatch``es -> ``(indices, x [b, 3, S, S] on the decoder's device, bad)``: the JPEGs decoded by
+    ``jpeg`` on its device, the images PIL decoded copied there (non_blocking), and each JPEG the GPU could not
+    decode decoded by PIL here, or masked with PIL's reason. Why PIL decoded an image goes to ``jpeg.counts``."""
+    dev = jpeg.device
+    for b in batches:
+        idx: list[int] = []
+        parts: list[torch.Tensor] = []
+        bad = list(b.bad)
+        if b.x is not None:
+            idx += b.idx
+            parts.append(b.x.to(dev, non_blocking=True))
+            jpeg.counts.update(b.why)
+        outs = jpeg.decode(b.jpegs)
+        ok = [(i, t) for i, t in zip(b.jpeg_idx, outs, strict=True) if t is not None]
+        if ok:
+            idx += [i for i, _ in ok]
+            parts.append(torch.stack([t for _, t in ok]))
+        again = []
+        for i, t in zip(b.jpeg_idx, outs, strict=True):
+            if t is not None:
+                continue
+            try:
+                again.append((i, load_image(paths[i], prep)))
+            except InputError as e:
+                bad.append((i, str(e)))
+            except Exception as e:  # noqa: BLE001 - per-item isolation, as in _FileDataset
+                bad.append((i, f"unreadable image ({type(e).__name__})"))
+        if again:
+            idx += [i for i, _ in again]
+            parts.append(torch.stack([t for _, t in again]).to(dev))
+        yield idx, (torch.cat(parts) if parts else None), bad
+
+
+def _prefetch(items: Iterator[T], ahead: int = 2) -> Iterator[T]:
+    """``items`` produced by a background thread, at most ``ahead`` beyond the one the caller holds: the GPU's
+    JPEG decoding of the next batches (nvJPEG's hardware engines, and the host work of torchvision's call)
+    overlaps the forward of this one. An exception of ``items`` is raised here; when the caller stops early
+    the thread stops after the item it is producing."""
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        end: tuple[bool, Any] = (False, None)
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
+            end = (False, e)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        put(end)
+
+    thread = threading.Thread(target=work, name="omnifuse-gpu-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = box.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def decoded_batches(
+    paths: list[Any],
+    image: ImageEncoder,
+    volume: VolumeEncoder | None,
+    batch_size: int,
+    num_workers: int,
+    decode_threads: int,
+    jpeg: GpuJpegDecoder | None = None,
+) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
+    """``(indices, inputs, bad)`` batches of the files ``paths`` in order, as the encoder takes them: images
+    [b, 3, S, S] (``batch_size`` at a time) or a list of one volume's slices [s, 3, S, S], and the unusable
+    inputs as ``(index, reason)``.
+
+    Decoded in DataLoader worker processes (``num_workers`` > 0), else in background threads of this process
+    (``decode_threads`` > 0), else inline. With ``jpeg`` (a CUDA device where torchvision imports) image JPEGs
+    are only read there and decoded on the GPU by batches (``_gpu_jpeg_batches``, up to two batches ahead in a
+    thread), and the images come on the GPU. On a GPU the batches are in page-locked memory (the DataLoader's
+    pinning, else ``_pinned``) for non_blocking copies. ``benchmarks/extract.py`` times this alone.
+    """
+    if volume is not None:
+        jpeg = None
+    ds = _FileDataset(paths, image.prep, volume, jpeg_bytes=jpeg is not None)
+    per_batch = 1 if volume is not None else batch_size
+    collate: Callable[[list[Any]], Any] = _collate_volumes if volume is not None else _collate_images
+    if jpeg is not None:
+        collate = _collate_jpegs
+    cuda = image.device.type == "cuda"
+    loader: Iterable[Any]
+    if num_workers > 0:
+        loader = DataLoader(
+            ds,
+            batch_size=per_batch,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate,
+            pin_memory=cuda,
+            # read JPEGs (1.6 MB for a chest X-ray) are 2.7 times the decoded 224-px input: fewer in flight
+            prefetch_factor=2 if jpeg is not None else 4,
+            persistent_workers=False,
+        )
+    else:
+        if decode_threads > 0:
+            loader = _thread_batches(ds, per_batch, collate, decode_threads)
+        else:
+            n = len(ds)
+            loader = (collate([ds[i] for i in range(a, min(a + per_batch, n))]) for a in range(0, n, per_batch))
+        if cuda and volume is None:
+            loader = _pinned(loader)
+    if jpeg is not None:
+        return _prefetch(_gpu_jpeg_batches(loader, jpeg, paths, image.prep))
+    return iter(loader)
 
 
 def _run_files(
@@ -518,32 +784,19 @@ def _run_files(
     batch_size: int,
     num_workers: int,
     decode_threads: int,
+    jpeg: GpuJpegDecoder | None = None,
 ) -> None:
-    """Images or volumes: decoded in DataLoader worker processes (``num_workers`` > 0), else in background
-    threads of this process (``decode_threads`` > 0), else inline; encoded in batches, blocks written in order."""
+    """Images or volumes, decoded by ``decoded_batches``, encoded in batches, blocks written in order; with
+    ``jpeg`` (JPEGs decoded on the GPU) what PIL decoded instead is logged."""
     blocks, work = p.prepare(pending)
     p.flush(blocks)  # blocks with nothing to encode
     if not work:
         return
-    ds = _FileDataset([it.value for _, _, it in work], image.prep, volume)
-    per_batch = 1 if volume is not None else batch_size
-    collate = _collate_volumes if volume is not None else _collate_images
-    if num_workers > 0:
-        loader: Any = DataLoader(
-            ds,
-            batch_size=per_batch,
-            shuffle=False,
-            num_workers=num_workers,
-            collate_fn=collate,
-            pin_memory=image.device.type == "cuda",
-            prefetch_factor=4,
-            persistent_workers=False,
-        )
-    elif decode_threads > 0:
-        loader = _thread_batches(ds, per_batch, collate, decode_threads)
-    else:
-        n = len(ds)
-        loader = (collate([ds[i] for i in range(a, min(a + per_batch, n))]) for a in range(0, n, per_batch))
+    if volume is not None:
+        jpeg = None
+    before = Counter(jpeg.counts) if jpeg is not None else Counter()
+    paths = [it.value for _, _, it in work]
+    loader = decoded_batches(paths, image, volume, batch_size, num_workers, decode_threads, jpeg)
     for idx, x, bad in loader:
         for i, reason in bad:
             start, off, _ = work[i]
@@ -561,8 +814,21 @@ def _run_files(
         p.report.items_encoded += len(idx)
         p.advance(len(idx) + len(bad))
         p.flush(blocks)
+    if jpeg is not None:
+        _log_jpeg_counts(p.spec.name, jpeg.counts - before)
     if blocks:
         raise RuntimeError(f"{p.spec.name}: blocks left unresolved: {sorted(blocks)}")
+
+
+def _log_jpeg_counts(name: str, counts: Counter[str]) -> None:
+    """One line per modality: JPEGs decoded on the GPU and images PIL decoded instead, by reason (a warning
+    when nvJPEG failed on some: each costs a CPU decode in the main process)."""
+    gpu = counts.pop(GPU_DECODED, 0)
+    pil = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()) if v)
+    level = logging.WARNING if counts.get(NVJPEG_FAILED) else logging.INFO
+    log.log(
+        level, "%s: %d JPEGs decoded on the GPU, %d images by PIL (%s)", name, gpu, sum(counts.values()), pil or "none"
+    )
 
 
 # ------------------------------------------------------------------------------------------- extract
@@ -588,10 +854,17 @@ def _bound(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def build_spec(adapter: Adapter, cohort: Cohort, raws: list[RawModality], encoders: dict[str, Any]) -> CacheSpec:
+def build_spec(
+    adapter: Adapter,
+    cohort: Cohort,
+    raws: list[RawModality],
+    encoders: dict[str, Any],
+    image_preprocessing: dict[str, str] | None = None,
+) -> CacheSpec:
     """The ``CacheSpec``: adapter identity and options, tasks, and per modality the encoder id, its weights
-    hash, output shape and preprocessing (``encoders`` maps modality name -> encoder, absent for arrays). An
-    array modality's plausible ranges (``RawModality.ranges``) go into its ``preprocessing["ranges"]``."""
+    hash, output shape and preprocessing (``encoders`` maps modality name -> encoder, absent for arrays;
+    ``image_preprocessing`` is added to that of image inputs). An array modality's plausible ranges
+    (``RawModality.ranges``) go into its ``preprocessing["ranges"]``."""
     mods = []
     for r in raws:
         enc = encoders.get(r.name)
@@ -626,7 +899,11 @@ def build_spec(adapter: Adapter, cohort: Cohort, raws: list[RawModality], encode
                 dtype=r.dtype or "float16",
                 encoder=enc.name,
                 encoder_hash=enc.weights_hash,
-                preprocessing={**enc.preprocessing(), **dict(r.preprocessing)},
+                preprocessing={
+                    **enc.preprocessing(),
+                    **((image_preprocessing or {}) if r.input == "image" else {}),
+                    **dict(r.preprocessing),
+                },
                 provenance_codes=r.provenance_codes,
             )
         )
@@ -845,9 +1122,8 @@ def extract(
         if cfg.limit is not None:
             cohort = _limit_cohort(cohort, cfg.limit)
         raws_all, raws, absent = _available(adapter, dist)
-        img, txt, vol = _build_encoders(cfg, {r.input for r in raws}, dev, built)
-        encs = {r.name: {"image": img, "text": txt, "volume": vol, "array": None}[r.input] for r in raws}
-        spec = build_spec(adapter, cohort, raws, encs)
+        encoders = _Encoders.build(cfg, {r.input for r in raws}, dev, built)
+        spec = build_spec(adapter, cohort, raws, encoders.by_modality(raws), encoders.image_preprocessing())
         if absent:
             spec.extra["absent_modalities"] = absent
         assert cfg.out is not None
@@ -857,23 +1133,8 @@ def extract(
                 raise ValueError(f"unknown modalities {sorted(unknown)}; the adapter has {[r.name for r in raws]}")
         selected = [r for r in raws if cfg.modalities is None or r.name in cfg.modalities]
         opened = _open_or_create(dist, Path(cfg.out), spec, cohort, cfg, adapter, selected)
-        encoders = _Encoders(
-            img,
-            txt,
-            vol,
-            cfg.batch_size,
-            default_num_workers(dev) if cfg.num_workers is None else cfg.num_workers,
-            DECODE_THREADS if cfg.decode_threads is None else cfg.decode_threads,
-        )
-        show = cfg.progress and dist.is_main
-        prog = make_progress(rate=True) if show else None
-        run = _Run(opened.writer, cohort.stay_id, prog, show)
-        with prog if prog is not None else contextlib.nullcontext():
-            reports = {
-                r.name: _encode_modality(run, adapter, spec.modality(r.name), r, encoders, dist) for r in selected
-            }
-        for name, (rows, blocks) in opened.inputs_changed.items():
-            reports[name].rows_changed, reports[name].blocks_reencoded = rows, blocks
+        passes = [(spec.modality(r.name), r, r.name) for r in selected]
+        reports = _encode_all(cfg, dist, adapter, cohort, opened, passes, encoders)
         return _finish(dist, opened, reports, cfg.modalities is None, to_json(cfg), t0)
     finally:
         dist.close()
@@ -960,9 +1221,10 @@ def _add(adapter: Adapter, cfg: ExtractConfig, built: dict[str, Any], t0: float)
         reqs = addition.requests(out, cfg.add_modalities, cfg.modality_name, raws_all)
         raws = [r for r in raws_all if r.available]
         writer = _on_main(dist, out, partial(_check_addition, out, adapter, cohort, raws, reqs, cfg.overwrite))
-        img, txt, vol = _build_encoders(cfg, {q.raw.input for q in reqs}, dev, built)
-        encs = {q.name: {"image": img, "text": txt, "volume": vol, "array": None}[q.raw.input] for q in reqs}
-        specs = {m.name: m for m in build_spec(adapter, cohort, [q.as_stored() for q in reqs], encs).modalities}
+        encoders = _Encoders.build(cfg, {q.raw.input for q in reqs}, dev, built)
+        added = [q.as_stored() for q in reqs]
+        built_spec = build_spec(adapter, cohort, added, encoders.by_modality(added), encoders.image_preprocessing())
+        specs = {m.name: m for m in built_spec.modalities}
 
         def apply() -> _Opened:
             assert writer is not None  # rank 0, which checked the store
@@ -970,26 +1232,8 @@ def _add(adapter: Adapter, cfg: ExtractConfig, built: dict[str, Any], t0: float)
 
         applied = _on_main(dist, out, apply)
         opened = applied if applied is not None else _Opened(CacheWriter.open(out), True)
-        encoders = _Encoders(
-            img,
-            txt,
-            vol,
-            cfg.batch_size,
-            default_num_workers(dev) if cfg.num_workers is None else cfg.num_workers,
-            DECODE_THREADS if cfg.decode_threads is None else cfg.decode_threads,
-        )
-        show = cfg.progress and dist.is_main
-        prog = make_progress(rate=True) if show else None
-        run = _Run(opened.writer, cohort.stay_id, prog, show)
-        with prog if prog is not None else contextlib.nullcontext():
-            reports = {
-                q.name: _encode_modality(
-                    run, adapter, opened.writer.spec.modality(q.name), q.as_stored(), encoders, dist, q.source
-                )
-                for q in reqs
-            }
-        for name, (rows, blocks) in opened.inputs_changed.items():
-            reports[name].rows_changed, reports[name].blocks_reencoded = rows, blocks
+        passes = [(opened.writer.spec.modality(q.name), q.as_stored(), q.source) for q in reqs]
+        reports = _encode_all(cfg, dist, adapter, cohort, opened, passes, encoders)
         return _finish(dist, opened, reports, True, to_json(cfg), t0, added=[q.name for q in reqs])
     finally:
         dist.close()
@@ -997,7 +1241,8 @@ def _add(adapter: Adapter, cfg: ExtractConfig, built: dict[str, Any], t0: float)
 
 @dataclass
 class _Encoders:
-    """What encoding a modality needs besides its blocks: the encoders and the batching and decoding."""
+    """What encoding a modality needs besides its blocks: the encoders and the batching and decoding
+    (``jpeg``: the GPU's JPEG decoder, where the image encoder is on a CUDA device and torchvision imports)."""
 
     image: ImageEncoder | None
     text: TextEncoder | None
@@ -1005,6 +1250,64 @@ class _Encoders:
     batch_size: int
     workers: int
     threads: int
+    jpeg: GpuJpegDecoder | None = None
+
+    @classmethod
+    def build(cls, cfg: ExtractConfig, kinds: set[str], dev: torch.device, built: dict[str, Any]) -> _Encoders:
+        """The encoders the input ``kinds`` need (``_build_encoders``), the batch size, the decoding workers
+        (``default_num_workers`` of ``dev`` unless the configuration sets them) and threads, and for image
+        inputs the GPU JPEG decoder when there is one (``images.gpu_jpeg_decoder``): the one set-up of an
+        extraction and of an addition."""
+        img, txt, vol = _build_encoders(cfg, kinds, dev, built)
+        jpeg = gpu_jpeg_decoder(img.prep, img.device) if img is not None and "image" in kinds else None
+        return cls(
+            img,
+            txt,
+            vol,
+            cfg.batch_size,
+            default_num_workers(dev) if cfg.num_workers is None else cfg.num_workers,
+            DECODE_THREADS if cfg.decode_threads is None else cfg.decode_threads,
+            jpeg,
+        )
+
+    def by_modality(self, raws: list[RawModality]) -> dict[str, Any]:
+        """Modality name -> its encoder (``None`` for array inputs), as ``build_spec`` takes them."""
+        return {
+            r.name: {"image": self.image, "text": self.text, "volume": self.volume, "array": None}[r.input]
+            for r in raws
+        }
+
+    def image_preprocessing(self) -> dict[str, str]:
+        """What image modalities record besides their encoder's preprocessing: how JPEGs are decoded when the
+        GPU decodes them (the embeddings differ from PIL's by rounding; ``images.ImagePreprocess.from_uint8``)."""
+        return {"jpeg_decoding": GPU_JPEG_DECODING} if self.jpeg is not None else {}
+
+
+GPU_JPEG_DECODING = "nvJPEG on the GPU; box average by the PIL draft scale, antialiased bilinear in torch, 8-bit"
+
+
+def _encode_all(
+    cfg: ExtractConfig,
+    dist: DistContext,
+    adapter: Adapter,
+    cohort: Cohort,
+    opened: _Opened,
+    passes: list[tuple[ModalitySpec, RawModality, str]],
+    enc: _Encoders,
+) -> dict[str, ModalityReport]:
+    """Encode this rank's pending blocks of each ``(its spec, the modality under its name in the cache, the
+    adapter's name for it)`` into ``opened``'s store, under one progress display; their reports, with the rows
+    and blocks whose inputs changed since the store was written (the same for an extraction and an addition)."""
+    show = cfg.progress and dist.is_main
+    prog = make_progress(rate=True) if show else None
+    run = _Run(opened.writer, cohort.stay_id, prog, show)
+    with prog if prog is not None else contextlib.nullcontext():
+        reports = {
+            raw.name: _encode_modality(run, adapter, mspec, raw, enc, dist, source) for mspec, raw, source in passes
+        }
+    for name, (rows, blocks) in opened.inputs_changed.items():
+        reports[name].rows_changed, reports[name].blocks_reencoded = rows, blocks
+    return reports
 
 
 def _encode_modality(
@@ -1035,7 +1338,7 @@ def _encode_modality(
         else:
             assert enc.image is not None  # built for every image or volume modality
             volume = enc.volume if raw.input == "volume" else None
-            _run_files(p, pending, enc.image, volume, enc.batch_size, enc.workers, enc.threads)
+            _run_files(p, pending, enc.image, volume, enc.batch_size, enc.workers, enc.threads, enc.jpeg)
     rep.seconds = time.perf_counter() - t1
     if run.show:
         prog.update(task, total=prog.tasks[task].completed or 0)
