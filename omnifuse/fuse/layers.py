@@ -8,16 +8,25 @@ Task kinds: ``binary`` and ``multilabel`` logits [B, C] with a sigmoid and binar
 - :func:`probabilities`: logits to probabilities;
 - :func:`true_class_probability`: the probability a prediction gives the true class;
 - :func:`row_loss`, :func:`task_loss`, :func:`masked_mean`: per-row losses and their mean over selected rows;
-- :func:`drop_modalities`: random modality dropout of a presence mask, per modality or per row.
+- :func:`drop_modalities`: random modality dropout of a presence mask, per modality or per row;
+- :func:`encode_present`: the shared backbone's embeddings of the present modalities only (what every
+  method that never reads a missing slot's encoder output needs), each encoder run on the rows holding its
+  modality, with the same numbers and random draws as running it on the whole batch.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from omnifuse.fuse import encoders as _encoders
+from omnifuse.fuse.base import Batch
 
 TASK_KINDS = ("binary", "multilabel", "multiclass")
 DropUnit = Literal["modality", "row"]
@@ -182,3 +191,141 @@ def drop_modalities(
     if bool(todo.any()):
         keep[todo] = _one_present(mask, generator)[todo]
     return keep
+
+
+# --------------------------------------------------------------------------------------------------------
+# the backbone on the present rows only
+# --------------------------------------------------------------------------------------------------------
+_ROWWISE_ENCODERS = ("MLPEncoder", "TabularEncoder", "SequenceEncoder", "RecurrentEncoder")
+"""Encoder classes of :mod:`omnifuse.fuse.encoders` known to act on each row alone (a row's output does not
+depend on the other rows of the batch) and to apply their dropout to tensors whose first dimension is the
+rows (a time series with a step mask is the exception: its dropout acts on packed steps, see
+:func:`_subset_ok`)."""
+
+_ROWWISE_PARTS: tuple[type[nn.Module], ...] = (
+    nn.Sequential,
+    nn.ModuleList,
+    nn.Linear,
+    nn.GELU,
+    nn.ReLU,
+    nn.LayerNorm,
+    nn.Embedding,
+    nn.GRU,
+    nn.LSTM,
+)
+"""Module types an encoder may hold, besides plain :class:`torch.nn.Dropout` and the numeric embeddings of
+:mod:`omnifuse.fuse.encoders`, for its rows to be computed apart (no batch statistics, no dropout of another
+kind)."""
+
+_ROWWISE_CACHE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def _rowwise(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` is one of :data:`_ROWWISE_ENCODERS` built only of row-wise parts."""
+    known = _ROWWISE_CACHE.get(encoder)
+    if known is None:
+        classes = tuple(c for n in _ROWWISE_ENCODERS if isinstance(c := getattr(_encoders, n, None), type))
+        embeddings = tuple(
+            c
+            for n in ("PiecewiseLinearEmbedding", "PeriodicEmbedding")
+            if isinstance(c := getattr(_encoders, n, None), type)
+        )
+        known = type(encoder) in classes
+        for m in encoder.modules():
+            if m is encoder or type(m) in classes or type(m) in embeddings:
+                continue
+            if type(m) is nn.Dropout:
+                known = known and not m.inplace
+            elif isinstance(m, nn.RNNBase):
+                known = known and type(m) in _ROWWISE_PARTS and (m.num_layers == 1 or m.dropout == 0)
+            else:
+                known = known and type(m) in _ROWWISE_PARTS
+        _ROWWISE_CACHE[encoder] = known
+    return known
+
+
+def _active_dropout(encoder: nn.Module) -> bool:
+    return any(type(m) is nn.Dropout and m.training and m.p > 0 for m in encoder.modules())
+
+
+@contextlib.contextmanager
+def _dropout_of_rows(encoder: nn.Module, rows: torch.Tensor, n: int) -> Iterator[None]:
+    """Inside the block, every dropout layer of ``encoder`` (run on the rows ``rows`` [k] of an ``n``-row batch)
+    draws its random mask for all ``n`` rows and applies the mask's rows ``rows``: the draws and the numbers
+    of ``torch.nn.functional.dropout`` on the whole batch (on the CPU that is ``input * noise``, ``noise`` a
+    Bernoulli(1 - p) draw of the input's shape divided by 1 - p; :func:`_subset_ok` keeps other devices on
+    the whole batch)."""
+    layers = [m for m in encoder.modules() if type(m) is nn.Dropout]
+
+    def rows_of_full(layer: nn.Dropout) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            p = float(layer.p)
+            if not layer.training or p == 0 or x.numel() == 0:
+                return x
+            if x.shape[0] != rows.numel() or not x.is_contiguous():
+                raise RuntimeError(
+                    f"encode_present: a dropout layer of {type(encoder).__name__} got a {tuple(x.shape)} input, not "
+                    f"a contiguous one of {rows.numel()} rows; this encoder cannot be run on the present rows only"
+                )
+            if p == 1:
+                return x * torch.zeros((), dtype=x.dtype, device=x.device)
+            noise = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
+            noise.div_(1 - p)
+            return x * noise.index_select(0, rows)
+
+        return forward
+
+    for layer in layers:
+        layer.forward = rows_of_full(layer)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def _subset_ok(encoder: nn.Module, batch: Batch, name: str) -> bool:
+    """Whether ``encoder`` can be run on some rows of ``batch`` with the numbers and random draws of the whole
+    batch: a row-wise encoder (:func:`_rowwise`), not a time series with a step mask (packed), and, while its
+    dropout is active, a CPU batch (the CPU dropout is what :func:`_dropout_of_rows` reproduces)."""
+    if not _rowwise(encoder):
+        return False
+    recurrent = getattr(_encoders, "RecurrentEncoder", None)
+    if isinstance(recurrent, type) and isinstance(encoder, recurrent) and name in batch.tokens_mask:
+        return False
+    return batch.mask.device.type == "cpu" or not _active_dropout(encoder)
+
+
+def encode_present(bank: Any, batch: Batch) -> torch.Tensor:
+    """The backbone's embeddings of the present modalities: ``E`` [B, M, d], ``bank(batch)`` where
+    ``batch.mask`` [B, M] holds and zero elsewhere (``bank`` an :class:`~omnifuse.fuse.encoders.EncoderBank`).
+
+    For the methods that never read a missing slot's encoder output (they zero-fill, token-fill or skip it):
+    each encoder runs on the rows holding its modality only. That gives the same numbers as the whole batch
+    (up to float rounding of the smaller matrix products): the encoders act on each row alone, and in training
+    each dropout layer still draws its random mask for every row of the batch, in the same order, and applies
+    the present rows' part (:func:`_dropout_of_rows`), so the random stream and the dropout masks are those of
+    ``bank(batch)``. A modality held by every row, an encoder not known to act row by row (:func:`_subset_ok`),
+    and a modality held by no row while dropout is active (its draws must still be made) run on the whole
+    batch, as ``bank.encode``; without active dropout a modality held by no row is not encoded at all."""
+    names: list[str] = list(bank.names)
+    mask = batch.mask.to(torch.bool)
+    n = mask.shape[0]
+    counts = mask.sum(0).tolist()
+    out = []
+    for m, name in enumerate(names):
+        encoder = bank.encoders[m]
+        keep = mask[:, m]
+        if counts[m] == 0 and not _active_dropout(encoder):
+            out.append(torch.zeros(n, bank.d, device=mask.device))
+            continue
+        if counts[m] in (0, n) or not _subset_ok(encoder, batch, name):
+            e = bank.encode(batch, m)
+            out.append(e if counts[m] == n else torch.where(keep.unsqueeze(1), e, torch.zeros_like(e)))
+            continue
+        rows = torch.nonzero(keep).squeeze(1)
+        tm = batch.tokens_mask.get(name)
+        with _dropout_of_rows(encoder, rows, n):
+            e = encoder(batch.x[name].index_select(0, rows), None if tm is None else tm.index_select(0, rows))
+        out.append(e.new_zeros(n, e.shape[1]).index_copy(0, rows, e))
+    return torch.stack(out, dim=1)

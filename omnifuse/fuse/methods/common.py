@@ -27,7 +27,7 @@ from torch import nn
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo
 from omnifuse.fuse.encoders import BACKBONE, EncoderBank
-from omnifuse.fuse.layers import TASK_KINDS, mlp_head, task_loss
+from omnifuse.fuse.layers import TASK_KINDS, encode_present, mlp_head, task_loss
 from omnifuse.fuse.registry import build_method, get_method
 
 MISSING_MODES = ("zero", "token")
@@ -124,7 +124,7 @@ class SupervisedFusion(FusionMethod):
     def forward(self, batch: Batch) -> MethodOutput:
         check_batch(self.info, batch)
         mask = batch.mask.to(torch.bool)
-        E = self.fill(self.enc(batch), mask)
+        E = self.fill(encode_present(self.enc, batch), mask)  # a missing slot is filled: never encoded
         h = self.fuse(E, mask)
         return MethodOutput(logits=self.head(self.drop(h)), extra={"embeddings": E})
 

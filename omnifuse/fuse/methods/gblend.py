@@ -34,7 +34,7 @@ from torch import nn
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
 from omnifuse.fuse.encoders import BACKBONE, EncoderBank
-from omnifuse.fuse.layers import mlp_head, row_loss
+from omnifuse.fuse.layers import encode_present, mlp_head, row_loss
 from omnifuse.fuse.methods.common import batches_on, check_batch, check_info
 from omnifuse.fuse.registry import register_method
 
@@ -135,8 +135,7 @@ class GradientBlending(FusionMethod):
 
     def forward(self, batch: Batch) -> MethodOutput:
         check_batch(self.info, batch)
-        mask = batch.mask.to(torch.bool)
-        U = self.drop(self.enc(batch) * mask.unsqueeze(-1).to(torch.float32))  # [B, M, d]
+        U = self.drop(encode_present(self.enc, batch))  # [B, M, d], missing slots zero
         per = {n: self.uni_heads[i](U[:, i]) for i, n in enumerate(self.info.names)}
         logits = self.fused_head(U.reshape(U.shape[0], -1))
         return MethodOutput(logits=logits, per_modality_logits=per)

@@ -69,7 +69,7 @@ from torch import nn
 
 from omnifuse.fuse.base import Batch, DroppedBatch, FusionMethod, MethodOutput, ModelInfo, TrainerView
 from omnifuse.fuse.encoders import BACKBONE, EncoderBank
-from omnifuse.fuse.layers import drop_modalities, task_loss
+from omnifuse.fuse.layers import drop_modalities, encode_present, row_loss, task_loss
 from omnifuse.fuse.methods.common import check_batch, check_info
 from omnifuse.fuse.registry import register_method
 
@@ -199,6 +199,19 @@ class MLPFusor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([norm(x[:, m]) for m, norm in enumerate(self.norms)], dim=-1))
+
+    def forward_views(self, E: torch.Tensor, fill: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
+        """``forward`` of every view at once: slot embeddings ``E`` [B, M, d], empty fill [M, d] and shown
+        slots [V, B, M] -> [V * B, hidden], the same numbers as ``forward(where(shown, E, fill))`` on the
+        [V * B, M, d] slots. The per-modality LayerNorm acts on each slot alone, so it is applied once to the
+        B embeddings and the M fills, not to the V copies of each slot; the dropout then draws over the same
+        [V * B, M d] tensor as ``forward`` (the same random numbers)."""
+        v, b, m = shown.shape
+        d = E.shape[-1]
+        normed = torch.stack([norm(E[:, j]) for j, norm in enumerate(self.norms)], dim=1)  # [B, M, d]
+        normed_fill = torch.stack([norm(fill[j]) for j, norm in enumerate(self.norms)])  # [M, d]
+        x = torch.where(shown.unsqueeze(-1), normed.unsqueeze(0), normed_fill.view(1, 1, m, d))  # [V, B, M, d]
+        return self.net(x.reshape(v * b, m * d))
 
 
 class TransformerFusor(nn.Module):
@@ -432,16 +445,18 @@ class ContrastiveModalityDropout(FusionMethod):
     def slots(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(``E`` [B, M, d] the present slots' embeddings, ``fill`` [M, d] what a missing slot holds)."""
         if self.empty.space == "input":
-            E = self.enc(self.empty.add_to_inputs(batch) if self.token_on_present else batch)
+            E = encode_present(self.enc, self.empty.add_to_inputs(batch) if self.token_on_present else batch)
             return E, self.empty.fill(self.enc, batch.mask.device)
         fill = self.empty.fill(self.enc, batch.mask.device)
-        E = self.enc(batch)
+        E = encode_present(self.enc, batch)
         return (E + fill.unsqueeze(0) if self.token_on_present else E), fill
 
     def represent(self, E: torch.Tensor, fill: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
         """Slot embeddings ``E`` [B, M, d], empty fill [M, d] and shown slots [V, B, M] -> representations
         [V, B, width]."""
         v, b, m = shown.shape
+        if isinstance(self.fusor, MLPFusor):
+            return self.fusor.forward_views(E, fill, shown).view(v, b, -1)
         x = torch.where(shown.unsqueeze(-1), E.unsqueeze(0), fill.view(1, 1, m, self.d))
         return self.fusor(x.reshape(v * b, m, self.d)).view(v, b, -1)
 
@@ -524,20 +539,65 @@ class ContrastiveModalityDropout(FusionMethod):
         return losses[0] if len(losses) == 1 else 0.5 * (losses[0] + losses[1])
 
     def contrastive_loss(self, batch: Batch, out: MethodOutput) -> torch.Tensor:
+        """The mean of :meth:`pair_loss` over the pairs of views (:meth:`view_pairs`) that have rows; with a
+        memory bank, the bank is then updated (training only). Each pair's rows are gathered at once for all
+        pairs; without a bank each pair's loss is :meth:`pair_loss_no_bank` (the same numbers, fewer steps)."""
         avail, distinct = out.extra["avail"], out.extra["distinct"]
         Z = self.project(out)  # [V, B, p]
         y = batch.y if self.info.task_kind != "multiclass" else batch.y.view(-1)
         ym = batch.y_mask.to(torch.bool)
+        pairs = self.view_pairs(avail, distinct)
         losses = []
-        for a, b, rows in self.view_pairs(avail, distinct):
-            if int(rows.sum()) < 1:
-                continue
-            losses.append(self.pair_loss(Z[a][rows], Z[b][rows], batch.index[rows], y[rows], ym[rows], a, b))
+        if pairs:
+            rows = torch.stack([r for _, _, r in pairs])  # [P, B]
+            counts = rows.sum(1).tolist()
+            at = torch.nonzero(rows)  # [sum of counts, 2]: (pair, row), pairs in order, rows ascending
+            views = torch.tensor([[a, b] for a, b, _ in pairs], device=Z.device)[at[:, 0]]  # [n, 2]
+            za_all, zb_all = Z[views[:, 0], at[:, 1]], Z[views[:, 1], at[:, 1]]
+            scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+            # split, not slices: one backward step for all pairs instead of a full-size gradient per slice
+            chunks = zip(pairs, za_all.split(counts), zb_all.split(counts), at[:, 1].split(counts), strict=True)
+            for (a, b, _), za, zb, idx in chunks:
+                if idx.numel() < 1:
+                    continue
+                if self.bank_size == 0:
+                    losses.append(self.pair_loss_no_bank(za, zb, y[idx], ym[idx], scale))
+                else:
+                    losses.append(self.pair_loss(za, zb, batch.index[idx], y[idx], ym[idx], a, b))
         if self.training and torch.is_grad_enabled() and self.bank_size > 0:
             self._push_bank(Z.detach(), avail, batch.index, y, ym)
         if not losses:
             return Z.sum() * 0.0  # no pair of views: a zero that keeps the graph
         return torch.stack(losses).mean()
+
+    def pair_loss_no_bank(
+        self, za: torch.Tensor, zb: torch.Tensor, y: torch.Tensor, ym: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`pair_loss` without a memory bank (projections ``za``, ``zb`` [N, p] of the same N rows, the
+        clamped logit ``scale``), in fewer steps: one product ``scale * za zb^T`` [N, N] whose transpose is the
+        second InfoNCE direction's logits, and without labels (the diagonal the only positive) each direction
+        is the cross-entropy towards the diagonal. The same numbers up to float rounding."""
+        n = za.shape[0]
+        logits = scale * (za @ zb.T)  # [N, N]: anchors of view a, keys of view b
+        if self.loss_form == "sigmoid" or self.label_aware:
+            pos = torch.eye(n, dtype=torch.bool, device=za.device)
+            if self.label_aware:
+                pos = pos | same_label(y, ym, y, ym)
+        if self.loss_form == "sigmoid":
+            sign = pos.to(logits.dtype) * 2 - 1
+            return -F.logsigmoid(sign * (logits + self.logit_bias)).mean()
+        if not self.label_aware:
+            target = torch.arange(n, device=za.device)
+            return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        n_pos = pos.to(logits.dtype).sum(1)  # >= 1 (the diagonal); pos is symmetric: the same both ways
+
+        def direction(z: torch.Tensor) -> torch.Tensor:
+            logp = torch.log_softmax(z, dim=1)
+            if self.label_form == "authors":
+                return (-torch.diagonal(logp) / n_pos).mean()
+            return (-torch.where(pos, logp, torch.zeros_like(logp)).sum(1) / n_pos).mean()
+
+        return 0.5 * (direction(logits) + direction(logits.T))
 
     @torch.no_grad()
     def _push_bank(
@@ -564,15 +624,20 @@ class ContrastiveModalityDropout(FusionMethod):
     def supervised_loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, torch.Tensor | None]:
         kind = self.info.task_kind
         fused = task_loss(out.logits, batch.y, kind, batch.y_mask)
-        lab = batch.y_mask.to(torch.bool)
-        distinct = out.extra["distinct"]
-        uni = []
-        for i in range(self.info.num_modalities):
-            rows = batch.mask[:, i].to(torch.bool) & distinct & lab
-            if bool(rows.any()):
-                uni.append(task_loss(out.extra["view_logits"][i], batch.y, kind, batch.y_mask, rows=rows))
-        uni_loss = torch.stack(uni).mean() if uni else None
-        return fused, uni_loss
+        m = self.info.num_modalities
+        # each unimodal view's task loss over the labelled rows holding its modality and another one (where
+        # the view differs from the fused one), every view at once
+        rows = (batch.mask.to(torch.bool) & (out.extra["distinct"] & batch.y_mask.to(torch.bool)).unsqueeze(1)).T
+        logits = out.extra["view_logits"][:m]  # [M, B, C]
+        y = batch.y.unsqueeze(0).expand(m, *batch.y.shape).reshape(m * batch.y.shape[0], *batch.y.shape[1:])
+        per = row_loss(logits.reshape(-1, logits.shape[-1]), y, kind).view(m, -1)  # [M, B]
+        w = rows.to(per.dtype)
+        total = w.sum(1)
+        has = torch.nonzero(total > 0).squeeze(1)
+        if has.numel() == 0:
+            return fused, None
+        uni = (per * w).sum(1)[has] / total[has]
+        return fused, uni.mean()
 
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
         terms: dict[str, float] = {}

@@ -43,7 +43,7 @@ from torch import nn
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
 from omnifuse.fuse.encoders import BACKBONE, EncoderBank
-from omnifuse.fuse.layers import task_loss, true_class_probability
+from omnifuse.fuse.layers import encode_present, task_loss, true_class_probability
 from omnifuse.fuse.methods.common import check_batch, check_info
 from omnifuse.fuse.registry import register_method
 
@@ -157,8 +157,7 @@ class OGMGE(FusionMethod):
 
     def forward(self, batch: Batch) -> MethodOutput:
         check_batch(self.info, batch)
-        mask = batch.mask.to(torch.bool)
-        U = self.enc(batch) * mask.unsqueeze(-1).to(torch.float32)  # [B, M, d], missing slots zero
+        U = encode_present(self.enc, batch)  # [B, M, d], missing slots zero
         U = self.drop(U)
         m, d = self.info.num_modalities, self.d
         logits = self.head(U.reshape(U.shape[0], -1))

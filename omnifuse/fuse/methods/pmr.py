@@ -47,7 +47,7 @@ from torch import nn
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModelInfo, TrainerView
 from omnifuse.fuse.encoders import BACKBONE, EncoderBank
-from omnifuse.fuse.layers import masked_mean, task_loss
+from omnifuse.fuse.layers import encode_present, task_loss
 from omnifuse.fuse.methods.common import batches_on, check_batch, check_info
 from omnifuse.fuse.methods.ogm_ge import ogm_coefficients
 from omnifuse.fuse.registry import register_method
@@ -135,8 +135,7 @@ class PrototypicalRebalance(FusionMethod):
 
     def forward(self, batch: Batch) -> MethodOutput:
         check_batch(self.info, batch)
-        mask = batch.mask.to(torch.bool)
-        U = self.enc(batch) * mask.unsqueeze(-1).to(torch.float32)  # [B, M, d]
+        U = encode_present(self.enc, batch)  # [B, M, d], missing slots zero
         logits = self.head(self.drop(U).reshape(U.shape[0], -1))
         return MethodOutput(logits=logits, extra={"embeddings": U})
 
@@ -202,24 +201,28 @@ class PrototypicalRebalance(FusionMethod):
     def modality_terms(
         self, U: torch.Tensor, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per modality: PCE [M], score s [M], entropy [M], valid [M] (prototypes ready, rows present)."""
+        """Per modality: PCE [M], score s [M], entropy [M], valid [M] (prototypes ready, rows present), every
+        modality at once: ``U`` [B, M, d] against the prototypes [M, G, K, d] (:func:`prototype_logits` of each
+        modality), each term the mean over the labelled rows where the modality is present (0 without any)."""
         t = label_groups(batch.y, self.info.task_kind, self.info.num_outputs)  # [B, G]
-        lab = batch.y_mask.to(torch.bool)
-        pce, score, ent, valid = [], [], [], []
-        for m in range(self.info.num_modalities):
-            rows = lab & batch.mask[:, m].to(torch.bool)
-            ready = bool(self.seen[m].all()) and bool(rows.any())
-            logits = prototype_logits(U[:, m], self.protos[m], self.temperature)  # [B, G, K]
-            logp = torch.log_softmax(logits, dim=-1)
-            nll = -logp.gather(-1, t.unsqueeze(-1)).squeeze(-1).mean(1)  # [B]
-            p = logp.exp()
-            s = p.gather(-1, t.unsqueeze(-1)).squeeze(-1).mean(1)
-            h = -(p * logp).sum(-1).mean(1)
-            pce.append(masked_mean(nll, rows))
-            score.append(masked_mean(s.detach(), rows))
-            ent.append(masked_mean(h, rows))
-            valid.append(ready)
-        return torch.stack(pce), torch.stack(score), torch.stack(ent), torch.tensor(valid, device=U.device)
+        b, m = U.shape[0], self.info.num_modalities
+        rows = batch.y_mask.to(torch.bool).unsqueeze(1) & batch.mask.to(torch.bool)  # [B, M]
+        diff = U[:, :, None, None, :] - self.protos[None]  # [B, M, G, K, d]
+        logits = -torch.sqrt((diff * diff).sum(-1) + 1e-12) / self.temperature  # [B, M, G, K]
+        logp = torch.log_softmax(logits, dim=-1)
+        target = t[:, None, :, None].expand(b, m, self.groups, 1)
+        nll = -logp.gather(-1, target).squeeze(-1).mean(-1)  # [B, M]
+        p = logp.exp()
+        s = p.gather(-1, target).squeeze(-1).mean(-1)
+        h = -(p * logp).sum(-1).mean(-1)
+        w = rows.to(U.dtype)
+        count = w.sum(0).clamp(min=1)  # rows are counted; no row: the sums are 0, so is the mean
+
+        def mean(v: torch.Tensor) -> torch.Tensor:
+            return (v * w).sum(0) / count
+
+        valid = self.seen.flatten(1).all(1) & rows.any(0)
+        return mean(nll), mean(s.detach()), mean(h), valid
 
     def loss(self, batch: Batch, out: MethodOutput) -> tuple[torch.Tensor, dict[str, float]]:
         U = out.extra["embeddings"]
@@ -241,7 +244,8 @@ class PrototypicalRebalance(FusionMethod):
         total = ce + (beta.detach() * pce).sum()
         if self.epoch < self.entropy_epochs and self.mu > 0:
             total = total - self.mu * (dominant.to(ent.dtype) * ent).sum()
+        pce_values, rho_values = pce.detach().tolist(), rho.tolist()
         for i, n in enumerate(self.info.names):
-            terms[f"pce_{n}"] = float(pce[i].detach())
-            terms[f"rho_{n}"] = float(rho[i])
+            terms[f"pce_{n}"] = pce_values[i]
+            terms[f"rho_{n}"] = rho_values[i]
         return total, terms
