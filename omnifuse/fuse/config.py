@@ -84,6 +84,13 @@ class TrainConfig:
     normalize_embeddings: bool = option(True, help="Standardise cached embeddings with training statistics.")
     n_boot: int = option(1000, help="Bootstrap replicates of the per-fold confidence intervals.")
     device: str = option("auto", help="auto (cuda when present), cpu, cuda.")
+    data_in_memory: str = option(
+        "auto",
+        help="auto: keep the selected cache arrays in memory when they fit (half the available memory), else "
+        "stream the largest modalities' features from the cache; yes / no: force one path. Both give the same "
+        "batches and results (streaming takes less memory, more time).",
+        choices=("auto", "yes", "no"),
+    )
     progress: bool = option(True, help="Show a progress bar (logged when the output is not a terminal).")
     allow_incomplete: bool = option(
         False, help="Accept a cache whose extraction did not finish (its missing blocks read as missing modalities)."
