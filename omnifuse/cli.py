@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from omnifuse import __version__
+from omnifuse.demo import DEMO_EPOCHS, DEMO_REPEATS
 from omnifuse.experiments.config import AblationConfig, CompareConfig, ImputationConfig, SweepConfig, UnimodalConfig
 from omnifuse.extract.config import extract_cli_parameters
 from omnifuse.fuse.config import TrainConfig
@@ -57,10 +58,13 @@ USER_ERRORS = (ValueError, KeyError, OSError, FloatingPointError)
 
 @contextmanager
 def _reported() -> Iterator[None]:
-    """Run the body; :data:`USER_ERRORS` become a one-line ``error: ...`` and exit code 2."""
+    """Run the body; :data:`USER_ERRORS` and ``CacheError`` (an unfinished or damaged store, met at load or
+    mid-run when features are streamed) become a one-line ``error: ...`` and exit code 2."""
+    from omnifuse.cache.schema import CacheError
+
     try:
         yield
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, CacheError) as e:
         _fail(e)
 
 
@@ -243,17 +247,26 @@ def demo(
         None, "--method", "-m", help="Methods to compare (repeat); default omnifuse, concat, logreg and gbm."
     ),
     folds: int = typer.Option(5, "--folds"),
-    repeats: int = typer.Option(3, "--repeats", help="Repeats of the cross-validation (folds seeded by seed + r)."),
+    repeats: int = typer.Option(
+        DEMO_REPEATS, "--repeats", help="Repeats of the cross-validation (folds seeded by seed + r; compare: 3)."
+    ),
     seed: int = typer.Option(0, "--seed"),
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (default 30, early stopping)."),
+    epochs: int = typer.Option(
+        DEMO_EPOCHS, "--epochs", help="Maximum epochs per network, early stopping within (full comparison: 30)."
+    ),
     jobs: int | None = typer.Option(None, "--jobs", help="Runs trained at once (default: one per CPU core)."),
 ) -> None:
-    """The whole pipeline on the bundled eICU-CRD demo (real data, ODbL): extract, then OmniFuse vs Concat.
+    """The whole pipeline on the bundled eICU-CRD demo (real data, ODbL): extract, then OmniFuse, Concat and the
+    two reference learners.
 
-    Patient-grouped 5-fold cross-validation on in-hospital mortality; prints AUROC and AUPRC with CIs and
-    APACHE IVa's predicted mortality on the same folds and stays, and writes them to --out. Measured on
-    2 CPU cores: 2.5 to 5 minutes from scratch (extraction 1 to 3, by CPU; training 2); rerunning reuses the
-    cache and finished runs.
+    Patient-grouped 5-fold cross-validation on in-hospital mortality, repeated twice (the first 10 folds of
+    `omnifuse experiment compare`'s 15), networks trained for at most 10 epochs (compare: 30 with patience 10;
+    a network whose best epoch is below 10 is the same network with the same predictions as in compare, which
+    was the case for every OmniFuse and Concat fold of the README's comparison; `--repeats 3 --epochs 30` is
+    compare's protocol exactly). Prints AUROC and AUPRC with CIs, calibration and corrected t-tests, and APACHE
+    IVa's predicted mortality on the same folds and stays, and writes them to --out. From scratch on 2 CPU
+    cores: 31 min timed while other jobs shared them (14 min of CPU), about 7 min unshared (extraction 3 to 4,
+    the 40 runs 3; README); rerunning reuses the cache and finished runs.
     """
     from omnifuse.demo import DEMO_METHODS, run_demo
 
@@ -323,9 +336,10 @@ def experiment_compare(
     cache: Path = _CACHE, option: list[str] | None = _OPTION, param: list[str] | None = _PARAM, **flags: Any
 ) -> None:
     """Table 3: every method on the same folds and missingness masks, per modality combination; mean ± sd,
-    paired t-tests against OmniFuse and its DWFuse-only row, bootstrap CIs, Brier, reliability figure, and the
-    cache's reference score (APACHE IVa on eICU) on the same rows. All 10 methods x 5 folds on the eICU demo:
-    16.7 min measured on 2 shared CPU cores with --jobs 2 --threads 1 (about a quarter of that unshared)."""
+    corrected t-tests against OmniFuse and its DWFuse-only row, bootstrap CIs, Brier, reliability figure, and the
+    cache's reference score (APACHE IVa on eICU) on the same rows. On the 8-modality eICU demo with --jobs 2
+    --threads 1: the 12 entries of table 3 plus the reference learners at 5 folds x 3 repeats about 23 min of 2
+    quiet cores; all 20 entries about 35-50 min (--repeats 1: a third). See benchmarks/methods_time.py."""
     from omnifuse.experiments.compare import compare
 
     _run_study(compare, cache, option, param, flags)
@@ -378,6 +392,36 @@ def experiment_imputation(
     from omnifuse.experiments.imputation import imputation
 
     _run_study(imputation, cache, option, param, flags)
+
+
+@app.command()
+def report(
+    folder: Path = typer.Argument(
+        ..., help="A run folder of `omnifuse train` or a study folder of `omnifuse experiment` (told apart)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Markdown file to write (default FOLDER/report.md); its PNG figures go beside it."
+    ),
+    attribution: bool = typer.Option(
+        True,
+        "--attribution/--no-attribution",
+        help="A run: compute each modality's Shapley values from the fold checkpoints on the run's cache "
+        "(2^M passes per stay and fold model). A study shows the values it stored (compare --attribution).",
+    ),
+    cache: Path | None = typer.Option(
+        None, "--cache", "-c", help="A run: the cache to attribute on (default: the one recorded in its config.json)."
+    ),
+) -> None:
+    """Write one Markdown report of a run or a study that a reviewer can read on its own: configuration and cache
+    provenance, data summary, metrics with bootstrap CIs (fold mean and pooled) and corrected t-tests,
+    calibration before and after temperature scaling, modality attribution and OmniFuse's TLA trace, with
+    figures."""
+    from omnifuse.experiments.run_report import write_report
+
+    _setup_logging(False)
+    with _reported():
+        path = write_report(folder, out, attribution=attribution, cache=cache)
+    typer.echo(f"report written to {path}")
 
 
 @app.command()

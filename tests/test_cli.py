@@ -50,7 +50,7 @@ def test_extract_mimic_iii_demo_from_the_cli(tmp_path):
     r = runner.invoke(app, ["extract", "--dataset", "mimic", "--root", str(root), "--out", str(out)])
     assert r.exit_code == 0, r.output
     d = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
-    assert d["rows"] == 113 and [m["name"] for m in d["modalities"]] == ["ehr"]
+    assert d["rows"] == 113 and [m["name"] for m in d["modalities"]] == ["ehr", "ehr_stay"]  # 48 h, whole stay
     assert set(d["extra"]["absent_modalities"]) == {"cxr", "report"}  # no CXR source: said, not stored
     mort = next(t for t in d["tasks"] if t["name"] == "mortality")
     assert mort["labelled"] == 57 and round(mort["prevalence"]["in_hospital_death"] * 57) == 17

@@ -86,10 +86,11 @@ def compare(
     configuration, data, metrics, calibration, attribution and TLA trace; figure ``report-tla.png``); prints
     the tables.
 
-    Measured on the eICU demo cache (2,492 labelled stays, 5 modalities, MiniLM mean-pooled text) on 2 CPU
-    cores shared with other jobs (about 4x oversubscribed), ``n_jobs=2, threads=1``: ``["omnifuse", "concat"]``
-    x 5 folds 4.5 min wall (134 CPU s of training); all 10 methods x 5 folds 16.7 min wall (OmniFuse 24-46
-    CPU s per fold, the baselines 3-15). Unshared, the CPU times give about a quarter of the wall times.
+    Cost on the eICU demo cache with eight modalities (2,492 labelled stays), ``n_jobs=2, threads=1``: the
+    twelve entries of table 3 with the reference learners at 5 folds x 3 repeats ran 142 of 180 runs in 20.5
+    min on 2 quiet cores (about 23 min in all before the baselines' speed-ups of ``encode_present``); one run
+    of each of the 20 default entries is 402 CPU s (``benchmarks/methods_time.py``, loaded cores), so all of
+    them at 5 x 3 take about 35-50 min of two quiet cores and ``repeats=1`` a third of that.
     """
     t0 = time.perf_counter()
     cfg = study_config(CompareConfig, config, task=task, methods=list(methods) if methods else None, **overrides)

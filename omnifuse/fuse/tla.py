@@ -82,6 +82,11 @@ class Mining(NamedTuple):
     n_common: int
 
 
+MINING_ROWS_PER_PASS = 16384
+"""The fast path of :func:`mine_lazy` fuses the (row, combination) pairs of a batch in passes of at most this
+many pairs (31 combinations x 512 rows at the default settings: one pass)."""
+
+
 @torch.no_grad()
 def mine_lazy(
     joint_logits: Callable[[Batch], torch.Tensor] | None,
@@ -93,6 +98,7 @@ def mine_lazy(
     fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     min_common: int = MIN_COMMON_ROWS,
     combos: Sequence[tuple[bool, ...]] | None = None,
+    rows_per_pass: int = MINING_ROWS_PER_PASS,
 ) -> Mining:
     """Eq. 15: the lazy combination ``argmax_i mean_rows D(o_i, y)`` over all combinations.
 
@@ -104,12 +110,16 @@ def mine_lazy(
     rows are passed through the model). Returns a :class:`Mining`.
 
     Fast path (same result): with ``encode(batch) -> v`` [B, M, d] (eq. 1, the true embeddings) and
-    ``fuse(v, mask) -> o`` (eq. 2-5 and 11 from embeddings and a presence mask), each batch is encoded once
-    and only the fusion runs per combination: the cost of the modality encoders no longer grows with
-    ``2^M - 1``. ``combos``: the candidate combinations (default all ``2^M - 1``; see
-    :func:`candidate_combinations`)."""
+    ``fuse(v, mask) -> o`` (eq. 2-5 and 11 from embeddings [n, M, d] and presence masks [n, M]; row by row:
+    a row's output depends on that row alone), each batch is encoded once and the (row, combination) pairs
+    of every combination are fused together, in passes of at most ``rows_per_pass`` pairs: the cost of the
+    modality encoders no longer grows with ``2^M - 1`` and one batched pass replaces one pass per
+    combination (the same numbers up to float rounding). ``combos``: the candidate combinations (default all
+    ``2^M - 1``; see :func:`candidate_combinations`)."""
     if joint_logits is None and (encode is None or fuse is None):
         raise ValueError("mine_lazy needs joint_logits, or both encode and fuse")
+    if rows_per_pass < 1:
+        raise ValueError(f"rows_per_pass must be >= 1, got {rows_per_pass}")
     M = len(names)
     combos = list(combos) if combos is not None else all_combinations(M)
     # [0]: every eligible row of a combination; [1]: the common rows only (accumulated together, one pass)
@@ -125,29 +135,26 @@ def mine_lazy(
                 continue
         labelled = batch.y_mask.to(torch.bool)
         common = batch.mask.all(1) & labelled
-        v = encode(batch) if encode is not None and fuse is not None else None
+        if encode is not None and fuse is not None:
+            _fuse_every_combination(
+                encode(batch), batch, combos, common, labelled, fuse, task_kind, sums, counts, rows_per_pass
+            )
+            continue
+        assert joint_logits is not None  # checked above
         for i, combo in enumerate(combos):
             c = torch.tensor(combo, dtype=torch.bool, device=batch.mask.device)
             eligible = (batch.mask | ~c).all(1) & labelled  # rows holding every modality of the combination
             if not bool(eligible.any()):
                 continue
-            if v is not None and fuse is not None:
-                sub_mask = c.unsqueeze(0).expand(int(eligible.sum()), -1)
-                o = fuse(v[eligible], sub_mask)
-                y = batch.y[eligible]
-            else:
-                assert joint_logits is not None  # checked above
-                sub = batch.select(eligible)
-                sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
-                o, y = joint_logits(sub), sub.y
-            d = row_loss(o, y, task_kind).double()
-            on_common = common[eligible]
+            sub = batch.select(eligible)
+            sub = sub.with_mask(c.unsqueeze(0).expand_as(sub.mask).clone())
+            d = row_loss(joint_logits(sub), sub.y, task_kind).double().cpu()
+            on_common = common[eligible].cpu()
             sums[0, i] += float(d.sum())
             counts[0, i] += int(d.numel())
             sums[1, i] += float(d[on_common].sum())
             counts[1, i] += int(on_common.sum())
-    use_common = n_common >= max(int(min_common), 1)
-    r = 1 if use_common else 0
+    r = 1 if only_common else 0
     table = {}
     best, best_d = None, -float("inf")
     for i, combo in enumerate(combos):
@@ -157,7 +164,38 @@ def mine_lazy(
         table[combination_name(combo, names)] = {"distance": dist, "n": int(counts[r, i])}
         if dist > best_d:
             best, best_d = combo, dist
-    return Mining(best, table, "common" if use_common else "per_combination", n_common)
+    return Mining(best, table, "common" if only_common else "per_combination", n_common)
+
+
+def _fuse_every_combination(
+    v: torch.Tensor,
+    batch: Batch,
+    combos: Sequence[tuple[bool, ...]],
+    common: torch.Tensor,
+    labelled: torch.Tensor,
+    fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    task_kind: str,
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    rows_per_pass: int,
+) -> None:
+    """The fast path of :func:`mine_lazy` for one batch: ``v`` [B, M, d] its embeddings; every (combination,
+    eligible row) pair is fused, in passes of at most ``rows_per_pass`` pairs, and the sample-wise distances
+    are added per combination to ``sums`` [2, K] (float64; row 0 every eligible row, row 1 the common rows)
+    and ``counts`` [2, K]."""
+    dev = batch.mask.device
+    c = torch.tensor(combos, dtype=torch.bool, device=dev).reshape(len(combos), v.shape[1])  # [K, M]
+    # eligible[i, r]: row r is labelled and holds every modality of combination i
+    eligible = (batch.mask.unsqueeze(0) | ~c.unsqueeze(1)).all(2) & labelled.unsqueeze(0)  # [K, B]
+    ki, ri = eligible.nonzero(as_tuple=True)  # pairs by combination, then row
+    for s in range(0, int(ki.numel()), rows_per_pass):
+        k, r = ki[s : s + rows_per_pass], ri[s : s + rows_per_pass]
+        d = row_loss(fuse(v[r], c[k]), batch.y[r], task_kind).double().cpu()  # [n]
+        k, on_common = k.cpu(), common[r].cpu()
+        sums[0].index_add_(0, k, d)
+        counts[0].index_add_(0, k, torch.ones_like(k))
+        sums[1].index_add_(0, k[on_common], d[on_common])
+        counts[1].index_add_(0, k[on_common], torch.ones_like(k[on_common]))
 
 
 def lazy_mask(mask: torch.Tensor, lazy: tuple[bool, ...] | torch.Tensor) -> torch.Tensor:

@@ -287,7 +287,14 @@ def train(
     method_params = {**entry.defaults, **cfg.method_params}
     if out is not None:
         ensure_writable(Path(out))
-    data = load_fuse_data(cache, cfg.task, cfg.modalities, device=cfg.device, allow_incomplete=cfg.allow_incomplete)
+    data = load_fuse_data(
+        cache,
+        cfg.task,
+        cfg.modalities,
+        device=cfg.device,
+        allow_incomplete=cfg.allow_incomplete,
+        in_memory=cfg.data_in_memory,
+    )
     cfg.modalities = list(data.modalities)
     fingerprint = data_fingerprint(cache)
     combos = all_combinations(len(data.modalities))
@@ -302,6 +309,7 @@ def train(
                         **cfg.to_json(),
                         "method_params_resolved": method_params,
                         "n_rows": data.n,
+                        "streamed_modalities": data.streamed,  # the features read from the cache, not memory
                         "cache": str(cache) if isinstance(cache, (str, Path)) else None,
                         "cache_fingerprint": fingerprint,
                     }

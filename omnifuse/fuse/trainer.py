@@ -73,9 +73,7 @@ def predict_probs(
     model.eval()
     out = []
     with torch.no_grad():
-        for s in range(0, len(rows), batch_size):
-            r = rows[s : s + batch_size]
-            b = data.batch(r, norm, None if mask is None else mask[s : s + batch_size])
+        for b in data.iter_batches(rows, batch_size, norm, mask=mask):  # streamed modalities: read ahead
             out.append(probabilities(model(b).logits, data.task_kind).float().cpu())
     if not out:
         return np.zeros((0, data.num_outputs), dtype=np.float32)

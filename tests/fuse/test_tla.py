@@ -129,9 +129,9 @@ def test_mining_scores_only_the_given_combinations():
                   index=torch.arange(B))
 
     def fuse(v, mask):  # the loss grows as modalities are removed: the single modality is lazier
-        return (2 * y[: mask.shape[0]] - 1) * mask.float().sum(1, keepdim=True)
+        return v[:, 0, :1] * mask.float().sum(1, keepdim=True)  # v holds the row's sign (2 y - 1)
 
     combos = [(True, False, False), (True, True, True)]
-    mined = mine_lazy(None, [batch], ["a", "b", "c"], "binary", encode=lambda b: torch.zeros(B, M, 2), fuse=fuse,
-                      min_common=1, combos=combos)
+    mined = mine_lazy(None, [batch], ["a", "b", "c"], "binary", encode=lambda b: (2 * b.y - 1).expand(B, M)[..., None],
+                      fuse=fuse, min_common=1, combos=combos)
     assert set(mined.table) == {"a", "a+b+c"} and mined.lazy == (True, False, False)

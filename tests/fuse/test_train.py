@@ -160,10 +160,10 @@ def test_real_mimic_iv_demo_cache_single_modality_multilabel(tmp_path, fast):
     path = tmp_path / "m4.zarr"
     extract_dataset("mimic", path, root=root, progress=False)
     c = open_cache(path)
-    assert [m.name for m in c.spec.modalities] == ["ehr"] and c.n == 112
+    assert [m.name for m in c.spec.modalities] == ["ehr", "ehr_stay"] and c.n == 112  # 48 h; the whole stay
     r = train(path, "phenotyping", "omnifuse", folds=2, out=tmp_path / "run", **fast)
     assert all(len(f["by_combination"]) == 1 for f in r.metrics["folds"])
     assert all(0.0 <= f["auroc"] <= 1.0 for f in r.metrics["folds"])
     res = predict(tmp_path / "run", path, fold=0)
     assert res["score"].shape == (112, 25) and np.isfinite(res["score"]).all()
-    np.testing.assert_allclose(res["weight_predicted_class_ehr"], 1.0)
+    np.testing.assert_allclose(res["weight_predicted_class_ehr_stay"], 1.0)  # phenotyping reads the whole stay

@@ -47,7 +47,7 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_fingerprint_keys_and_what_they_cover(demo):
     fp = cache_fingerprint(demo)
     assert set(fp) == KEYS
-    assert fp["schema"] == 2 and fp["dataset"] == {"name": "eicu-demo", "version": "2.0.1"}
+    assert fp["schema"] == 3 and fp["dataset"] == {"name": "eicu-demo", "version": "2.0.1"}
     assert fp["adapter_options"]["root"] == "<bundled>/eicu-demo-2.0.1"
     assert list(fp["modalities"]) == ["vitals", "apache", "history", "diagnosis", "exam", "admission", "exam_values", "treatments"]
     hist = fp["modalities"]["history"]
