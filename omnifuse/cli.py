@@ -265,7 +265,7 @@ def demo(
     was the case for every OmniFuse and Concat fold of the README's comparison; `--repeats 3 --epochs 30` is
     compare's protocol exactly). Prints AUROC and AUPRC with CIs, calibration and corrected t-tests, and APACHE
     IVa's predicted mortality on the same folds and stays, and writes them to --out. From scratch on 2 CPU
-    cores: 31 min timed while other jobs shared them (14 min of CPU), about 7 min unshared (extraction 3 to 4,
+    cores: 11 min timed while another job shared them (12 min of CPU), about 7 min unshared (extraction 3 to 4,
     the 40 runs 3; README); rerunning reuses the cache and finished runs.
     """
     from omnifuse.demo import DEMO_METHODS, run_demo
