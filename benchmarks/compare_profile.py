@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import add_study_arguments, compare_runs  # the loop shared with methods_time.py
 
 DEFAULT_METHODS = (
     "omnifuse",
@@ -161,9 +162,6 @@ def profile_methods(
     cache: str, methods: list[str], task: str | None, fold: int, repeat: int, folds: int, threads: int
 ) -> list[dict[str, Any]]:
     """One compare run per method on fold ``fold`` of repeat ``repeat``; a record per method."""
-    from omnifuse.experiments.config import CompareConfig, study_config
-    from omnifuse.experiments.runner import RunSpec, execute_run, freeze_params, method_params, study_context
-
     torch.set_num_threads(threads)
     install()
     # a compare worker process runs many runs: the first optimiser's one-off import of torch._dynamo (about
@@ -172,41 +170,29 @@ def profile_methods(
     warm.grad = torch.zeros(1)
     torch.optim.AdamW([warm]).step()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="compare_profile_") as tmp:
-        cfg = study_config(CompareConfig, None, task=task, folds=folds, repeats=repeat + 1, out=Path(tmp) / "s")
-        ctx = study_context(cache, cfg)
-        ctx.data()  # load once, outside the timings
-        for name in methods:
-            spec = RunSpec(
-                label=name,
-                method=name,
-                params=freeze_params(method_params(name, None)),
-                repeat=repeat,
-                fold=fold,
-                rate=float(cfg.missing_rate),
-                mode=cfg.missing_mode,
-            )
-            CLOCK.reset()
-            c0 = time.process_time()
-            rec = execute_run(ctx, spec, Path(tmp) / name)
-            cpu = time.process_time() - c0
-            CLOCK._mark()
-            hist = rec.get("history") or []
-            epochs = len(hist)
-            per_epoch = sum(CLOCK.seconds[p] for p in ("data", "fwd", "loss", "bwd+opt", "hooks", "val"))
-            rows.append(
-                {
-                    "method": name,
-                    "parameters": rec.get("parameters"),
-                    "epochs": epochs,
-                    "best_epoch": rec.get("best_epoch"),
-                    "cpu_seconds": cpu,
-                    "seconds_per_epoch": per_epoch / epochs if epochs else None,
-                    "phases": dict(CLOCK.seconds),
-                    "best_val_auroc": rec.get("best_val_auroc"),
-                }
-            )
-            print(f"{name:12s} {cpu:7.1f} CPU s  {epochs:3d} epochs", flush=True)
+    runs = compare_runs(
+        cache,
+        methods,
+        task=task,
+        fold=fold,
+        repeat=repeat,
+        folds=folds,
+        repeats=repeat + 1,
+        prefix="compare_profile_",
+        start=CLOCK.reset,
+    )
+    for run in runs:
+        CLOCK._mark()
+        per_epoch = sum(CLOCK.seconds[p] for p in ("data", "fwd", "loss", "bwd+opt", "hooks", "val"))
+        rows.append(
+            {
+                **run.summary(),
+                "cpu_seconds": run.cpu_seconds,
+                "seconds_per_epoch": per_epoch / run.epochs if run.epochs else None,
+                "phases": dict(CLOCK.seconds),
+            }
+        )
+        print(f"{run.method:12s} {run.cpu_seconds:7.1f} CPU s  {run.epochs:3d} epochs", flush=True)
     return rows
 
 
@@ -262,16 +248,7 @@ def before_after(args: argparse.Namespace, methods: list[str]) -> list[dict[str,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--cache", required=True, help="the feature cache (read only)")
-    ap.add_argument("--task", default=None)
-    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated registry entries")
-    ap.add_argument("--fold", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=0)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3, help="repeats of the full comparison being estimated")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=2, help="runs at once in the comparison being estimated")
-    ap.add_argument("--json", default=None, help="also write the records to this file")
+    add_study_arguments(ap, DEFAULT_METHODS)
     ap.add_argument("--baseline", default=None, help="a folder holding an older omnifuse package: before / after")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

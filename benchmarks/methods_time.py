@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import add_study_arguments, compare_runs  # the loop shared with compare_profile.py
 
 DEFAULT_METHODS = (
     "omnifuse",
@@ -63,44 +62,22 @@ def time_methods(
     threads: int,
 ) -> list[dict[str, Any]]:
     """One compare run per method on fold ``fold`` of repeat ``repeat``; a record per method."""
-    from omnifuse.experiments.config import CompareConfig, study_config
-    from omnifuse.experiments.runner import RunSpec, execute_run, freeze_params, method_params, study_context
-
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="methods_time_") as tmp:
-        cfg = study_config(CompareConfig, None, task=task, folds=folds, repeats=repeats, out=Path(tmp) / "study")
-        ctx = study_context(cache, cfg)
-        ctx.data()  # load once, outside the timings
-        rows = []
-        for name in methods:
-            spec = RunSpec(
-                label=name,
-                method=name,
-                params=freeze_params(method_params(name, None)),
-                repeat=repeat,
-                fold=fold,
-                rate=float(cfg.missing_rate),
-                mode=cfg.missing_mode,
-            )
-            t0 = time.perf_counter()
-            rec = execute_run(ctx, spec, Path(tmp) / name)
-            wall = time.perf_counter() - t0
-            hist = rec.get("history") or []
-            epochs = len(hist)
-            train_s = sum(float(h.get("seconds", 0.0)) for h in hist)
-            rows.append(
-                {
-                    "method": name,
-                    "parameters": rec.get("parameters"),
-                    "epochs": epochs,
-                    "best_epoch": rec.get("best_epoch"),
-                    "seconds": wall,
-                    "cpu_seconds": rec.get("cpu_seconds"),
-                    "seconds_per_epoch": train_s / epochs if epochs else None,
-                    "best_val_auroc": rec.get("best_val_auroc"),
-                }
-            )
-            print(f"{name:12s} {wall:7.1f} s  {epochs:3d} epochs", flush=True)
+    rows = []
+    runs = compare_runs(
+        cache, methods, task=task, fold=fold, repeat=repeat, folds=folds, repeats=repeats, prefix="methods_time_"
+    )
+    for run in runs:
+        train_s = sum(float(h.get("seconds", 0.0)) for h in run.rec.get("history") or [])
+        rows.append(
+            {
+                **run.summary(),
+                "seconds": run.seconds,
+                "cpu_seconds": run.rec.get("cpu_seconds"),
+                "seconds_per_epoch": train_s / run.epochs if run.epochs else None,
+            }
+        )
+        print(f"{run.method:12s} {run.seconds:7.1f} s  {run.epochs:3d} epochs", flush=True)
     return rows
 
 
@@ -138,16 +115,7 @@ def table(rows: list[dict[str, Any]], runs_per_method: int, jobs: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", required=True, help="the feature cache (read only)")
-    ap.add_argument("--task", default=None)
-    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated registry entries")
-    ap.add_argument("--fold", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=0)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3, help="repeats of the full comparison being estimated")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--jobs", type=int, default=2, help="runs at once in the comparison being estimated")
-    ap.add_argument("--json", default=None, help="also write the records to this file")
+    add_study_arguments(ap, DEFAULT_METHODS)
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = time_methods(

@@ -1,8 +1,9 @@
 """Where one OmniFuse run of ``omnifuse experiment compare`` spends its time: a per-phase table.
 
-One fold (``--repeat``, ``--fold``) of the cache is trained exactly as a compare run trains it (the study's
-folds, run seed, options and evaluated combinations ``full+single``; :func:`omnifuse.fuse.fold.run_fold`:
-early stopping, TLA mining after each epoch, validation, calibration, test predictions), with ``--threads``
+One fold (``--repeat``, ``--fold``) of the cache is trained by a compare run itself (the study's folds, run
+seed, options and evaluated combinations ``full+single``; :func:`omnifuse.experiments.runner.execute_run`:
+early stopping, TLA mining after each epoch, validation, calibration, test predictions, the run's files written
+to a temporary folder, counted in ``other``), with ``--threads``
 torch threads. Every phase is timed exclusively (a phase nested in another is not counted twice):
 
 - ``batches``: building normalised batches (:meth:`FuseData.batch`);
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _timing import compare_spec, timed_run  # benchmarks/_timing.py: a compare run, timed
 
 PHASES = (
     "batches",
@@ -103,12 +105,13 @@ def instrument(timer: Timer) -> None:
 
 
 def run_once(args: argparse.Namespace) -> dict[str, Any]:
-    """Train the fold in this process; the phase table, epochs, seconds and the test probabilities."""
+    """Train the fold in this process as a compare run (:func:`omnifuse.experiments.runner.execute_run`, the
+    spec ``experiment compare`` gives the method: ``_timing.compare_spec``); the phase table, epochs, seconds and
+    the test probabilities (overall before calibration, per combination calibrated)."""
     import torch
 
     torch.set_num_threads(args.threads)
-    from omnifuse.experiments.runner import build_context, method_params
-    from omnifuse.fuse.fold import FoldPlan, run_fold, run_seed
+    from omnifuse.experiments.runner import build_context, load_run
 
     ctx = build_context(
         args.cache,
@@ -119,42 +122,34 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         combinations="full+single",
         train_options={} if args.epochs is None else {"epochs": args.epochs},
     )
-    data = ctx.data()
-    train_rows, test_rows = ctx.folds[args.repeat][args.fold]
-    plan = FoldPlan(
-        args.method,
-        train_rows,
-        test_rows,
-        seed=run_seed(args.seed, args.repeat, args.fold),
-        fold=args.fold,
-        params=method_params(args.method),
-        combos=ctx.combo_names,
-    )
+    ctx.data()  # load once, outside the timings
+    spec = compare_spec(args.method, args.repeat, args.fold)
     timer = Timer()
     instrument(timer)
-    t0, c0 = time.perf_counter(), time.process_time()
-    if args.profile:
-        import cProfile
-        import pstats
+    with tempfile.TemporaryDirectory(prefix="omnifuse_fold_") as tmp:
+        folder = Path(tmp) / "run"
+        if args.profile:
+            import cProfile
+            import pstats
 
-        prof = cProfile.Profile()
-        run = prof.runcall(run_fold, data, plan, ctx.cfg)
-        stats = pstats.Stats(prof, stream=sys.stderr)
-        stats.sort_stats("tottime").print_stats(args.profile)
-        stats.sort_stats("cumulative").print_stats(args.profile)
-    else:
-        run = run_fold(data, plan, ctx.cfg)
-    total, cpu = time.perf_counter() - t0, time.process_time() - c0
-    timer.total["other"] += total - sum(timer.total.values())
+            prof = cProfile.Profile()
+            run = prof.runcall(timed_run, ctx, spec, folder)
+            stats = pstats.Stats(prof, stream=sys.stderr)
+            stats.sort_stats("tottime").print_stats(args.profile)
+            stats.sort_stats("cumulative").print_stats(args.profile)
+        else:
+            run = timed_run(ctx, spec, folder)
+        arrays, rec = load_run(folder)
+    timer.total["other"] += run.seconds - sum(timer.total.values())
     return {
         "phases": timer.total,
-        "total": total,
-        "cpu": cpu,
-        "epochs": len(run.history),
-        "best_epoch": run.best_epoch,
-        "overall": run.overall_raw.tolist(),
-        "combos": {str(i): p.tolist() for i, p in run.combos_raw.items()},
-        "lazy": [r.get("lazy") for r in run.records.get("lazy_combination", [])],
+        "total": run.seconds,
+        "cpu": run.cpu_seconds,
+        "epochs": run.epochs,
+        "best_epoch": rec["best_epoch"],
+        "overall": arrays["overall_raw"].tolist(),
+        "combos": {k[len("combo") :]: v.tolist() for k, v in arrays.items() if k.startswith("combo")},
+        "lazy": [r.get("lazy") for r in (rec.get("records") or {}).get("lazy_combination", [])],
     }
 
 
@@ -256,7 +251,7 @@ def main() -> None:
         f"\nspeed-up of one run: {ratio:.2f}x wall, {cpu:.2f}x CPU time; "
         f"epochs run before/after: {b['epochs']}/{a['epochs']}; "
         f"best epoch {b['best_epoch']}/{a['best_epoch']}; largest difference of a test probability "
-        f"(overall and {len(b['combos'])} combinations, uncalibrated): {diff:.2e}; the same lazy combination "
+        f"(overall uncalibrated, {len(b['combos'])} combinations calibrated): {diff:.2e}; the same lazy combination "
         f"every epoch: {b['lazy'] == a['lazy']}"
     )
 

@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from omnifuse.cache.reader import open_cache
 from omnifuse.experiments.compare import compare, default_methods
+from omnifuse.experiments.report import fp
 from omnifuse.experiments.runner import load_run
 from omnifuse.fuse.calibration import apply_temperature
 from omnifuse.fuse.methods import METHODS
@@ -120,6 +121,12 @@ def test_compare_end_to_end(ref_cache, tmp_path, tiny):
 
     md = (out / "results.md").read_text()
     assert "| method | parameters | folds | AUROC |" in md and "Reference score score" in md and "reliability.png" in md
+    # the reference section prints the corrected p-value, labelled as such (the plain one stays in results.csv)
+    sec = md[md.index("Reference score score") :]
+    assert "| p AUROC vs score (corrected) |" in sec and "Nadeau and Bengio" in sec
+    cells = next(ln for ln in sec.splitlines() if ln.startswith("| omnifuse |")).strip("| ").split(" | ")
+    assert cells[-1] == fp(float(row["pc_auroc_vs_reference:score"]))
+    assert float(row["pc_auroc_vs_reference:score"]) >= float(row["p_auroc_vs_reference:score"])
     res = json.loads((out / "results.json").read_text())
     assert res["runs_trained"] == 9 and len(res["folds"]) == len(fold_rows)
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
-from typer.testing import CliRunner
 
 from omnifuse.cli import app
 from omnifuse.experiments.compare import compare
@@ -26,10 +25,9 @@ from omnifuse.experiments.runner import build_context, fold_specs, load_run, run
 from omnifuse.experiments.shapley import SHAPLEY_FILE, read_summary
 from omnifuse.fuse.attribution import shapley_summary
 from omnifuse.fuse.predict import predict
-from omnifuse.fuse.train import train
-from tests.helpers import FAST, TINY_OPTIONS, TINY_OVERRIDES, assert_png, read_csv_rows, write_synthetic_cache
+from tests.cli_errors import cli_error, runner
+from tests.helpers import TINY_OPTIONS, TINY_OVERRIDES, assert_png, read_csv_rows
 
-runner = CliRunner()
 METHODS = ["omnifuse", "concat", "gbm"]
 
 
@@ -82,8 +80,15 @@ def test_the_study_report_holds_every_section_with_the_studys_numbers(study):
     out = study
     assert detect(out) == "study"
     md = (out / "report.md").read_text()  # written by compare itself
-    for h in ("## 1. Configuration", "## 2. Data", "## 3. Metrics", "## 4. Calibration", "## 5. Modality attribution",
-              "## 6. TLA trace", "## 7. Every table of the study"):
+    for h in (
+        "## 1. Configuration",
+        "## 2. Data",
+        "## 3. Metrics",
+        "## 4. Calibration",
+        "## 5. Modality attribution",
+        "## 6. TLA trace",
+        "## 7. Every table of the study",
+    ):
         assert h in md, h
     cfg = json.loads((out / "config.json").read_text())
     summ = [r for r in read_csv_rows(out / "results.csv") if r["group"] == "overall" and r["subset"] == "as_is"]
@@ -189,11 +194,9 @@ def test_a_report_written_elsewhere_carries_its_figures(study, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run-report")
-    cache = write_synthetic_cache(d / "c.zarr", n=100)
-    train(cache, "mortality", "omnifuse", folds=2, out=d / "run", **{**FAST, "epochs": 2})
-    return d / "run", cache
+def run_dir(omnifuse_run):
+    """The shared trained OmniFuse run (tests/conftest.py)."""
+    return omnifuse_run
 
 
 def test_the_report_of_a_run(run_dir):
@@ -252,36 +255,26 @@ def test_pooled_ci_against_a_loop_with_scikit_learn():
     assert (lo, hi) == pytest.approx((np.quantile(stats, 0.025), np.quantile(stats, 0.975)), rel=1e-12)
 
 
-def _error(args, *fragments):
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2, r.output
-    line = r.output.strip()
-    assert len(line.splitlines()) == 1 and line.startswith("error: "), r.output
-    for f in fragments:
-        assert f in line, line
-    return line
-
-
 def test_a_folder_that_is_neither_or_unfinished_is_one_line_naming_it(run_dir, tmp_path):
     run, _ = run_dir
-    _error(["report", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'} is not a folder")
+    cli_error(["report", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'} is not a folder")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _error(["report", str(empty)], f"{empty} is neither a run folder", "(no config.json)")
+    cli_error(["report", str(empty)], f"{empty} is neither a run folder", "(no config.json)")
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text('{"foo": 1}')
-    _error(["report", str(other)], f"{other} is neither a run folder", "names no study and no method")
+    cli_error(["report", str(other)], f"{other} is neither a run folder", "names no study and no method")
     (other / "config.json").write_text("{oops")
-    _error(["report", str(other)], f"{other / 'config.json'} is not readable JSON")
+    cli_error(["report", str(other)], f"{other / 'config.json'} is not readable JSON")
     half = tmp_path / "half-study"
     half.mkdir()
     (half / "config.json").write_text('{"study": "compare"}')
-    _error(["report", str(half)], f"{half} is an unfinished compare study (no results.json)")
+    cli_error(["report", str(half)], f"{half} is an unfinished compare study (no results.json)")
     half_run = tmp_path / "half-run"
     shutil.copytree(run, half_run)
     (half_run / "metrics.json").unlink()
-    _error(["report", str(half_run)], f"{half_run} is an unfinished run of `omnifuse train` (no metrics.json)")
+    cli_error(["report", str(half_run)], f"{half_run} is an unfinished run of `omnifuse train` (no metrics.json)")
     with pytest.raises(ReportError, match="is a Markdown file"):
         write_report(run, tmp_path / "r.txt")
     r = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "cli" / "r.md"), "--no-attribution"])

@@ -5,23 +5,16 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from omnifuse.cli import app
 from omnifuse.fuse.predict import predict
-from omnifuse.fuse.train import train
-from tests.helpers import FAST, synthetic_cache_data, write_synthetic_cache
-
-runner = CliRunner()
+from tests.cli_errors import cli_error
+from tests.helpers import synthetic_cache_data
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A trained two-fold OmniFuse run and the cache it was trained on."""
-    d = tmp_path_factory.mktemp("predict-faults")
-    cache = write_synthetic_cache(d / "c.zarr", n=100)
-    train(cache, "mortality", "omnifuse", folds=2, out=d / "run", **{**FAST, "epochs": 1})
-    return d / "run", cache
+def run(omnifuse_run):
+    """A trained two-fold OmniFuse run and the cache it was trained on (tests/conftest.py); copied before damage."""
+    return omnifuse_run
 
 
 def _copy_run(run_dir, tmp_path):
@@ -32,21 +25,11 @@ def _copy_run(run_dir, tmp_path):
     return dst
 
 
-def _error(args, *fragments):
-    r = runner.invoke(app, args)
-    assert r.exit_code == 2, r.output
-    line = r.output.strip()
-    assert len(line.splitlines()) == 1 and line.startswith("error: "), r.output
-    for f in fragments:
-        assert f in line, line
-    return line
-
-
 def test_model_json_that_is_not_json_is_named(run, tmp_path):
     src, cache = run
     dst = _copy_run(src, tmp_path)
     (dst / "fold0" / "model.json").write_text("{oops")
-    _error(
+    cli_error(
         ["predict", "-r", str(dst), "-c", str(cache), "-o", str(tmp_path / "s.csv")],
         f"{dst / 'fold0' / 'model.json'} is not valid JSON",
     )
@@ -60,7 +43,7 @@ def test_a_damaged_checkpoint_is_named(run, tmp_path, damage):
     w = dst / "fold1" / "model.safetensors"
     data = w.read_bytes()
     w.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 100)
-    _error(
+    cli_error(
         ["predict", "-r", str(dst), "-c", str(cache), "-o", str(tmp_path / "s.csv")],
         f"{w} is not a checkpoint of this run's model",
     )
@@ -73,17 +56,17 @@ def test_a_model_json_asking_for_a_huge_network_is_refused_without_allocating(ru
     meta = json.loads(p.read_text())
     meta["method_params"]["K"] = 1_000_000_000
     p.write_text(json.dumps(meta))
-    _error(
+    cli_error(
         ["predict", "-r", str(dst), "-c", str(cache), "-o", str(tmp_path / "s.csv")],
         f"{p}: method parameter(s) K out of bounds",
     )
     meta["method_params"]["K"] = 5
     meta["method_params"]["cra_hidden"] = 200_000  # within the per-value bound, but 10^10 parameters
     p.write_text(json.dumps(meta))
-    _error(["predict", "-r", str(dst), "-c", str(cache)], f"{p} asks for", "parameters (at most 200,000,000)")
+    cli_error(["predict", "-r", str(dst), "-c", str(cache)], f"{p} asks for", "parameters (at most 200,000,000)")
     meta["num_outputs"] = 1e9
     p.write_text(json.dumps(meta))
-    _error(["predict", "-r", str(dst), "-c", str(cache)], "sizes must be whole numbers")
+    cli_error(["predict", "-r", str(dst), "-c", str(cache)], "sizes must be whole numbers")
 
 
 def test_a_normaliser_with_sd_zero_is_refused(run, tmp_path):
@@ -94,7 +77,7 @@ def test_a_normaliser_with_sd_zero_is_refused(run, tmp_path):
     name = next(iter(js["modalities"]))
     js["modalities"][name]["std"][0] = 0.0
     p.write_text(json.dumps(js))
-    _error(["predict", "-r", str(dst), "-c", str(cache)], f"{p}: modality {name!r} has a standard deviation <= 0")
+    cli_error(["predict", "-r", str(dst), "-c", str(cache)], f"{p}: modality {name!r} has a standard deviation <= 0")
 
 
 def test_a_cache_without_labels_is_scored(run, tmp_path):
@@ -125,7 +108,7 @@ def test_a_damaged_train_stays_file_is_named_and_never_a_fallback(run, tmp_path,
     else:
         with open(p, "wb") as f:
             np.savez(f, ids=np.arange(3))
-    _error(
+    cli_error(
         ["predict", "-r", str(dst), "-c", str(cache), "-o", str(tmp_path / "s.csv"), "--no-shap"],
         f"{p} is not a .npy array of stay ids",
     )

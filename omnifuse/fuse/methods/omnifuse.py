@@ -36,7 +36,7 @@ on top of it), as every other method's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,7 @@ from torch import nn
 from omnifuse.fuse.base import Batch, DroppedBatch, FusionMethod, MethodOutput, ModelInfo, TrainerView
 from omnifuse.fuse.cra import CRA, CRA_TARGETS, backward_loss, cra_targets, forward_loss
 from omnifuse.fuse.dwfuse import down_weights, dwfuse_loss, predicted_class_probability
-from omnifuse.fuse.encoders import BACKBONE, EncoderBank
+from omnifuse.fuse.encoders import BACKBONE, EncoderBank, RecurrentEncoder
 from omnifuse.fuse.layers import drop_modalities, mlp_head, task_loss
 from omnifuse.fuse.registry import register_method, register_variant
 from omnifuse.fuse.tla import (
@@ -141,21 +141,50 @@ class OmniFuse(FusionMethod):
             else None
         )  # g_m, eq. 9
         self.lazy: tuple[bool, ...] | None = None
+        self.step_masked: frozenset[str] = frozenset()  # variable-length time series seen (missing_embeddings)
         self.lazy_history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------------------ building blocks
-    def missing_embeddings(self, device: torch.device) -> torch.Tensor:
-        """``v^miss`` [M, d]: each encoder's output for an explicit zero input (all-false token mask)."""
+    def missing_embeddings(self, device: torch.device, step_masked: Collection[str] | None = None) -> torch.Tensor:
+        """``v^miss`` [M, d] (eq. 2-3): each encoder's output for an explicit zero input (all-false token mask).
+
+        A variable-length time series (named in ``step_masked``: its batches carry a step mask [B, T], schema
+        version 3) has no zero input of a fixed length: the zeros over its T steps would make ``v^miss`` depend
+        on the cap T the cache pads to. Its ``v^miss`` is the encoder of the empty series instead, what it reads
+        from no step at all: the RNN's initial state ``h_0 = 0`` through the encoder's LayerNorm
+        (:class:`~omnifuse.fuse.encoders.RecurrentEncoder`), the same for every cap, as a sequence with no
+        valid token pools to zeros before its output layer. (A zero input over one step would coincide with a
+        present one-step stay at the normal values.) ``step_masked`` None: the names seen in the last batch
+        :meth:`forward` read (:attr:`step_masked`)."""
+        names = self.step_masked if step_masked is None else frozenset(step_masked)
         out = []
         for j, m in enumerate(self.info.modalities):
+            enc = self.enc.encoders[j]
+            if m.kind == "timeseries" and m.name in names:
+                if not isinstance(enc, RecurrentEncoder):
+                    raise TypeError(f"modality {m.name!r}: a step-masked time series needs a RecurrentEncoder")
+                out.append(enc.norm(torch.zeros(1, self.d, device=device)))  # LN(h_0): the empty series
+                continue
             x = torch.zeros(1, *m.shape, device=device)
             tm = torch.zeros(1, m.shape[0], dtype=torch.bool, device=device) if m.kind == "sequence" else None
-            out.append(self.enc.encoders[j](x, tm))
+            out.append(enc(x, tm))
         return torch.cat(out, 0)
 
+    def _step_masked_of(self, batch: Batch) -> frozenset[str]:
+        """The time-series modalities of ``batch`` that carry a step mask (variable length); remembered in
+        :attr:`step_masked` for :meth:`missing_embeddings` called without a batch."""
+        ts = {m.name for m in self.info.modalities if m.kind == "timeseries"}
+        self.step_masked = frozenset(n for n in batch.tokens_mask if n in ts)
+        return self.step_masked
+
     def encode(self, batch: Batch) -> torch.Tensor:
-        """Eq. 1: [B, M, d]; rows of a missing modality hold zeros, so they encode to ``v^miss``."""
+        """Eq. 1: [B, M, d], the encoders' outputs; :meth:`forward` puts ``v^miss`` at missing slots (eq. 2-3)."""
         return self.enc(batch)
+
+    def _encode_noting_steps(self, batch: Batch) -> torch.Tensor:
+        """:meth:`encode`, noting the batch's step-masked series for :meth:`fuse_embeddings` (TLA's fast path)."""
+        self._step_masked_of(batch)
+        return self.encode(batch)
 
     def train_drop(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         """The trainer's shared drop (a :class:`DroppedBatch`) as it is; otherwise (the shared drop off) the
@@ -173,14 +202,15 @@ class OmniFuse(FusionMethod):
         B = batch.mask.shape[0]
         mask = batch.mask
         dropped = None
-        v_miss = self.missing_embeddings(mask.device)  # [M, d]
+        v_miss = self.missing_embeddings(mask.device, self._step_masked_of(batch))  # [M, d]
         if isinstance(batch, DroppedBatch):
             v_true = self.encode(batch.source)  # the truth of dropped modalities
-            v = torch.where(mask.unsqueeze(-1), v_true, v_miss.unsqueeze(0).expand(B, -1, -1))  # eq. 2-3
             dropped = batch.dropped
+            enc = v_true
         else:
             v_true = None
-            v = self.encode(batch)  # a missing row holds zeros: it encodes to v^miss
+            enc = self.encode(batch)
+        v = torch.where(mask.unsqueeze(-1), enc, v_miss.unsqueeze(0).expand(B, -1, -1))  # eq. 2-3
         extra: dict[str, Any] = {"v": v, "v_true": v_true, "v_miss": v_miss, "mask": mask, "dropped": dropped}
         if self.cra_fw is not None:
             vp_flat, latents = self.cra_fw(v.reshape(B, -1))  # eq. 4-5
@@ -201,12 +231,15 @@ class OmniFuse(FusionMethod):
     def joint_logits(self, batch: Batch) -> torch.Tensor:
         return self.forward(batch).logits
 
-    def fuse_embeddings(self, v_true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def fuse_embeddings(
+        self, v_true: torch.Tensor, mask: torch.Tensor, step_masked: Collection[str] | None = None
+    ) -> torch.Tensor:
         """The joint output ``o`` [B, C] from true embeddings ``v_true`` [B, M, d] and a presence mask [B, M]:
-        eq. 2-3 (``v^miss`` where masked), the forward CRA (eq. 4-5) and the joint head (eq. 11). Equal to
-        :meth:`joint_logits` of the batch masked the same way (in eval mode)."""
+        eq. 2-3 (``v^miss`` where masked; ``step_masked`` as in :meth:`missing_embeddings`), the forward CRA
+        (eq. 4-5) and the joint head (eq. 11). Equal to :meth:`joint_logits` of the batch masked the same way
+        (in eval mode)."""
         B = v_true.shape[0]
-        v_miss = self.missing_embeddings(v_true.device).unsqueeze(0).expand(B, -1, -1)
+        v_miss = self.missing_embeddings(v_true.device, step_masked).unsqueeze(0).expand(B, -1, -1)
         v = torch.where(mask.unsqueeze(-1), v_true, v_miss)
         if self.cra_fw is not None:
             return self.joint_head(self.cra_fw(v.reshape(B, -1))[1])
@@ -276,7 +309,7 @@ class OmniFuse(FusionMethod):
                 trainer.mining_batches(),
                 self.info.names,
                 self.info.task_kind,
-                encode=self.encode,
+                encode=self._encode_noting_steps,  # notes the batch's step masks: fuse's v^miss follows them
                 fuse=self.fuse_embeddings,
                 min_common=self.tla_min_common,
                 combos=combos,

@@ -172,3 +172,71 @@ def test_epoch_end_mines_on_the_trainer_rows_and_records_the_lazy_combination():
     off = OmniFuse(info, tla=False, **SMALL)
     off.on_epoch_end(trainer, 1)
     assert len(trainer.records["lazy_combination"]) == 1 and off.lazy is None
+
+
+def _cut(x: torch.Tensor, lengths: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [B, >=max(lengths), F] cut to each row's length and zero-padded to ``cap`` steps; (x, step mask)."""
+    steps = torch.arange(cap)[None, :] < lengths[:, None]
+    out = torch.zeros(x.shape[0], cap, x.shape[2])
+    n = min(cap, x.shape[1])
+    out[:, :n] = torch.where(steps[:, :n, None], x[:, :n], 0.0)
+    return out, steps
+
+
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_vmiss_of_a_variable_length_series_is_the_same_at_every_cap(rnn):
+    """The same data cut at caps T and T + 20 (step masks; ``ehr`` missing in some rows): ``v^miss`` is the encoder
+    of the empty series, LN(h_0 = 0) = the LayerNorm's bias (by hand), the same bits at both caps, and so are
+    the outputs; the zero input over all T steps (the earlier definition) differs between the caps."""
+    T, F, n = 6, 4, 12
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, T, F, generator=g)
+    lengths = torch.tensor([6, 3, 1, 5, 2, 6, 4, 1, 3, 2, 6, 5])
+    present = torch.ones(n, 2, dtype=torch.bool)
+    present[[1, 4, 9], 1] = False  # ehr missing there
+    outs, vmiss, zero_over_t = [], [], []
+    state = None
+    for cap in (T, T + 20):
+        mods = [ModalityInfo("img", "vector", (5,)), ModalityInfo("ehr", "timeseries", (cap, F))]
+        info = ModelInfo(mods, "binary", 1)
+        torch.manual_seed(1)
+        model = OmniFuse(info, encoder={"rnn": rnn}, **SMALL).eval()
+        if state is None:
+            state = model.state_dict()
+            with torch.no_grad():  # a trained-looking LayerNorm: its bias is v^miss
+                model.enc.encoders[1].norm.bias.copy_(torch.linspace(-1, 1, 8))
+                model.enc.encoders[1].norm.weight.mul_(1.5)
+            state = model.state_dict()
+        model.load_state_dict(state)
+        xe, steps = _cut(x, lengths, cap)
+        b = Batch(
+            x={"img": torch.randn(n, 5, generator=torch.Generator().manual_seed(2)), "ehr": xe},
+            mask=torch.ones(n, 2, dtype=torch.bool),
+            y=torch.zeros(n, 1),
+            y_mask=torch.ones(n, dtype=torch.bool),
+            index=torch.arange(n),
+            tokens_mask={"ehr": steps},
+        ).with_mask(present)
+        with torch.no_grad():
+            out = model(b)
+            outs.append(out.logits)
+            vmiss.append(model.missing_embeddings(torch.device("cpu")))  # the step masks seen by forward
+            torch.testing.assert_close(vmiss[-1][1], torch.linspace(-1, 1, 8), rtol=0, atol=0)
+            assert torch.equal(out.extra["v"][~present[:, 1], 1], vmiss[-1][1].expand(3, -1))
+            assert torch.equal(model.fuse_embeddings(model.encode(b), b.mask), out.logits)
+            zero_over_t.append(model.missing_embeddings(torch.device("cpu"), step_masked=())[1])
+    assert torch.equal(vmiss[0], vmiss[1])
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.allclose(zero_over_t[0], zero_over_t[1], atol=1e-4)  # the cap-dependent definition
+
+
+def test_vmiss_of_a_fixed_length_series_is_still_the_zero_input_over_its_steps():
+    """Without a step mask (the 48 h EHR, version-2 caches) ``v^miss`` is the encoder of the explicit zero input."""
+    torch.manual_seed(0)
+    info = ModelInfo(MODS, "binary", 1)
+    model = OmniFuse(info, **SMALL).eval()
+    model(make_batch(info))  # no step mask in the batch
+    assert model.step_masked == frozenset()
+    with torch.no_grad():
+        want = model.enc.encoders[2](torch.zeros(1, 3, 4), None)[0]
+        torch.testing.assert_close(model.missing_embeddings(torch.device("cpu"))[2], want, rtol=0, atol=0)

@@ -51,8 +51,10 @@ class MimicAdapter:
 
     ``root``: MIMIC-III (UPPERCASE CSVs) or MIMIC-IV (hosp/ or core/, icu/). ``cxr_root``: MIMIC-CXR-JPG
     (MIMIC-IV only). ``reports_root``: MIMIC-CXR reports (folder or zip; default ``cxr_root``).
-    ``task``: "both" (all stays; mortality masked for stays < 48 h), "mortality" (stays >= 48 h only) or
-    "phenotyping" (all stays; CXR window = the whole stay). ``timestep`` hours per bin; ``hours`` the EHR
+    ``task``: "both" (all stays; mortality masked for stays < 48 h; ``cxr``/``report`` from the first
+    min(48 h, LOS), mortality's default, and, with ``ehr_stay``, ``cxr_stay``/``report_stay`` from the whole
+    stay, inputs of phenotyping only), "mortality" (stays >= 48 h only) or "phenotyping" (all stays; CXR window
+    = the whole stay). ``timestep`` hours per bin; ``hours`` the EHR
     window from ICU admission (the ``ehr`` modality); ``phenotype_hours`` the cap of the whole-stay EHR of the
     phenotyping task (``ehr_stay``: each stay's first min(LOS, cap) hours, variable length; 0: none, and
     phenotyping reads the ``hours`` window); ``include_pa`` lets PA views be chosen as well as AP; ``ehr_mode``
@@ -63,6 +65,7 @@ class MimicAdapter:
 
     name = "mimic"
     version = "3"  # 2: ehr_mode and phenotype_map (benchmark cleaning, MedFuse labels); 3: ehr_stay (whole stay)
+    # and, under task "both", cxr_stay / report_stay (phenotyping's whole-stay image and report)
     license = DATA_USE
 
     def __init__(
@@ -108,6 +111,8 @@ class MimicAdapter:
         self.phenotype_hours = float(phenotype_hours)
         # the whole-stay EHR exists where the phenotyping task does
         self.whole_stay = task != "mortality" and self.phenotype_hours > 0
+        # under "both", phenotyping's own image and report (whole-stay window) beside mortality's 48 h ones
+        self.stay_images = task == "both" and self.whole_stay
         self.include_pa = include_pa
         self.ehr_mode: EhrMode = ehr_mode
         self.phenotype_map = phenotype_map
@@ -122,6 +127,7 @@ class MimicAdapter:
         self._ehr: np.ndarray | None = None
         self._ehr_stay: tuple[np.ndarray, np.ndarray] | None = None  # (values [S, 76], offsets [N + 1])
         self._chosen: dict[int, tuple[int, int, str]] | None = None  # row -> (subject, study, dicom)
+        self._chosen_stay: dict[int, tuple[int, int, str]] | None = None  # the same in the whole-stay window
         self._reports: cxr.ReportStore | None = None
         self._said: set[str] = set()
 
@@ -183,25 +189,50 @@ class MimicAdapter:
                     ranges=ehr_ranges(self.ehr_mode),
                 )
             )
+        if not self.stay_images:
+            return [*ehr, *self._image_modalities("cxr", "report", {})]
+        # --task both with ehr_stay: mortality's image and report (its 48 h window) are its defaults, and
+        # phenotyping's come from its own window (the whole stay), an input of phenotyping only, as ehr_stay
         return [
             *ehr,
+            *self._image_modalities("cxr", "report", {"window": self._cxr_window(), "default_for": ["mortality"]}),
+            *self._image_modalities(
+                "cxr_stay", "report_stay", {"window": self._cxr_window(stay=True), "input_for": ["phenotyping"]}
+            ),
+        ]
+
+    def _cxr_window(self, stay: bool = False) -> str:
+        """The study-time window of the chosen image (``stay``: the whole-stay one of ``cxr_stay``)."""
+        if stay:
+            return "intime .. outtime (the whole ICU stay)"
+        return {
+            "both": "intime .. min(intime + hours, outtime)",
+            "mortality": "intime .. intime + hours",
+            "phenotyping": "intime .. outtime",
+        }[self.task]
+
+    def _image_modalities(self, image: str, report: str, keys: dict) -> list[RawModality]:
+        """The chosen MIMIC-CXR image and its study's report as modalities ``image`` and ``report``, ``keys``
+        (the window, the task keys ``default_for`` / ``input_for``) added to their preprocessing."""
+        return [
             RawModality(
-                name="cxr",
+                name=image,
                 input="image",
                 available=self.cxr_root is not None,
                 absent_reason="no MIMIC-CXR-JPG source given (--cxr-root)",
                 preprocessing={
                     "views": ["AP", "PA"] if self.include_pa else ["AP"],
                     "choice": "latest study in the window",
+                    **keys,
                 },
             ),
             RawModality(
-                name="report",
+                name=report,
                 input="text",
                 provenance_codes=list(cxr.REPORT_PROVENANCE),
                 available=self.cxr_root is not None and self.reports_root is not None,
                 absent_reason="no MIMIC-CXR report source given (--reports-root, with --cxr-root)",
-                preprocessing={"section": "FINDINGS, else IMPRESSION", "max_words": cxr.MAX_WORDS},
+                preprocessing={"section": "FINDINGS, else IMPRESSION", "max_words": cxr.MAX_WORDS, **keys},
             ),
         ]
 
@@ -220,17 +251,17 @@ class MimicAdapter:
         if modality == "ehr_stay" and self.whole_stay:
             values, offsets = self.ehr_stay_arrays()
             return [Item(values[offsets[r] : offsets[r + 1]]) for r in rows]
-        if modality in ("cxr", "report"):
+        if modality in ("cxr", "report") or (self.stay_images and modality in ("cxr_stay", "report_stay")):
             if self.cxr_root is None:
                 self._say_once("no-cxr", "no MIMIC-CXR source given: cxr and report are missing for every stay")
                 return [None] * len(rows)
-            chosen = self._chosen or {}
+            chosen = (self._chosen_stay if modality.endswith("_stay") else self._chosen) or {}
             out: list[Item | Skip | None] = []
             for r in rows.tolist():
                 c = chosen.get(r)
                 if c is None:
                     out.append(None)
-                elif modality == "cxr":
+                elif modality.startswith("cxr"):
                     p = cxr.image_path(self.cxr_root, *c)
                     out.append(Item(str(p)) if p.is_file() else Skip("image file missing"))
                 else:
@@ -362,9 +393,11 @@ class MimicAdapter:
         for r in rules:
             log.info("cohort rule %-70s excluded %6d remaining %6d", r["rule"], r["excluded"], r["remaining"])
 
-    def _window_end(self) -> pl.Expr:
+    def _window_end(self, stay: bool = False) -> pl.Expr:
+        """End of the CXR window: the task's (``--task both``: min(intime + hours, outtime), each stay's window
+        the one of the task it is labelled for at 48 h); ``stay``: outtime, phenotyping's own (``cxr_stay``)."""
         by_hours = pl.col("intime") + pl.duration(microseconds=int(self.hours * 3.6e9))
-        if self.task == "phenotyping":
+        if self.task == "phenotyping" or stay:
             return pl.col("outtime")
         if self.task == "mortality":
             return by_hours
@@ -373,27 +406,36 @@ class MimicAdapter:
     def _match_cxr(self, stays: pl.DataFrame, extra: dict, splits: dict) -> None:
         assert self.cxr_root is not None
         meta = cxr.read_metadata(self.cxr_root)
-        st = stays.select(
-            pl.arange(0, stays.height, dtype=pl.Int64).alias("row"),
-            "subject_id",
-            "intime",
-            self._window_end().alias("window_end"),
-        )
-        chosen = cxr.match_studies(meta, st, include_pa=self.include_pa)
-        self._chosen = {
-            r: (s, t, d) for r, s, t, d in chosen.select("row", "subject_id", "study_id", "dicom_id").iter_rows()
-        }
+
+        def choose(stay: bool) -> dict[int, tuple[int, int, str]]:
+            st = stays.select(
+                pl.arange(0, stays.height, dtype=pl.Int64).alias("row"),
+                "subject_id",
+                "intime",
+                self._window_end(stay).alias("window_end"),
+            )
+            chosen = cxr.match_studies(meta, st, include_pa=self.include_pa)
+            return {
+                r: (s, t, d) for r, s, t, d in chosen.select("row", "subject_id", "study_id", "dicom_id").iter_rows()
+            }
+
+        self._chosen = choose(False)
         subj_with_cxr = int(stays.filter(pl.col("subject_id").is_in(meta["subject_id"].unique().implode())).height)
         extra["cxr"] = {
             "stays_with_chosen_image": len(self._chosen),
             "stays_whose_subject_has_any_cxr": subj_with_cxr,
             "views": ["AP", "PA"] if self.include_pa else ["AP"],
-            "window": {
-                "both": "intime .. min(intime + hours, outtime)",
-                "mortality": "intime .. intime + hours",
-                "phenotyping": "intime .. outtime",
-            }[self.task],
+            "window": self._cxr_window(),
         }
+        if self.stay_images:
+            self._chosen_stay = choose(True)
+            extra["cxr"]["cxr_stay"] = {
+                "window": self._cxr_window(stay=True),
+                "stays_with_chosen_image": len(self._chosen_stay),
+                "stays_whose_image_differs_from_cxr": sum(
+                    self._chosen.get(r) != c for r, c in self._chosen_stay.items()
+                ),
+            }
         sp = cxr.read_split(self.cxr_root)
         if sp is not None:
             j = stays.select("subject_id").with_row_index("i").join(sp, on="subject_id", how="left").sort("i")

@@ -149,6 +149,46 @@ def test_include_pa_and_phenotyping_window(layout, tmp_path):
     assert Path(p.inputs("cxr", np.array([_row(cp, A)]))[0].value).name == "a-after.jpg"
 
 
+def _chosen(items):
+    return [None if it is None else (type(it).__name__, getattr(it, "value", None)) for it in items]
+
+
+def test_task_both_pairs_phenotyping_with_its_own_whole_stay_image(layout, tmp_path):
+    """``--task both`` (with ``ehr_stay``): ``cxr``/``report`` keep the 48 h window (mortality's default), and
+    ``cxr_stay``/``report_stay`` hold the image and report that ``--task phenotyping`` chooses, for every stay
+    (A's 50 h study; B's in-stay study, not the one after discharge), an input of phenotyping only; without
+    ``ehr_stay`` (``phenotype_hours=0``) and for the single-task adapters there is no second pair."""
+    root, A, B, C = layout
+    a = MimicAdapter(D4, cxr_root=root, workdir=tmp_path / "both")
+    c = a.cohort()
+    rows = np.array([_row(c, A), _row(c, B), _row(c, C)])
+    names = [m.name for m in a.modalities()]
+    assert names == ["ehr", "ehr_stay", "cxr", "report", "cxr_stay", "report_stay"]
+    pre = {m.name: m.preprocessing for m in a.modalities()}
+    assert pre["cxr"]["default_for"] == pre["report"]["default_for"] == ["mortality"]
+    assert "input_for" not in pre["cxr"] and pre["cxr"]["window"] == "intime .. min(intime + hours, outtime)"
+    assert pre["cxr_stay"]["input_for"] == pre["report_stay"]["input_for"] == ["phenotyping"]
+    assert "default_for" not in pre["cxr_stay"] and pre["cxr_stay"]["views"] == ["AP"]
+    assert Path(a.inputs("cxr", rows[:1])[0].value).name == "a-chosen.jpg"  # 48 h window
+    stay = a.inputs("cxr_stay", rows)
+    assert Path(stay[0].value).name == "a-after.jpg" and Path(stay[1].value).name == "b-in.jpg" and stay[2] is None
+    assert a.inputs("report_stay", rows[1:2])[0].value == "Moderate pulmonary edema, worse than prior."
+    ex = c.extra["cxr"]["cxr_stay"]
+    assert ex["stays_with_chosen_image"] == 2 and ex["stays_whose_image_differs_from_cxr"] == 1  # A only
+    # every stay: what the phenotyping adapter chooses, image and report
+    p = MimicAdapter(D4, cxr_root=root, task="phenotyping", workdir=tmp_path / "ph")
+    assert np.array_equal(p.cohort().stay_id, c.stay_id)
+    every = np.arange(len(c))
+    assert _chosen(a.inputs("cxr_stay", every)) == _chosen(p.inputs("cxr", every))
+    assert _chosen(a.inputs("report_stay", every)) == _chosen(p.inputs("report", every))
+    assert [m.name for m in p.modalities()] == ["ehr", "ehr_stay", "cxr", "report"]
+    assert "default_for" not in {m.name: m for m in p.modalities()}["cxr"].preprocessing
+    off = MimicAdapter(D4, cxr_root=root, phenotype_hours=0, workdir=tmp_path / "off")
+    assert [m.name for m in off.modalities()] == ["ehr", "cxr", "report"]
+    with pytest.raises(KeyError, match="cxr_stay"):
+        off.inputs("cxr_stay", rows)
+
+
 def test_missing_jpeg_and_reports_from_zip(layout, tmp_path):
     root, A, B, C = layout
     sid = str(A["subject_id"])

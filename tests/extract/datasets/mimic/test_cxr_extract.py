@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from omnifuse.cache.info import cache_info
 from omnifuse.cache.reader import load_cache
+from omnifuse.cache.schema import CacheError, check_task_inputs, task_inputs
 from omnifuse.cli import app
 from omnifuse.extract.datasets.mimic.cxr import findings_text
 from omnifuse.extract.encoders import build_image_encoder, build_text_encoder
@@ -284,3 +285,25 @@ def test_findings_and_impression_texts(layout):
     )
     assert findings_text(by_study[50000103].report or "") == ("Moderate pulmonary edema, worse than prior.", 1)
     assert findings_text(NEITHER) is None
+
+
+def test_task_both_caches_phenotypings_own_image_and_report(caches):
+    """The default ``--task both`` cache holds ``cxr_stay``/``report_stay``, the very embeddings the
+    ``--task phenotyping`` cache holds as ``cxr``/``report`` (its whole-stay window); stage two reads them for
+    phenotyping by default, the 48 h ``cxr``/``report`` for mortality, and refuses ``cxr_stay`` for mortality."""
+    both, pheno = load_cache(caches["default"]), load_cache(caches["phenotyping"])
+    assert np.array_equal(both.stay_id, pheno.stay_id)
+    for stay_name, name in (("cxr_stay", "cxr"), ("report_stay", "report")):
+        got, want = both.modalities[stay_name], pheno.modalities[name]
+        assert np.array_equal(got.mask, want.mask) and got.mask.any()
+        np.testing.assert_array_equal(got.x[got.mask], want.x[want.mask])
+    assert np.array_equal(both.modalities["report_stay"].provenance, pheno.modalities["report"].provenance)
+    # the 48 h and the whole-stay image differ for some stay (a study after 48 h), else the test shows nothing
+    assert not np.array_equal(both.modalities["cxr"].mask, both.modalities["cxr_stay"].mask) or not np.array_equal(
+        both.modalities["cxr"].x, both.modalities["cxr_stay"].x
+    )
+    assert task_inputs(both.spec, "phenotyping") == ["ehr_stay", "cxr_stay", "report_stay"]
+    assert task_inputs(both.spec, "mortality") == ["ehr", "cxr", "report"]
+    check_task_inputs(both.spec, "phenotyping", ["ehr", "cxr", "report"])  # may be named for phenotyping
+    with pytest.raises(CacheError, match="'cxr_stay' is an input of 'phenotyping' only"):
+        check_task_inputs(both.spec, "mortality", ["ehr", "cxr_stay"])
