@@ -75,7 +75,7 @@ def measure_imputation(
     res: dict[str, dict[str, float]] = {"cos": {}, "cos_miss": {}, "n": {}}
     try:
         with torch.no_grad():
-            miss = model.missing_embeddings(data.device)
+            miss = model.missing_embeddings(data.device, data.tokens_mask)  # its step-masked series by name
             for j, m in enumerate(data.modalities):
                 r = _probe_rows(data, rows, j, max_rows)
                 if r.size == 0:

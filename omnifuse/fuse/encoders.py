@@ -259,9 +259,11 @@ class RecurrentEncoder(nn.Module):
     padding. (Running the batch to its longest length and gathering was faster on the CPU than packing: on
     1,120 stays of up to 168 steps, batches of 256, d = 64, one thread, 3.3-4.1 s against 5.1 s an epoch forward
     and backward, on a shared 2-core machine; the 48 h EHR, 24 steps: 0.4-0.6 s.)
-    A row with no valid step (a missing modality) is the zero input over all T steps, which is what the encoder
-    gives for an explicit zero input without a mask: ``v^miss`` of eq. 2-3 is the same with and without a mask
-    (it depends on T, the modality's shape, as it always did). A mask that is not a prefix raises ``ValueError``.
+    A row with no valid step (a missing modality) is the empty series: the RNN's initial state h_0 = 0 through
+    the LayerNorm, the same at every cap T, which is OmniFuse's ``v^miss`` of eq. 2-3 for a step-masked series
+    (``OmniFuse.missing_embeddings``); no RNN step runs for it, so no dropout draw depends on T either. (Without
+    a mask, a fixed-length series' zero input runs over its T steps, as it always did.) A mask that is not a
+    prefix raises ``ValueError``.
     """
 
     def __init__(self, in_dim: int, d: int, rnn: str = "gru", dropout: float = 0.1) -> None:
@@ -295,10 +297,7 @@ class RecurrentEncoder(nn.Module):
             out, _ = self.rnn(self.inp(x[present, :n]))  # [b, n, d]: the hidden state after every step
             last = (lengths[present] - 1).view(-1, 1, 1).expand(-1, 1, out.shape[-1])
             h = h.index_put((present.nonzero().squeeze(1),), out.gather(1, last).squeeze(1))
-        if not bool(present.all()):  # missing rows: the zero input over all T steps (v^miss)
-            miss = self._last(x.new_zeros(1, *x.shape[1:]))
-            h = torch.where(present[:, None], h, miss)
-        return self.norm(h)
+        return self.norm(h)  # a row with no valid step keeps h_0 = 0: the empty series, LN(0) (v^miss)
 
 
 def build_encoder(info: ModalityInfo, d: int = BACKBONE.d, **kw: Any) -> nn.Module:

@@ -3,7 +3,7 @@ whole-stay EHR ``ehr_stay``): padding changes nothing.
 
 - the time-series encoders (GRU, LSTM: packed) and the sequence pooling give the same output for a row padded
   to T or T + 20, whatever the padding holds, and each row's output is the encoder run on its valid steps
-  alone; no gradient reaches the padding; a row with no valid step is ``v^miss`` (the zero input);
+  alone; no gradient reaches the padding; a row with no valid step is ``v^miss`` (the empty series, LN(h_0));
 - the normaliser's statistics and the reference learners' per-channel summaries use the valid steps only
   (checked against numpy on the valid steps);
 - ``load_fuse_data`` carries the step mask; the task keys of a modality (``input_for``, ``default_for``) choose
@@ -82,10 +82,12 @@ def test_no_gradient_reaches_the_padding_and_a_row_without_steps_is_v_miss(rnn):
     assert x.grad is not None and (x.grad[~steps] == 0).all() and (x.grad[steps].abs().sum(-1) > 0).all()
     enc.eval()
     with torch.no_grad():
-        miss = enc(torch.zeros(2, T, F), torch.zeros(2, T, dtype=torch.bool))
-        zero_input = enc(torch.zeros(1, T, F), None)  # v^miss as OmniFuse computes it (no mask)
+        miss = enc(torch.randn(2, T, F), torch.zeros(2, T, dtype=torch.bool))  # what the rows hold is never read
+        empty = enc.norm(torch.zeros(1, 8))  # v^miss as OmniFuse computes it: LN(h_0), the empty series
+        zero_input = enc(torch.zeros(1, T, F), None)  # the zero input over T steps: not the empty series
     assert torch.isfinite(miss).all()
-    torch.testing.assert_close(miss, zero_input.expand(2, -1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(miss, empty.expand(2, -1), rtol=0, atol=0)
+    assert not torch.allclose(miss[:1], zero_input)
 
 
 def test_a_step_mask_with_a_gap_is_refused():
@@ -230,8 +232,8 @@ def test_a_version_2_cache_reads_as_full_length(tmp_path):
 def test_stage_two_train_is_the_same_whether_the_cache_pads_to_T_or_T_plus_20(tmp_path, fast):
     """One modality (M = 1: no drop, no missing row), the variable-length ``ehr`` written to two caches padded to
     T and T + 20: the same folds, losses and predictions, bit for bit, for Concat and the reference learner.
-    (OmniFuse's CRA also targets ``v^miss``, the encoder's output for the zero input of the modality's shape
-    [T, F] -- the cap --, so its runs depend on the cap through that vector alone.)"""
+    (OmniFuse's ``v^miss`` of a step-masked series is the empty series, LN(h_0), so it does not depend on the
+    cap either: ``tests/fuse/methods/test_omnifuse.py``.)"""
     a = write_cache_data(tmp_path / "a.zarr", varlen_cache_data(n=80, steps=T, seed=3, with_img=False))
     b = write_cache_data(tmp_path / "b.zarr", varlen_cache_data(n=80, steps=T + 20, seed=3, with_img=False))
     assert load_cache(b).modalities["ehr"].x.shape == (80, T + 20, F)
