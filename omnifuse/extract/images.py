@@ -1,8 +1,10 @@
 """Image decoding and preprocessing for the frozen image encoders (PIL and torch; torchvision optional).
 
 Every image becomes a float32 tensor [3, size, size]: decoded, scaled to [0, 1], grey copied to three
-channels, the shorter side resized to ``size`` (bilinear, antialiased) and centre-cropped, then normalised
-with the encoder's per-channel mean and std (ImageNet by default).
+channels, the shorter side resized to ``size`` and centre-cropped, then normalised with the encoder's
+per-channel mean and std (ImageNet by default). The resize is antialiased bilinear (PIL's ``BILINEAR``;
+ResNet34 and the other default entries) or antialiased bicubic (PIL's ``BICUBIC``, Keys' cubic with a = -0.5:
+RAD-DINO and BiomedCLIP, whose authors' processors resize so), as ``ImagePreprocess.interpolation`` says.
 
 8-bit images (grey or colour: chest X-ray JPEGs and PNGs) are resized as 8-bit PIL images, as torchvision's
 ``Resize`` on a PIL image does for the ImageNet weights, and scaled and normalised in one pass afterwards;
@@ -13,9 +15,9 @@ resized as float32 planes.
 On a CUDA device where torchvision imports, JPEGs are decoded on the GPU instead (``GpuJpegDecoder``: nvJPEG
 through ``torchvision.io.decode_jpeg``, whole batches at once) and preprocessed there by
 ``ImagePreprocess.from_uint8``, the same steps written in torch: a box average by the DCT scale PIL's draft
-mode would have decoded at (``jpeg_draft_scale``), the antialiased bilinear resize (PyTorch's antialiased
-kernel computes PIL's filter), rounding to 8 bit, the crop and the normalisation. Files nvJPEG is not given
-(not JPEG, CMYK...) or refuses are decoded by PIL as above, one by one, and counted
+mode would have decoded at (``jpeg_draft_scale``), the antialiased resize (PyTorch's antialiased kernels
+compute PIL's bilinear and bicubic filters), rounding to 8 bit, the crop and the normalisation. Files nvJPEG
+is not given (not JPEG, CMYK...) or refuses are decoded by PIL as above, one by one, and counted
 (``GpuJpegDecoder.counts``).
 
 An image of more than :data:`MAX_IMAGE_PIXELS` pixels (width times height, read from the file's header
@@ -46,6 +48,9 @@ MAX_IMAGE_PIXELS = 180_000_000
 15 million pixels); PIL's default refuses from 179 million pixels on (twice its warning limit)."""
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL warns above this and refuses above twice it
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+ARITHMETICS = ("omnifuse", "transformers", "torchvision")
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -56,13 +61,31 @@ class InputError(Exception):
 
 @dataclass(frozen=True)
 class ImagePreprocess:
-    """How an image (or a volume slice) becomes the encoder's input tensor [3, size, size]."""
+    """How an image (or a volume slice) becomes the encoder's input tensor [3, size, size].
+
+    ``interpolation``: ``bilinear`` or ``bicubic`` (PIL's antialiased filters, ``INTERPOLATIONS``).
+    ``arithmetic``: how the resized long side and the crop's corner are computed (``ARITHMETICS``):
+    ``omnifuse`` rounds ``size * long / short`` and crops at ``(n - size) // 2`` (the default entries);
+    ``transformers`` truncates the long side (``image_transforms.get_resize_output_image_size``) and crops at
+    ``(n - size) // 2`` (``image_transforms.center_crop``); ``torchvision`` truncates it
+    (``transforms.functional._compute_resized_output_size``) and crops at ``int(round((n - size) / 2))``
+    (``transforms.functional.center_crop``, Python's half-to-even rounding). Where they differ the long side
+    differs by one pixel and the crop by a sub-pixel shift, which on noisy pixels moves values by several
+    grey levels: an entry takes its authors' arithmetic."""
 
     size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "shorter_side_center_crop"
     extra: dict[str, Any] = field(default_factory=dict)
+    interpolation: str = "bilinear"
+    arithmetic: str = "omnifuse"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.arithmetic not in ARITHMETICS:
+            raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,18 +93,25 @@ class ImagePreprocess:
             "mean": list(self.mean),
             "std": list(self.std),
             "resize": self.resize,
-            "interpolation": "bilinear, antialiased (PIL); 8-bit images resized in 8 bit",
+            "interpolation": f"{self.interpolation}, antialiased (PIL); 8-bit images resized in 8 bit",
             "grey_to_rgb": "copy",
+            **({} if self.arithmetic == "omnifuse" else {"resize_arithmetic": self.arithmetic}),
             **self.extra,
         }
 
-    def _target(self, h: int, w: int) -> tuple[int, int]:
-        """(height, width) after the resize, before the centre crop."""
+    def _geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(height, width) after the resize and the (top, left) corner of the centre crop, by ``arithmetic``."""
         s = self.size
         if self.resize == "squash":
-            return s, s
-        scale = s / min(h, w)
-        return max(s, round(h * scale)), max(s, round(w * scale))
+            return s, s, 0, 0
+        if self.arithmetic == "omnifuse":
+            scale = s / min(h, w)
+            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+        else:  # the short side becomes s, the long one int(s * long / short)
+            nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+        if self.arithmetic == "torchvision":
+            return nh, nw, int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+        return nh, nw, (nh - s) // 2, (nw - s) // 2
 
     def from_pil8(self, img: Image.Image) -> torch.Tensor:
         """A decoded 8-bit PIL image (mode ``L`` or ``RGB``) -> normalised tensor [3, size, size].
@@ -96,10 +126,9 @@ class ImagePreprocess:
         if w < 1 or h < 1:
             raise InputError(f"unsupported image shape {(h, w)}")
         s = self.size
-        nh, nw = self._target(h, w)
+        nh, nw, top, left = self._geometry(h, w)
         if (nh, nw) != (h, w):
-            img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-        top, left = (nh - s) // 2, (nw - s) // 2
+            img = img.resize((nw, nh), _PIL_FILTERS[self.interpolation])
         if (nh, nw) != (s, s):
             img = img.crop((left, top, left + s, top + s))
         pix = np.asarray(img, dtype=np.uint8)  # [S, S] or [S, S, 3]
@@ -123,11 +152,13 @@ class ImagePreprocess:
         ``draft`` > 1 stands for PIL's reduced-scale JPEG decoding (``open_image``): a ``draft`` x ``draft``
         box average (partial boxes at the right and bottom edges average the pixels they hold), which is
         what decoding at 1/``draft`` of the DCT scale computes up to the JPEG's own rounding. Then the
-        antialiased bilinear resize of the shorter side to ``size`` (PyTorch's ``antialias=True`` kernel
-        computes PIL's bilinear filter), rounding to 8 bit as PIL's 8-bit resize does, the centre crop, and
-        ``(v / 255 - mean) / std`` per channel, grey copied to three channels. On the same decoded pixels it
-        differs from ``from_pil8`` by at most one grey level (PIL rounds between its horizontal and vertical
-        passes as well; tests/extract/test_images_gpu.py).
+        antialiased resize of the shorter side to ``size`` (PyTorch's ``antialias=True`` kernels compute PIL's
+        bilinear and bicubic filters, the latter with PIL's a = -0.5), rounding to 8 bit and clipping to
+        [0, 255] as PIL's 8-bit resize does, the centre crop, and ``(v / 255 - mean) / std`` per channel, grey
+        copied to three channels. On the same decoded pixels it differs from ``from_pil8`` by at most one grey
+        level bilinear (PIL rounds between its horizontal and vertical passes as well) and two bicubic (taken
+        in PIL's two rounded and clipped passes, each may round a value differently from PIL's fixed-point
+        weights; tests/extract/test_images_gpu.py).
         """
         import torch.nn.functional as F  # noqa: N812 - the usual name
 
@@ -140,11 +171,15 @@ class ImagePreprocess:
         if h < 1 or w < 1:
             raise InputError(f"unsupported image shape {(h, w)}")
         s = self.size
-        nh, nw = self._target(h, w)
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-            x = x.round_().clamp_(0.0, 255.0)
-        top, left = (nh - s) // 2, (nw - s) // 2
+        nh, nw, top, left = self._geometry(h, w)
+        # PIL resizes 8-bit images in two passes, horizontal first, each rounded and clipped to 8 bit. Bilinear
+        # weights are convex, so one float pass stays within a level of it; bicubic's first pass overshoots
+        # at sharp edges and PIL clips it there, so bicubic takes the two passes (both of [B, C, *, *]).
+        steps = [(h, nw), (nh, nw)] if self.interpolation == "bicubic" else [(nh, nw)]
+        for step in steps:
+            if tuple(x.shape[2:]) != step:
+                x = F.interpolate(x, size=step, mode=self.interpolation, align_corners=False, antialias=True)
+                x = x.round_().clamp_(0.0, 255.0)
         x = x[:, :, top : top + s, left : left + s]
         scale, bias = (torch.from_numpy(a).to(x.device) for a in self._affine())
         return (x * scale + bias).contiguous()  # [B, 1 or 3, S, S] * [3, 1, 1]: grey broadcasts to three
@@ -168,12 +203,11 @@ class ImagePreprocess:
         """Resize one float plane [H, W] so that the shorter side is ``size``, then centre-crop."""
         h, w = plane.shape
         s = self.size
-        nh, nw = self._target(h, w)
+        nh, nw, top, left = self._geometry(h, w)
         img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # mode "F"
         if (nh, nw) != (h, w):
-            img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+            img = img.resize((nw, nh), _PIL_FILTERS[self.interpolation])
         out = np.asarray(img, dtype=np.float32)
-        top, left = (nh - s) // 2, (nw - s) // 2
         return out[top : top + s, left : left + s]
 
 

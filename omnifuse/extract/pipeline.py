@@ -1062,7 +1062,11 @@ def _build_encoders(
     if img is None and kinds & {"image", "volume"}:
         if cfg.image_encoder is None:
             raise ValueError("image_encoder is not set (extract_dataset takes the dataset's default)")
-        img = build_image_encoder(cfg.image_encoder, device=dev, precision=cfg.precision)
+        img = build_image_encoder(cfg.image_encoder, device=dev, precision=cfg.precision, pooling=cfg.image_pooling)
+    elif img is not None and cfg.image_pooling is not None:
+        own = img.preprocessing().get("pooling", cfg.image_pooling)
+        if own != cfg.image_pooling:
+            raise ValueError(f"image_pooling {cfg.image_pooling!r} differs from the built image encoder's ({own!r})")
     if txt is None and "text" in kinds:
         if cfg.text_encoder is None or cfg.text_pooling is None:
             raise ValueError("text_encoder and text_pooling must be set (extract_dataset takes the dataset's)")

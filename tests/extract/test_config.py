@@ -31,7 +31,10 @@ runner = CliRunner()
 def test_dataset_defaults_fill_unset_encoders():
     cfg = extract_config()
     assert (cfg.dataset, cfg.text_encoder, cfg.text_pooling) == ("eicu-demo", "minilm", "mean")
-    assert cfg.image_encoder == "microsoft/resnet-34" and cfg.dataset_options == {"pre_admission_text": False, "care_limitation": False}
+    assert cfg.image_encoder == "microsoft/resnet-34" and cfg.dataset_options == {
+        "pre_admission_text": False,
+        "care_limitation": False,
+    }
     cfg = extract_config(dataset="mimic", root="/data/mimic", text_pooling="cls")
     assert (cfg.text_encoder, cfg.text_pooling) == ("bert-base-uncased", "cls")  # given values are kept
     assert cfg.dataset_options["root"] == Path("/data/mimic") and cfg.dataset_options["timestep"] == 2.0
@@ -137,3 +140,84 @@ def test_add_modality_options_are_checked_together():
             ExtractConfig(**bad)
     r = runner.invoke(app, ["extract", "--help"], env={"COLUMNS": "200"})
     assert "--add-modality" in r.output and "--modality-name" in r.output
+
+
+def test_image_pooling_is_checked_against_the_entry(tmp_path):
+    """--image-pooling takes one of the chosen registered entry's poolings (aliases too); anything else is refused
+    in one line that lists the valid ones, before any input is read."""
+    assert extract_config(image_encoder="microsoft/rad-dino", image_pooling="patch_mean").image_pooling == "patch_mean"
+    assert extract_config().image_pooling is None  # the entry's default pooling
+    with pytest.raises(
+        ValueError,
+        match=r"^--image-pooling 'avg' is not a pooling of image encoder 'rad-dino'; "
+        r"valid: cls, patch_mean$",
+    ):
+        extract_config(image_encoder="rad-dino", image_pooling="avg")
+    with pytest.raises(ValueError, match="valid: pooled$"):  # the dataset's default encoder, ResNet34
+        extract_config(image_pooling="cls")
+    with pytest.raises(ValueError, match="'someone/vit' is not a registered one"):
+        extract_config(image_encoder="someone/vit", image_pooling="cls")
+    with pytest.raises(ValueError, match="is not a registered one"):  # a text entry is no image encoder
+        extract_config(image_encoder="minilm", image_pooling="mean")
+    r = runner.invoke(
+        app, ["extract", "--image-encoder", "biomedclip", "--image-pooling", "mean", "--out", str(tmp_path / "x.zarr")]
+    )
+    assert r.exit_code == 2 and "valid: proj, cls" in r.output and not (tmp_path / "x.zarr").exists()
+
+
+def test_image_pooling_flag_reaches_the_encoder_and_the_cache(tmp_path, monkeypatch):
+    """``omnifuse extract --image-pooling cls`` builds BiomedCLIP's image tower with its trunk's CLS token
+    (768-d instead of the 512-d projection) and records the pooling in the modality's preprocessing and the
+    saved configuration, as ``build_image_encoder(..., pooling="cls")`` does from Python
+    (tests/extract/encoders/test_biomedclip.py). Random weights at
+    32 px stand in for the hub's (the same architecture and pooling code)."""
+    import numpy as np
+    from PIL import Image
+
+    from omnifuse.extract import pipeline
+    from omnifuse.extract.encoders import build_image_encoder
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["stay_id,subject_id,img"]
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8), mode="L").save(data / f"{i}.png")
+        rows.append(f"{i},p{i},{data / f'{i}.png'}")
+    (data / "m.csv").write_text("\n".join(rows) + "\n")
+    (data / "spec.toml").write_text('[modalities.cxr]\ninput = "image"\ncolumn = "img"\n')
+    calls = []
+
+    def random_weights(name, **kw):
+        calls.append((name, kw.get("pooling")))
+        return build_image_encoder(name, size=32, pretrained=False, **kw)
+
+    monkeypatch.setattr(pipeline, "build_image_encoder", random_weights)
+    base = [
+        "extract",
+        "--dataset",
+        "manifest",
+        "--manifest",
+        str(data / "m.csv"),
+        "--spec",
+        str(data / "spec.toml"),
+        "--image-encoder",
+        "biomedclip",
+        "--no-progress",
+        "--workers",
+        "0",
+        "--precision",
+        "fp32",
+    ]
+    shapes = {}
+    for pooling in ("cls", None):
+        out = tmp_path / f"{pooling}.zarr"
+        r = runner.invoke(app, [*base, "--out", str(out), *(["--image-pooling", pooling] if pooling else [])])
+        assert r.exit_code == 0, r.output
+        cache = open_cache(out)
+        prep = cache.spec.modality("cxr").preprocessing
+        assert prep["pooling"] == (pooling or "proj")
+        assert cache.attrs["summary"]["extract_config"]["image_pooling"] == pooling
+        shapes[pooling] = tuple(cache.spec.modality("cxr").shape)
+    assert calls == [("biomedclip", "cls"), ("biomedclip", None)]
+    assert shapes == {"cls": (768,), None: (512,)}

@@ -100,3 +100,31 @@ def test_image_bad_inputs(tmp_path):
     (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="unreadable image"):
         read_image(tmp_path / "trunc.jpg")
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_interpolation_is_pils_filter_on_8bit_and_float_images(interpolation):
+    """``ImagePreprocess.interpolation`` picks PIL's filter on both paths: the 8-bit one equals PIL's own 8-bit
+    resize and crop exactly, the float one PIL's resize of the float plane (mode F) within float32 rounding;
+    the two filters give different pixels, and an unknown name is refused."""
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, (90, 70), dtype=np.uint8)
+    prep = ImagePreprocess(size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation=interpolation)
+    filt = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[interpolation]
+    nh = round(32 * 90 / 70)  # 41: the shorter side to 32, then the centre crop
+    ref8 = np.asarray(Image.fromarray(arr).resize((32, nh), filt), np.float32)[(nh - 32) // 2 :][:32] / 255
+    got8 = prep.from_pil8(Image.fromarray(arr))
+    torch.testing.assert_close(got8, torch.from_numpy(ref8)[None].expand(3, -1, -1), rtol=0, atol=1e-6)
+    plane = arr.astype(np.float32) / 255
+    reff = np.array(Image.fromarray(plane).resize((32, nh), filt), np.float32)[(nh - 32) // 2 :][:32]
+    torch.testing.assert_close(prep.from_float(plane), torch.from_numpy(reff)[None].expand(3, -1, -1))
+    other = ImagePreprocess(
+        size=32,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        interpolation="bicubic" if interpolation == "bilinear" else "bilinear",
+    )
+    assert float((other.from_pil8(Image.fromarray(arr)) - got8).abs().max()) > 10 / 255
+    assert prep.as_dict()["interpolation"].startswith(interpolation)
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        ImagePreprocess(interpolation="nearest")

@@ -72,7 +72,8 @@ def _as_tensor(arr: np.ndarray) -> torch.Tensor:
     ],
 )
 @pytest.mark.parametrize("colour", [False, True])
-def test_torch_preprocessing_matches_pil_within_one_grey_level(shape, size, resize, colour):
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_torch_preprocessing_matches_pil_within_one_grey_level(shape, size, resize, colour, interpolation):
     """``from_uint8`` (the GPU path, run here on CPU tensors) against ``from_pil8`` on the same decoded pixels.
 
     The bound is one grey level after normalisation, and it is exact, not fitted: PIL's 8-bit resize rounds
@@ -80,19 +81,51 @@ def test_torch_preprocessing_matches_pil_within_one_grey_level(shape, size, resi
     weights) and rounds its result; ``from_uint8`` resizes in float and rounds once. Two values within half a
     level of each other round to at most one level apart. The filters themselves are the same (PyTorch's
     antialiased bilinear kernel computes PIL's; its float weights and PIL's 22-bit fixed-point ones differ far
-    below a level), which the share of identical pixels shows."""
+    below a level), which the share of identical pixels shows.
+
+    Bicubic (RAD-DINO, BiomedCLIP): two levels. Its weights are not convex, so its horizontal pass overshoots
+    [0, 255] at sharp edges and PIL clips there; ``from_uint8`` takes PIL's two passes, each rounded and
+    clipped, and each rounding may differ by one level (float against fixed-point weights)."""
     h, w = shape
     grey = _cxr_like(h, w)
     arr = np.stack([grey, grey[::-1], 255 - grey], -1) if colour else grey
-    prep = ImagePreprocess(size=size, resize=resize)
+    prep = ImagePreprocess(size=size, resize=resize, interpolation=interpolation)
     ref = prep.from_pil8(Image.fromarray(arr, mode="RGB" if colour else "L"))
     got = prep.from_uint8(_as_tensor(arr))[0]
     assert got.shape == ref.shape == (3, size, size) and got.dtype == torch.float32
     diff = (got - ref).abs()
-    assert float(diff.max()) <= ONE_LEVEL + 1e-5
+    assert float(diff.max()) <= (1 if interpolation == "bilinear" else 2) * ONE_LEVEL + 1e-5
     assert float((diff < 1e-5).float().mean()) > 0.6  # mostly identical: the same filter, rounding apart
     if shape == (size, size):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)  # nothing resized: the same numbers
+
+
+@pytest.mark.parametrize("shape", [(600, 700), (70, 80), (40, 50), (50, 120), (300, 120)])
+def test_torch_bicubic_takes_pils_clipped_passes_on_noise(shape):
+    """On grey noise every pixel is an edge and bicubic's first pass overshoots [0, 255] (unless a strong
+    reduction's wide kernel smooths it: 600 x 700 to 64): PIL clips it before the vertical pass. ``from_uint8``
+    does too and stays within two levels (above), most pixels identical; one float pass, which does not clip
+    in between, misses by 12 to 18 levels at the mild scales."""
+    import torch.nn.functional as F  # noqa: N812 - the usual name
+
+    h, w = shape
+    noise = np.random.default_rng(h + w).integers(0, 256, (h, w), dtype=np.uint8)
+    prep = ImagePreprocess(
+        size=64,
+        resize="squash" if shape == (300, 120) else "shorter_side_center_crop",
+        interpolation="bicubic",
+        arithmetic="transformers",
+    )
+    ref = prep.from_pil8(Image.fromarray(noise, mode="L"))
+    got = prep.from_uint8(_as_tensor(noise))[0]
+    levels = (got - ref).abs() * 255 * torch.tensor(prep.std).view(3, 1, 1)
+    assert float(levels.max()) <= 2 + 1e-3 and float((levels < 1e-3).float().mean()) > 0.75
+    nh, nw, top, left = prep._geometry(h, w)
+    one = F.interpolate(_as_tensor(noise).float(), size=(nh, nw), mode="bicubic", antialias=True)
+    one = one.round().clamp(0, 255)[0, 0, top : top + 64, left : left + 64]
+    pil = (ref[0] * prep.std[0] + prep.mean[0]) * 255
+    if shape in ((70, 80), (40, 50), (50, 120)):
+        assert float((one - pil).abs().max()) > 5
 
 
 def test_draft_scale_is_the_one_pil_decodes_at(tmp_path):

@@ -35,15 +35,14 @@ from torch import nn
 
 from omnifuse.extract.encoders.checkpoints import load_mapped, read_state_dict
 from omnifuse.extract.encoders.hub import HubUnreachableError, hub_file, hub_load
-from omnifuse.extract.encoders.image import ImageEncoder, ImageOptions, image_pooling, prep_record
-from omnifuse.extract.encoders.registry import EncoderEntry, Weights, entry_weights, register_encoder
+from omnifuse.extract.encoders.image import ImageEncoder, ImageOptions, entry_image_encoder, register_image
+from omnifuse.extract.encoders.registry import EncoderEntry, Weights, entry_weights
 from omnifuse.extract.encoders.text import (
-    TEXT_PREPROCESSING,
     TextEncoder,
     TextOptions,
+    register_text,
     standin_tokenizer,
     text_encoder_from,
-    text_shapes,
 )
 from omnifuse.extract.images import ImagePreprocess
 
@@ -56,11 +55,12 @@ CONTEXT_LENGTH = 256
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip constants.OPENAI_DATASET_MEAN
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)  # open_clip constants.OPENAI_DATASET_STD
 BIOMEDCLIP_PREP = ImagePreprocess(
+    interpolation="bicubic",
+    arithmetic="torchvision",
     size=224,
     mean=OPENAI_MEAN,
     std=OPENAI_STD,
     extra={
-        "authors_interpolation": "bicubic",
         "reference": "open_clip transform.py image_transform (PreprocessCfg: shortest, bicubic, OpenAI mean/std)",
     },
 )
@@ -249,38 +249,28 @@ def biomedclip_file(name: str, family: str) -> str:
     return hub_file(name, BIOMEDCLIP, BIOMEDCLIP_FILE, family)
 
 
-@register_encoder(
+@register_image(
     "biomedclip",
-    family="image",
     source=BIOMEDCLIP,
     licence=BIOMEDCLIP_LICENCE,
+    prep=BIOMEDCLIP_PREP,
     output_shapes={"proj": (EMBED_DIM,), "cls": (768,)},
-    preprocessing=prep_record(BIOMEDCLIP_PREP, "proj"),
     aliases=("biomedclip-vision",),
 )
 def biomedclip_vision(entry: EncoderEntry, opts: ImageOptions) -> ImageEncoder:
     """BiomedCLIP's ViT-B/16 image tower (PMC-15M figure-caption pairs), 224 px, 512-d CLIP embedding.
 
     ``pretrained=False``: the same architecture with seeded random weights (no hub access)."""
-    pooling = image_pooling(entry, opts)
-    w = entry_weights(
+    return entry_image_encoder(
         entry,
-        lambda: load_biomedclip_vision(BiomedCLIPVision(pooling), biomedclip_file(entry.name, "image")),
-        lambda: BiomedCLIPVision(pooling),
-        pretrained=opts.pretrained,
-        seed=opts.seed,
+        opts,
+        BIOMEDCLIP_PREP,
+        lambda pooling: load_biomedclip_vision(BiomedCLIPVision(pooling), biomedclip_file(entry.name, "image")),
+        BiomedCLIPVision,
     )
-    return ImageEncoder.for_entry(entry, w, BIOMEDCLIP_PREP, opts, pooling)
 
 
-@register_encoder(
-    "biomedclip-text",
-    family="text",
-    source=BIOMEDCLIP,
-    licence=BIOMEDCLIP_LICENCE,
-    output_shapes={**text_shapes(768), "proj": (EMBED_DIM,)},
-    preprocessing=TEXT_PREPROCESSING,
-)
+@register_text("biomedclip-text", source=BIOMEDCLIP, licence=BIOMEDCLIP_LICENCE, extra_shapes={"proj": (EMBED_DIM,)})
 def biomedclip_text(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     """BiomedCLIP's PubMedBERT text tower: per-token or pooled 768-d states, or the 512-d CLIP embedding.
 

@@ -22,31 +22,39 @@ weights and ``text.standin_tokenizer`` (no hub access).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import transformers
 from torch import nn
 
-from omnifuse.extract.encoders.registry import EncoderEntry, Weights, entry_weights, register_encoder
+from omnifuse.extract.encoders.registry import EncoderEntry, Weights, entry_weights
 from omnifuse.extract.encoders.text import (
-    TEXT_PREPROCESSING,
+    TextBuilder,
     TextEncoder,
     TextOptions,
     load_model,
     load_tokenizer,
+    register_text,
     standin_tokenizer,
     text_encoder_from,
-    text_shapes,
 )
 
 BIO_CLINICALBERT = "emilyalsentzer/Bio_ClinicalBERT"
 BIOMEDBERT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
 CXR_BERT = "microsoft/BiomedVLP-CXR-BERT-specialized"
 TRUST_NAME = "cxr-bert:trust-remote-code"
+MIT = "MIT (model card)"
 VOCAB_SIZES = {BIO_CLINICALBERT: 28996, BIOMEDBERT: 30522, CXR_BERT: 30522}
 
 
 def bert_config(vocab_size: int) -> transformers.BertConfig:
     """BERT-base with ``vocab_size`` tokens (transformers' defaults are BERT-base's other numbers)."""
     return transformers.BertConfig(vocab_size=vocab_size)
+
+
+def register_bert(name: str, hub_id: str, aliases: tuple[str, ...] = ()) -> Callable[[TextBuilder], TextBuilder]:
+    """``register_text`` for a BERT-base entry of this module: 768-d, ``hub_id``'s weights, MIT (model card)."""
+    return register_text(name, source=hub_id, licence=MIT, aliases=aliases)
 
 
 def bert_family(entry: EncoderEntry, opts: TextOptions, hub_id: str, trust_remote_code: bool = False) -> TextEncoder:
@@ -66,29 +74,13 @@ def bert_family(entry: EncoderEntry, opts: TextOptions, hub_id: str, trust_remot
     return text_encoder_from(entry.name, Weights(w.model, w.source, w.licence, {**w.init, **note}), tokenizer, opts)
 
 
-@register_encoder(
-    "bio-clinicalbert",
-    family="text",
-    source=BIO_CLINICALBERT,
-    licence="MIT (model card)",
-    output_shapes=text_shapes(768),
-    preprocessing=TEXT_PREPROCESSING,
-    aliases=(BIO_CLINICALBERT, "clinicalbert"),
-)
+@register_bert("bio-clinicalbert", BIO_CLINICALBERT, aliases=(BIO_CLINICALBERT, "clinicalbert"))
 def bio_clinicalbert(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     """Bio_ClinicalBERT: BioBERT further trained on MIMIC-III clinical notes (cased vocabulary, 28,996)."""
     return bert_family(entry, opts, BIO_CLINICALBERT)
 
 
-@register_encoder(
-    "biomedbert",
-    family="text",
-    source=BIOMEDBERT,
-    licence="MIT (model card)",
-    output_shapes=text_shapes(768),
-    preprocessing=TEXT_PREPROCESSING,
-    aliases=(BIOMEDBERT, "pubmedbert"),
-)
+@register_bert("biomedbert", BIOMEDBERT, aliases=(BIOMEDBERT, "pubmedbert"))
 def biomedbert(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     """BiomedBERT (PubMedBERT): BERT-base trained from scratch on PubMed abstracts and PMC full texts."""
     return bert_family(entry, opts, BIOMEDBERT)
@@ -103,15 +95,7 @@ def _cxr_bert(entry: EncoderEntry, opts: TextOptions, trusted: bool) -> TextEnco
     return bert_family(entry, opts, CXR_BERT, trust_remote_code=True)
 
 
-@register_encoder(
-    "cxr-bert",
-    family="text",
-    source=CXR_BERT,
-    licence="MIT (model card)",
-    output_shapes=text_shapes(768),
-    preprocessing=TEXT_PREPROCESSING,
-    aliases=(CXR_BERT, "cxr-bert-specialized"),
-)
+@register_bert("cxr-bert", CXR_BERT, aliases=(CXR_BERT, "cxr-bert-specialized"))
 def cxr_bert(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     """CXR-BERT-specialized (chest X-ray reports); pretrained only with trust_remote_code (see cxr-bert:trust-...).
 
@@ -120,14 +104,7 @@ def cxr_bert(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     return _cxr_bert(entry, opts, trusted=False)
 
 
-@register_encoder(
-    TRUST_NAME,
-    family="text",
-    source=CXR_BERT,
-    licence="MIT (model card)",
-    output_shapes=text_shapes(768),
-    preprocessing=TEXT_PREPROCESSING,
-)
+@register_bert(TRUST_NAME, CXR_BERT)
 def cxr_bert_trusted(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     """CXR-BERT-specialized with its repository's model code allowed to run (trust_remote_code=True)."""
     return _cxr_bert(entry, opts, trusted=True)

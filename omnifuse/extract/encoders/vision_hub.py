@@ -30,17 +30,18 @@ import transformers
 from torch import nn
 
 from omnifuse.extract.encoders.hub import HubUnreachableError, gated_refusal, hub_load, is_gated_error
-from omnifuse.extract.encoders.image import ImageEncoder, ImageOptions, image_pooling, prep_record
-from omnifuse.extract.encoders.registry import EncoderEntry, entry_weights, register_encoder
+from omnifuse.extract.encoders.image import ImageEncoder, ImageOptions, entry_image_encoder, register_image
+from omnifuse.extract.encoders.registry import EncoderEntry
 from omnifuse.extract.images import ImagePreprocess
 
 RAD_DINO = "microsoft/rad-dino"
 RAD_DINO_PREP = ImagePreprocess(
+    interpolation="bicubic",
+    arithmetic="transformers",
     size=518,
     mean=(0.5307, 0.5307, 0.5307),
     std=(0.2583, 0.2583, 0.2583),
     extra={
-        "authors_interpolation": "bicubic",
         "reference": "microsoft/rad-dino preprocessor_config.json (BitImageProcessor)",
     },
 )
@@ -131,51 +132,45 @@ def _pretrained(entry: EncoderEntry, cls: Callable[..., nn.Module], access: str 
         raise ValueError(f"image encoder {entry.name!r} cannot be loaded from {entry.source}: {e}") from e
 
 
-@register_encoder(
+@register_image(
     "rad-dino",
-    family="image",
     source=RAD_DINO,
     licence=RAD_DINO_LICENCE,
+    prep=RAD_DINO_PREP,
     output_shapes={"cls": (768,), "patch_mean": (768,)},
-    preprocessing=prep_record(RAD_DINO_PREP, "cls"),
     aliases=(RAD_DINO,),
 )
 def rad_dino(entry: EncoderEntry, opts: ImageOptions) -> ImageEncoder:
     """RAD-DINO: DINOv2 ViT-B/14 trained on chest X-rays (518 px; CLS token or mean of the patch tokens).
 
     ``pretrained=False``: the same architecture with seeded random weights (no hub access)."""
-    pooling = image_pooling(entry, opts)
-    w = entry_weights(
+    return entry_image_encoder(
         entry,
-        lambda: PooledBackbone(_pretrained(entry, transformers.Dinov2Model.from_pretrained), pooling, 518),
-        lambda: PooledBackbone(transformers.Dinov2Model(rad_dino_config()), pooling, 518),
-        pretrained=opts.pretrained,
-        seed=opts.seed,
+        opts,
+        RAD_DINO_PREP,
+        lambda pooling: PooledBackbone(_pretrained(entry, transformers.Dinov2Model.from_pretrained), pooling, 518),
+        lambda pooling: PooledBackbone(transformers.Dinov2Model(rad_dino_config()), pooling, 518),
     )
-    return ImageEncoder.for_entry(entry, w, RAD_DINO_PREP, opts, pooling)
 
 
-@register_encoder(
+@register_image(
     "medsiglip",
-    family="image",
     source=MEDSIGLIP,
     licence=MEDSIGLIP_LICENCE,
+    prep=MEDSIGLIP_PREP,
     output_shapes={"map": (1152,), "mean": (1152,)},
-    preprocessing=prep_record(MEDSIGLIP_PREP, "map"),
     aliases=(MEDSIGLIP, "medsiglip-448"),
 )
 def medsiglip(entry: EncoderEntry, opts: ImageOptions) -> ImageEncoder:
     """MedSigLIP-448's vision tower (SigLIP 400M; 448 px; attention-pooled or mean of the patch tokens).
 
     Gated: see ``MEDSIGLIP_ACCESS``. ``pretrained=False``: the same architecture with seeded random weights."""
-    pooling = image_pooling(entry, opts)
-    w = entry_weights(
+    return entry_image_encoder(
         entry,
-        lambda: PooledBackbone(
+        opts,
+        MEDSIGLIP_PREP,
+        lambda pooling: PooledBackbone(
             _pretrained(entry, transformers.SiglipVisionModel.from_pretrained, MEDSIGLIP_ACCESS), pooling, 448
         ),
-        lambda: PooledBackbone(transformers.SiglipVisionModel(medsiglip_config()), pooling, 448),
-        pretrained=opts.pretrained,
-        seed=opts.seed,
+        lambda pooling: PooledBackbone(transformers.SiglipVisionModel(medsiglip_config()), pooling, 448),
     )
-    return ImageEncoder.for_entry(entry, w, MEDSIGLIP_PREP, opts, pooling)

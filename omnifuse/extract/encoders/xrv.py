@@ -32,8 +32,8 @@ from torch import nn
 from omnifuse.extract.encoders.base import seeded
 from omnifuse.extract.encoders.checkpoints import load_mapped, read_state_dict, strip_prefix
 from omnifuse.extract.encoders.hub import url_file
-from omnifuse.extract.encoders.image import ImageEncoder, ImageOptions, image_pooling, prep_record
-from omnifuse.extract.encoders.registry import EncoderEntry, entry_weights, register_encoder
+from omnifuse.extract.encoders.image import ImageEncoder, ImageOptions, entry_image_encoder, register_image
+from omnifuse.extract.encoders.registry import EncoderEntry
 from omnifuse.extract.images import ImagePreprocess
 
 XRV_WEIGHTS_URL = (
@@ -181,13 +181,12 @@ def xrv_weights_path(name: str) -> Path:
     return url_file(name, XRV_WEIGHTS_URL, dest, "image")
 
 
-@register_encoder(
+@register_image(
     "xrv-densenet121",
-    family="image",
     source="torchxrayvision densenet121-res224-all",
     licence="Apache-2.0 (torchxrayvision, whose release holds the weights)",
+    prep=XRV_PREP,
     output_shapes={"avg": (1024,)},
-    preprocessing=prep_record(XRV_PREP, "avg"),
     aliases=("densenet121-res224-all",),
 )
 def xrv_densenet121(entry: EncoderEntry, opts: ImageOptions) -> ImageEncoder:
@@ -195,15 +194,13 @@ def xrv_densenet121(entry: EncoderEntry, opts: ImageOptions) -> ImageEncoder:
 
     Weights from ``~/.torchxrayvision/models_data/`` or its GitHub release; with ``pretrained=False`` the same
     architecture with seeded random weights."""
-    pooling = image_pooling(entry, opts)
-    w = entry_weights(
+    return entry_image_encoder(
         entry,
-        lambda: load_xrv_weights(XRVDenseNet(), xrv_weights_path(entry.name)),
-        XRVDenseNet,
-        pretrained=opts.pretrained,
-        seed=opts.seed,
+        opts,
+        XRV_PREP,
+        lambda pooling: load_xrv_weights(XRVDenseNet(), xrv_weights_path(entry.name)),
+        lambda pooling: XRVDenseNet(),
     )
-    return ImageEncoder.for_entry(entry, w, XRV_PREP, opts, pooling)
 
 
 def random_xrv_densenet(seed: int = 0) -> XRVDenseNet:

@@ -5,6 +5,7 @@ preprocessing against open_clip's numbers, and the text tower's CLIP projection.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -184,3 +185,36 @@ def test_text_entry_tokens_and_clip_projection(small_towers):
     torch.testing.assert_close(p, F.gelu(c @ w0.T) @ w2.T, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="'minilm' has no pooling 'proj'"):
         build_text_encoder("minilm", pooling="proj", device="cpu")
+
+
+def open_clip_transform(img: Image.Image, size: int = 224) -> torch.Tensor:
+    """open_clip's BiomedCLIP preprocessing (``transform.image_transform``, resize_mode ``shortest``) written
+    out without torchvision: ``Resize(size, BICUBIC)`` on a PIL image is PIL's resize to the short side ``size``
+    and the long side ``int(size * long / short)`` (``_compute_resized_output_size``); ``CenterCrop(size)``
+    crops at ``int(round((n - size) / 2.0))`` (``F.center_crop``); RGB, ``ToTensor``, ``Normalize``."""
+    w, h = img.size
+    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    img = img.convert("RGB").resize((nw, nh), Image.Resampling.BICUBIC)
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    x = torch.from_numpy(np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255).permute(2, 0, 1)
+    return (x - torch.tensor(OPENAI_MEAN).view(3, 1, 1)) / torch.tensor(OPENAI_STD).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (227, 224), (231, 300), (401, 399), (224, 224)])
+def test_image_preprocessing_is_open_clips(shape):
+    """``BIOMEDCLIP_PREP`` against open_clip's transform written out (above) on grey noise: within 1e-5 after
+    normalisation (float32 rounding; a grey level is 0.015). The shapes reach torchvision's half-to-even crop
+    (227 -> top 2, not 1; 231 -> 4, not 3) and a truncated long side (399 -> 224.56); bilinear resizing or our
+    default arithmetic miss by several grey levels there."""
+    h, w = shape
+    img = Image.fromarray(np.random.default_rng(h * w).integers(0, 256, (h, w), dtype=np.uint8), mode="L")
+    ref = open_clip_transform(img)
+    prep = biomedclip.BIOMEDCLIP_PREP
+    assert (prep.interpolation, prep.arithmetic) == ("bicubic", "torchvision")
+    torch.testing.assert_close(prep.from_pil8(img), ref, rtol=0, atol=1e-5)
+    if shape != (224, 224):
+        for other in (replace(prep, interpolation="bilinear"), replace(prep, arithmetic="omnifuse")):
+            same_filter = other.interpolation == "bicubic" or prep._geometry(h, w)[:2] == tuple(img.size[::-1])
+            if other._geometry(h, w) == prep._geometry(h, w) and same_filter:
+                continue  # 224 * 300 / 200 = 336 exactly: the arithmetics agree
+            assert float((other.from_pil8(img) - ref).abs().max()) > 5 / 255 / max(OPENAI_STD)

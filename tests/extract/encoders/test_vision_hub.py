@@ -4,6 +4,8 @@ preprocessing against their processor configs, and the gated-model refusal."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,44 @@ def test_a_gated_model_without_access_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(vision_hub, "hub_load", missing)
     with pytest.raises(ValueError, match="image encoder 'rad-dino' cannot be loaded from microsoft/rad-dino: no file"):
         build_image_encoder("microsoft/rad-dino", device="cpu")
+
+
+def _noise(h: int, w: int, seed: int = 0) -> Image.Image:
+    """8-bit grey noise: every pixel a sharp edge, so any change of filter, size or crop shows."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8), mode="L")
+
+
+@pytest.mark.parametrize("shape", [(600, 700), (1000, 1100), (550, 551), (300, 400), (519, 1031), (518, 518)])
+def test_rad_dino_preprocessing_is_its_processors(shape):
+    """``RAD_DINO_PREP`` against transformers' ``BitImageProcessor`` (PIL backend) configured as microsoft/rad-dino's
+    preprocessor_config.json: shorter side 518 bicubic (resample 3), centre crop 518, 1/255, mean 0.5307, std
+    0.2583. Tolerance 1e-4 after normalisation (float32 rounding; a grey level is 0.015): the same 8-bit PIL
+    resize, the long side truncated and the crop at (n - 518) // 2 as transformers computes them. The shapes
+    include long sides where rounding and truncating differ (1100 -> 569.8, 551 -> 518.9, 400 -> 690.7), which
+    our default arithmetic misses by several grey levels, as the bilinear filter does everywhere."""
+    bit = pytest.importorskip("transformers.models.bit.image_processing_pil_bit")
+    proc = bit.BitImageProcessorPil(
+        do_resize=True,
+        size={"shortest_edge": 518},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": 518, "width": 518},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5307] * 3,
+        image_std=[0.2583] * 3,
+        do_convert_rgb=True,
+    )
+    img = _noise(*shape)
+    ref = proc(img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    prep = vision_hub.RAD_DINO_PREP
+    assert prep.interpolation == "bicubic" and prep.as_dict()["interpolation"].startswith("bicubic")
+    got = prep.from_pil8(img)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-4)
+    if shape != (518, 518):
+        for other in (replace(prep, interpolation="bilinear"), replace(prep, arithmetic="omnifuse")):
+            same_filter = other.interpolation == "bicubic" or prep._geometry(*shape)[:2] == tuple(img.size[::-1])
+            if other._geometry(*shape) == prep._geometry(*shape) and same_filter:
+                continue  # here rounding and truncating agree (700, 1031)
+            assert float((other.from_pil8(img) - ref).abs().max()) > 5 / 255 / 0.2583  # the test can tell
