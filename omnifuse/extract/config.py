@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnifuse.extract.datasets.registry import DATASETS, DatasetEntry, get_dataset
+from omnifuse.extract.datasets.registry import DATASETS, DatasetEntry, describe_datasets, get_dataset
 from omnifuse.options import cli_help, cli_parameter, cli_parameters, load_toml, option, resolve, to_json
 
 
 def _datasets_help() -> str:
-    return "Dataset to extract: " + ", ".join(f"{e.name} ({e.description})" for e in DATASETS.values()) + "."
+    """Every dataset with its description, from the registry's declarations (no adapter imported)."""
+    return "Dataset to extract: " + ", ".join(f"{n} ({d})" for n, d in describe_datasets().items()) + "."
 
 
 @dataclass

@@ -101,11 +101,6 @@ def test_benchmark_gpu_rows_through_the_stand_in_decoder(bench, tmp_path, monkey
     assert sum(k for k, _, _ in fake.calls) == 6 + 6  # decode-only and extract; the PIL row never called it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="omnifuse/extract/datasets/__init__.py imports the eICU, MIMIC and manifest adapters, whose modules "
-    "import polars at their top; the GPU machines have no polars and no room to carry it (benchmarks/extract.py)",
-)
 def test_benchmark_imports_only_what_the_gpu_machines_have():
     """``gpu_check.sh --check-imports``: the benchmark on the CPU with polars and pydicom blocked, every package
     that omnifuse or the script imports checked against the GPU machines' list and the carried Zarr wheels."""

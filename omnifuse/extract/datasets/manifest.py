@@ -572,11 +572,7 @@ class ManifestOptions:
     root: Path | None = option(None, help="Base folder of relative paths (default: the spec's root).")
 
 
-@register_dataset(
-    "manifest",
-    description="any dataset described by a manifest file and a column spec",
-    options=ManifestOptions,
-)
+@register_dataset("manifest", options=ManifestOptions)  # its description: registry.DECLARED
 def build_manifest(opts: ManifestOptions) -> ManifestAdapter:
     """``omnifuse extract --dataset manifest --manifest FILE --spec SPEC``."""
     assert opts.manifest is not None and opts.spec is not None  # required: checked by the registry

@@ -226,22 +226,14 @@ class EicuOptions(EicuDemoOptions):
 
 
 # eICU's texts are short structured strings: the bundled offline MiniLM, mean-pooled, encodes them (no images).
-DEMO = "the bundled eICU-CRD demo 2.0.1, real data, ODbL; a folder of eICU-CRD is --dataset eicu"
-
-
-@register_dataset("eicu-demo", description=DEMO, options=EicuDemoOptions, text_encoder="minilm", text_pooling="mean")
+# The descriptions of eicu-demo and eicu are in registry.DECLARED (listed without importing this module).
+@register_dataset("eicu-demo", options=EicuDemoOptions, text_encoder="minilm", text_pooling="mean")
 def build_eicu_demo(opts: EicuDemoOptions) -> EicuDemoAdapter:
     """``omnifuse extract --dataset eicu-demo``: the bundled copy."""
     return EicuDemoAdapter(pre_admission_text=opts.pre_admission_text, care_limitation=opts.care_limitation)
 
 
-@register_dataset(
-    "eicu",
-    description="an eICU-CRD 2.0 folder, --root",
-    options=EicuOptions,
-    text_encoder="minilm",
-    text_pooling="mean",
-)
+@register_dataset("eicu", options=EicuOptions, text_encoder="minilm", text_pooling="mean")
 def build_eicu(opts: EicuOptions) -> EicuAdapter:
     """``omnifuse extract --dataset eicu --root DIR``: an eICU-CRD 2.0 folder."""
     assert opts.root is not None  # required: checked by the registry

@@ -529,11 +529,7 @@ class MimicOptions:
     batch_rows: int = option(2_000_000, help="Event rows read per batch (memory against speed).")
 
 
-@register_dataset(
-    "mimic",
-    description="MIMIC-III or MIMIC-IV ICU stays, with MIMIC-CXR images and reports",
-    options=MimicOptions,
-)
+@register_dataset("mimic", options=MimicOptions)  # its description: registry.DECLARED
 def build_mimic(opts: MimicOptions) -> MimicAdapter:
     """``omnifuse extract --dataset mimic --root DIR [--cxr-root DIR]``."""
     assert opts.root is not None  # required: checked by the registry
