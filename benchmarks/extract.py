@@ -36,10 +36,10 @@ On this workplace's GPU machines (no package index, at most 64 MiB carried per c
 only what they have (torch, torchvision, numpy, PIL, transformers, typer, rich) and Zarr for the stores
 (zarr, numcodecs, donfig, google-crc32c: 9.3 MB of wheels, carried); its inputs are lists, not manifests
 (``ListAdapter``), so it reads no table. ``gpu_check.sh --check-imports`` runs it here with polars and
-pydicom blocked and checks every other import against the machines' packages. It passes: the dataset registry lists the datasets from
-its declarations (``omnifuse/extract/datasets/registry.py``, ``DECLARED``) and imports an adapter, and with it
-polars, only when a dataset is opened, so the pipeline imports without polars (whose wheels, 54 MB, would not
-fit beside the 16 MB working tree and Zarr in one call).
+pydicom blocked and checks every other import against the machines' packages. It passes: the dataset
+registry lists the datasets from its declarations (``omnifuse/extract/datasets/registry.py``, ``DECLARED``)
+and imports an adapter, and with it polars, only when a dataset is opened, so the pipeline imports without
+polars (whose wheels, 54 MB, would not fit beside the 16 MB working tree and Zarr in one call).
 """
 
 from __future__ import annotations

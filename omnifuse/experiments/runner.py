@@ -759,6 +759,56 @@ def _dask_outcomes(
                 client.cancel([f for f in futures if not f.done()])
 
 
+RUN_COST: dict[str, float] = {
+    "m3care": 45.5,
+    "omnifuse": 45.3,
+    "healnet": 35.2,
+    "umse": 31.7,
+    "mdrop": 27.3,
+    "drfuse": 26.9,
+    "muse": 23.2,
+    "flexmoe": 21.9,
+    "smil": 19.4,
+    "medfuse": 15.8,
+    "shaspec": 15.5,
+    "ogm_ge": 15.5,
+    "pmr": 14.6,
+    "gblend": 13.9,
+    "dwfuse_only": 12.6,
+    "concat": 10.6,
+    "se_gate": 10.4,
+    "sum": 8.8,
+    "logreg": 5.2,
+    "gbm": 3.3,
+}
+"""The relative cost of one run of a registry entry (CPU seconds of one fold run on the 8-modality eICU demo, 1
+thread, ``benchmarks/methods_time.py``; docs/methods.md): only the order in which parallel runs are dispatched
+(:func:`dispatch_order`)."""
+
+DEFAULT_RUN_COST = 15.0
+"""The cost of an entry :data:`RUN_COST` does not list (nor its base method): about the median."""
+
+
+def run_cost(spec: RunSpec) -> float:
+    """:data:`RUN_COST` of the run's label, else of its registry entry, else of that entry's base method, else
+    :data:`DEFAULT_RUN_COST`."""
+    for name in (spec.label, spec.method):
+        if name in RUN_COST:
+            return RUN_COST[name]
+    try:
+        base = get_method(spec.method).base
+    except KeyError:
+        return DEFAULT_RUN_COST
+    return RUN_COST.get(base, DEFAULT_RUN_COST)
+
+
+def dispatch_order(todo: Sequence[RunSpec]) -> list[RunSpec]:
+    """``todo`` with the most expensive runs first (:func:`run_cost`; equal costs keep their order): parallel
+    workers then end together instead of one finishing the slowest method alone (longest processing time
+    first). Only when runs start; each run's folder and numbers are its own, whatever the order."""
+    return sorted(todo, key=lambda s: -run_cost(s))
+
+
 def _spec_stamp(folder: Path) -> int | None:
     """When ``folder/spec.json`` was last written (None: absent); a run writes it when it starts."""
     try:
@@ -818,7 +868,8 @@ def run_all(
 
     A run that raises stops the study with that exception, after an error log naming the run and its worker;
     the runs finished so far are kept. ``on_done(spec)`` is called after each run; ``probe`` observes every
-    run (see :class:`RunProbe`)."""
+    run (see :class:`RunProbe`). Runs in parallel (several loky processes, Dask) start the most expensive first
+    (:func:`dispatch_order`); in one process they run in the order of ``specs``."""
     if backend not in BACKENDS:
         raise StudyError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
     t0 = time.perf_counter()
@@ -853,6 +904,8 @@ def run_all(
         )
     here = backend == "loky" and (n_jobs == 1 or len(todo) <= 1)
     parallel = backend == "loky" and not here  # a dead loky worker names no run: see _report_failure
+    if not here:
+        todo = dispatch_order(todo)  # in one process, the order of the specs (a stop keeps whole methods)
     before = {s: _spec_stamp(stats.folders[s]) for s in todo} if parallel else None
     if backend == "dask" and todo:
         outcomes = _dispatch_dask(ctx, todo, stats.folders, Path(out), threads, probe, scheduler)

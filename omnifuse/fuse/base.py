@@ -237,8 +237,10 @@ class FusionMethod(nn.Module, metaclass=abc.ABCMeta):
         """The training loss and its named terms (floats) for a batch and its output."""
 
     def configure_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        """The optimiser of the run: AdamW over the parameters that require a gradient."""
-        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+        """The optimiser of the run: AdamW over the parameters that require a gradient, its multi-tensor
+        (``foreach``) implementation (the same updates as the per-parameter loop, value for value)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
     def label_free_weights(self, out: MethodOutput) -> dict[str, torch.Tensor] | None:
         """Per-modality weights that need no label, for scoring (OmniFuse: eq. 10 with the predicted class):

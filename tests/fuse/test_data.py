@@ -1,10 +1,12 @@
 import json
+import pickle
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from omnifuse.fuse import data as fdata
 from omnifuse.fuse.data import (
     CLIP_QUANTILES,
     IQR_TO_SD,
@@ -228,3 +230,91 @@ def test_a_version_2_normalizer_still_loads_and_applies_as_before():
     assert torch.equal(norm.apply("lab", x), want)
     assert norm.input_kinds("lab", 3) == (None, None)  # a plain MLP, as before kinds
     assert Normalizer.from_json(norm.to_json()).stats == norm.stats
+
+
+# ----------------------------------------------------- normalised once per fold (issue 14, item 2)
+def _per_batch(d, idx, norm, mask=None):
+    """What a batch held before rows were normalised once: ``Normalizer.apply`` on the gathered rows, a missing
+    modality's rows zeroed (the reference)."""
+    idx = torch.as_tensor(idx)
+    m = d.mask[idx] if mask is None else mask & d.mask[idx]
+    return {
+        n: norm.apply(n, d.x[n][idx]) * m[:, j, None, None].reshape(-1, *[1] * (d.x[n].dim() - 1))
+        for j, n in enumerate(d.modalities)
+    }
+
+
+def _equal_to_per_batch(d, norm, rows, mask):
+    """Every shuffled batch of ``iter_batches`` equals the per-batch reference bit for bit; the batches."""
+    out = list(d.iter_batches(rows, 16, norm, shuffle=True, generator=torch.Generator().manual_seed(3), mask=mask))
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(3))
+    for k, b in enumerate(out):
+        sel = perm[k * 16 : (k + 1) * 16]
+        want = _per_batch(d, torch.as_tensor(rows)[sel], norm, mask[sel])
+        for n in d.modalities:
+            assert b.x[n].dtype == torch.float32 and torch.equal(b.x[n], want[n]), n
+    return out
+
+
+@pytest.mark.parametrize("source", ["kinds", "tiny"])
+def test_rows_normalised_once_give_the_batches_normalised_batch_by_batch(source, tiny_cache, monkeypatch):
+    """log, categorical, binary and indicator columns (``kinds``), float16 vector and sequence embeddings and a
+    time series (``tiny``): the batches are the per-batch ones bit for bit, and the rows were normalised once
+    (the cache holds every in-memory modality, for this normaliser)."""
+    d = load_fuse_data(kinds_cache_data(n=200) if source == "kinds" else tiny_cache, "mortality", device="cpu")
+    rows = np.flatnonzero(d.y_mask.numpy())
+    norm = Normalizer.fit(d, rows[: len(rows) // 2])
+    mask = torch.rand(len(rows), len(d.modalities), generator=torch.Generator().manual_seed(1)) > 0.3
+    cached = _equal_to_per_batch(d, norm, rows, mask)
+    assert d._normed["norm"] is norm and sorted(d._normed["x"]) == sorted(d.modalities)
+    z = d._normed["x"][d.modalities[-1]][2]
+    assert torch.equal(z[rows[:7]], norm.apply(d.modalities[-1], d.x[d.modalities[-1]][rows[:7]]))
+    # the same batches with no room for the normalised copy (every modality batch by batch)
+    monkeypatch.setattr(fdata, "NORMALIZED_SHARE", 0.0)
+    plain = load_fuse_data(kinds_cache_data(n=200) if source == "kinds" else tiny_cache, "mortality", device="cpu")
+    g = torch.Generator().manual_seed(3)
+    for a, b in zip(cached, plain.iter_batches(rows, 16, norm, shuffle=True, generator=g, mask=mask), strict=True):
+        assert all(torch.equal(a.x[n], b.x[n]) for n in d.modalities)
+    assert plain._normed["x"] == {}
+
+
+def test_another_normaliser_replaces_the_rows_and_batch_reads_them(tiny_data):
+    d = load_fuse_data(tiny_data, "mortality", device="cpu")
+    rows = np.flatnonzero(d.y_mask.numpy())
+    n1, n2 = Normalizer.fit(d, rows[:60]), Normalizer.fit(d, rows[60:])
+    assert not d.batch(rows[:5], n1).x["img"].equal(d.batch(rows[:5], n2).x["img"])
+    assert d._normed == {}  # batch() alone never normalises every row
+    for norm in (n1, n2, n1):
+        next(d.iter_batches(rows, 8, norm))
+        assert d._normed["norm"] is norm
+        b = d.batch(rows[3:20], norm)  # reads the normalised rows of this normaliser
+        want = _per_batch(d, rows[3:20], norm)
+        assert all(torch.equal(b.x[n], want[n]) for n in d.modalities)
+    # a modality written to since is normalised batch by batch again (never stale rows)
+    d.x["ehr"][rows[3]] += 1.0
+    assert "ehr" not in d._normalized(n1, build=False) and "img" in d._normalized(n1, build=False)
+    assert torch.equal(d.batch(rows[3:20], n1).x["ehr"], _per_batch(d, rows[3:20], n1)["ehr"])
+    # the normalised rows never travel to a worker, nor to a copy with another mask
+    assert pickle.loads(pickle.dumps(d))._normed == {}
+    assert d.with_mask(d.mask.clone())._normed == {}
+
+
+def test_streamed_modalities_stay_batch_by_batch_and_equal(tiny_cache, monkeypatch):
+    """Part streamed (``rep``) and all streamed: the in-memory modalities are normalised once, the streamed
+    ones per batch, and every batch equals the in-memory data's."""
+    mem = load_fuse_data(tiny_cache, "mortality", device="cpu", in_memory="yes")
+    rows = np.flatnonzero(mem.y_mask.numpy())
+    norm = Normalizer.fit(mem, rows[::2])
+    mask = torch.rand(len(rows), 3, generator=torch.Generator().manual_seed(2)) > 0.3
+    want = _equal_to_per_batch(mem, norm, rows, mask)
+    monkeypatch.setattr(fdata, "streamed_modalities", lambda *a, **k: ["rep"])
+    part = load_fuse_data(tiny_cache, "mortality", device="cpu", in_memory="auto")
+    monkeypatch.undo()
+    full = load_fuse_data(tiny_cache, "mortality", device="cpu", in_memory="no")
+    assert part.streamed == ["rep"] and full.streamed == ["img", "rep", "ehr"]
+    for d, held in ((part, ["ehr", "img"]), (full, [])):
+        g = torch.Generator().manual_seed(3)
+        got = list(d.iter_batches(rows, 16, norm, shuffle=True, generator=g, mask=mask))
+        assert sorted(d._normed["x"]) == held
+        for a, b in zip(want, got, strict=True):
+            assert all(torch.equal(a.x[n], b.x[n]) for n in mem.modalities)
