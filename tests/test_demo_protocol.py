@@ -73,3 +73,4 @@ def test_the_demo_runs_compare_with_its_shortened_protocol(monkeypatch, tmp_path
     assert (demo.DEMO_REPEATS, demo.DEMO_EPOCHS) == (2, 10)
     assert (full["repeats"], full["epochs"]) == (3, None)
     assert short["combinations"] == full["combinations"] == "full+single"
+    assert short["modalities"] == full["modalities"] == list(demo.DEMO_MODALITIES)  # the demo's own cache
