@@ -279,8 +279,8 @@ def demo(
     eight modalities, said in one line: the exam text is left out (its vital signs and GCS are exam_values, and
     encoding it is over half the extraction); --all-modalities uses all eight (cache/eicu-demo.zarr, the cache
     of `omnifuse extract --dataset eicu-demo`). A cache with other modalities is refused. From scratch on 2
-    unshared CPU cores: about 4.5 min estimated (extraction 1.5, the 40 runs 3; README); rerunning reuses the
-    cache and finished runs.
+    unshared CPU cores: 4 min 16 s measured (extraction 66 s, the 40 runs 2 min 16 s; README); rerunning reuses
+    the cache and finished runs.
     """
     from omnifuse.demo import DEMO_METHODS, run_demo
 

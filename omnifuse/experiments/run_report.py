@@ -309,10 +309,9 @@ def pooled_ci(
     for y, p in aligned:
         idx = shared if shared is not None else rng.integers(0, len(y), size=(n_boot, len(y)))
         if kind == "binary" and name in ("auroc", "auprc"):
-            fn = metrics.binary_auroc_rows if name == "auroc" else metrics.binary_ap_rows
             yy = np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, 0]
             pp = np.asarray(p, dtype=np.float64).reshape(len(p), -1)[:, 0]
-            per.append(np.asarray(fn(yy[idx], pp[idx]), dtype=np.float64))
+            per.append(metrics.binary_resampled_rows(name, yy, pp, idx))
         else:
             f = metric_fn(name, kind)
             per.append(np.array([f(y[i], p[i]) for i in idx], dtype=np.float64))

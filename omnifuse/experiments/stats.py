@@ -178,13 +178,12 @@ def fast_fold_bootstrap_ci(
         return fold_bootstrap_ci(metric_fn(name, kind), folds, n_boot, alpha, seed)
     if n_boot <= 0 or not folds:
         return math.nan, math.nan
-    fn = metrics.binary_auroc_rows if name == "auroc" else metrics.binary_ap_rows
     per = []
     for (y, p), idx in zip(folds, _draws(folds, n_boot, seed), strict=True):
         if idx is not None:
             yy = np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, 0]
             pp = np.asarray(p, dtype=np.float64).reshape(len(p), -1)[:, 0]
-            per.append(fn(yy[idx], pp[idx]))
+            per.append(metrics.binary_resampled_rows(name, yy, pp, idx))  # one sort per fold, not per replicate
     return _interval(per, alpha)
 
 

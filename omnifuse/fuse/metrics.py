@@ -51,6 +51,47 @@ def binary_ap_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.where(n_pos > 0, out, np.nan)
 
 
+def binary_resampled_rows(name: str, y: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """AUROC (``name="auroc"``) or average precision (``"auprc"``) of every resample of one set of rows:
+    labels ``y`` [n] in {0, 1}, scores ``s`` [n], row indices ``idx`` [B, m] (bootstrap replicates) -> [B].
+
+    Equal, up to floating-point rounding, to :func:`binary_auroc_rows` / :func:`binary_ap_rows` of
+    ``(y[idx], s[idx])`` (tested), without sorting every replicate: the rows are sorted once by score, each
+    replicate is the count of every row in it ([B, n], a weight), and both metrics are sums over the groups of
+    tied scores in that one order. AUROC, the Mann-Whitney U with tied ranks: each positive weight of a group
+    counts the negative weight of the lower-scored groups plus half of its own group's. AP, scikit-learn's
+    step-wise area: each group's positive weight times the precision at its end (cumulated positive over
+    cumulated weight), over the positive weight. NaN where a replicate has one class only (AUROC) or no positive
+    (AP), as the per-replicate functions give."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    s = np.asarray(s, dtype=np.float64).ravel()
+    idx = np.asarray(idx, dtype=np.int64)
+    n, b = s.shape[0], idx.shape[0]
+    order = np.argsort(-s, kind="stable")  # highest score first
+    pos_of = np.empty(n, dtype=np.int64)
+    pos_of[order] = np.arange(n)
+    flat = (np.arange(b, dtype=np.int64)[:, None] * n + pos_of[idx]).ravel()
+    counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)  # [B, n] in score order
+    ss, ys = s[order], y[order]
+    starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])  # the first row of each group of tied scores
+    gpos = np.add.reduceat(counts * ys, starts, axis=1)  # [B, G]
+    gall = np.add.reduceat(counts, starts, axis=1)
+    w_pos = gpos.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if name == "auroc":
+            gneg = gall - gpos
+            w_neg = gneg.sum(1)
+            below = w_neg[:, None] - np.cumsum(gneg, axis=1)  # negative weight scored lower than the group
+            out = (gpos * (below + 0.5 * gneg)).sum(1) / (w_pos * w_neg)
+            return np.where((w_pos > 0) & (w_neg > 0), out, np.nan)
+        if name == "auprc":
+            cpos, call = np.cumsum(gpos, axis=1), np.cumsum(gall, axis=1)
+            prec = np.where(call > 0, cpos / np.where(call > 0, call, 1.0), 0.0)
+            out = (gpos * prec).sum(1) / w_pos
+            return np.where(w_pos > 0, out, np.nan)
+    raise ValueError(f"resampled metric must be 'auroc' or 'auprc', got {name!r}")
+
+
 def _binary_auroc(y: np.ndarray, s: np.ndarray) -> float:
     """AUROC of scores ``s`` [N] for labels ``y`` [N]: :func:`binary_auroc_rows` of one row."""
     y = np.asarray(y).astype(np.float64).ravel()

@@ -101,3 +101,30 @@ def test_ece_bins_are_the_reliability_curves(scores):
     assert metrics.evaluate(y, p, "binary", n_boot=0)["ece"] == pytest.approx(
         metrics.expected_calibration_error(y, p, n_bins=metrics.ECE_BINS)
     )
+
+
+@pytest.mark.parametrize("name", ["auroc", "auprc"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_resampled_rows_equal_the_metric_of_each_resample(name, ties):
+    """One sort per set of rows and counts per replicate give each bootstrap replicate's AUROC / AP as sorting
+    the replicate itself does (and hence scikit-learn's), NaN where a replicate lacks a class, with ties."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from omnifuse.fuse.metrics import binary_ap_rows, binary_auroc_rows, binary_resampled_rows
+
+    rng = np.random.default_rng(11 + ties)
+    for n in (1, 2, 7, 60, 301):
+        y = (rng.random(n) < 0.2).astype(float)
+        s = rng.random(n)
+        if ties:
+            s = np.round(s + 0.3 * y, 1)
+        idx = rng.integers(0, n, size=(257, n))
+        got = binary_resampled_rows(name, y, s, idx)
+        ref = (binary_auroc_rows if name == "auroc" else binary_ap_rows)(y[idx], s[idx])
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        np.testing.assert_allclose(got[~np.isnan(got)], ref[~np.isnan(ref)], rtol=0, atol=1e-12)
+        sk = roc_auc_score if name == "auroc" else average_precision_score
+        for b in np.flatnonzero(~np.isnan(got))[:5]:
+            assert got[b] == pytest.approx(sk(y[idx[b]], s[idx[b]]), abs=1e-12)
+    with pytest.raises(ValueError, match="auroc"):
+        binary_resampled_rows("brier", y, s, idx)
