@@ -353,8 +353,8 @@ def experiment_compare(
     """Table 3: every method on the same folds and missingness masks, per modality combination; mean ± sd,
     corrected t-tests against OmniFuse and its DWFuse-only row, bootstrap CIs, Brier, reliability figure, and the
     cache's reference score (APACHE IVa on eICU) on the same rows. On the 8-modality eICU demo with --jobs 2
-    --threads 1: the 12 entries of table 3 plus the reference learners at 5 folds x 3 repeats about 23 min of 2
-    quiet cores; all 20 entries about 35-50 min (--repeats 1: a third). See benchmarks/methods_time.py."""
+    --threads 1 on 2 quiet cores: the 12 entries of table 3 plus the reference learners at 5 folds x 3 repeats
+    18 min 24 s; all 20 entries at --repeats 1 13 min 41 s (about 38 min at 5 x 3). See docs/methods.md."""
     from omnifuse.experiments.compare import compare
 
     _run_study(compare, cache, option, param, flags)

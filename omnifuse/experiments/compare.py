@@ -86,11 +86,10 @@ def compare(
     configuration, data, metrics, calibration, attribution and TLA trace; figure ``report-tla.png``); prints
     the tables.
 
-    Cost on the eICU demo cache with eight modalities (2,492 labelled stays), ``n_jobs=2, threads=1``: the
-    twelve entries of table 3 with the reference learners at 5 folds x 3 repeats ran 142 of 180 runs in 20.5
-    min on 2 quiet cores (about 23 min in all before the baselines' speed-ups of ``encode_present``); one run
-    of each of the 20 default entries is 402 CPU s (``benchmarks/methods_time.py``, loaded cores), so all of
-    them at 5 x 3 take about 35-50 min of two quiet cores and ``repeats=1`` a third of that.
+    Cost on the eICU demo cache with eight modalities (2,492 labelled stays), ``n_jobs=2, threads=1``, timed on
+    2 quiet cores: the twelve entries of table 3 with the reference learners at 5 folds x 3 repeats 18 min 24 s
+    (180 runs); all 20 default entries at ``repeats=1`` 13 min 41 s (100 runs; README, docs/methods.md), so
+    about 38 min at 5 x 3.
     """
     t0 = time.perf_counter()
     cfg = study_config(CompareConfig, config, task=task, methods=list(methods) if methods else None, **overrides)
