@@ -51,7 +51,8 @@ def test_extract_mimic_iii_demo_from_the_cli(tmp_path):
     assert r.exit_code == 0, r.output
     d = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
     assert d["rows"] == 113 and [m["name"] for m in d["modalities"]] == ["ehr", "ehr_stay"]  # 48 h, whole stay
-    assert set(d["extra"]["absent_modalities"]) == {"cxr", "report"}  # no CXR source: said, not stored
+    # no CXR source: said, not stored (the 48 h pair for mortality, the whole-stay pair for phenotyping)
+    assert set(d["extra"]["absent_modalities"]) == {"cxr", "report", "cxr_stay", "report_stay"}
     mort = next(t for t in d["tasks"] if t["name"] == "mortality")
     assert mort["labelled"] == 57 and round(mort["prevalence"]["in_hospital_death"] * 57) == 17
     assert "PhysioNet" in d["license"]
