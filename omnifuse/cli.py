@@ -354,7 +354,8 @@ def experiment_compare(
     corrected t-tests against OmniFuse and its DWFuse-only row, bootstrap CIs, Brier, reliability figure, and the
     cache's reference score (APACHE IVa on eICU) on the same rows. On the 8-modality eICU demo with --jobs 2
     --threads 1 on 2 quiet cores: the 12 entries of table 3 plus the reference learners at 5 folds x 3 repeats
-    18 min 24 s; all 20 entries at --repeats 1 13 min 41 s (about 38 min at 5 x 3). See docs/methods.md."""
+    13.5 to 18.5 min (host speed varied); all 20 entries at --repeats 1 13 min 41 s (about 38 min at 5 x 3).
+    See docs/methods.md."""
     from omnifuse.experiments.compare import compare
 
     _run_study(compare, cache, option, param, flags)

@@ -87,9 +87,9 @@ def compare(
     the tables.
 
     Cost on the eICU demo cache with eight modalities (2,492 labelled stays), ``n_jobs=2, threads=1``, timed on
-    2 quiet cores: the twelve entries of table 3 with the reference learners at 5 folds x 3 repeats 18 min 24 s
-    (180 runs); all 20 default entries at ``repeats=1`` 13 min 41 s (100 runs; README, docs/methods.md), so
-    about 38 min at 5 x 3.
+    2 quiet cores: the twelve entries of table 3 with the reference learners at 5 folds x 3 repeats 13 min 34 s
+    (180 runs; 18 min 24 s on the same host while it ran slower); all 20 default entries at ``repeats=1`` 13 min
+    41 s (100 runs; README, docs/methods.md), so about 38 min at 5 x 3.
     """
     t0 = time.perf_counter()
     cfg = study_config(CompareConfig, config, task=task, methods=list(methods) if methods else None, **overrides)
